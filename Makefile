@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh Debian machine with Python 3.11:
+#   make serve   set up .venv (and Debian packages) and start the engine
+#   make test    set up .venv (and Debian packages) and run the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := alsa-utils espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test serve lint system-packages
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(MAKE) system-packages
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps openai-whisper==20250625
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Debian packages, installed only when missing (root or sudo).
+system-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# pytest exit code 5 (no tests collected) is a failure, not a pass.
+test: setup
+	$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+serve: setup
+	$(PY) -m models.audio --transcribe /usr/share/sounds/alsa/Front_Center.wav
+
+lint: setup
+	$(PY) -m ruff check .

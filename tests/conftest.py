@@ -1,0 +1,45 @@
+"""Shared fixtures: real recorded speech, synthetic speech, the feature extractor."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
+
+
+@pytest.fixture(scope="session")
+def real_speech_path() -> Path:
+    """A real human recording (alsa-utils ships it; the Makefile installs alsa-utils)."""
+    path = ALSA_SOUNDS / "Front_Center.wav"
+    assert path.is_file(), "alsa-utils' sample recordings are missing: apt-get install alsa-utils"
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_speech() -> np.ndarray:
+    """Several real recordings joined with pauses, 16 kHz mono float32 (about 9 s)."""
+    from models.audio_io import load_audio
+
+    names = ["Front_Center", "Front_Left", "Rear_Right", "Side_Left"]
+    pause = np.zeros(8000, dtype=np.float32)
+    parts = []
+    for name in names:
+        parts += [load_audio(ALSA_SOUNDS / f"{name}.wav"), pause]
+    return np.concatenate(parts)
+
+
+def espeak_wav(text: str, path: Path, voice: str = "en-us") -> Path:
+    assert shutil.which("espeak-ng"), "espeak-ng is missing: apt-get install espeak-ng"
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True,
+                   capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def extractor():
+    from models.audio import AudioFeatureExtractor
+
+    return AudioFeatureExtractor()

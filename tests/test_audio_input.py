@@ -1,0 +1,135 @@
+"""stream/audio.py: any rate/layout in, 16 kHz mono out; voice activity; bad input."""
+
+import numpy as np
+import pytest
+
+from models.audio_io import AudioInputError, load_audio
+from stream.audio import RATE, AudioInput
+from stream.vad import speech_fraction
+
+
+def sine(freq: float, rate: int, seconds: float, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    x = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.repeat(x[:, None], channels, axis=1) if channels > 1 else x
+
+
+def push_in_pieces(buf: AudioInput, x: np.ndarray, rate: int, channels: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    i = 0
+    while i < len(x):
+        n = int(rng.integers(int(0.01 * rate), int(0.5 * rate)))   # 10 ms .. 500 ms
+        buf.push(x[i:i + n], rate, channels)
+        i += n
+    buf.flush()
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_resampler_keeps_1khz_sine_at_1khz(rate):
+    buf = AudioInput(vad=False)
+    push_in_pieces(buf, sine(1000, rate, 2.0), rate, 1, seed=rate)
+    y = buf.read(0, buf.end)
+    assert abs(y.size - 2 * RATE) <= 2                 # duration kept, sample-accurate
+    spectrum = np.abs(np.fft.rfft(y[1000:-1000] * np.hanning(y.size - 2000)))
+    freqs = np.fft.rfftfreq(y.size - 2000, 1 / RATE)
+    assert abs(freqs[spectrum.argmax()] - 1000) < 2
+    # phase: the output lines up with a 1 kHz sine at 16 kHz (time stamps are exact)
+    reference = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(y.size) / RATE)
+    assert np.abs(y[500:-500] - reference[500:-500]).max() < 1e-3
+
+
+def test_stereo_int16_is_mixed_to_mono():
+    x = (sine(1000, 48000, 0.5, channels=2) * 32767).astype(np.int16)
+    buf = AudioInput(vad=False)
+    buf.push(x, 48000, channels=2)
+    buf.flush()
+    y = buf.read(0, buf.end)
+    assert abs(y.size - 8000) <= 1 and abs(np.abs(y[200:-200]).max() - 0.5) < 0.01
+
+
+def test_anti_aliasing_removes_tones_above_8khz():
+    buf = AudioInput(vad=False)
+    push_in_pieces(buf, sine(10000, 48000, 1.0), 48000, 1, seed=1)
+    y = buf.read(0, buf.end)
+    assert np.sqrt(np.mean(y[500:-500] ** 2)) < 1e-3   # a 10 kHz tone would alias to 6 kHz
+
+
+def test_chunking_does_not_change_the_samples(real_speech):
+    x = load_audio("/usr/share/sounds/alsa/Front_Center.wav", rate=48000)
+    one, many = AudioInput(vad=False), AudioInput(vad=False)
+    one.push(x, 48000)
+    one.flush()
+    push_in_pieces(many, x, 48000, 1, seed=3)
+    assert one.end == many.end
+    np.testing.assert_array_equal(one.read(0, one.end), many.read(0, many.end))
+
+
+def test_vad_finds_speech_in_real_recording_and_none_in_silence_or_noise(real_speech):
+    assert speech_fraction(real_speech) > 0.4
+    assert speech_fraction(np.zeros(3 * RATE, np.float32)) == 0.0
+    noise = np.random.default_rng(0).standard_normal(3 * RATE).astype(np.float32) * 0.3
+    assert speech_fraction(noise) < 0.05
+    recorded_noise = load_audio("/usr/share/sounds/alsa/Noise.wav")
+    assert speech_fraction(recorded_noise) < 0.05
+
+
+def test_streaming_vad_marks_speaking(real_speech):
+    buf = AudioInput()
+    buf.push(real_speech[: RATE], RATE)
+    assert buf.speaking()
+    buf.push(np.zeros(RATE, np.float32), RATE)
+    assert not buf.speaking()
+
+
+@pytest.mark.parametrize("pcm, rate, channels, message", [
+    (np.zeros(0, np.float32), 16000, 1, "empty"),
+    (np.array([0.1, np.nan, 0.2], np.float32), 16000, 1, "NaN"),
+    (np.array([0.1, np.inf, 0.2], np.float32), 16000, 1, "NaN or infinite"),
+    (np.zeros(160, np.float32), 96000, 1, "unsupported sample rate"),
+    (np.zeros(160, np.float32), 4000, 1, "unsupported sample rate"),
+    (np.zeros(161, np.int16), 48000, 2, "whole number"),
+    (np.zeros(160, np.int32), 16000, 1, "unsupported sample type"),
+    (np.zeros(160, np.float32), 16000, 6, "channel"),
+])
+def test_bad_input_raises_clear_error_and_buffer_stays_usable(pcm, rate, channels, message):
+    buf = AudioInput(vad=False)
+    buf.push(sine(1000, 48000, 0.1), 48000)
+    before = buf.end
+    with pytest.raises(AudioInputError, match=message):
+        buf.push(pcm, rate, channels)
+    assert buf.end == before
+    buf.push(sine(1000, 48000, 0.1), 48000)
+    buf.flush()
+    assert buf.end == pytest.approx(2 * 1600, abs=2)
+
+
+def test_rate_change_mid_stream_keeps_time():
+    buf = AudioInput(vad=False)
+    buf.push(sine(1000, 48000, 0.5), 48000)
+    buf.push(sine(1000, 8000, 0.5), 8000)
+    buf.flush()
+    assert abs(buf.end - RATE) <= 2
+
+
+def test_truncated_and_non_audio_files(tmp_path):
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"\x00\x01garbage" * 50)
+    with pytest.raises(AudioInputError, match="not a readable audio file|no audio"):
+        load_audio(junk)
+    wav = open("/usr/share/sounds/alsa/Front_Center.wav", "rb").read()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(wav[:40])
+    with pytest.raises(AudioInputError):
+        load_audio(cut)
+
+
+def test_discard_and_read_bounds():
+    buf = AudioInput(vad=False)
+    buf.push(np.ones(1000, np.float32), RATE)
+    assert buf.read(-10, 10)[:10].sum() == 0 and buf.read(-10, 10)[10:].sum() == 10
+    buf.discard_before(500)
+    with pytest.raises(IndexError):
+        buf.read(100, 200)
+    with pytest.raises(IndexError):
+        buf.read(900, 1100)
+    assert buf.read(500, 1000).size == 500
