@@ -268,6 +268,23 @@ class FeatureStream:
         self.frames_out = max(frames, before)
         return out[: max(frames - before, 0)]
 
+    def restart_at(self, block: int, history: np.ndarray) -> None:
+        """Rewind (barge-in): continue as if the stream had ended right before `block`.
+
+        `history` holds the audio samples [window_end(block) - window, block start), the
+        past that block's window sees (zeros before the stream start are added here).
+        """
+        c = self.config
+        start = c.window_end(block) - c.window_samples
+        stop = block * c.block_frames * c.samples_per_frame
+        if history.size != stop - start:
+            raise ValueError(f"restart needs {stop - start} samples of history, got {history.size}")
+        self.audio = np.asarray(history, np.float32).copy()
+        self.offset = start
+        self.received = stop
+        self.next_block = block
+        self.frames_out = block * c.block_frames
+
     def _emit(self, n: int) -> np.ndarray:
         c = self.config
         blocks = range(self.next_block, self.next_block + n)

@@ -66,6 +66,24 @@ def resample(x: np.ndarray, rate: int, target: int = 16000) -> np.ndarray:
     return soxr.resample(np.asarray(x, dtype=np.float32), rate, target, quality="HQ")
 
 
+def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 mono at its own sample rate (48 kHz if above 48 kHz)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioInputError(f"{path}: no such file")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioInputError(f"{path}: the file has no audio track")
+            rate = container.streams.audio[0].rate or MAX_RATE
+    except AudioInputError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise AudioInputError(f"{path}: not a readable audio file ({e.__class__.__name__})") from e
+    rate = min(max(rate, MIN_RATE), MAX_RATE)
+    return load_audio(path, rate), rate
+
+
 def load_audio(path: str | Path, rate: int = 16000) -> np.ndarray:
     """Decode an audio (or video) file to float32 mono at `rate` Hz.
 

@@ -5,6 +5,10 @@ pushes into one AudioInput. It converts to float32 mono, resamples to 16 kHz wit
 band-limited resampler (libswresample through av: ~1 ms of look-ahead, chunk-size
 independent output, time-aligned), runs voice activity detection, and keeps the samples
 addressed by absolute index: sample i of the session is at time i / 16000 s.
+
+It also keeps the playback copy of the same timeline at 48 kHz (the rate WebRTC/Opus and
+the mp4 writer use): a 48 kHz source passes through bit for bit, so the output audio is the
+input audio, only delayed. Sample j of the playback copy is at time j / 48000 s.
 """
 
 import av
@@ -14,15 +18,18 @@ from models.audio_io import AudioInputError, check_rate, to_float_mono
 from stream.vad import VoiceActivity
 
 RATE = 16000
+PLAYBACK_RATE = 48000
 
 
 class Resampler:
-    """Streaming float32 mono resampler to 16 kHz (passes 16 kHz through untouched)."""
+    """Streaming float32 mono resampler (passes the target rate through untouched)."""
 
-    def __init__(self, rate: int):
-        self.rate = rate
-        self._swr = None if rate == RATE else av.AudioResampler(format="flt", layout="mono",
-                                                                rate=RATE)
+    def __init__(self, rate: int, target: int = RATE):
+        self.rate, self.target = rate, target
+        self._swr = None if rate == target else self._new()
+
+    def _new(self):
+        return av.AudioResampler(format="flt", layout="mono", rate=self.target)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._swr is None:
@@ -36,7 +43,7 @@ class Resampler:
         if self._swr is None:
             return np.zeros(0, dtype=np.float32)
         out = self._collect(self._swr.resample(None))
-        self._swr = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        self._swr = self._new()
         return out
 
     @staticmethod
@@ -51,15 +58,21 @@ class AudioInput:
 
     push() validates before it changes anything, so a bad piece raises AudioInputError and
     the buffer stays usable. Samples are kept from `start` (absolute index) to `end`;
-    consumers call discard_before() once they no longer need older audio.
+    consumers call discard_before() once they no longer need older audio. With
+    `playback=True` the same audio is also kept at 48 kHz (`playback`, from index
+    `playback_start`), for output.
     """
 
-    def __init__(self, vad: bool = True, max_seconds: float = 120.0):
+    def __init__(self, vad: bool = True, max_seconds: float = 120.0, playback: bool = False):
         self.vad = VoiceActivity() if vad else None
         self.max_samples = int(max_seconds * RATE)
         self.samples = np.zeros(0, dtype=np.float32)
         self.start = 0                 # absolute index of self.samples[0]
         self.resampler: Resampler | None = None
+        self.keep_playback = playback
+        self.playback = np.zeros(0, dtype=np.float32)
+        self.playback_start = 0
+        self.playback_resampler: Resampler | None = None
 
     @property
     def end(self) -> int:
@@ -81,21 +94,46 @@ class AudioInput:
                 "audio arrives faster than it is used")
         tail = np.zeros(0, dtype=np.float32)
         if self.resampler is None or self.resampler.rate != rate:
+            self._flush_playback()
             if self.resampler is not None:
                 tail = self.resampler.flush()
             self.resampler = Resampler(rate)
+            if self.keep_playback:
+                self.playback_resampler = Resampler(rate, PLAYBACK_RATE)
+        if self.keep_playback:
+            self._append_playback(self.playback_resampler(mono))
         return self._append(np.concatenate([tail, self.resampler(mono)]))
 
     def flush(self) -> int:
-        """The source ended: release what the resampler holds back."""
+        """The source ended: release what the resamplers hold back."""
+        self._flush_playback()
         if self.resampler is None:
             return 0
         return self._append(self.resampler.flush())
 
+    def _flush_playback(self) -> None:
+        if self.playback_resampler is not None:
+            self._append_playback(self.playback_resampler.flush())
+
     def push_silence(self, seconds: float) -> int:
-        """Silence at 16 kHz (idle time with no source)."""
+        """Silence (idle time with no source)."""
         self.flush()
-        return self._append(np.zeros(int(round(seconds * RATE)), dtype=np.float32))
+        n = int(round(seconds * RATE))
+        if self.keep_playback:
+            self._append_playback(np.zeros(self._playback_gap(self.end + n), np.float32))
+        return self._append(np.zeros(n, dtype=np.float32))
+
+    def _playback_gap(self, end16: int) -> int:
+        """48 kHz samples that bring the playback copy level with 16 kHz index end16."""
+        return max(end16 * (PLAYBACK_RATE // RATE) - self.playback_end, 0)
+
+    @property
+    def playback_end(self) -> int:
+        return self.playback_start + self.playback.size
+
+    def _append_playback(self, x: np.ndarray) -> None:
+        if x.size:
+            self.playback = np.concatenate([self.playback, x])
 
     def _append(self, x: np.ndarray) -> int:
         if x.size:
@@ -115,17 +153,40 @@ class AudioInput:
         out[lo - start:] = self.samples[lo - self.start:end - self.start]
         return out
 
+    def read_playback(self, start: int, end: int) -> np.ndarray:
+        """48 kHz samples [start, end); zeros where not (or no longer) held."""
+        out = np.zeros(max(end - start, 0), dtype=np.float32)
+        lo, hi = max(start, self.playback_start), min(end, self.playback_end)
+        if hi > lo:
+            out[lo - start:hi - start] = self.playback[lo - self.playback_start:
+                                                       hi - self.playback_start]
+        return out
+
     def discard_before(self, index: int) -> None:
         cut = min(max(index - self.start, 0), self.samples.size)
         if cut:
             self.samples = self.samples[cut:]
             self.start += cut
 
-    def clear(self) -> None:
-        """Barge-in: drop everything queued (indices keep counting)."""
-        self.discard_before(self.end)
+    def discard_playback_before(self, index: int) -> None:
+        cut = min(max(index - self.playback_start, 0), self.playback.size)
+        if cut:
+            self.playback = self.playback[cut:]
+            self.playback_start += cut
+
+    def truncate(self, index: int) -> None:
+        """Barge-in: forget everything from 16 kHz sample `index` on (and the same time in
+        the playback copy); what the resamplers hold is dropped. Later audio continues here."""
+        index = max(index, self.start)
+        self.samples = self.samples[: index - self.start]
+        self.playback = self.playback[: max(index * (PLAYBACK_RATE // RATE)
+                                            - self.playback_start, 0)]
         if self.resampler is not None:
             self.resampler = Resampler(self.resampler.rate)
+        if self.playback_resampler is not None:
+            self.playback_resampler = Resampler(self.playback_resampler.rate, PLAYBACK_RATE)
+        if self.keep_playback:
+            self._append_playback(np.zeros(self._playback_gap(index), np.float32))
 
     def speaking(self) -> bool:
         """Whether the most recent audio is speech (False without VAD or before any frame)."""

@@ -1,0 +1,170 @@
+"""Chunk-by-chunk motion generation with causal carryover (raw motion-space units).
+
+A MotionGenerator holds one stream's state: the last K generated frames and their audio
+features (the carry), and a seeded noise source. Each call generates the next chunk from
+that chunk's audio features; nothing ever waits for future audio beyond the feature
+look-ahead. Streams sharing one model keep their own MotionGenerator.
+
+Checkpoint (a torch.save dict, see save_checkpoint):
+    kind ("teacher" | "student"), config (MotionConfig), normalizer, feature_config,
+    sampler ({"steps", "guidance"}), model (state dict), train (provenance, optional).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import motion_space
+from models.motion import MotionConfig, MotionDiT, Normalizer
+from models.sampler import ChunkCondition, Guidance, sample_student, sample_teacher
+
+
+@dataclass
+class MotionModel:
+    """A loaded checkpoint: the network plus what it needs to be used."""
+
+    kind: str
+    net: MotionDiT
+    normalizer: Normalizer
+    feature_config: dict
+    steps: int
+    guidance: Guidance
+
+    @property
+    def config(self) -> MotionConfig:
+        return self.net.config
+
+    def sample(self, cond: ChunkCondition, noise: torch.Tensor) -> torch.Tensor:
+        if self.kind == "student":
+            return sample_student(self.net, cond, noise, steps=self.steps)
+        return sample_teacher(self.net, cond, noise, steps=self.steps, guidance=self.guidance)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per chunk (a guided teacher step costs 3, batched)."""
+        return self.steps if self.kind == "student" else 3 * self.steps
+
+
+def save_checkpoint(path: str | Path, kind: str, net: MotionDiT, normalizer: Normalizer,
+                    feature_config: dict, steps: int, guidance: Guidance,
+                    train: dict | None = None, half: bool = False) -> None:
+    state = {k: (v.half() if half and v.is_floating_point() else v)
+             for k, v in net.state_dict().items()}
+    torch.save({
+        "kind": kind, "config": net.config.to_dict(),
+        "normalizer": {"mean": list(normalizer.mean), "std": list(normalizer.std)},
+        "feature_config": feature_config,
+        "sampler": {"steps": steps, "guidance": guidance.to_dict()},
+        "names": list(motion_space.NAMES),
+        "model": state, "train": train or {},
+    }, path)
+
+
+def load_motion_model(path: str | Path, kind: str | None = None,
+                      steps: int | None = None) -> MotionModel:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if list(ckpt["names"]) != list(motion_space.NAMES):
+        raise ValueError(f"{path}: trained for motion parameters {ckpt['names']}, "
+                         f"this code has {list(motion_space.NAMES)}")
+    net = MotionDiT(MotionConfig.from_dict(ckpt["config"]))
+    net.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+    net.eval()
+    return MotionModel(
+        kind=kind or ckpt["kind"], net=net, normalizer=Normalizer(**ckpt["normalizer"]),
+        feature_config=ckpt["feature_config"], steps=steps or ckpt["sampler"]["steps"],
+        guidance=Guidance(**ckpt["sampler"]["guidance"]))
+
+
+class TorchMotionSampler:
+    """Batched sampling in raw units (numpy in, numpy out); export.motion.OnnxMotionSampler
+    has the same call signature.
+
+    noise [B, n, D], carry [B, K, D], carry_audio [B, K, stack, 384], audio [B, n, stack, 384],
+    style [B, S] -> motion [B, n, D]
+    """
+
+    def __init__(self, model: MotionModel):
+        self.model = model
+
+    def __call__(self, noise, carry, carry_audio, audio, style) -> np.ndarray:
+        norm = self.model.normalizer
+        cond = ChunkCondition(
+            carry=norm.to_model(torch.from_numpy(np.asarray(carry, np.float32))),
+            carry_audio=torch.from_numpy(np.asarray(carry_audio, np.float32)),
+            audio=torch.from_numpy(np.asarray(audio, np.float32)),
+            style=torch.from_numpy(np.asarray(style, np.float32)))
+        x = self.model.sample(cond, torch.from_numpy(np.asarray(noise, np.float32)))
+        return norm.from_model(x).numpy().astype(np.float32)
+
+
+class MotionGenerator:
+    """One stream's motion: generate(features) -> next frames, carrying state over.
+
+    `sampler` runs the network (TorchMotionSampler by default, or an ONNX runner).
+    """
+
+    def __init__(self, model: MotionModel, silence_feature: np.ndarray, seed: int = 0,
+                 style: dict[str, float] | None = None, sampler=None):
+        self.model = model
+        self.sampler = sampler or TorchMotionSampler(model)
+        self.silence_feature = np.asarray(silence_feature, np.float32)  # [stack, 384]
+        self.style = self.style_vector(style or {})
+        self.reset(seed)
+
+    def style_vector(self, style: dict[str, float]) -> np.ndarray:
+        names = self.model.config.style_names
+        unknown = set(style) - set(names)
+        if unknown:
+            raise ValueError(f"unknown style controls {sorted(unknown)}; known: {list(names)}")
+        return np.array([float(style.get(n, 1.0)) for n in names], np.float32)
+
+    def set_style(self, style: dict[str, float]) -> None:
+        self.style = self.style_vector(style)
+
+    def reset(self, seed: int = 0) -> None:
+        self.noise = torch.Generator().manual_seed(seed)
+        self.reset_carry()
+
+    def reset_carry(self) -> None:
+        """Neutral face and silence as the carry (the stream's start)."""
+        k = self.model.config.carry_frames
+        self.carry = np.zeros((k, motion_space.D), np.float32)          # neutral face
+        self.carry_audio = np.repeat(self.silence_feature[None], k, axis=0)
+
+    def generate(self, features: np.ndarray) -> np.ndarray:
+        """features [n, stack, 384] (n <= chunk_frames) -> motion [n, D] (raw units)."""
+        c = self.model.config
+        n = features.shape[0]
+        if not 1 <= n <= c.chunk_frames:
+            raise ValueError(f"a chunk has 1..{c.chunk_frames} frames, got {n}")
+        features = np.asarray(features, np.float32)
+        noise = torch.randn((1, n, c.motion_dim), generator=self.noise).numpy()
+        motion = self.sampler(noise, self.carry[None], self.carry_audio[None], features[None],
+                              self.style[None])[0]
+        self.carry = np.concatenate([self.carry, motion])[-c.carry_frames:]
+        self.carry_audio = np.concatenate([self.carry_audio, features])[-c.carry_frames:]
+        return motion
+
+
+def chunk_sizes(frames: int, chunk: int, first: int | None = None) -> list[int]:
+    """How a stream of `frames` frames is cut into chunks: a shorter first one, then `chunk`."""
+    sizes, done = [], 0
+    first = first or chunk
+    while done < frames:
+        n = min(first if not sizes else chunk, frames - done)
+        sizes.append(n)
+        done += n
+    return sizes
+
+
+def generate_sequence(generator: MotionGenerator, features: np.ndarray,
+                      first_chunk: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """Generate a whole feature sequence [T, stack, 384] chunk by chunk -> ([T, D], sizes)."""
+    sizes = chunk_sizes(len(features), generator.model.config.chunk_frames, first_chunk)
+    out, at = [], 0
+    for n in sizes:
+        out.append(generator.generate(features[at:at + n]))
+        at += n
+    return np.concatenate(out) if out else np.zeros((0, motion_space.D), np.float32), sizes

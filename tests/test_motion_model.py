@@ -1,0 +1,174 @@
+"""The motion DiT, its samplers and the training scripts (tiny configurations)."""
+
+import numpy as np
+import pytest
+import torch
+
+from models import motion_space
+from models.generator import MotionGenerator, MotionModel, chunk_sizes, load_motion_model
+from models.motion import MotionConfig, MotionDiT, Normalizer
+from models.sampler import ChunkCondition, Guidance, sample_student, sample_teacher
+from train.synth import run as synth_run
+from train.teacher import TeacherConfig, flow_matching_loss, train
+from train.windows import Example, WindowSampler, fit_normalizer
+
+TINY = MotionConfig(width=48, depth=2, heads=2, audio_proj=8)
+JAW = motion_space.index("jaw_open")
+
+
+def toy_examples(n: int = 6, frames: int = 200, seed: int = 0) -> list[Example]:
+    """Audio features whose first channel drives jaw_open (a learnable toy mapping)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        drive = np.convolve(rng.random(frames), np.ones(5) / 5, mode="same").astype(np.float32)
+        feats = rng.standard_normal((frames, 10, 384)).astype(np.float32) * 0.1
+        feats[:, :, 0] = drive[:, None] * 4
+        motion = np.zeros((frames, motion_space.D), np.float32)
+        motion[:, JAW] = drive
+        motion[:, motion_space.index("head_yaw")] = np.cumsum(rng.normal(0, 0.2, frames))
+        out.append(Example(feats, motion, np.ones(2, np.float32)))
+    return out
+
+
+def test_forward_shapes_and_short_chunks():
+    net = MotionDiT(TINY)
+    for n in (1, 2, TINY.chunk_frames):
+        b = 3
+        v = net(torch.randn(b, n, 17), torch.rand(b), torch.randn(b, 8, 17),
+                torch.randn(b, n, 10, 384), torch.randn(b, 8, 10, 384), torch.ones(b, 2),
+                torch.ones(b), torch.zeros(b))
+        assert v.shape == (b, n, 17)
+
+
+def test_training_lowers_the_loss():
+    torch.manual_seed(0)
+    examples = toy_examples()
+    norm = fit_normalizer(examples)
+    sampler = WindowSampler(examples, TINY, norm, np.zeros((10, 384), np.float32), seed=0)
+    net = MotionDiT(TINY)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    rng = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(150):
+        loss = flow_matching_loss(net, sampler.batch(32), 0.1, 0.1, 0.1, rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:20])
+
+
+def tiny_model(kind: str = "student", steps: int = 2) -> MotionModel:
+    torch.manual_seed(1)
+    net = MotionDiT(TINY).eval()
+    for p in net.parameters():                       # non-trivial outputs from an untrained net
+        torch.nn.init.normal_(p, std=0.05)
+    return MotionModel(kind, net, Normalizer(), {}, steps, Guidance())
+
+
+def test_sampler_is_deterministic_for_a_seed():
+    model = tiny_model()
+    silence = np.zeros((10, 384), np.float32)
+    feats = np.random.default_rng(0).standard_normal((12, 10, 384)).astype(np.float32)
+
+    def generate(seed):
+        g = MotionGenerator(model, silence, seed=seed)
+        return np.concatenate([g.generate(feats[i:i + 4]) for i in range(0, 12, 4)])
+
+    a, b, c = generate(7), generate(7), generate(8)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_teacher_and_student_samplers_run_their_step_counts(monkeypatch):
+    model = tiny_model("teacher", steps=5)
+    calls = []
+    forward = model.net.forward
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return forward(*args)
+
+    monkeypatch.setattr(model.net, "forward", counting)
+    cond = ChunkCondition(torch.zeros(2, 8, 17), torch.zeros(2, 8, 10, 384),
+                          torch.zeros(2, 4, 10, 384), torch.ones(2, 2))
+    sample_teacher(model.net, cond, torch.randn(2, 4, 17), steps=5)
+    assert calls == [6] * 5                          # 3 guidance branches batched, 5 steps
+    calls.clear()
+    sample_student(model.net, cond, torch.randn(2, 4, 17), steps=2)
+    assert calls == [2, 2]
+
+
+def test_carry_is_the_last_generated_frames():
+    model = tiny_model()
+    g = MotionGenerator(model, np.zeros((10, 384), np.float32), seed=0)
+    feats = np.random.default_rng(1).standard_normal((4, 10, 384)).astype(np.float32)
+    first = g.generate(feats[:2])
+    second = g.generate(feats[2:])
+    assert np.array_equal(g.carry[-4:], np.concatenate([first, second]))
+    assert np.array_equal(g.carry_audio[-4:], feats)
+
+
+def test_chunk_sizes():
+    assert chunk_sizes(11, 4, 2) == [2, 4, 4, 1]
+    assert chunk_sizes(0, 4, 2) == []
+    assert sum(chunk_sizes(1000, 4, 2)) == 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth")
+    synth_run(0.004, folder, workers=1, show_progress=False)
+    return folder
+
+
+def test_teacher_script_checkpoints_and_resumes(tiny_dataset, tmp_path, capsys):
+    cfg = TeacherConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), steps=6, batch=8,
+                        save_every=3, warmup=2, sample_steps=4,
+                        model={"width": 32, "depth": 1, "heads": 2, "audio_proj": 8})
+    path = train(cfg)
+    assert (tmp_path / "t" / "loss.png").is_file()
+    model = load_motion_model(path)
+    assert model.kind == "teacher" and model.steps == 4 and model.config.width == 32
+    cfg.steps = 9
+    train(cfg)
+    assert "resumed from" in capsys.readouterr().out
+    state = torch.load(tmp_path / "t" / "last.pt", weights_only=False)
+    assert state["step"] == 9 and len(state["history"]) == 9
+
+
+def test_distill_script_makes_a_two_step_student(tiny_dataset, tmp_path):
+    from train.distill import DistillConfig, distill
+
+    teacher = train(TeacherConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), steps=4,
+                                  batch=8, warmup=2, sample_steps=4,
+                                  model={"width": 32, "depth": 1, "heads": 2, "audio_proj": 8}))
+    path = distill(DistillConfig(teacher=str(teacher), data=str(tiny_dataset),
+                                 out=str(tmp_path / "s"), pairs=64, pair_block=32, steps=5,
+                                 batch=16, warmup=2))
+    student = load_motion_model(path)
+    assert student.kind == "student" and student.nfe == 2
+    assert (tmp_path / "s" / "loss.png").is_file()
+
+
+def test_student_exports_to_onnx_and_matches_torch(tmp_path):
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    from export.motion import OnnxMotionSampler, export_motion
+    from models.generator import TorchMotionSampler
+
+    model = tiny_model("student", steps=2)
+    path = export_motion(model, tmp_path / "motion.onnx")
+    assert "Attention" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    ort_sampler, torch_sampler = OnnxMotionSampler(path), TorchMotionSampler(model)
+    rng = np.random.default_rng(0)
+    for batch, n in ((1, 2), (3, 4)):
+        args = (rng.standard_normal((batch, n, 17)), rng.standard_normal((batch, 8, 17)),
+                rng.standard_normal((batch, 8, 10, 384)), rng.standard_normal((batch, n, 10, 384)),
+                np.ones((batch, 2)))
+        args = tuple(a.astype(np.float32) for a in args)
+        ours, ref = ort_sampler(*args), torch_sampler(*args)
+        assert ours.shape == (batch, n, 17)
+        assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()

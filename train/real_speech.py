@@ -1,0 +1,193 @@
+"""Lip sync on real human speech (not TTS): the model against a forced-alignment reference.
+
+    python -m train.real_speech --checkpoint assets/motion_student.pt --json OUT.json
+
+Recordings with known text:
+  - alsa-utils' channel-test phrases (/usr/share/sounds/alsa/*.wav, "Front Center", ...),
+    joined with pauses into one clip;
+  - pyannote-audio's sample conversation (30 s of telephone speech, MIT) with its
+    time-stamped transcript sample.stm, taken from the pyannote.audio wheel on PyPI
+    (`pip download`, cached).
+Reference: pocketsphinx (offline, bundled en-us model) force-aligns the text to phones;
+train.visemes.mouth_track turns the phones into a jaw_open track at 25 fps (average
+speaker). Baseline: the audio's energy envelope per frame. Reported: Pearson correlation of
+generated jaw_open and of the energy envelope with the reference, per recording.
+"""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from models import motion_space
+from models.audio_io import load_audio
+from train.tts import SILENCE, Phone
+from train.visemes import MOUTH, Speech, Style, frame_count, frame_times, mouth_track
+
+ALSA = Path("/usr/share/sounds/alsa")
+ALSA_PHRASES = ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left",
+                "Rear_Right", "Side_Left", "Side_Right")
+PYANNOTE = ("pyannote.audio", "4.0.7")
+
+
+def _pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes()
+
+
+def align(audio: np.ndarray, text: str) -> list[tuple[str, float, float]]:
+    """Force-align `text` to 16 kHz audio: [(ARPAbet phone or SIL, start s, end s)]."""
+    import pocketsphinx
+
+    words = re.sub(r"[^a-z' ]", " ", text.lower()).split()
+    decoder = pocketsphinx.Decoder(samprate=16000, loglevel="FATAL", bestpath=False)
+    words = [w for w in words if decoder.lookup_word(w)]
+    if not words:
+        return []
+    decoder.set_align_text(" ".join(words))
+    pcm = _pcm16(audio)
+    decoder.start_utt()                     # word-level pass
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    if decoder.hyp() is None:
+        return []
+    decoder.set_alignment()                 # phone-level pass over the same audio
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    alignment = decoder.get_alignment()
+    if alignment is None:
+        return []
+    phones = []
+    for word in alignment:
+        for p in word:
+            name = "SIL" if p.name in ("SIL", "+SPN+", "+NSN+") else p.name
+            phones.append((name, p.start / 100.0, (p.start + p.duration) / 100.0))
+    return phones
+
+
+def reference_jaw(phones: list[tuple[str, float, float]], num_samples: int) -> np.ndarray:
+    """A reference jaw_open track [T] from aligned phones (average speaker, no randomness)."""
+    duration = num_samples / 16000
+    contiguous, t = [], 0.0
+    for symbol, start, end in sorted(phones, key=lambda p: p[1]):
+        start, end = max(start, t), min(end, duration)
+        if end <= start:
+            continue
+        if start > t:
+            contiguous.append(Phone(SILENCE, t, start))
+        contiguous.append(Phone(SILENCE if symbol == "SIL" else symbol, start, end))
+        t = end
+    if t < duration:
+        contiguous.append(Phone(SILENCE, t, duration))
+    frames = frame_count(num_samples)
+    return mouth_track(Speech(contiguous, np.zeros(1), np.zeros(1), num_samples), Style(),
+                       frame_times(frames), np.random.default_rng(0))[:, MOUTH.index("jaw_open")]
+
+
+def energy_envelope(audio: np.ndarray) -> np.ndarray:
+    """RMS energy (dB above the clip's floor) in each 40 ms frame: the baseline [T]."""
+    n = frame_count(audio.size)
+    padded = np.zeros(n * 640, np.float32)
+    padded[: audio.size] = audio
+    rms = np.sqrt(np.mean(padded.reshape(n, 640) ** 2, axis=1) + 1e-10)
+    db = 20 * np.log10(rms)
+    return np.clip(db - np.percentile(db, 10), 0, None)
+
+
+def pyannote_sample(cache: Path) -> tuple[Path, Path]:
+    """sample.wav and sample.stm from the pyannote.audio wheel (downloaded once)."""
+    wav, stm = cache / "sample.wav", cache / "sample.stm"
+    if not (wav.is_file() and stm.is_file()):
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        "-d", str(cache), f"{PYANNOTE[0]}=={PYANNOTE[1]}"], check=True,
+                       timeout=300)
+        wheel = next(cache.glob("pyannote_audio-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            wav.write_bytes(z.read("pyannote/audio/sample/sample.wav"))
+            stm.write_bytes(z.read("pyannote/audio/sample/sample.stm"))
+        wheel.unlink()
+    return wav, stm
+
+
+def recordings(cache: Path) -> list[dict]:
+    """[{name, audio (16 kHz), phones}] with the aligned phones of each recording."""
+    pause = np.zeros(8000, np.float32)
+    audio, phones, t = [], [], 0.0
+    for name in ALSA_PHRASES:
+        clip = load_audio(ALSA / f"{name}.wav")
+        phones += [(p, s + t, e + t) for p, s, e in align(clip, name.replace("_", " "))]
+        audio += [clip, pause]
+        t += (clip.size + pause.size) / 16000
+    out = [{"name": "alsa-phrases", "audio": np.concatenate(audio), "phones": phones}]
+
+    wav, stm = pyannote_sample(cache)
+    conversation = load_audio(wav)
+    phones = []
+    for line in stm.read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6:
+            continue
+        start, end, text = float(parts[3]), float(parts[4]), parts[5]
+        lo, hi = int(start * 16000), int(end * 16000)
+        phones += [(p, s + start, e + start) for p, s, e in align(conversation[lo:hi], text)]
+    out.append({"name": "pyannote-conversation", "audio": conversation, "phones": phones})
+    return out
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    d = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / d) if d > 0 else 0.0
+
+
+def evaluate(checkpoint: str, cache: Path, seed: int = 0) -> dict:
+    from models.audio import AudioFeatureExtractor, FeatureConfig
+    from models.generator import MotionGenerator, generate_sequence, load_motion_model
+
+    model = load_motion_model(checkpoint)
+    fields = {k: v for k, v in model.feature_config.items()
+              if k in FeatureConfig.__dataclass_fields__}
+    extractor = AudioFeatureExtractor(FeatureConfig(**fields))
+    silence = extractor.features(np.zeros(extractor.config.window_samples, np.float32))[0]
+    jaw = motion_space.index("jaw_open")
+    result = {"checkpoint": str(checkpoint), "recordings": {}}
+    for rec in recordings(cache):
+        audio = rec["audio"]
+        reference = reference_jaw(rec["phones"], audio.size)
+        generator = MotionGenerator(model, silence, seed=seed)
+        motion, _ = generate_sequence(generator, extractor.features(audio), first_chunk=2)
+        energy = energy_envelope(audio)
+        result["recordings"][rec["name"]] = {
+            "seconds": audio.size / 16000, "phones": len(rec["phones"]),
+            "model_corr": pearson(motion[:, jaw], reference),
+            "energy_corr": pearson(energy, reference),
+        }
+    model_mean = np.mean([r["model_corr"] for r in result["recordings"].values()])
+    energy_mean = np.mean([r["energy_corr"] for r in result["recordings"].values()])
+    result["model_corr_mean"], result["energy_corr_mean"] = float(model_mean), float(energy_mean)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="assets/motion_student.pt")
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--cache", default="data/real_speech")
+    args = parser.parse_args(argv)
+    result = evaluate(args.checkpoint, Path(args.cache))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

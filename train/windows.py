@@ -1,0 +1,101 @@
+"""Training windows: random (carry, chunk) pairs cut from examples of (audio features, motion).
+
+An example is one continuous recording: features [T, stack, 384], motion [T, D] (raw units)
+and a style vector [S]. A window starting at frame s is
+    carry = motion[s-K : s]       (frames before the stream start: neutral motion, silence audio)
+    chunk = motion[s : s+n]       n = chunk_frames, or shorter (a first chunk)
+with the matching audio features.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.motion import MotionConfig, Normalizer
+from models.sampler import ChunkCondition
+
+
+@dataclass
+class Example:
+    features: np.ndarray     # [T, stack, 384] float16 or float32
+    motion: np.ndarray       # [T, D] float32, raw motion-space units
+    style: np.ndarray        # [S] float32, in the order of MotionConfig.style_names
+    voice: str = ""
+    text: str = ""
+
+    @property
+    def frames(self) -> int:
+        return min(len(self.features), len(self.motion))
+
+
+def fit_normalizer(examples: list[Example], floor: float = 0.02) -> Normalizer:
+    """Per-parameter mean/std of the training motion (std floored so constant ones stay finite)."""
+    motion = np.concatenate([e.motion[: e.frames] for e in examples])
+    std = np.maximum(motion.std(axis=0), floor)
+    return Normalizer(mean=motion.mean(axis=0).tolist(), std=std.tolist())
+
+
+@dataclass
+class WindowBatch:
+    cond: ChunkCondition     # normalised carry, audio, style
+    target: torch.Tensor     # [B, n, D] normalised motion of the chunk
+
+
+class WindowSampler:
+    """Random training windows, deterministic for a seed."""
+
+    def __init__(self, examples: list[Example], config: MotionConfig, normalizer: Normalizer,
+                 silence_feature: np.ndarray, seed: int = 0, short_chunk_p: float = 0.25,
+                 stream_start_p: float = 0.05):
+        self.examples = [e for e in examples if e.frames > config.chunk_frames]
+        if not self.examples:
+            raise ValueError("no example is longer than one chunk")
+        self.config = config
+        self.normalizer = normalizer
+        self.silence = np.asarray(silence_feature, np.float32)
+        self.rng = np.random.default_rng(seed)
+        self.short_chunk_p = short_chunk_p
+        self.stream_start_p = stream_start_p
+        weights = np.array([e.frames for e in self.examples], np.float64)
+        self.weights = weights / weights.sum()
+
+    def window(self, example: Example, start: int, n: int):
+        k = self.config.carry_frames
+        stack = self.silence.shape
+        carry = np.zeros((k, example.motion.shape[1]), np.float32)
+        carry_audio = np.broadcast_to(self.silence, (k, *stack)).copy()
+        lo = max(start - k, 0)
+        have = start - lo
+        if have:
+            carry[k - have:] = example.motion[lo:start]
+            carry_audio[k - have:] = example.features[lo:start]
+        return (carry, carry_audio, example.features[start:start + n].astype(np.float32),
+                example.motion[start:start + n])
+
+    def pick(self, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Random windows: (example indices [B], start frames [B], chunk length n)."""
+        c = self.config
+        n = c.chunk_frames
+        if self.rng.random() < self.short_chunk_p:
+            n = int(self.rng.integers(1, c.chunk_frames + 1))
+        picks = self.rng.choice(len(self.examples), size=size, p=self.weights)
+        starts = np.array([0 if self.rng.random() < self.stream_start_p
+                           else int(self.rng.integers(0, self.examples[i].frames - n + 1))
+                           for i in picks])
+        return picks, starts, n
+
+    def batch(self, size: int) -> WindowBatch:
+        return self.batch_at(*self.pick(size))
+
+    def batch_at(self, picks: np.ndarray, starts: np.ndarray, n: int) -> WindowBatch:
+        rows = [self.window(self.examples[i], int(s), n) + (self.examples[i].style,)
+                for i, s in zip(picks, starts, strict=True)]
+        carry, carry_audio, audio, motion, style = (np.stack(x) for x in zip(*rows, strict=True))
+        norm = self.normalizer
+        cond = ChunkCondition(
+            carry=norm.to_model(torch.from_numpy(carry)),
+            carry_audio=torch.from_numpy(carry_audio),
+            audio=torch.from_numpy(audio),
+            style=torch.from_numpy(style.astype(np.float32)))
+        return WindowBatch(cond=cond, target=norm.to_model(torch.from_numpy(motion)))
