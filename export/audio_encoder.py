@@ -59,7 +59,4 @@ def cached_audio_encoder(config: FeatureConfig | None = None) -> Path:
         tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")
         export_audio_encoder(tmp, config)
         tmp.replace(path)
-        data = tmp.with_name(tmp.name + ".data")
-        if data.exists():
-            data.replace(path.with_name(path.name + ".data"))
     return path

@@ -159,10 +159,10 @@ def chunk_sizes(frames: int, chunk: int, first: int | None = None) -> list[int]:
     return sizes
 
 
-def generate_sequence(generator: MotionGenerator, features: np.ndarray,
+def generate_sequence(generator: MotionGenerator, features: np.ndarray, chunk: int = 2,
                       first_chunk: int | None = None) -> tuple[np.ndarray, list[int]]:
     """Generate a whole feature sequence [T, stack, 384] chunk by chunk -> ([T, D], sizes)."""
-    sizes = chunk_sizes(len(features), generator.model.config.chunk_frames, first_chunk)
+    sizes = chunk_sizes(len(features), chunk, first_chunk)
     out, at = [], 0
     for n in sizes:
         out.append(generator.generate(features[at:at + n]))

@@ -58,8 +58,8 @@ def seam_ratio(motion_norm: list[np.ndarray], sizes: list[list[int]]) -> float:
     return float(np.mean(seam) / np.mean(inside)) if seam and inside else float("nan")
 
 
-def evaluate_model(path: str, examples, silence, kind: str | None = None,
-                   first_chunk: int | None = 2, seed: int = 0) -> dict:
+def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk: int = 2,
+                   first_chunk: int | None = None, seed: int = 0) -> dict:
     torch.set_num_threads(1)
     model = load_motion_model(path, kind=kind)
     jaw, head = motion_space.index("jaw_open"), [motion_space.index(n) for n in HEAD]
@@ -72,7 +72,7 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None,
                                                    map(float, e.style), strict=True)))
         t0 = time.perf_counter()
         motion, s = generate_sequence(generator, e.features[: e.frames].astype(np.float32),
-                                      first_chunk)
+                                      chunk, first_chunk)
         chunk_time += time.perf_counter() - t0
         chunks += len(s)
         truth = e.motion[: e.frames]
@@ -91,6 +91,7 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None,
         "seam_ratio": seam_ratio(normed, sizes),
         "head_std_ratio": float(np.mean(gh.std(axis=0) / np.maximum(th.std(axis=0), 1e-6))),
         "nfe": model.nfe,
+        "chunk_frames": chunk,
         "ms_per_chunk": 1000.0 * chunk_time / max(chunks, 1),
         "examples": len(examples),
         "frames": int(len(gj)),
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="data/synth")
     parser.add_argument("--json", required=True)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N examples")
+    parser.add_argument("--chunk", type=int, default=2, help="frames per chunk (run-time: 2)")
     args = parser.parse_args(argv)
 
     examples, feature_config = load_examples(args.data, "val")
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
     result = {"data": str(args.data), "checkpoint": {}}
     for name, path in (("student", args.checkpoint), ("teacher", args.teacher)):
         if path:
-            result[name] = evaluate_model(path, examples, silence)
+            result[name] = evaluate_model(path, examples, silence, chunk=args.chunk)
             result["checkpoint"][name] = str(path)
     if "teacher" in result and "student" in result:
         teacher_sync = result["teacher"]["sync_corr"]

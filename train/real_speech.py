@@ -161,7 +161,7 @@ def evaluate(checkpoint: str, cache: Path, seed: int = 0) -> dict:
         audio = rec["audio"]
         reference = reference_jaw(rec["phones"], audio.size)
         generator = MotionGenerator(model, silence, seed=seed)
-        motion, _ = generate_sequence(generator, extractor.features(audio), first_chunk=2)
+        motion, _ = generate_sequence(generator, extractor.features(audio), chunk=2)
         energy = energy_envelope(audio)
         result["recordings"][rec["name"]] = {
             "seconds": audio.size / 16000, "phones": len(rec["phones"]),

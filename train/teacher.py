@@ -33,7 +33,7 @@ from train.windows import WindowSampler, fit_normalizer
 class TeacherConfig:
     data: str = "data/synth"
     out: str = "runs/teacher"
-    steps: int = 20000
+    steps: int = 10000
     batch: int = 128
     lr: float = 3e-4
     weight_decay: float = 0.01

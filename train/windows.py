@@ -4,7 +4,8 @@ An example is one continuous recording: features [T, stack, 384], motion [T, D] 
 and a style vector [S]. A window starting at frame s is
     carry = motion[s-K : s]       (frames before the stream start: neutral motion, silence audio)
     chunk = motion[s : s+n]       n = chunk_frames, or shorter (a first chunk)
-with the matching audio features.
+with the matching audio features. Chunk lengths are mixed (mostly 2 frames, the run-time
+chunk on a CPU; 4, a GPU's; any length 1..N) so one model serves every chunk size.
 """
 
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class WindowSampler:
     """Random training windows, deterministic for a seed."""
 
     def __init__(self, examples: list[Example], config: MotionConfig, normalizer: Normalizer,
-                 silence_feature: np.ndarray, seed: int = 0, short_chunk_p: float = 0.25,
+                 silence_feature: np.ndarray, seed: int = 0,
+                 chunk_mix: tuple[tuple[int, float], ...] = ((2, 0.5), (4, 0.3), (0, 0.2)),
                  stream_start_p: float = 0.05):
         self.examples = [e for e in examples if e.frames > config.chunk_frames]
         if not self.examples:
@@ -55,7 +57,7 @@ class WindowSampler:
         self.normalizer = normalizer
         self.silence = np.asarray(silence_feature, np.float32)
         self.rng = np.random.default_rng(seed)
-        self.short_chunk_p = short_chunk_p
+        self.chunk_mix = chunk_mix      # (n, probability); n = 0: uniform over 1..N
         self.stream_start_p = stream_start_p
         weights = np.array([e.frames for e in self.examples], np.float64)
         self.weights = weights / weights.sum()
@@ -76,9 +78,9 @@ class WindowSampler:
     def pick(self, size: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Random windows: (example indices [B], start frames [B], chunk length n)."""
         c = self.config
-        n = c.chunk_frames
-        if self.rng.random() < self.short_chunk_p:
-            n = int(self.rng.integers(1, c.chunk_frames + 1))
+        sizes, p = zip(*self.chunk_mix, strict=True)
+        n = int(sizes[self.rng.choice(len(sizes), p=np.array(p) / sum(p))])
+        n = min(n, c.chunk_frames) if n else int(self.rng.integers(1, c.chunk_frames + 1))
         picks = self.rng.choice(len(self.examples), size=size, p=self.weights)
         starts = np.array([0 if self.rng.random() < self.stream_start_p
                            else int(self.rng.integers(0, self.examples[i].frames - n + 1))
