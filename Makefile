@@ -42,7 +42,7 @@ serve: setup
 # The default motion checkpoint (assets/motion_student.pt), from the project's own data and
 # training code: synthetic data -> teacher -> 2-step student. Resumable; ~1 h on 2 CPU cores.
 WEIGHTS_HOURS ?= 1.5
-TEACHER_STEPS ?= 10000
+TEACHER_STEPS ?= 7000
 weights: setup
 	$(PY) -m train.synth --hours $(WEIGHTS_HOURS) --out data/synth --workers 2 --no-progress
 	$(PY) -m train.teacher --data data/synth --out runs/teacher --steps $(TEACHER_STEPS)

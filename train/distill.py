@@ -39,16 +39,16 @@ class DistillConfig:
     data: str = "data/synth"
     out: str = "runs/student"
     student_steps: int = 2
-    pairs: int = 16384             # teacher trajectories generated
+    pairs: int = 8192              # teacher trajectories generated
     pair_block: int = 1024         # generated (and saved) per block
-    steps: int = 6000
+    steps: int = 3000
     batch: int = 128
     lr: float = 1e-4
     warmup: int = 200
     weight_decay: float = 0.0
     ema: float = 0.999
     seed: int = 1
-    threads: int = 2
+    threads: int = 1
     save_every: int = 500
 
 

@@ -33,7 +33,7 @@ from train.windows import WindowSampler, fit_normalizer
 class TeacherConfig:
     data: str = "data/synth"
     out: str = "runs/teacher"
-    steps: int = 10000
+    steps: int = 7000
     batch: int = 128
     lr: float = 3e-4
     weight_decay: float = 0.01
@@ -43,7 +43,7 @@ class TeacherConfig:
     p_drop_style: float = 0.1
     carry_noise: float = 0.15
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
     save_every: int = 500
     sample_steps: int = 24            # teacher sampler defaults stored in the checkpoint
     guidance_audio: float = 2.0

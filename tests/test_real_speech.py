@@ -1,0 +1,34 @@
+"""Forced alignment of real recordings and the reference mouth track built from it."""
+
+import numpy as np
+
+from models.audio_io import load_audio
+from train.real_speech import align, energy_envelope, pearson, reference_jaw
+
+
+def test_alignment_of_a_real_recording():
+    audio = load_audio("/usr/share/sounds/alsa/Front_Center.wav")
+    phones = align(audio, "Front Center")
+    names = [p for p, _, _ in phones if p != "SIL"]
+    assert names[:5] == ["F", "R", "AH", "N", "T"]
+    assert names[-2:] == ["T", "ER"]
+    starts = [s for _, s, _ in phones]
+    assert starts == sorted(starts) and phones[-1][2] <= audio.size / 16000 + 0.05
+
+
+def test_reference_track_follows_the_phones():
+    audio = np.concatenate([np.zeros(16000, np.float32),
+                            load_audio("/usr/share/sounds/alsa/Front_Center.wav"),
+                            np.zeros(16000, np.float32)])
+    phones = [(p, s + 1.0, e + 1.0) for p, s, e in align(audio[16000:-16000], "front center")]
+    ref = reference_jaw(phones, audio.size)
+    assert ref.shape == (int(np.ceil(audio.size / 640)),)
+    assert ref[:20].max() < 0.05 and ref[-15:].max() < 0.05     # closed in the silences
+    assert ref[25:60].max() > 0.2                                # open while speaking
+    assert pearson(energy_envelope(audio), ref) > 0.3
+
+
+def test_unknown_words_are_dropped_not_fatal():
+    audio = load_audio("/usr/share/sounds/alsa/Front_Left.wav")
+    assert align(audio, "front zzqxv left")[0][0] == "F"
+    assert align(audio, "zzqxv") == []
