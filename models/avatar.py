@@ -1,0 +1,417 @@
+"""Avatar preparation: one portrait photo -> everything the renderer needs, as tensors.
+
+Runs once per portrait and is cached by the hash of the decoded pixels:
+
+    read the image (checked: a real, complete image of at most 40 megapixels)
+    -> detect faces, keep the largest (a warning when there are several), refuse tiny ones
+    -> crop and align to the working square (eyes level, face width 30% of the square,
+       up to 40% when the photo is too small, padded with a blurred edge beyond that)
+    -> landmarks on the crop, the personal landmark basis, the expression flow fields,
+       the head depth map and mask, skin / lip / teeth colours.
+
+The result is an `Avatar`: a dataclass of tensors, so one renderer graph serves any avatar.
+"""
+
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import head, warp
+from models import motion_space as ms
+from models.eyes import lid_skin_heights
+from models.face import (
+    Face,
+    FaceNotFoundError,
+    FaceTooSmallError,
+    PortraitError,
+    detect_faces,
+    find_landmarks,
+)
+
+SIZES = (512, 256)
+MAX_PIXELS = 40_000_000
+MIN_FACE_WIDTH = 64            # pixels, jaw point 0 to 16, in the photo
+FACE_FRACTION = 0.30           # face width / working size, preferred
+MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room around the face
+EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
+TEETH_VISIBLE_AREA = 0.008     # parted lips' area (face widths squared) that shows teeth
+SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
+PREP_VERSION = 13              # bump when preparation changes: old cache entries are ignored
+DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
+
+
+class ImageReadError(PortraitError):
+    pass
+
+
+class ImageTooLargeError(PortraitError):
+    pass
+
+
+class SeveralFacesWarning(UserWarning):
+    pass
+
+
+@dataclass
+class Avatar:
+    """A prepared portrait. Pixel coordinates are in the working square (x right, y down,
+    pixel centres at integers); E = len(motion_space.EXPRESSION), h = w = warp.COARSE."""
+    image: torch.Tensor            # [3, S, S] float32, 0..255: the aligned crop
+    landmarks: torch.Tensor        # [68, 2] neutral landmarks
+    landmark_depth: torch.Tensor   # [68] depth towards the camera, pixels
+    basis: torch.Tensor            # [E, 68, 2] landmark displacement per unit expression, px
+    flow: torch.Tensor             # [2, E, 2, h, w] forward displacement per unit expression,
+                                   #   px, for the upper and lower layer (cut between the lips)
+    flow_jacobian: torch.Tensor    # [2, E, 4, h, w] its spatial derivatives
+    depth: torch.Tensor            # [1, 3, h, w] head depth (pixels) and its slopes
+    head_mask: torch.Tensor        # [1, 1, h, w] 1 where the image moves with the head
+    face_rotation: torch.Tensor    # [2, 2] in-plane rotation of the face frame
+    pivot: torch.Tensor            # [3] head rotation centre (x, y, z), pixels
+    face_width: torch.Tensor       # [] pixels per face width
+    colors: torch.Tensor           # [3, 3] RGB 0..255 of skin, lips, teeth
+    lid_skin: torch.Tensor         # [2] height of each eyelid's skin strip, eye half-widths
+    smooth_image: torch.Tensor     # [3, S, S] the crop blurred (texture of stretched eyelids)
+
+    @property
+    def size(self) -> int:
+        return int(self.image.shape[-1])
+
+    def crop(self) -> np.ndarray:
+        """The aligned crop as an image [S, S, 3] uint8."""
+        return self.image.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading images
+# ---------------------------------------------------------------------------------------------
+
+def read_image(source) -> np.ndarray:
+    """A path, bytes or array -> RGB [H, W, 3] uint8. Raises ImageReadError or
+    ImageTooLargeError with a plain message."""
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source)
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = "image data" if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            data = bytes(source)
+        else:
+            data = Path(source).read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{name}: is a directory, not an image") from None
+    except OSError as e:
+        raise ImageReadError(f"{name}: cannot read ({e.strerror or e})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(data))
+            width, height = picture.size
+            if width * height > MAX_PIXELS:
+                raise ImageTooLargeError(
+                    f"{name}: image is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
+                    f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels: scale it down first")
+            picture.load()
+            picture = ImageOps.exif_transpose(picture)
+            if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+                background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+                picture = Image.alpha_composite(background, picture.convert("RGBA"))
+            rgb = np.asarray(picture.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not an image (or a format that cannot be read)") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name}: image is too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, PortraitError):
+            raise
+        raise ImageReadError(f"{name}: damaged or truncated image ({e})") from None
+    return np.ascontiguousarray(rgb)
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = np.stack([array] * 3, -1)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ImageReadError(
+            f"image array must be [H, W], [H, W, 3] or [H, W, 4], got {array.shape}")
+    if array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"image is {array.shape[1]}x{array.shape[0]}; the limit is "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels")
+    array = array[..., :3]
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise ImageReadError("image array contains NaN or infinite values")
+            scale = 255.0 if array.max() <= 1.0 else 1.0
+            array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
+        elif array.dtype == np.uint16:
+            array = (array >> 8).astype(np.uint8)
+        else:
+            array = np.clip(array, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and cropping the face
+# ---------------------------------------------------------------------------------------------
+
+def main_face(image: np.ndarray, detector: str = "hog") -> tuple[Face, int]:
+    """The largest face and how many faces were found; FaceNotFoundError or
+    FaceTooSmallError when there is no usable one."""
+    faces = detect_faces(image, detector)
+    if not faces:
+        raise FaceNotFoundError(
+            "no face found: use a photo with one clearly visible, roughly frontal face")
+    face = faces[0]
+    if face.width < MIN_FACE_WIDTH:
+        raise FaceTooSmallError(
+            f"the face is too small: {face.width:.0f} px wide, at least {MIN_FACE_WIDTH} px "
+            "is needed: use a larger or closer photo")
+    return face, len(faces)
+
+
+def _warn_several(count: int) -> None:
+    if count > 1:
+        warnings.warn(f"{count} faces found in the portrait; using the largest",
+                      SeveralFacesWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A rotated square in the photo: centre (x, y), side (pixels), angle (radians)."""
+    centre: tuple[float, float]
+    side: float
+    angle: float
+
+    def source_points(self, size: int) -> np.ndarray:
+        """Photo coordinates [size, size, 2] of the crop's pixel centres."""
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        steps = (np.arange(size) - (size - 1) / 2) * (self.side / size)
+        u, v = np.meshgrid(steps, steps)
+        return np.stack([self.centre[0] + c * u - s * v, self.centre[1] + s * u + c * v], -1)
+
+    def to_crop(self, points: np.ndarray, size: int) -> np.ndarray:
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        d = np.asarray(points, np.float64) - self.centre
+        u, v = c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]
+        return np.stack([u, v], -1) * (size / self.side) + (size - 1) / 2
+
+
+def crop_box(face: Face, width: int, height: int) -> CropBox:
+    """Where to crop: eyes level, face width FACE_FRACTION of the side, the eyes' midpoint at
+    EYE_LINE height, kept inside the photo where it has room (shifting, then shrinking the
+    margins down to MAX_FACE_FRACTION)."""
+    placement = ms.place(face.landmarks)
+    angle = placement.angle
+    reach = abs(np.cos(angle)) + abs(np.sin(angle))        # bounding half-extent per half side
+    side = placement.scale / FACE_FRACTION
+    side = min(side, min(width, height) / reach)
+    side = max(side, placement.scale / MAX_FACE_FRACTION)
+    down = np.array([-np.sin(angle), np.cos(angle)])
+    centre = placement.offset + down * (0.5 - EYE_LINE) * side
+    half = side / 2 * reach
+    bounds = np.array([width, height], dtype=np.float64)
+    for axis in (0, 1):
+        if 2 * half <= bounds[axis]:
+            centre[axis] = np.clip(centre[axis], half - 0.5, bounds[axis] - 0.5 - half)
+    return CropBox((float(centre[0]), float(centre[1])), float(side), float(angle))
+
+
+def crop_image(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
+    """Resample the crop box to [size, size, 3] uint8 (bicubic; box-filtered first when
+    shrinking). Where the box leaves the photo, the photo is mirrored at its edge and
+    faded into a blur of itself and then its mean edge colour, so the padding carries no
+    detail that could be mistaken for the picture."""
+    from PIL import Image
+    from scipy import ndimage
+
+    factor = int(box.side / size)
+    points = box.source_points(size)
+    source = image
+    if factor >= 2:
+        source = np.asarray(Image.fromarray(image).reduce(factor))
+        points = (points + 0.5) / factor - 0.5
+    coords = [points[..., 1], points[..., 0]]
+    crop = np.stack([ndimage.map_coordinates(source[..., c].astype(np.float32), coords,
+                                             order=3, mode="mirror") for c in range(3)], -1)
+    h, w = source.shape[:2]
+    inside = ((points[..., 0] >= -0.5) & (points[..., 0] <= w - 0.5)
+              & (points[..., 1] >= -0.5) & (points[..., 1] <= h - 0.5))
+    if not inside.all():
+        outside = ndimage.distance_transform_edt(~inside)              # pixels from the photo
+        blurred = ndimage.gaussian_filter(crop, sigma=(size / 24, size / 24, 0))
+        edge = crop[inside & ~ndimage.binary_erosion(inside, iterations=2)].mean(0)
+        to_blur = np.clip(outside / (size / 40), 0, 1)[..., None]
+        to_flat = 0.7 * np.clip(outside / (size / 4), 0, 1)[..., None]
+        crop = crop * (1 - to_blur) + blurred * to_blur
+        crop = crop * (1 - to_flat) + edge * to_flat
+    return np.clip(crop, 0, 255).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the avatar
+# ---------------------------------------------------------------------------------------------
+
+def _patch_median(image: np.ndarray, points: np.ndarray, radius: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    pixels = []
+    for x, y in np.round(points).astype(int):
+        x0, x1 = np.clip([x - radius, x + radius + 1], 0, w)
+        y0, y1 = np.clip([y - radius, y + radius + 1], 0, h)
+        pixels.append(image[y0:y1, x0:x1].reshape(-1, 3))
+    return np.median(np.concatenate(pixels), 0)
+
+
+def face_colors(crop: np.ndarray, lm: np.ndarray, face_width: float) -> np.ndarray:
+    """[3, 3] RGB of skin, lips and teeth (the portrait's own if it shows them, else an
+    off-white as bright as the light on the face, tinted like the photo)."""
+    from skimage.draw import polygon
+
+    radius = max(1, int(face_width * 0.03))
+    cheeks = np.stack([(lm[2] + lm[31] + lm[48]) / 3, (lm[14] + lm[35] + lm[54]) / 3,
+                       (lm[19] + lm[24]) / 2 - [0, face_width * 0.12]])
+    skin = _patch_median(crop, cheeks, radius)
+    lips = _patch_median(crop, np.stack([(lm[o] + lm[i]) / 2 for o, i in
+                                         ((50, 61), (52, 63), (56, 65), (57, 66), (58, 67))]),
+                         max(1, radius // 2))
+    luminance = np.array([0.299, 0.587, 0.114])
+    tint = (skin / max(skin.mean(), 1.0)) ** 0.25
+    teeth = np.array([238.0, 234.0, 222.0]) * np.clip(skin @ luminance / 150.0, 0.6, 1.0) * tint
+    inner = lm[60:68]
+    rows, cols = polygon(inner[:, 1], inner[:, 0], crop.shape[:2])
+    if len(rows) >= TEETH_VISIBLE_AREA * face_width ** 2:   # the portrait shows its teeth
+        pixels = crop[rows, cols].astype(np.float64)
+        bright = pixels[pixels @ luminance >= np.percentile(pixels @ luminance, 60)]
+        teeth = bright.mean(0)
+    return np.clip(np.stack([skin, lips, teeth]), 0, 255).astype(np.float32)
+
+
+def build_avatar(crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
+    """The render state of an aligned crop [S, S, 3] with its landmarks [68, 2]."""
+    from scipy import ndimage
+
+    size = crop.shape[0]
+    placement = ms.place(landmarks)
+    face = np.concatenate([placement.to_canonical(landmarks), ms.CANONICAL[:, 2:]], 1)
+    basis = ms.personal_basis(face)                                        # [D, 68, 3]
+    basis_px = basis[..., :2] @ placement.matrix().T                       # [D, 68, 2]
+    expression = [ms.index(n) for n in ms.EXPRESSION]
+    flow, jacobian = warp.expression_fields(face, basis, placement, size)
+    pivot_xy = placement.to_image(ms.PIVOT[:2])
+    colors = face_colors(crop, landmarks, placement.scale)
+    c, s = np.cos(placement.angle), np.sin(placement.angle)
+    blur = (SMOOTH_IMAGE_BLUR * placement.scale,) * 2 + (0,)
+    arrays = dict(
+        image=crop.transpose(2, 0, 1).astype(np.float32),
+        landmarks=landmarks.astype(np.float32),
+        landmark_depth=(ms.CANONICAL[:, 2] * placement.scale).astype(np.float32),
+        basis=basis_px[expression].astype(np.float32),
+        flow=flow,
+        flow_jacobian=jacobian,
+        depth=head.depth_map(face, placement, size)[None],
+        head_mask=head.head_mask(crop, placement, size)[None, None],
+        face_rotation=np.array([[c, -s], [s, c]], dtype=np.float32),
+        pivot=np.array([pivot_xy[0], pivot_xy[1], ms.PIVOT[2] * placement.scale], np.float32),
+        face_width=np.array(placement.scale, dtype=np.float32),
+        colors=colors,
+        lid_skin=lid_skin_heights(crop, landmarks, colors[0]),
+        smooth_image=ndimage.gaussian_filter(crop.astype(np.float32), blur).transpose(2, 0, 1),
+    )
+    return Avatar(**{k: torch.from_numpy(np.array(v, np.float32)) for k, v in arrays.items()})
+
+
+def _crop_landmarks(crop: np.ndarray, face: Face, box: CropBox, size: int) -> np.ndarray:
+    """Landmarks on the crop: found again at the crop's resolution from the detector box
+    carried over, unless that disagrees with the photo's own landmarks carried over (then
+    those)."""
+    corners = np.array([[face.box[0], face.box[1]], [face.box[2], face.box[1]],
+                        [face.box[0], face.box[3]], [face.box[2], face.box[3]]])
+    moved = box.to_crop(corners, size)
+    carried = box.to_crop(face.landmarks, size).astype(np.float32)
+    found = find_landmarks(crop, (*moved.min(0), *moved.max(0)))
+    width = np.linalg.norm(carried[16] - carried[0])
+    if np.linalg.norm(found - carried, axis=1).mean() > 0.04 * width:
+        return carried
+    return found
+
+
+def prepare_avatar(source=DEFAULT_AVATAR, size: int = 512, *, detector: str = "hog",
+                   cache: bool = True) -> Avatar:
+    """A portrait (path, bytes or RGB array) -> Avatar at size x size (512 or 256).
+
+    Raises a PortraitError subclass (ImageReadError, ImageTooLargeError, FaceNotFoundError,
+    FaceTooSmallError) with a plain message. Several faces: the largest is used and a
+    SeveralFacesWarning is issued. Results are cached in cache_dir() by pixel hash; a cache
+    that cannot be written only costs time.
+    """
+    if size not in SIZES:
+        raise ValueError(f"working size must be one of {SIZES}, got {size}")
+    image = read_image(source)
+    key = hashlib.sha256(image.tobytes() + repr((image.shape, size, detector, PREP_VERSION))
+                         .encode() + ms.BASIS.tobytes() + ms.CANONICAL.tobytes()).hexdigest()[:32]
+    path = cache_dir() / f"{key}.npz" if cache else None
+    if path is not None:
+        cached = _load(path)
+        if cached is not None:
+            avatar, faces = cached
+            _warn_several(faces)
+            return avatar
+    face, faces = main_face(image, detector)
+    _warn_several(faces)
+    box = crop_box(face, image.shape[1], image.shape[0])
+    crop = crop_image(image, box, size)
+    avatar = build_avatar(crop, _crop_landmarks(crop, face, box, size))
+    if path is not None:
+        _save(path, avatar, faces)
+    return avatar
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """$TALKING_HEAD_CACHE/avatars, else $XDG_CACHE_HOME or ~/.cache, /talking-head-stream."""
+    root = os.environ.get("TALKING_HEAD_CACHE")
+    if root:
+        return Path(root) / "avatars"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "talking-head-stream" / "avatars"
+
+
+def _save(path: Path, avatar: Avatar, faces: int) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+            np.savez(f, faces=np.array(faces),
+                     **{k.name: getattr(avatar, k.name).numpy() for k in fields(Avatar)})
+        os.replace(f.name, path)
+    except OSError as e:
+        warnings.warn(f"could not write the avatar cache ({e}); continuing without it",
+                      RuntimeWarning, stacklevel=3)
+        try:
+            os.unlink(f.name)
+        except (OSError, NameError, UnboundLocalError):
+            pass
+
+
+def _load(path: Path) -> tuple[Avatar, int] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k.name: torch.from_numpy(data[k.name].copy()) for k in fields(Avatar)}
+            return Avatar(**arrays), int(data["faces"])
+    except (OSError, KeyError, ValueError, EOFError):
+        return None

@@ -1,0 +1,113 @@
+"""The inside of the mouth, drawn where the lips part.
+
+The warp opens the lips by cutting the face between them (models.warp); this module paints
+the opening, bounded by smooth curves through the moved inner-lip landmarks: a dark cavity,
+the upper teeth fixed to the skull (they follow the head, not the lips), the lower teeth
+fixed to the jaw, a tongue low in a wide-open mouth, and soft shadow where the lips curl
+in. Shapes are in the mouth's own frame, sizes in face widths; colours come from the
+portrait (lip colour for the cavity and tongue; the portrait's own teeth if it shows them,
+else an off-white matched to the light on the face).
+
+Only the part of the opening beyond the portrait's own (a smiling portrait's parted lips)
+is painted, so zero motion reproduces the portrait exactly.
+"""
+
+import torch
+
+from models.curves import CURVE_SAMPLES, Lookup, curve_table, feature_frame, project
+
+# Inner-lip landmarks 60..67 as positions 0..7, left to right.
+UPPER = (0, 1, 2, 3, 4)         # 60 61 62 63 64
+LOWER = (0, 7, 6, 5, 4)         # 60 67 66 65 64
+
+TEETH_HALF_WIDTH = 0.19         # half the visible dental arch, face widths
+UPPER_TEETH_SHOW = 0.016        # incisor edge below the relaxed lip line, face widths
+LOWER_TEETH_SHOW = 0.010        # lower incisor edge above the jaw's lower lip line
+TEETH_ARCH = 0.045              # how far the arch's edge recedes at its ends
+TOOTH_GAPS = (0.0, 0.30, 0.54, 0.73)   # between teeth, in arch half-widths
+EDGE = 0.6                      # anti-aliasing width of the lip edge, pixels
+REACH = 1.1                     # tables span u in [-REACH, REACH] (mouth half-widths)
+
+
+def _step(x: torch.Tensor, width: float | torch.Tensor = EDGE) -> torch.Tensor:
+    return torch.sigmoid(x / width)
+
+
+def teeth_shade() -> torch.Tensor:
+    """Brightness of the teeth across the arch, tabulated over ta in [-1, 1]: darker towards
+    the back, with thin gaps between the teeth. [1, CURVE_SAMPLES]"""
+    ta = torch.linspace(-1.0, 1.0, CURVE_SAMPLES)
+    gaps = sum(torch.exp(-(((ta.abs() - g) / 0.02) ** 2)) for g in TOOTH_GAPS)
+    return ((1.0 - 0.5 * ta * ta) * (1.0 - 0.18 * torch.clamp(gaps, 0.0, 1.0)))[None]
+
+
+def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
+          jaw_lips: torch.Tensor, face_size: torch.Tensor,
+          colors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """points [N, P, 2] output pixels; inner lips 60..67 [N, 8, 2] as moved (`lips`), at rest
+    under the same head pose (`rest_lips`, where the upper teeth are) and moved by the jaw
+    only (`jaw_lips`, where the lower teeth are); face_size [N] pixels per face width;
+    colors [3, 3] skin, lips, teeth. Returns colour [N, P, 3] (0..255) and coverage [N, P]."""
+    fs = face_size[:, None]
+    u, v, half, frame = feature_frame(points, lips[:, 0], lips[:, 4])
+
+    # The lip curves and the opening beyond the portrait's own, as tables over u.
+    up_u, up_v = project(lips[:, list(UPPER)], frame, half)
+    lo_u, lo_v = project(lips[:, list(LOWER)], frame, half)
+    rest_u, rest_v = project(rest_lips, frame, half)
+    start = torch.full_like(fs, -REACH)
+    stop = torch.full_like(fs, REACH)
+    upper_table = curve_table(up_u, up_v, start, stop)
+    lower_table = curve_table(lo_u, lo_v, start, stop)
+    rest_upper = curve_table(rest_u[:, list(UPPER)], rest_v[:, list(UPPER)], start, stop)
+    rest_lower = curve_table(rest_u[:, list(LOWER)], rest_v[:, list(LOWER)], start, stop)
+    rest_gap = torch.relu(rest_lower - rest_upper)
+    opened_table = torch.clamp((lower_table - upper_table - rest_gap) / (0.008 * fs), 0.0, 1.0)
+    at_u = Lookup(u, start, stop)
+    upper, lower, opened = at_u(upper_table), at_u(lower_table), at_u(opened_table)
+    gap = lower - upper
+    coverage = _step(v - upper) * _step(lower - v) * opened
+
+    # Where the teeth are: arch coordinate ta in [-1, 1], edges from the rest and jaw lips.
+    arch_centre = (rest_u[:, :1] + rest_u[:, 4:5]) / 2 * half[:, None]
+    ta = (u * half[:, None] - arch_centre) / (TEETH_HALF_WIDTH * fs)
+    ta2 = ta * ta
+    lip_line = (rest_v[:, 2:3] + rest_v[:, 6:7]) / 2
+    upper_edge = lip_line + (UPPER_TEETH_SHOW - TEETH_ARCH * ta2) * fs
+    _, jaw_v = project(jaw_lips, frame, half)
+    lower_edge = jaw_v[:, 6:7] - (LOWER_TEETH_SHOW - 0.7 * TEETH_ARCH * ta2) * fs
+    on_arch = _step(1.0 - ta.abs(), 0.08)
+    upper_teeth = _step(upper_edge - v) * on_arch
+    lower_teeth = _step(v - lower_edge) * on_arch
+    shade = Lookup(ta, torch.full_like(fs, -1.0), torch.ones_like(fs))(teeth_shade())
+
+    lip_color, teeth_color = colors[1], colors[2]
+    # Cavity: nearly black at the back, a little light from the lips near the edges.
+    across = torch.clamp((v - upper) / torch.clamp(gap, min=1.0), 0.0, 1.0)
+    back = 4.0 * across * (1.0 - across)                                   # 1 mid-opening
+    light = (0.16 - 0.09 * back) * (1.0 - 0.35 * u * u)
+    # Tongue: a rounded shape low in the mouth, seen when the mouth is open wide.
+    gap_mid = torch.clamp(lo_v[:, 2:3] - up_v[:, 2:3], min=0.0)
+    bulge = torch.sqrt(torch.clamp(1.0 - (u / 0.85) ** 2, min=0.0) + 1e-6)
+    tongue_top = lower - (0.38 * gap_mid - 0.02 * fs) * bulge
+    wide_open = torch.clamp((gap_mid - 0.05 * fs) / (0.06 * fs), 0.0, 1.0)
+    tongue = _step(v - tongue_top, 1.2) * wide_open
+    tongue_light = 0.55 + 0.45 * torch.clamp((v - tongue_top) / (0.04 * fs), 0.0, 1.0)
+    # The lips curl inwards: a soft shadow along the edge of the opening.
+    inset = 0.5 + 0.5 * torch.clamp(torch.minimum(v - upper, lower - v) / (0.01 * fs), 0.0, 1.0)
+
+    # Compose per channel-free weights first, colours once at the end:
+    # colour = cavity + tongue + lower teeth + upper teeth, each over the previous.
+    w_upper = upper_teeth
+    w_lower = lower_teeth * (1.0 - w_upper)
+    rest = (1.0 - w_upper) * (1.0 - lower_teeth)
+    w_tongue = rest * tongue
+    w_cavity = rest * (1.0 - tongue)
+    from_upper_lip = torch.clamp((v - upper) / (0.03 * fs), 0.0, 1.0)
+    teeth = (w_upper * (0.62 + 0.38 * from_upper_lip) + w_lower * 0.68) * shade * inset
+    tongue_w = w_tongue * tongue_light * inset
+    cavity_w = w_cavity * light * inset
+    tongue_color = lip_color * torch.tensor([0.62, 0.36, 0.36])
+    color = (teeth[..., None] * teeth_color + tongue_w[..., None] * tongue_color
+             + cavity_w[..., None] * lip_color)
+    return color, coverage

@@ -1,0 +1,340 @@
+"""The renderer: avatar + motion [N, D] -> frames [N, S, S, 3] uint8.
+
+    landmarks   expression blendshapes + exact head pose (they place the overlays)
+    warp        backward map on a coarse grid (models.warp, models.head): the head turns,
+                nods and moves over a still background, the expression field is inverted
+                by Newton steps, the lips may part; upsampled to full resolution
+    sample      one grid_sample of the portrait for the whole frame
+    eyes        a small window per eye, sampled again with eyelid and gaze offsets
+    mouth       a window over the mouth: cavity, teeth and tongue where the lips part
+
+Pure tensor ops, batched over frames, exportable to ONNX (GridSample, Resize, Gather,
+ScatterElements): `export_onnx` writes one graph per working size that takes the avatar's
+tensors as inputs, so it serves every avatar.
+
+Command line:
+    python -m models.render --avatar IMG --sweep jaw_open --frames 50 --out sweep.mp4
+    python -m models.render --avatar IMG --demo docs/render_demo.png
+"""
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import motion_space as ms
+from models import warp
+from models.avatar import DEFAULT_AVATAR, MAX_FACE_FRACTION, Avatar, prepare_avatar
+from models.curves import mix
+from models.eyes import EYE, eyelid
+from models.head import Pose
+from models.mouth import mouth
+
+# Overlay windows (height, width) in units of the largest face width an avatar can have;
+# each eye's window sits a little above the eye's centre (the lid skin comes from above).
+EYE_WINDOW = (0.26, 0.30)
+EYE_WINDOW_RAISE = 0.035
+MOUTH_WINDOW = (0.52, 0.68)
+
+_EXPRESSION = [ms.index(n) for n in ms.EXPRESSION]
+_E = {name: i for i, name in enumerate(ms.EXPRESSION)}
+_BLINKS = [_E["blink_left"], _E["blink_right"]]
+
+
+def window_size(size: int, window: tuple[float, float]) -> tuple[int, int]:
+    face = MAX_FACE_FRACTION * size
+    return int(round(window[0] * face)), int(round(window[1] * face))
+
+
+def _window(centre: torch.Tensor, height: int, width: int, size: int):
+    """An axis-aligned window of pixels around centre [N, 2], kept inside the frame.
+    Returns pixel coordinates [N, P, 2] and indices into frames flattened as [N * S * S]
+    (P = height * width)."""
+    n = centre.shape[0]
+    extent = torch.tensor([width, height], dtype=centre.dtype)
+    origin = torch.round(centre - extent / 2)
+    origin = torch.minimum(torch.clamp(origin, min=0.0), size - extent)    # [N, 2]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=centre.dtype),
+                            torch.arange(width, dtype=centre.dtype), indexing="ij")
+    px = origin[:, 0, None, None] + xs                                     # [N, h, w]
+    py = origin[:, 1, None, None] + ys
+    coords = torch.stack([px, py], -1).reshape(n, -1, 2)
+    frame_start = torch.arange(n, dtype=centre.dtype)[:, None, None] * (size * size)
+    index = (frame_start + py * size + px).reshape(n, -1).to(torch.int64)
+    return coords, index
+
+
+def _landmarks(pose, landmarks, landmark_depth, basis, expression):
+    """Moved inner lips [N, 8, 2], eyes without the blink [N, 12, 2], inner lips at rest
+    and moved by the jaw only (both under the head pose), in output pixels."""
+    moved = landmarks + torch.einsum("ne,ekc->nkc", expression, basis)     # [N, 68, 2]
+    keep_open = torch.ones(expression.shape[1], dtype=expression.dtype)
+    keep_open[_BLINKS] = 0.0
+    unblinked = landmarks + torch.einsum("ne,ekc->nkc", expression * keep_open, basis)
+    lips = pose.forward(moved[:, 60:68], landmark_depth[None, 60:68])
+    eye_points = pose.forward(unblinked[:, 36:48], landmark_depth[None, 36:48])
+    rest_lips = pose.forward(landmarks[None, 60:68], landmark_depth[None, 60:68])
+    jaw = expression[:, _E["jaw_open"], None, None] * basis[_E["jaw_open"], 60:68]
+    jaw_lips = pose.forward(landmarks[None, 60:68] + jaw, landmark_depth[None, 60:68])
+    return lips, eye_points, rest_lips, jaw_lips
+
+
+def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_mask, size):
+    """Backward map on the coarse grid: source pixel position of each node [N, Q, 2] and the
+    nodes themselves [1, Q, 2]."""
+    n, e, coarse = expression.shape[0], expression.shape[1], flow.shape[-1]
+    centres = (torch.arange(coarse, dtype=expression.dtype) + 0.5) * (size / coarse) - 0.5
+    gy, gx = torch.meshgrid(centres, centres, indexing="ij")
+    nodes = torch.stack([gx, gy], -1).reshape(1, -1, 2)                    # [1, Q, 2]
+    nodes_n = nodes.expand(n, -1, -1)
+    # head pose, blended out over the background by the head mask
+    head = pose.inverse(nodes_n, depth, size)                              # [N, Q, 2]
+    follows = warp.sample(head_mask, head, size)[:, 0, :, None]            # [N, Q, 1]
+    targets = nodes_n + follows * (head - nodes_n)
+    # expression, both layers (upper and lower face, cut between the lips) as batch 2N
+    per_unit = torch.cat([flow, flow_jacobian], 2).transpose(0, 1)         # [E, 2, 6, h, w]
+    fields = (expression @ per_unit.reshape(e, -1)).reshape(n, 2, 6, coarse, coarse)
+    layered = targets.reshape(n, 1, coarse, coarse, 2).expand(-1, 2, -1, -1, -1)
+    sources = warp.invert_expression(fields.reshape(2 * n, 6, coarse, coarse),
+                                     layered.reshape(2 * n, coarse, coarse, 2), size)
+    sources = sources.reshape(n, 2, -1, 2)                                 # [N, 2, Q, 2]
+    upper = warp.choose_layer(sources[:, 0], sources[:, 1], landmarks, soft=size / coarse)
+    return upper * sources[:, 0] + (1.0 - upper) * sources[:, 1], nodes
+
+
+def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
+                   head_mask, face_rotation, pivot, face_width, colors, lid_skin,
+                   smooth_image, motion: torch.Tensor) -> torch.Tensor:
+    """The renderer on explicit tensors (the fields of Avatar, in order, then motion [N, D]).
+    Returns frames [N, S, S, 3] uint8."""
+    n, size, coarse = motion.shape[0], image.shape[-1], flow.shape[-1]
+    expression = motion[:, _EXPRESSION]                                    # [N, E]
+    pose = Pose(motion, face_rotation, pivot, face_width)
+    lips, eye_points, rest_lips, jaw_lips = _landmarks(pose, landmarks, landmark_depth, basis,
+                                                       expression)
+    source, nodes = _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth,
+                                head_mask, size)
+
+    # Full resolution: upsample the displacement (zero far from the head, so the border
+    # is exact) and sample the portrait once for all frames.
+    offset = (source - nodes).reshape(n, coarse, coarse, 2).permute(0, 3, 1, 2).contiguous()
+    fine = F.interpolate(offset * (2.0 / size), size=(size, size), mode="bilinear",
+                         align_corners=False)                              # [N, 2, S, S]
+    pixels = (2.0 * torch.arange(size, dtype=motion.dtype) + 1.0) / size - 1.0
+    by, bx = torch.meshgrid(pixels, pixels, indexing="ij")
+    grid = torch.stack([bx, by], -1) + fine.permute(0, 2, 3, 1)           # [N, S, S, 2]
+    frame = warp.grid_sample(image[None], grid.reshape(1, n * size, size, 2))  # [1, 3, N*S, S]
+    frame = frame.reshape(3, n * size * size)                              # planar
+
+    # Eyes: sample again with lid and gaze offsets, darken the closing lid margin.
+    textures = torch.cat([image, smooth_image])[None]                      # [1, 6, S, S]
+    height, width = window_size(size, EYE_WINDOW)
+    gaze = expression[:, [_E["gaze_x"], _E["gaze_y"]]]
+    for side in range(2):
+        eye = eye_points[:, side * 6:(side + 1) * 6]
+        centre = (eye[:, EYE[0]] + eye[:, EYE[2]]) / 2
+        centre = centre - torch.stack([torch.zeros_like(pose.scale),
+                                       EYE_WINDOW_RAISE * face_width * pose.scale], -1)
+        points, index = _window(centre, height, width, size)
+        look = eyelid(points, eye, expression[:, _BLINKS[side], None], gaze, lid_skin[side])
+        # sample the portrait where the eye looks, the smooth skin above the lid and below
+        # the eye, all in one lookup: [N, 3P, 2]
+        wanted = torch.cat([points + look.shift, points + look.lid_above,
+                            points + look.lid_below], 1)
+        at = wanted + warp.sample(offset, wanted, size).permute(0, 2, 1)
+        color = warp.sample(textures, at, size)                            # [N, 6, 3P]
+        p = points.shape[1]
+        sharp = color[:, :3, :p]
+        tone = mix(color[:, 3:, p:2 * p], color[:, 3:, 2 * p:], look.lid_mix[:, None])
+        color = mix(sharp, tone, look.lid[:, None]) * (1.0 - look.darken[:, None])
+        color = color.permute(1, 0, 2).reshape(3, -1)
+        frame.scatter_(1, index.reshape(1, -1).expand(3, -1), color)
+
+    # Mouth: paint the interior where the lips part.
+    height, width = window_size(size, MOUTH_WINDOW)
+    points, index = _window(lips.mean(1), height, width, size)
+    index3 = index.reshape(1, -1).expand(3, -1)
+    patch = frame.gather(1, index3).reshape(3, n, -1).permute(1, 2, 0)    # [N, P, 3]
+    color, coverage = mouth(points, lips, rest_lips, jaw_lips, face_width * pose.scale, colors)
+    color = mix(patch, torch.clamp(color, 0.0, 255.0), coverage[..., None])
+    frame.scatter_(1, index3, color.permute(2, 0, 1).reshape(3, -1))
+
+    frame = frame.add_(0.5).to(torch.uint8)                                # values in 0..255
+    return frame.t().reshape(n, size, size, 3)
+
+
+def render(avatar: Avatar, motion) -> torch.Tensor:
+    """Frames [N, S, S, 3] uint8 for motion [N, D] (array or tensor; [D] renders one frame)."""
+    motion = torch.as_tensor(np.asarray(motion, dtype=np.float32))
+    if motion.ndim == 1:
+        motion = motion[None]
+    if motion.ndim != 2 or motion.shape[1] != ms.D:
+        raise ValueError(f"motion must be [N, {ms.D}], got {tuple(motion.shape)}")
+    with torch.no_grad():
+        return render_tensors(*avatar.tensors(), motion)
+
+
+class Renderer(torch.nn.Module):
+    """render_tensors as a module, for ONNX export: inputs are the avatar's tensors and the
+    motion, so one graph serves every avatar of the same working size."""
+
+    def forward(self, image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
+                head_mask, face_rotation, pivot, face_width, colors, lid_skin, smooth_image,
+                motion):
+        return render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
+                              depth, head_mask, face_rotation, pivot, face_width, colors,
+                              lid_skin, smooth_image, motion)
+
+
+INPUT_NAMES = ("image", "landmarks", "landmark_depth", "basis", "flow", "flow_jacobian",
+               "depth", "head_mask", "face_rotation", "pivot", "face_width", "colors",
+               "lid_skin", "smooth_image", "motion")
+
+
+def export_onnx(avatar: Avatar, path: str | Path, opset: int = 20, optimize: bool = True) -> Path:
+    """Write the renderer for avatar.size as ONNX (dynamo exporter); the frame count is a
+    dynamic axis. The avatar only provides example inputs: the graph takes any avatar of
+    the same working size (inputs named as INPUT_NAMES, output "frames" [N, S, S, 3] uint8).
+    optimize=False skips onnxscript's graph optimiser (much faster to export; onnxruntime
+    optimises the graph itself when it loads it)."""
+    path = Path(path)
+    example = (*avatar.tensors(), torch.zeros(2, ms.D))
+    frames = torch.export.Dim("frames", min=1, max=256)
+    dynamic = tuple({0: frames} if name == "motion" else None for name in INPUT_NAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(Renderer(), example, dynamo=True, opset_version=opset,
+                                    input_names=list(INPUT_NAMES), output_names=["frames"],
+                                    dynamic_shapes=dynamic, verbose=False, optimize=optimize)
+    program.save(str(path))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: parameter sweeps and the contact sheet
+# ---------------------------------------------------------------------------------------------
+
+def sweep(name: str, frames: int) -> np.ndarray:
+    """Motion [frames, D]: one parameter 0 -> its maximum -> 0 (half a sine), the rest 0."""
+    motion = ms.neutral(frames)
+    t = np.linspace(0.0, 1.0, frames)
+    motion[:, ms.index(name)] = ms.HIGH[ms.index(name)] * np.sin(math.pi * t)
+    return motion
+
+
+def write_video(frames: np.ndarray, path: Path, fps: int = 25) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def render_batched(avatar: Avatar, motion: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([render(avatar, motion[i:i + batch]).numpy()
+                           for i in range(0, len(motion), batch)])
+
+
+def contact_sheet(avatar: Avatar, columns: int = 5, tile: int = 168, groups: int = 2) -> np.ndarray:
+    """Every parameter at `columns` values evenly over its documented range (one row each,
+    the rows split into `groups` side by side), each tile the head region of the frame.
+    Returns an RGB image [H, W, 3] uint8."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = avatar.size
+    values = np.stack([np.linspace(p.low, p.high, columns) for p in ms.PARAMETERS])  # [D, C]
+    motion = np.zeros((ms.D, columns, ms.D), dtype=np.float32)
+    for p in range(ms.D):
+        motion[p, :, p] = values[p]
+    frames = render_batched(avatar, motion.reshape(-1, ms.D)).reshape(ms.D, columns, size, size, 3)
+    # the head region: a square of 2.3 face widths around the face
+    centre = avatar.landmarks.numpy().mean(0)
+    half = int(min(1.15 * float(avatar.face_width), size / 2))
+    x0 = int(np.clip(centre[0] - half, 0, size - 2 * half))
+    y0 = int(np.clip(centre[1] - 1.1 * half, 0, size - 2 * half))
+
+    label, header, gap = 150, 30, 16
+    rows = -(-ms.D // groups)
+    group_width = label + columns * tile
+    sheet = Image.new("RGB", (groups * group_width + (groups - 1) * gap, header + rows * tile),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=12)
+    for p, param in enumerate(ms.PARAMETERS):
+        left = (p // rows) * (group_width + gap)
+        top = header + (p % rows) * tile
+        draw.text((left + 6, top + tile // 2 - 18), param.name, fill="black", font=font)
+        draw.text((left + 6, top + tile // 2 + 2), f"{param.low:g} .. {param.high:g} {param.unit}",
+                  fill="gray", font=small)
+        for c in range(columns):
+            crop = frames[p, c, y0:y0 + 2 * half, x0:x0 + 2 * half]
+            picture = Image.fromarray(crop).resize((tile, tile), Image.LANCZOS)
+            sheet.paste(picture, (left + label + c * tile, top))
+            draw.text((left + label + c * tile + 4, top + tile - 17), f"{values[p, c]:+g}",
+                      fill="white", font=small, stroke_width=2, stroke_fill="black")
+    draw.text((6, 6), "Each row: one motion parameter over its documented range, all others "
+              "zero (python -m models.render --demo)", fill="black", font=font)
+    return np.asarray(sheet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.render", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--avatar", default=str(DEFAULT_AVATAR), help="portrait photo")
+    parser.add_argument("--size", type=int, default=512, choices=(512, 256))
+    parser.add_argument("--sweep", metavar="PARAM", help=f"one of: {', '.join(ms.NAMES)}")
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--out", help="output video (.mp4) for --sweep")
+    parser.add_argument("--demo", metavar="OUT_PNG", help="write a contact sheet of all parameters")
+    args = parser.parse_args(argv)
+
+    def show_warning(message, category, *rest, **kwargs):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning
+    try:
+        if not args.sweep and not args.demo:
+            raise UsageError(
+                "nothing to do: give --sweep PARAM --out OUT.mp4 and/or --demo OUT.png")
+        if args.sweep:
+            if args.sweep not in ms.NAMES:
+                raise UsageError(f"unknown parameter {args.sweep!r}; known: {', '.join(ms.NAMES)}")
+            if not args.out:
+                raise UsageError("--sweep needs --out OUT.mp4")
+            if args.frames < 2:
+                raise UsageError("--frames must be at least 2")
+        avatar = prepare_avatar(args.avatar, args.size)
+        if args.sweep:
+            frames = render_batched(avatar, sweep(args.sweep, args.frames))
+            write_video(frames, Path(args.out), args.fps)
+            print(f"wrote {args.out}: {len(frames)} frames of {args.sweep}")
+        if args.demo:
+            from PIL import Image
+
+            Image.fromarray(contact_sheet(avatar)).save(args.demo, optimize=True)
+            print(f"wrote {args.demo}")
+    except (ValueError, OSError) as e:   # PortraitError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class UsageError(ValueError):
+    pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

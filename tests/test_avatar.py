@@ -1,0 +1,183 @@
+"""Avatar preparation: reading, the largest face, crop/align, cache, clear errors."""
+
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from skimage.transform import resize
+
+from models import avatar as av
+from models import motion_space as ms
+from models.face import (
+    FaceNotFoundError,
+    FaceTooSmallError,
+    PortraitError,
+    detect_faces,
+    identity_distance,
+    identity_embedding,
+)
+from models.render import main as render_cli
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+HOPPER = ASSETS / "grace_hopper.jpg"
+
+
+@pytest.fixture(scope="module")
+def default():
+    return av.prepare_avatar(size=512, cache=False)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG file that declares width x height (no pixel data): enough to be refused."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_default_avatar_is_the_astronaut_aligned(default):
+    assert av.DEFAULT_AVATAR.is_file() and (ASSETS / "SOURCE.md").is_file()
+    assert default.size == 512
+    s, h = 512, default.flow.shape[-1]
+    shapes = {
+        "image": (3, s, s), "landmarks": (68, 2), "landmark_depth": (68,),
+        "basis": (len(ms.EXPRESSION), 68, 2), "flow": (2, len(ms.EXPRESSION), 2, h, h),
+        "flow_jacobian": (2, len(ms.EXPRESSION), 4, h, h), "depth": (1, 3, h, h),
+        "head_mask": (1, 1, h, h), "face_rotation": (2, 2), "pivot": (3,), "face_width": (),
+        "colors": (3, 3), "lid_skin": (2,), "smooth_image": (3, s, s),
+    }
+    for name, shape in shapes.items():
+        assert tuple(getattr(default, name).shape) == shape, name
+    lm = default.landmarks.numpy()
+    # eyes level, face width as designed, eyes in the upper half, the whole face inside
+    eye_l, eye_r = lm[36:42].mean(0), lm[42:48].mean(0)
+    assert abs(eye_l[1] - eye_r[1]) < 2.0
+    assert float(default.face_width) == pytest.approx(av.FACE_FRACTION * s, rel=0.03)
+    assert 0.25 * s < (eye_l[1] + eye_r[1]) / 2 < 0.45 * s
+    assert lm.min() > 0 and lm.max() < s
+    # the head mask covers the face and not the top corners; the crop is the photo's face
+    mask = default.head_mask[0, 0].numpy()
+    assert mask[h // 3, h // 2] == pytest.approx(1.0, abs=1e-3)
+    assert mask[0, 0] == 0.0 and mask[0, -1] == 0.0
+    crop = default.crop()
+    assert crop.shape == (s, s, 3) and crop.dtype == np.uint8
+    assert len(detect_faces(crop)) == 1
+
+
+def test_256_option_and_bad_sizes():
+    small = av.prepare_avatar(size=256, cache=False)
+    assert small.size == 256
+    assert float(small.face_width) == pytest.approx(av.FACE_FRACTION * 256, rel=0.03)
+    with pytest.raises(ValueError, match="working size"):
+        av.prepare_avatar(size=300, cache=False)
+
+
+def test_photo_with_little_room_around_the_face():
+    hopper = av.prepare_avatar(HOPPER, cache=False)        # face fills much of a 512x600 photo
+    fraction = float(hopper.face_width) / 512
+    assert av.FACE_FRACTION < fraction <= av.MAX_FACE_FRACTION + 0.01
+    tight = av.read_image(HOPPER)[100:420, 120:420]          # a tight head shot: padded
+    padded = av.prepare_avatar(tight, cache=False)
+    assert float(padded.face_width) == pytest.approx(av.MAX_FACE_FRACTION * 512, rel=0.03)
+
+
+def test_cache_is_used_and_a_failing_cache_only_warns(tmp_path, monkeypatch):
+    monkeypatch.setenv("TALKING_HEAD_CACHE", str(tmp_path / "cache"))
+    first = av.prepare_avatar(HOPPER, size=256)
+    files = list((tmp_path / "cache" / "avatars").glob("*.npz"))
+    assert len(files) == 1
+
+    def no_detection(*args, **kwargs):
+        raise AssertionError("the cached avatar should have been used")
+
+    monkeypatch.setattr(av, "detect_faces", no_detection)
+    second = av.prepare_avatar(HOPPER, size=256)
+    for a, b in zip(first.tensors(), second.tensors(), strict=True):
+        assert (a == b).all()
+    monkeypatch.undo()
+
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("TALKING_HEAD_CACHE", str(blocker))
+    with pytest.warns(RuntimeWarning, match="avatar cache"):
+        third = av.prepare_avatar(HOPPER, size=256)
+    assert (third.image == first.image).all()
+
+
+def test_several_faces_use_the_largest_with_a_warning():
+    canvas = np.full((600, 1000, 3), 200, dtype=np.uint8)
+    canvas[:512, :512] = skimage.data.astronaut()
+    canvas[:, 488:] = av.read_image(HOPPER)
+    with pytest.warns(av.SeveralFacesWarning, match="using the largest"):
+        chosen = av.prepare_avatar(canvas, size=256, cache=False)
+    photo = av.read_image(HOPPER)
+    reference = identity_embedding(photo, detect_faces(photo)[0].landmarks)
+    crop = chosen.crop()
+    found = identity_embedding(crop, detect_faces(crop)[0].landmarks)
+    assert identity_distance(reference, found) < 0.35          # it is Grace Hopper
+
+
+def test_single_face_gives_no_warning(default):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", av.SeveralFacesWarning)
+        av.prepare_avatar(HOPPER, size=256, cache=False)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(FaceNotFoundError, match="no face found"):
+        av.prepare_avatar(skimage.data.chelsea(), cache=False)            # a cat
+    small = (resize(skimage.data.astronaut(), (280, 280), anti_aliasing=True) * 255)
+    with pytest.raises(FaceTooSmallError, match=r"too small: \d+ px wide, at least 64"):
+        av.prepare_avatar(small.astype(np.uint8), cache=False)
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a picture")
+    with pytest.raises(av.ImageReadError, match="not an image"):
+        av.prepare_avatar(text, cache=False)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(av.DEFAULT_AVATAR.read_bytes()[:50_000])
+    with pytest.raises(av.ImageReadError, match="truncated"):
+        av.prepare_avatar(truncated, cache=False)
+    with pytest.raises(av.ImageReadError, match="no such file"):
+        av.prepare_avatar(tmp_path / "missing.jpg", cache=False)
+    huge = _png_header_only(tmp_path / "huge.png", 8000, 6000)
+    with pytest.raises(av.ImageTooLargeError, match="48 megapixels"):
+        av.prepare_avatar(huge, cache=False)
+    big_array = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (7000, 6000, 3))
+    with pytest.raises(av.ImageTooLargeError):
+        av.prepare_avatar(big_array, cache=False)
+    # every one of them is a PortraitError (a ValueError), so callers need to catch one type
+    assert issubclass(av.ImageTooLargeError, PortraitError)
+    assert issubclass(PortraitError, ValueError)
+
+
+def test_image_formats_are_normalised(tmp_path):
+    gray = av.read_image(skimage.data.camera())
+    assert gray.shape == (512, 512, 3) and gray.dtype == np.uint8
+    floats = av.read_image(skimage.data.astronaut() / 255.0)
+    assert floats.dtype == np.uint8 and abs(int(floats.max()) - 255) <= 1
+    from PIL import Image
+
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.zeros((20, 30, 4), np.uint8)).save(rgba)
+    assert av.read_image(rgba).shape == (20, 30, 3)
+    with pytest.raises(av.ImageReadError):
+        av.read_image(np.zeros((10, 10, 2), np.uint8))
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert render_cli(["--avatar", str(text), "--demo", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not an image" in err and "Traceback" not in err
+    assert render_cli(["--sweep", "smile", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "unknown parameter 'smile'" in capsys.readouterr().err
+    assert render_cli(["--sweep", "jaw_open"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert render_cli([]) == 2

@@ -1,0 +1,190 @@
+"""The renderer, checked the way a viewer would: the landmark detector and the identity
+embedding run on rendered frames of real portraits (the default avatar and Grace Hopper)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import face
+from models import motion_space as ms
+from models.avatar import prepare_avatar, read_image
+from models.render import INPUT_NAMES, export_onnx, main, render, render_tensors, sweep
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+PORTRAITS = {"astronaut": ASSETS / "astronaut.png", "hopper": ASSETS / "grace_hopper.jpg"}
+
+
+@pytest.fixture(scope="module")
+def avatars():
+    return {(name, size): prepare_avatar(path, size, cache=False)
+            for name, path in PORTRAITS.items() for size in (512, 256)}
+
+
+def landmarks_of(frame: np.ndarray) -> np.ndarray:
+    found = face.detect_faces(frame)
+    assert found, "the detector lost the face"
+    return found[0].landmarks
+
+
+def inner_lip_gap(lm: np.ndarray) -> float:
+    pairs = ((61, 67), (62, 66), (63, 65))
+    return float(np.mean([np.linalg.norm(lm[a] - lm[b]) for a, b in pairs]))
+
+
+def eye_aspect_ratio(lm: np.ndarray) -> float:
+    ratios = []
+    for s in (36, 42):
+        p = lm[s:s + 6]
+        ratios.append((np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4]))
+                      / (2 * np.linalg.norm(p[0] - p[3])))
+    return float(np.mean(ratios))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+@pytest.mark.parametrize("size", [512, 256])
+@pytest.mark.parametrize("name", list(PORTRAITS))
+def test_zero_motion_reproduces_the_crop(avatars, name, size):
+    avatar = avatars[name, size]
+    frames = render(avatar, ms.neutral(2))
+    assert frames.shape == (2, size, size, 3) and frames.dtype == torch.uint8
+    assert psnr(frames[0].numpy(), avatar.crop()) >= 40.0
+    assert (frames[0] == frames[1]).all()
+
+
+@pytest.mark.parametrize("name,size", [("astronaut", 512), ("astronaut", 256), ("hopper", 512)])
+def test_jaw_open_sweep_is_seen_by_the_landmark_detector(avatars, name, size):
+    motion = ms.neutral(9)
+    motion[:, ms.index("jaw_open")] = np.linspace(0.0, 1.0, 9)
+    frames = render(avatar := avatars[name, size], motion).numpy()
+    gaps = [inner_lip_gap(landmarks_of(f)) for f in frames]
+    assert np.corrcoef(gaps, motion[:, ms.index("jaw_open")])[0, 1] >= 0.95
+    assert gaps[-1] - gaps[0] > 0.12 * float(avatar.face_width)   # a real opening, not a twitch
+
+
+@pytest.mark.parametrize("size", [512, 256])
+def test_blink_closes_the_eyes_for_the_landmark_detector(avatars, size):
+    motion = ms.neutral(2)
+    motion[1, ms.index("blink_left")] = motion[1, ms.index("blink_right")] = 1.0
+    frames = render(avatars["astronaut", size], motion).numpy()
+    open_ear, shut_ear = (eye_aspect_ratio(landmarks_of(f)) for f in frames)
+    assert shut_ear <= 0.4 * open_ear                          # lowered by at least 60%
+
+
+def test_blink_covers_the_eyes_of_the_second_portrait(avatars):
+    """dlib's 68-point model keeps Grace Hopper's eyes open whatever covers them (behind
+    glasses, deep-set; even painting the eyes out lowers its eye aspect ratio by under 10%),
+    so here the pixels are checked: the dark pupil and iris inside the open eye outline are
+    covered by lid, leaving only the thin lash line."""
+    avatar = avatars["hopper", 512]
+    motion = ms.neutral(2)
+    motion[1, ms.index("blink_left")] = motion[1, ms.index("blink_right")] = 1.0
+    frames = render(avatar, motion).numpy()
+    from skimage.draw import polygon
+
+    lm = avatar.landmarks.numpy()
+    skin = float(avatar.colors[0] @ torch.tensor([0.299, 0.587, 0.114]))
+    dark = []
+    for frame in frames:
+        gray = frame.astype(np.float64) @ [0.299, 0.587, 0.114]
+        inside = [polygon(lm[s:s + 6, 1], lm[s:s + 6, 0], gray.shape) for s in (36, 42)]
+        values = np.concatenate([gray[r, c] for r, c in inside])
+        dark.append(np.mean(values < 0.45 * skin))
+    assert dark[0] > 0.2                                       # open: pupil and iris
+    assert dark[1] <= 0.4 * dark[0]
+
+
+@pytest.mark.parametrize("name", list(PORTRAITS))
+def test_identity_survives_moderate_motion(avatars, name):
+    avatar = avatars[name, 512]
+    crop = avatar.crop()
+    reference = face.identity_embedding(crop, landmarks_of(crop))
+    rng = np.random.default_rng(0)
+    motion = (rng.uniform(ms.LOW, ms.HIGH, (4, ms.D)) * 0.3).astype(np.float32)
+    motion[0, ms.index("jaw_open")] = 0.5
+    motion[1, ms.index("head_yaw")] = 10.0
+    for frame in render(avatar, motion).numpy():
+        found = face.identity_embedding(frame, landmarks_of(frame))
+        assert face.identity_distance(reference, found) <= 0.35
+
+
+@pytest.mark.parametrize("name", list(PORTRAITS))
+def test_head_turn_leaves_the_background_corners(avatars, name):
+    avatar = avatars[name, 512]
+    motion = ms.neutral(2)
+    motion[:, ms.index("head_yaw")] = [-10.0, 10.0]
+    frames = render(avatar, motion).numpy()
+    crop, c = avatar.crop(), 48
+    for frame in frames:
+        assert not np.array_equal(frame, crop)                 # the head did move
+        for corner in (np.s_[:c, :c], np.s_[:c, -c:], np.s_[-c:, :c], np.s_[-c:, -c:]):
+            np.testing.assert_array_equal(frame[corner], crop[corner])
+
+
+def test_batches_render_like_single_frames(avatars):
+    avatar = avatars["astronaut", 256]
+    rng = np.random.default_rng(1)
+    motion = (rng.uniform(ms.LOW, ms.HIGH, (3, ms.D)) * 0.5).astype(np.float32)
+    together = render(avatar, motion)
+    for i in range(3):
+        alone = render(avatar, motion[i])[0]
+        assert (together[i].int() - alone.int()).abs().max() <= 1
+    with pytest.raises(ValueError, match="motion must be"):
+        render(avatar, np.zeros((2, 5)))
+
+
+def test_motion_fitted_from_rendered_frames_follows_the_command(avatars):
+    """fit_motion on landmarks detected in rendered frames: the path that will turn real
+    videos into training data."""
+    avatar = avatars["astronaut", 512]
+    motion = ms.neutral(7)
+    motion[:, ms.index("jaw_open")] = np.linspace(0.0, 0.9, 7)
+    motion[:, ms.index("head_yaw")] = np.linspace(-8.0, 8.0, 7)
+    frames = render(avatar, motion).numpy()
+    detected = np.stack([landmarks_of(f) for f in frames])
+    fitted = ms.fit_motion(detected, neutral=landmarks_of(avatar.crop()))
+    for name in ("jaw_open", "head_yaw"):
+        i = ms.index(name)
+        assert np.corrcoef(fitted[:, i], motion[:, i])[0, 1] > 0.95, name
+    assert np.abs(fitted[:, ms.index("head_yaw")] - motion[:, ms.index("head_yaw")]).max() < 4.0
+
+
+def test_onnx_export_matches_torch(avatars, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    avatar = avatars["hopper", 256]
+    path = export_onnx(avatar, tmp_path / "render256.onnx", optimize=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    motion = (rng.uniform(ms.LOW, ms.HIGH, (5, ms.D)) * 0.6).astype(np.float32)
+    other = avatars["astronaut", 256]                          # the graph serves any avatar
+    for av_ in (avatar, other):
+        feeds = {n: t.numpy() for n, t in zip(INPUT_NAMES, av_.tensors(), strict=False)}
+        feeds["motion"] = motion
+        (frames,) = session.run(["frames"], feeds)
+        with torch.no_grad():
+            expected = render_tensors(*av_.tensors(), torch.from_numpy(motion)).numpy()
+        assert frames.shape == expected.shape and frames.dtype == np.uint8
+        diff = np.abs(frames.astype(int) - expected.astype(int))
+        assert diff.max() <= 3 and diff.mean() < 0.01
+
+
+def test_sweep_and_demo_from_the_command_line(tmp_path):
+    import av
+
+    motion = sweep("jaw_open", 7)
+    assert motion[0].max() == 0 and motion[-1].max() == pytest.approx(0, abs=1e-6)
+    assert motion[3, ms.index("jaw_open")] == pytest.approx(1.0)
+    video = tmp_path / "sweep.mp4"
+    assert main(["--size", "256", "--sweep", "jaw_open", "--frames", "7", "--out", str(video)]) == 0
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 7 and frames[0].shape == (256, 256, 3)
+    sheet = tmp_path / "demo.png"
+    assert main(["--size", "256", "--demo", str(sheet)]) == 0
+    image = read_image(sheet)
+    assert image.shape[0] > 500 and image.shape[1] > 1000
