@@ -154,17 +154,20 @@ class AudioFeatureExtractor:
         self.filters = mel_filters("cpu", 80)
         self.batch = batch
 
-    def encode_blocks(self, audio: np.ndarray, blocks: range, offset: int = 0) -> np.ndarray:
+    def encode_blocks(self, audio: np.ndarray, blocks: range, offset: int = 0,
+                      batch: int | None = None) -> np.ndarray:
         """Features of whole blocks: [len(blocks) * H, stack, 384].
 
         `audio` holds samples from absolute index `offset` on and must reach the last
-        block's window end; samples before the stream start are zeros.
+        block's window end; samples before the stream start are zeros. Windows are encoded
+        `batch` at a time (batching changes the float rounding slightly, ~1e-6).
         """
         c = self.config
         n_win = c.window_samples
+        batch = batch or self.batch
         out = []
-        for first in range(blocks.start, blocks.stop, self.batch):
-            chunk = range(first, min(first + self.batch, blocks.stop))
+        for first in range(blocks.start, blocks.stop, batch):
+            chunk = range(first, min(first + batch, blocks.stop))
             windows = np.zeros((len(chunk), n_win), dtype=np.float32)
             for row, b in enumerate(chunk):
                 end = c.window_end(b)
@@ -226,7 +229,8 @@ class FeatureStream:
     """Streaming features: push 16 kHz audio in pieces of any size, pull frames as they are ready.
 
     Block b is ready once the audio reaches its window end (block end + look-ahead). Only the
-    audio still needed by a future window is kept.
+    audio still needed by a future window is kept. Each block is encoded on its own (batch 1),
+    so the numbers are bit-identical however the audio was cut into pieces.
     """
 
     def __init__(self, extractor: AudioFeatureExtractor):
@@ -288,7 +292,7 @@ class FeatureStream:
     def _emit(self, n: int) -> np.ndarray:
         c = self.config
         blocks = range(self.next_block, self.next_block + n)
-        feats = self.extractor.encode_blocks(self.audio, blocks, self.offset)
+        feats = self.extractor.encode_blocks(self.audio, blocks, self.offset, batch=1)
         self.next_block += n
         self.frames_out += len(feats)
         # drop audio no future window needs

@@ -172,3 +172,47 @@ def test_student_exports_to_onnx_and_matches_torch(tmp_path):
         ours, ref = ort_sampler(*args), torch_sampler(*args)
         assert ours.shape == (batch, n, 17)
         assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from stream.engine import DEFAULT_CHECKPOINT
+
+    assert DEFAULT_CHECKPOINT.is_file(), "the default checkpoint is missing: make weights"
+    return load_motion_model(DEFAULT_CHECKPOINT)
+
+
+def test_default_checkpoint_is_a_two_step_student_under_25_mb(default_model):
+    from stream.engine import DEFAULT_CHECKPOINT
+
+    assert default_model.kind == "student" and default_model.nfe <= 2
+    assert DEFAULT_CHECKPOINT.stat().st_size < 25 * 2 ** 20
+
+
+def test_carryover_makes_consecutive_chunks_continuous(default_model, real_speech):
+    """Real speech, 2-frame chunks: with the carry the seams are no rougher than the inside
+    of a chunk; without it (each chunk starts from a neutral face) they are much rougher."""
+    from models.audio import AudioFeatureExtractor, FeatureConfig
+    from train.evaluate import seam_ratio
+
+    fields = {k: v for k, v in default_model.feature_config.items()
+              if k in FeatureConfig.__dataclass_fields__}
+    extractor = AudioFeatureExtractor(FeatureConfig(**fields))
+    feats = extractor.features(real_speech)
+    silence = extractor.features(np.zeros(extractor.config.window_samples, np.float32))[0]
+    std = np.array(default_model.normalizer.std, np.float32)
+
+    def generate(carry: bool) -> float:
+        g = MotionGenerator(default_model, silence, seed=0)
+        out = []
+        for i in range(0, len(feats), 2):
+            if not carry:
+                g.reset_carry()
+            out.append(g.generate(feats[i:i + 2]))
+        motion = np.concatenate(out)
+        sizes = [2] * (len(motion) // 2) + ([len(motion) % 2] if len(motion) % 2 else [])
+        return seam_ratio([motion / std], [sizes])
+
+    with_carry, without = generate(True), generate(False)
+    assert with_carry <= 1.15
+    assert without > 2 * with_carry

@@ -1,0 +1,60 @@
+"""The renderer as ONNX (one graph per working size, the avatar's tensors as inputs) and its
+onnxruntime runner. The graph itself is written by models.render.export_onnx; here it is
+cached by working size and renderer source hash, and run.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from models.avatar import Avatar
+
+
+def _renderer_source_hash() -> str:
+    """Hash of the models/ sources: a changed renderer gets a new graph."""
+    import models
+
+    h = hashlib.sha256()
+    for path in sorted(Path(models.__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cached_renderer_export(avatar: Avatar) -> Path:
+    from models.render import export_onnx
+    from models.whisper_weights import cache_dir
+
+    path = cache_dir() / "onnx" / f"renderer-{avatar.size}-{_renderer_source_hash()}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+        export_onnx(avatar, tmp)
+        tmp.replace(path)
+    return path
+
+
+class OnnxRenderer:
+    """avatar + motion [N, D] -> frames [N, S, S, 3] uint8 with onnxruntime."""
+
+    def __init__(self, path: str | Path, threads: int = 2, providers: list[str] | None = None):
+        from models.render import INPUT_NAMES
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), sess_options=opts,
+                                            providers=providers or ["CPUExecutionProvider"])
+        self.input_names = INPUT_NAMES
+        self._avatar_id: int | None = None
+        self._feed: dict[str, np.ndarray] = {}
+
+    def __call__(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+        if self._avatar_id != id(avatar):          # convert the avatar's tensors once
+            self._feed = {name: t.numpy() for name, t in
+                          zip(self.input_names[:-1], avatar.tensors(), strict=True)}
+            self._avatar_id = id(avatar)
+        feed = dict(self._feed, motion=np.ascontiguousarray(motion, np.float32))
+        return self.session.run(["frames"], feed)[0]

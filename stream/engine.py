@@ -1,0 +1,125 @@
+"""Engines: how the three networks execute. The streaming code is the same for all.
+
+An Engine gives a session
+    features     an AudioFeatureExtractor (Whisper window encoder on this engine)
+    generator()  a MotionGenerator for one stream (the motion sampler on this engine)
+    render()     avatar + motion [N, D] -> frames [N, S, S, 3] uint8
+
+    torch   eager PyTorch (CPU here; CUDA where present)
+    onnx    onnxruntime: the encoder, the unrolled student sampler and the renderer exported
+            to ONNX once and cached in the user cache directory
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.audio import AudioFeatureExtractor, FeatureConfig
+from models.avatar import Avatar
+from models.generator import MotionGenerator, load_motion_model
+
+ENGINES = ("torch", "onnx")
+# the bundled checkpoint, unless TALKING_HEAD_CHECKPOINT names another
+DEFAULT_CHECKPOINT = Path(os.environ.get(
+    "TALKING_HEAD_CHECKPOINT",
+    Path(__file__).resolve().parent.parent / "assets" / "motion_student.pt"))
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+class Engine:
+    """Shared by every session of a process: one loaded model, per-session state elsewhere."""
+
+    name = "base"
+
+    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT):
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise EngineError(f"motion checkpoint {checkpoint} not found (make weights builds it)")
+        self.checkpoint = checkpoint
+        self.motion = load_motion_model(checkpoint)
+        fields = {k: v for k, v in self.motion.feature_config.items()
+                  if k in FeatureConfig.__dataclass_fields__}
+        self.feature_config = FeatureConfig(**fields)
+        self.features = AudioFeatureExtractor(self.feature_config, encoder=self._encoder())
+        zeros = np.zeros(self.feature_config.window_samples, np.float32)
+        self.silence_feature = self.features.features(zeros)[0]     # [stack, 384]
+
+    def _encoder(self):
+        return None                               # the extractor's torch default
+
+    def _sampler(self):
+        return None                               # MotionGenerator's torch default
+
+    def generator(self, seed: int = 0, style: dict | None = None) -> MotionGenerator:
+        return MotionGenerator(self.motion, self.silence_feature, seed=seed, style=style,
+                               sampler=self._sampler())
+
+    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchEngine(Engine):
+    name = "torch"
+
+    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu",
+                 threads: int = 1):
+        if device != "cpu" and not torch.cuda.is_available():
+            raise EngineError(f"device {device!r} asked for, but torch sees no CUDA device")
+        self.device = device
+        # One intra-op thread: a session's stages already run in parallel threads (features
+        # + motion, render), and OpenMP teams oversubscribe badly on a busy 2-core machine.
+        torch.set_num_threads(threads)
+        super().__init__(checkpoint)
+
+    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+        from models.render import render
+
+        with torch.inference_mode():
+            return render(avatar, torch.from_numpy(np.asarray(motion, np.float32))).numpy()
+
+
+class OnnxEngine(Engine):
+    name = "onnx"
+
+    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, threads: int = 2):
+        self.threads = threads
+        self._renderers: dict[int, object] = {}
+        super().__init__(checkpoint)
+        from export.motion import OnnxMotionSampler, cached_motion_export
+
+        self._motion_path = cached_motion_export(self.motion, checkpoint)
+        self._motion_runner = OnnxMotionSampler(self._motion_path, threads=1)
+
+    def _encoder(self):
+        from export.audio_encoder import OnnxEncoder, cached_audio_encoder
+
+        return OnnxEncoder(cached_audio_encoder(self.feature_config), threads=self.threads)
+
+    def _sampler(self):
+        return self._motion_runner
+
+    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+        from export.renderer import OnnxRenderer, cached_renderer_export
+
+        runner = self._renderers.get(avatar.size)
+        if runner is None:
+            runner = OnnxRenderer(cached_renderer_export(avatar), threads=self.threads)
+            self._renderers[avatar.size] = runner
+        return runner(avatar, np.asarray(motion, np.float32))
+
+
+def make_engine(name: str = "torch", checkpoint: str | Path = DEFAULT_CHECKPOINT,
+                device: str = "cpu") -> Engine:
+    if name == "torch":
+        return TorchEngine(checkpoint, device=device)
+    if name == "onnx":
+        return OnnxEngine(checkpoint)
+    if name == "trt":
+        raise EngineError("the TensorRT engine is not built yet (export issue); "
+                          "use --engine torch or --engine onnx")
+    raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -1,0 +1,403 @@
+"""One streaming session: audio pieces in, 25 fps frames out, as long as audio keeps coming.
+
+    push_audio()  -> AudioInput (16 kHz + 48 kHz playback copy, VAD)
+                  -> FeatureStream (a block of H frames as soon as its audio + look-ahead is in)
+    motion thread -> MotionGenerator: a chunk (shorter first, then N frames) with the carry
+    render thread -> Engine.render: frames, into `frames` (a queue of Frame)
+
+The two threads overlap (chunk i+1 is sampled while chunk i renders). Everything is keyed by
+the frame index on the session timeline: frame t shows the 40 ms of audio
+[640 t, 640 (t + 1)) at 16 kHz, = [1920 t, 1920 (t + 1)) in the 48 kHz playback copy, so
+whoever plays the frames (stream/player.py, the mp4 writer, WebRTC) takes the audio of the
+same index and lips and sound leave together.
+
+Frame content depends only on the audio and the seed, never on how the audio was cut into
+pieces. In real-time mode (`tick()` called by a clock), silence fills the timeline while no
+audio arrives, so the avatar idles instead of freezing.
+
+Barge-in: interrupt() cuts the timeline at the first block boundary not yet handed out;
+queued audio, features, motion and frames after it are dropped, chunks in flight are
+discarded (epoch counter), and generation continues from the cut with silence, the carry
+restored from the frames that were kept.
+"""
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models import motion_space
+from models.avatar import Avatar
+from stream.audio import PLAYBACK_RATE, RATE, AudioInput
+from stream.engine import Engine
+
+PLAYBACK_PER_FRAME = PLAYBACK_RATE // 25      # 1920 samples of 48 kHz audio per frame
+# what a barge-in closes over the first chunk after the cut (the model then idles)
+SETTLE = [motion_space.index(n) for n in ("jaw_open", "upper_lip_raise", "lower_lip_depress",
+                                          "lip_pucker")]
+
+
+@dataclass
+class Frame:
+    index: int               # frame number on the session timeline (25 fps)
+    image: np.ndarray        # [S, S, 3] uint8
+    motion: np.ndarray       # [D] motion-space values
+    speech: bool             # voice activity during this frame's audio
+    audio_arrived: float     # perf_counter() when the last audio its chunk needed arrived
+    rendered: float          # perf_counter() when the frame was ready
+    own_audio_arrived: float = 0.0   # ... when this frame's own 40 ms of audio had arrived
+
+
+@dataclass
+class _Chunk:
+    epoch: int
+    start: int               # first frame index
+    motion: np.ndarray       # [n, D]
+    speech: list[bool]
+    audio_arrived: float
+    own_arrived: list[float]
+
+
+@dataclass
+class SessionStats:
+    chunks: int = 0
+    frames: int = 0
+    interrupts: int = 0
+    errors: list[str] = field(default_factory=list)
+    stage_ms: dict[str, float] = field(                 # total wall ms per stage
+        default_factory=lambda: {"features": 0.0, "motion": 0.0, "render": 0.0})
+    stage_frames: dict[str, int] = field(                # frames those stages produced
+        default_factory=lambda: {"features": 0, "motion": 0, "render": 0})
+
+    def add(self, stage: str, ms: float, frames: int) -> None:
+        self.stage_ms[stage] += ms
+        self.stage_frames[stage] += frames
+
+    def stage_means(self) -> dict[str, float]:
+        """Mean wall ms per frame of each stage."""
+        return {k: self.stage_ms[k] / max(self.stage_frames[k], 1) for k in self.stage_ms}
+
+
+class Session:
+    def __init__(self, engine: Engine, avatar: Avatar, *, seed: int = 0,
+                 style: dict | None = None, chunk: int | None = None,
+                 first_chunk: int | None = None, realtime: bool = False,
+                 jitter_ms: float = 100.0, max_frames_queued: int = 1500):
+        self.engine, self.avatar, self.realtime = engine, avatar, realtime
+        c = engine.feature_config
+        self.block = c.block_frames
+        # chunk = one feature block (80 ms) by default: the latency floor on a CPU; a GPU
+        # serving many sessions may take longer chunks (up to the model's chunk_frames)
+        self.chunk = chunk or self.block
+        if not 1 <= self.chunk <= engine.motion.config.chunk_frames:
+            raise ValueError(f"chunk must be 1..{engine.motion.config.chunk_frames} frames")
+        self.first_chunk = first_chunk or min(self.block, self.chunk)
+        self.carry_frames = engine.motion.config.carry_frames
+        self.jitter = int(jitter_ms * RATE / 1000)
+        self.audio = AudioInput(playback=True)
+        self.features = engine.features.stream()
+        self.generator = engine.generator(seed=seed, style=style)
+        self.frames: queue.Queue[Frame] = queue.Queue(maxsize=max_frames_queued)
+        self.stats = SessionStats()
+
+        self._lock = threading.Condition()
+        self._feature_lock = threading.Lock()      # order: _feature_lock, then _lock
+        self._taken = 0                    # 16 kHz samples handed to the feature stream
+        self._pending = []                 # [(frame index, feature [stack, 384])] not yet sampled
+        self._next_frame = 0               # index of the next frame to sample
+        self._history = deque(maxlen=self.carry_frames + 4 * self.chunk + max_frames_queued)
+        self._delivered = 0                # frames handed to the consumer
+        self._arrivals = deque()           # (16 kHz end index, perf_counter) of pushes
+        self._ended = False                # the audio source finished (offline mode)
+        self._features_finished = False    # ... and the feature stream was flushed
+        self._rendered = 0                 # frames rendered (index + 1 of the last one)
+        self.dropped_frames = 0            # frames lost because the consumer fell behind
+        self._epoch = 0
+        self._settle_at = -1               # frame index where a barge-in ramp starts
+        self._closed = False
+        self._started = time.perf_counter()
+        self._render_queue: queue.Queue[_Chunk | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._motion_loop, daemon=True, name="motion"),
+                         threading.Thread(target=self._render_loop, daemon=True, name="render")]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ audio side
+
+    def push_audio(self, pcm: np.ndarray, rate: int, channels: int = 1) -> None:
+        """Add a piece of audio from any source. Raises AudioInputError on bad input (the
+        session stays usable)."""
+        with self._lock:
+            self._check_open()
+            self.audio.push(pcm, rate, channels)
+            self._arrivals.append((self.audio.end, time.perf_counter()))
+            self._lock.notify_all()
+
+    def end_audio(self) -> None:
+        """The current source finished: release the resamplers' tail. Offline (not
+        real-time) this also ends the stream: the last partial chunk is generated."""
+        with self._lock:
+            self.audio.flush()
+            self._arrivals.append((self.audio.end, time.perf_counter()))
+            if not self.realtime:
+                self._ended = True
+            self._lock.notify_all()
+
+    def tick(self, now: float | None = None) -> None:
+        """Real-time clock: if the timeline fell behind the wall clock by more than the
+        jitter allowance, fill the gap with silence (the avatar idles, never freezes)."""
+        with self._lock:
+            now = time.perf_counter() if now is None else now
+            due = int((now - self._started) * RATE)
+            gap = due - self.audio.end
+            if gap > self.jitter:
+                self.audio.push_silence(gap / RATE)
+                self._arrivals.append((self.audio.end, now))
+                self._lock.notify_all()
+
+    def set_style(self, style: dict) -> None:
+        with self._lock:
+            self.generator.set_style(style)
+
+    def interrupt(self) -> int:
+        """Barge-in. Returns the frame index where the timeline was cut."""
+        with self._feature_lock, self._lock:
+            self._epoch += 1
+            self.stats.interrupts += 1
+            # the first block boundary not yet handed out (and not beyond what was sampled)
+            cut = -(-self._delivered // self.block) * self.block
+            if cut > self._next_frame:
+                cut = self._next_frame // self.block * self.block
+            kept = [h for h in self._history if h[0] < cut]
+            self._history = deque(kept, maxlen=self._history.maxlen)
+            self._next_frame = cut
+            self._settle_at = cut
+            self._pending = []
+            self._features_finished = False
+            self._rendered = min(self._rendered, cut)
+            self._drop_queued_frames(cut)
+            # rebuild the audio timeline and the feature stream at the cut
+            c = self.engine.feature_config
+            cut_sample = cut * c.samples_per_frame
+            self.audio.truncate(cut_sample)
+            window_start = c.window_end(cut // self.block) - c.window_samples
+            self.features.restart_at(cut // self.block,
+                                     self.audio.read(window_start, cut_sample))
+            self._taken = cut_sample
+            self._restore_carry()
+            if self.realtime:
+                # the timeline restarts at the cut, which is now; the clock follows it
+                self._started = time.perf_counter() - cut_sample / RATE
+            self._lock.notify_all()
+            return cut
+
+    def _drop_queued_frames(self, cut: int) -> None:
+        kept = []
+        while True:
+            try:
+                f = self.frames.get_nowait()
+            except queue.Empty:
+                break
+            if f.index < cut:
+                kept.append(f)
+        for f in kept:
+            self.frames.put_nowait(f)
+
+    def _restore_carry(self) -> None:
+        k = self.carry_frames
+        recent = list(self._history)[-k:]
+        g = self.generator
+        g.reset_carry()
+        if recent:
+            motion = np.stack([m for _, m, _ in recent])
+            feats = np.stack([f for _, _, f in recent])
+            g.carry[k - len(recent):] = motion
+            g.carry_audio[k - len(recent):] = feats
+
+    # ------------------------------------------------------------------ consumer side
+
+    def next_frame(self, timeout: float | None = None) -> Frame | None:
+        """The next frame in order (None on timeout). Marks it delivered."""
+        try:
+            f = self.frames.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        with self._lock:
+            self._delivered = max(self._delivered, f.index + 1)
+            self._release()
+        return f
+
+    def frame_audio(self, index: int) -> np.ndarray:
+        """48 kHz audio of frame `index` [1920] (zeros where none arrived)."""
+        with self._lock:
+            start = index * PLAYBACK_PER_FRAME
+            return self.audio.read_playback(start, start + PLAYBACK_PER_FRAME)
+
+    def mark_played(self, index: int) -> None:
+        """The player is done with frames and audio before `index` (frees memory)."""
+        with self._lock:
+            self._delivered = max(self._delivered, index)
+            self._release()
+
+    def _release(self) -> None:
+        c = self.engine.feature_config
+        played = self._delivered
+        self.audio.discard_playback_before((played - 2) * PLAYBACK_PER_FRAME)
+        # keep one window of 16 kHz audio before the earliest frame that may still be cut
+        # (a player may mark slots played before their frames were generated)
+        self.audio.discard_before(min(self._taken, (min(played, self._next_frame)
+                                                    - c.window_frames) * c.samples_per_frame))
+        sampled = self._next_frame * c.samples_per_frame     # arrival times still needed after
+        while len(self._arrivals) > 1 and self._arrivals[1][0] <= sampled:
+            self._arrivals.popleft()
+
+    @property
+    def frames_generated(self) -> int:
+        return self._next_frame
+
+    def drained(self) -> bool:
+        """Offline: the stream ended and every frame of its audio was rendered."""
+        with self._lock:
+            return (self._features_finished and not self._pending
+                    and self._rendered >= self._next_frame) or self._closed
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._render_queue.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("session closed")
+
+    # ------------------------------------------------------------------ workers
+
+    def _arrival_time(self, end_sample: int) -> float:
+        for index, t in self._arrivals:
+            if index >= end_sample:
+                return t
+        return time.perf_counter()
+
+    def _motion_loop(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._closed and not self._work_ready():
+                        self._lock.wait(timeout=0.5)
+                    if self._closed:
+                        return
+                    epoch = self._epoch
+                    audio = self.audio.read(self._taken, self.audio.end)
+                    self._taken = self.audio.end
+                    finishing = self._ended and not self._features_finished
+                # the encoder runs outside the session lock (audio keeps arriving meanwhile)
+                t0 = time.perf_counter()
+                with self._feature_lock:
+                    if epoch != self._epoch:
+                        continue
+                    if audio.size:
+                        self.features.push(audio)
+                    feats = self.features.pull()
+                    if finishing:
+                        feats = np.concatenate([feats, self.features.finish()])
+                if len(feats):
+                    self.stats.add("features", (time.perf_counter() - t0) * 1000, len(feats))
+                with self._lock:
+                    if epoch != self._epoch:
+                        continue
+                    self._features_finished |= finishing
+                    first = self._next_frame + len(self._pending)
+                    self._pending += [(first + i, f) for i, f in enumerate(feats)]
+                    job = self._take_chunk()
+                while job is not None:
+                    self._sample(*job)
+                    with self._lock:
+                        job = self._take_chunk() if epoch == self._epoch else None
+        except Exception as e:          # a broken engine ends this session, not the process
+            self.stats.errors.append(f"motion: {e.__class__.__name__}: {e}")
+            self._closed = True
+
+    def _work_ready(self) -> bool:
+        return self.audio.end > self._taken or (self._ended and not self._features_finished)
+
+    def _take_chunk(self):
+        """Under the lock: the next complete chunk to sample (epoch, first index, features,
+        speech flags, audio arrival time), or None."""
+        need = self.first_chunk if self._next_frame == 0 else self.chunk
+        if not self._pending or (len(self._pending) < need and not self._features_finished):
+            return None
+        take, self._pending = self._pending[:need], self._pending[need:]
+        start = take[0][0]
+        c = self.engine.feature_config
+        spf = c.samples_per_frame
+        end_sample = (start + len(take) + c.lookahead_frames) * spf
+        speech = [bool(self.audio.vad.speech_at(i * spf + spf // 2)) for i, _ in take]
+        own = [self._arrival_time(min((i + 1) * spf, self.audio.end)) for i, _ in take]
+        self._next_frame = start + len(take)
+        return (self._epoch, start, np.stack([f for _, f in take]), speech,
+                self._arrival_time(min(end_sample, self.audio.end)), own)
+
+    def _sample(self, epoch: int, start: int, feats: np.ndarray, speech: list[bool],
+                arrived: float, own: list[float]) -> None:
+        t0 = time.perf_counter()
+        with self._lock:
+            if epoch != self._epoch:
+                return
+            motion = self.generator.generate(feats)
+            if start == self._settle_at:
+                self._settle(motion)
+            for i in range(len(motion)):
+                self._history.append((start + i, motion[i], feats[i]))
+        self.stats.add("motion", (time.perf_counter() - t0) * 1000, len(motion))
+        self._render_queue.put(_Chunk(epoch, start, motion, speech, arrived, own))
+
+    def _settle(self, motion: np.ndarray) -> None:
+        """Barge-in: ramp the mouth shut over this chunk, so the face is back at rest within
+        one chunk whatever the model would still say; the carry keeps the ramped frames."""
+        n = len(motion)
+        ramp = 1.0 - np.arange(1, n + 1, dtype=np.float32) / n          # ends at 0
+        motion[:, SETTLE] *= ramp[:, None]
+        k = self.generator.carry.shape[0]
+        m = min(n, k)
+        self.generator.carry[k - m:] = motion[n - m:]
+
+    def _render_loop(self) -> None:
+        try:
+            while True:
+                chunk = self._render_queue.get()
+                if chunk is None:
+                    return
+                if chunk.epoch != self._epoch:
+                    continue
+                t0 = time.perf_counter()
+                images = self.engine.render(self.avatar, chunk.motion)
+                done = time.perf_counter()
+                self.stats.add("render", (done - t0) * 1000, len(images))
+                with self._lock:
+                    if chunk.epoch != self._epoch:
+                        continue
+                    self.stats.chunks += 1
+                    for i, image in enumerate(images):
+                        frame = Frame(chunk.start + i, image, chunk.motion[i], chunk.speech[i],
+                                      chunk.audio_arrived, done, chunk.own_arrived[i])
+                        try:
+                            self.frames.put_nowait(frame)
+                            self.stats.frames += 1
+                        except queue.Full:
+                            self.dropped_frames += 1
+                    self._rendered = chunk.start + len(images)
+                    self._lock.notify_all()
+        except Exception as e:
+            self.stats.errors.append(f"render: {e.__class__.__name__}: {e}")
+            self._closed = True
+
+
+def idle_motion_ok(motion: np.ndarray) -> bool:
+    """Mouth closed (jaw_open small) in every frame of `motion` [T, D]."""
+    return bool(np.all(motion[:, motion_space.index("jaw_open")] < 0.15))

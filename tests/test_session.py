@@ -1,0 +1,223 @@
+"""The streaming session: piece-size independence, continuity, idle, barge-in, A/V, memory."""
+
+import numpy as np
+import pytest
+
+from models import motion_space
+from models.audio_io import load_audio
+from stream.render_file import render_file
+from stream.session import PLAYBACK_PER_FRAME, Session
+
+JAW = motion_space.index("jaw_open")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from stream.engine import make_engine
+
+    return make_engine("torch")
+
+
+@pytest.fixture(scope="module")
+def avatar():
+    from models.avatar import prepare_avatar
+
+    return prepare_avatar(size=256)
+
+
+@pytest.fixture(scope="module")
+def speech48() -> np.ndarray:
+    """Real recordings at 48 kHz with a pause between them (~4 s)."""
+    parts = [load_audio("/usr/share/sounds/alsa/Front_Center.wav", rate=48000),
+             np.zeros(24000, np.float32),
+             load_audio("/usr/share/sounds/alsa/Rear_Left.wav", rate=48000)]
+    return np.concatenate(parts)
+
+
+def run(engine, avatar, audio, piece_seconds, seed=0, rate=48000):
+    session = Session(engine, avatar, seed=seed)
+    images, audio_out = [], []
+
+    def keep(image, a):
+        images.append(image)
+        audio_out.append(a)
+
+    try:
+        motion, report = render_file(session, audio, rate, keep, piece_seconds=piece_seconds)
+    finally:
+        session.close()
+    return motion, np.stack(images), np.concatenate(audio_out), report
+
+
+@pytest.fixture(scope="module")
+def reference(engine, avatar, speech48):
+    return run(engine, avatar, speech48, 0.02)
+
+
+@pytest.mark.parametrize("piece", [0.01, 0.333, "random"])
+def test_same_frames_whatever_the_piece_size(engine, avatar, speech48, reference, piece):
+    if piece == "random":
+        # random piece sizes: feed through a session directly
+        rng = np.random.default_rng(5)
+        session = Session(engine, avatar, seed=0)
+        frames, i = [], 0
+        try:
+            while i < speech48.size:
+                n = int(rng.integers(48, 48000))
+                session.push_audio(speech48[i:i + n], 48000)
+                i += n
+            session.end_audio()
+            while not (session.drained() and session.frames.empty()):
+                f = session.next_frame(timeout=1.0)
+                if f is not None:
+                    frames.append(f.image)
+        finally:
+            session.close()
+        images = np.stack(frames)
+    else:
+        _, images, _, _ = run(engine, avatar, speech48, piece)
+    assert images.shape == reference[1].shape
+    assert np.array_equal(images, reference[1])
+
+
+def test_frame_count_and_output_audio_is_input_delayed(reference, speech48):
+    motion, images, audio_out, _ = reference
+    frames = -(-speech48.size // PLAYBACK_PER_FRAME)
+    assert len(motion) == len(images) == frames
+    # nothing lost, nothing duplicated: frame t carries exactly input samples [1920 t, 1920 t+1)
+    assert np.array_equal(audio_out[: speech48.size], speech48)
+    assert not audio_out[speech48.size:].any()
+
+
+def test_chunks_are_continuous(engine, reference):
+    motion = reference[0]
+    std = np.array(engine.motion.normalizer.std, np.float32)
+    jumps = np.linalg.norm(np.diff(motion / std, axis=0), axis=1)
+    chunk = engine.feature_config.block_frames          # a session's default chunk
+    seams = np.arange(chunk, len(motion) - 1, chunk) - 1
+    inside = np.setdiff1d(np.arange(len(jumps)), seams)
+    # seams are not much rougher than the inside of a chunk (means and the 95th percentile;
+    # single maxima are blinks, which may start anywhere). On this 4 s clip the default
+    # student measures a mean ratio of ~1.3 (held-out validation set: 1.08, see RESULTS.md)
+    assert jumps[seams].mean() <= 1.4 * jumps[inside].mean()
+    assert np.percentile(jumps[seams], 95) <= 1.4 * np.percentile(jumps[inside], 95)
+
+
+def test_speech_moves_the_mouth_and_silence_idles(engine, avatar, reference):
+    motion = reference[0]
+    speaking = motion[: 30, JAW]                     # "front center", the first 1.2 s
+    pause = motion[40:46, JAW]                       # inside the 0.5 s pause (1.43-1.93 s)
+    assert speaking.max() > 0.15
+    assert pause.max() < 0.15
+
+
+def test_silence_gives_idle_frames_and_never_stalls(engine, avatar):
+    motion, images, _, _ = run(engine, avatar, np.zeros(16000 * 6, np.float32), 0.02, rate=16000)
+    assert len(images) == 150
+    assert motion[:, JAW].max() < 0.15              # mouth closed
+    head = motion[:, [motion_space.index("head_yaw"), motion_space.index("head_pitch")]]
+    assert head.std(axis=0).max() > 0.05             # alive: the head still moves a little
+    assert np.abs(np.diff(images.astype(np.int16), axis=0)).max(axis=(1, 2, 3)).min() >= 0
+
+
+def test_interrupt_returns_to_idle_within_one_chunk(engine, avatar, speech48):
+    session = Session(engine, avatar, seed=0)
+    try:
+        speech = speech48[: 48000]                   # 1 s of "front center"
+        session.push_audio(speech, 48000)
+        got = []
+        while len(got) < 10:
+            f = session.next_frame(timeout=5.0)
+            assert f is not None
+            got.append(f)
+        cut = session.interrupt()
+        assert cut >= got[-1].index + 1
+        session.push_audio(np.zeros(16000, np.float32), 16000)   # the line goes quiet
+        after = []
+        while len(after) < 20:
+            f = session.next_frame(timeout=5.0)
+            assert f is not None
+            after.append(f)
+        indices = [f.index for f in after]
+        assert indices == list(range(got[-1].index + 1, got[-1].index + 21))
+        chunk = session.chunk
+        late = [f.motion[JAW] for f in after if f.index >= cut + chunk]
+        assert max(late) < 0.15                      # idle within one chunk of the cut
+    finally:
+        session.close()
+
+
+def test_long_stream_keeps_memory_flat(engine, avatar):
+    """A long stream (here 1 minute of audio in 20 ms pieces; the 30-minute soak is a
+    benchmark): every buffer stays bounded, none grows with the stream's length."""
+    session = Session(engine, avatar, seed=0)
+    rng = np.random.default_rng(0)
+    sizes = []
+    try:
+        tone = (0.1 * np.sin(np.arange(960) / 48000 * 2 * np.pi * 220)).astype(np.float32)
+        for i in range(3000):                        # 3000 x 20 ms = 60 s
+            session.push_audio(tone * rng.uniform(0, 1), 48000)
+            while session.next_frame(timeout=0) is not None:
+                pass
+            while session.audio.end - session.frames_generated * 640 > 16000 * 5:
+                session.next_frame(timeout=1.0)
+            if i % 500 == 499:
+                sizes.append((session.audio.samples.size, session.audio.playback.size,
+                              len(session._arrivals), session.features.audio.size))
+    finally:
+        session.close()
+    first, last = np.array(sizes[1]), np.array(sizes[-1])
+    assert np.all(last <= first * 1.5 + 48000)
+
+
+class SlowRender:
+    """The real engine with a renderer slowed down (compute falling behind real time)."""
+
+    def __init__(self, engine, seconds_per_frame):
+        self.engine, self.delay = engine, seconds_per_frame
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def render(self, avatar, motion):
+        import time
+
+        time.sleep(self.delay * len(motion))
+        return self.engine.render(avatar, motion)
+
+
+def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, speech48):
+    """Compute at half real time: video repeats/skips frames, audio plays every slot, in sync."""
+    import time
+
+    from stream.player import Player
+
+    session = Session(SlowRender(engine, 0.08), avatar, seed=0, realtime=True)
+    player = Player(session)
+    played = []
+    try:
+        audio = speech48[: 3 * 48000]
+        t0 = time.perf_counter()
+        for i in range(0, audio.size, 960):
+            while time.perf_counter() < t0 + i / 48000:
+                played += player.play()
+                time.sleep(0.005)
+            session.push_audio(audio[i:i + 960], 48000)
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:
+            played += player.play()
+            time.sleep(0.005)
+    finally:
+        session.close()
+    slots = [k for k, _, _ in played]
+    assert slots == list(range(slots[0], slots[0] + len(slots)))      # no slot missing
+    assert len(slots) >= 60
+    s = player.stats
+    assert s.repeated > 0 and s.shown + s.repeated <= s.slots
+    # every slot carries exactly its own 40 ms of the input audio
+    for k, _, a in played:
+        lo = k * PLAYBACK_PER_FRAME
+        expected = np.zeros(PLAYBACK_PER_FRAME, np.float32)
+        part = audio[lo:lo + PLAYBACK_PER_FRAME]
+        expected[: part.size] = part
+        assert np.array_equal(a, expected)
