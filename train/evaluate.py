@@ -98,6 +98,12 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
     }
 
 
+def write_json(path: str | Path, result: dict) -> None:
+    """Write a result to `path` (folders made as needed)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,8 +128,7 @@ def main(argv=None) -> int:
         teacher_sync = result["teacher"]["sync_corr"]
         result["student_vs_teacher_sync"] = (result["student"]["sync_corr"] / teacher_sync
                                              if teacher_sync > 0 else float("nan"))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from models import motion_space
 from models.audio_io import load_audio
+from train.evaluate import write_json
 
 HEAD = ("head_yaw", "head_pitch", "head_roll")
 
@@ -126,8 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
     result = run(args.checkpoint, args.minutes, args.seed)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     print(json.dumps({k: v for k, v in result.items() if k != "per_minute"}, indent=2))
     return 0
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from models import motion_space
 from models.audio_io import load_audio
+from train.evaluate import pearson, write_json
 from train.tts import SILENCE, Phone
 from train.visemes import MOUTH, Speech, Style, frame_count, frame_times, mouth_track
 
@@ -140,12 +141,6 @@ def recordings(cache: Path) -> list[dict]:
     return out
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    d = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / d) if d > 0 else 0.0
-
-
 def evaluate(checkpoint: str, cache: Path, seed: int = 0) -> dict:
     from models.audio import AudioFeatureExtractor, FeatureConfig
     from models.generator import MotionGenerator, generate_sequence, load_motion_model
@@ -182,8 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default="data/real_speech")
     args = parser.parse_args(argv)
     result = evaluate(args.checkpoint, Path(args.cache))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     print(json.dumps(result, indent=2))
     return 0
 
