@@ -4,7 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := alsa-utils espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+DEBIAN_PACKAGES := alsa-utils espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test serve lint system-packages weights
@@ -37,7 +37,7 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 serve: setup
-	$(PY) -m models.audio --transcribe /usr/share/sounds/alsa/Front_Center.wav
+	$(PY) server.py
 
 # The default motion checkpoint (assets/motion_student.pt), from the project's own data and
 # training code: synthetic data -> teacher -> 2-step student. Resumable; ~1 h on 2 CPU cores.

@@ -1,0 +1,104 @@
+"""Server metrics in the Prometheus text format (no client library: counters, gauges and
+histograms are a few lines each).
+
+    metrics = Metrics()
+    metrics.count("frames_shown_total", 3)
+    metrics.observe_latency(shown=[0.21], rendered=[0.15])
+    text = metrics.render(gauges={"sessions": 2}, labelled={"session_fps": {...}})
+"""
+
+import threading
+from dataclasses import dataclass, field
+
+PREFIX = "talking_head_"
+LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+HELP = {
+    "sessions": "Sessions streaming now.",
+    "sessions_max": "Most sessions served at once (--max-sessions).",
+    "sessions_started_total": "Sessions started.",
+    "sessions_rejected_total": "Offers refused because the server was full.",
+    "session_fps": "Fresh frames shown per second, per session (last 5 s).",
+    "session_slots_per_second": "Video slots sent per second, per session (last 5 s).",
+    "frames_shown_total": "Slots that showed their own frame.",
+    "frames_repeated_total": "Slots that repeated an older frame (compute behind).",
+    "frames_skipped_total": "Frames skipped because they were late.",
+    "frames_dropped_total": "Frames dropped (session queue full or the sender fell behind).",
+    "audio_frames_dropped_total": "20 ms audio frames dropped (the sender fell behind).",
+    "bad_requests_total": "Requests refused with a 4xx error.",
+    "websocket_errors_total": "Websocket messages refused.",
+    "session_errors_total": "Sessions ended by an internal error.",
+    "latency_seconds": "Audio in to frame out (the frame's slot on the media clock).",
+    "render_latency_seconds": "Audio in to frame rendered (a frame's own 40 ms of audio).",
+}
+
+
+@dataclass
+class Histogram:
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self):
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        for i, edge in enumerate(self.buckets):
+            if value <= edge:
+                self.counts[i] += 1
+        self.total += value
+        self.n += 1
+
+    def lines(self, name: str) -> list[str]:
+        out = [f'{name}_bucket{{le="{edge:g}"}} {c}'
+               for edge, c in zip(self.buckets, self.counts, strict=True)]
+        out += [f'{name}_bucket{{le="+Inf"}} {self.n}', f"{name}_sum {self.total:.6f}",
+                f"{name}_count {self.n}"]
+        return out
+
+
+class Metrics:
+    """Counters and the latency histogram; safe to update from any thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counters: dict[str, float] = {name: 0 for name in HELP if name.endswith("_total")}
+        self.latency = Histogram()
+        self.render_latency = Histogram()
+
+    def count(self, name: str, amount: float = 1) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + amount
+
+    def observe_latency(self, shown: list[float], rendered: list[float]) -> None:
+        with self._lock:
+            for s in shown:
+                self.latency.observe(s)
+            for s in rendered:
+                self.render_latency.observe(s)
+
+    def render(self, gauges: dict[str, float],
+               labelled: dict[str, dict[str, float]] | None = None) -> str:
+        lines = []
+
+        def head(name: str, kind: str) -> None:
+            lines.append(f"# HELP {PREFIX}{name} {HELP.get(name, name)}")
+            lines.append(f"# TYPE {PREFIX}{name} {kind}")
+
+        with self._lock:
+            for name, value in gauges.items():
+                head(name, "gauge")
+                lines.append(f"{PREFIX}{name} {value:g}")
+            for name, per_session in (labelled or {}).items():
+                head(name, "gauge")
+                lines += [f'{PREFIX}{name}{{session="{sid}"}} {v:g}'
+                          for sid, v in per_session.items()]
+            for name, value in self.counters.items():
+                head(name, "counter")
+                lines.append(f"{PREFIX}{name} {value:g}")
+            for name, histogram in (("latency_seconds", self.latency),
+                                    ("render_latency_seconds", self.render_latency)):
+                head(name, "histogram")
+                lines += histogram.lines(PREFIX + name)
+        return "\n".join(lines) + "\n"

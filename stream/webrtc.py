@@ -1,0 +1,330 @@
+"""A session as two WebRTC tracks (aiortc) on one media clock.
+
+    MediaClock(session, feed, loop)   a thread that, every 20 ms,
+        feed.feed(now)                    pushes due audio into the session (or idles it),
+        player.play(now)                  takes every 40 ms slot now due: (k, image, audio),
+        -> video track                    one VideoFrame, pts 3600 n (1/90000 s),
+        -> audio track                    two 20 ms AudioFrames, s16 mono 48 kHz, pts 1920 n
+                                          and 1920 n + 960 (1/48000 s), the second one
+                                          20 ms later (at the next tick),
+                                          n counting output slots (25 a second, always),
+    handing the frames to the event loop with call_soon_threadsafe.
+
+Both tracks are paced by that one clock: recv() just waits for the next frame, so pictures
+and sound of the same slot leave together and cannot drift apart (aiortc's own
+VideoStreamTrack would pace video at 30 fps on a clock of its own). When compute is behind,
+the Player repeats the last picture and the sound goes on; a sender that falls behind loses
+its oldest frames (counted), never the clock.
+
+Keeping lips and sound together: the Player fixes the output delay from the first frame,
+which comes from a short first chunk (and a barge-in restarts the timeline at the playing
+position), so later frames can be due before they are rendered. When every frame of the last
+second came late although frames are produced at the full 25 fps, the clock delays the
+player by that lateness (plus a margin) at once, in a pause of speech (voice activity
+detection hears nothing in the slots held back) unless the lateness is large, while the
+output holds the last picture over silence (it never stops: 25 slots a second); the
+pictures are then on time again instead of trailing the sound. When frames are produced
+slower than 25 fps (a machine without the compute), waiting cannot help: the pictures repeat
+and trail the sound, and the stats say so (only the session could catch up, by skipping
+work). The other way round, when every frame of the last second waited long for its slot
+and voice activity detection hears nothing in the slots to skip, the clock skips that much
+silence (sound and picture), so a slow start does not cost latency for the rest of the
+session.
+
+Barge-in (interrupt()) cuts the session's timeline at the playing position, so audio after it
+would be due at once, before its frames can be rendered; the clock pads the new timeline
+with silence as long as the output delay, so new speech keeps lips and sound together.
+"""
+
+import asyncio
+import ipaddress
+import logging
+import threading
+import time
+from collections import deque
+from fractions import Fraction
+
+import aioice.ice
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from stream.player import FPS, Player
+from stream.session import PLAYBACK_PER_FRAME, Session
+from stream.sources import AudioFeed
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.02
+VIDEO_CLOCK = 90000
+AUDIO_RATE = 48000
+AUDIO_FRAME = 960                      # 20 ms at 48 kHz: one Opus frame
+VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)
+AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
+QUEUED_SECONDS = 0.4                   # a track keeps at most this much unsent
+LATE_WINDOW = 25                       # frames looked at to decide that frames come late
+EARLY_WINDOW = 25                      # ... that frames come early
+EARLY_SLACK_SECONDS = 0.15             # a frame waiting longer than this for its slot is early
+EARLY_KEEP_SECONDS = 0.08              # the wait left after skipping silence
+RESYNC_MARGIN_SECONDS = 0.06           # added to the lateness when the delay grows
+RESYNC_IN_SPEECH_SECONDS = 0.4         # lateness that cannot wait for a pause in speech
+MAX_RESYNC_SECONDS = 1.0               # largest single delay step
+FULL_RATE = 0.95 * 25                  # frames per second that count as keeping up
+START_MARGIN_SECONDS = 0.25            # first frame -> its slot, beyond the chunk difference
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def use_loopback_for_media() -> None:
+    """Offer only 127.0.0.1 as an ICE host candidate (aioice leaves loopback out), for a
+    server that listens on loopback: its media then stays on loopback too."""
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+class ClockedTrack(MediaStreamTrack):
+    """A track whose frames are put in by the media clock; recv() waits for the next one."""
+
+    def __init__(self, kind: str, capacity: int):
+        super().__init__()
+        self.kind = kind
+        self._frames: asyncio.Queue = asyncio.Queue()
+        self.capacity = capacity
+        self.dropped = 0                   # frames lost because the sender fell behind
+
+    def put(self, frame) -> None:
+        """On the event loop. None ends the track."""
+        while frame is not None and self._frames.qsize() >= self.capacity:
+            self._frames.get_nowait()
+            self.dropped += 1
+        self._frames.put_nowait(frame)
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._frames.get()
+        if frame is None:
+            self.stop()
+            raise MediaStreamError
+        return frame
+
+
+class MediaClock:
+    """Plays one session onto a video and an audio track (see the module docstring)."""
+
+    def __init__(self, session: Session, feed: AudioFeed, loop: asyncio.AbstractEventLoop):
+        self.session, self.feed, self.loop = session, feed, loop
+        self.player = Player(session)
+        self.video = ClockedTrack("video", capacity=int(QUEUED_SECONDS * FPS))
+        self.audio = ClockedTrack("audio", capacity=int(QUEUED_SECONDS * AUDIO_RATE / AUDIO_FRAME))
+        self.error: str | None = None
+        self.latency_s: deque[float] = deque(maxlen=4096)   # audio in -> slot, new samples
+        self.render_latency_s: deque[float] = deque(maxlen=4096)  # audio in -> rendered
+        self._recent: deque[tuple[float, bool]] = deque()   # (time, fresh) per slot, last 5 s
+        self._recent_frames: deque[tuple[int, float, float, bool]] = deque(maxlen=EARLY_WINDOW)
+        #                 (frame index, rendered at, rendered - due, speech) of recent frames
+        self._last_frame = None
+        self.added_delay = 0.0                 # output delay added (+) or skipped (-), s
+        self._held: list = []                      # frames that leave at the next tick
+        self._out_slots = 0                        # output slots sent (the timestamps' count)
+        self._out_start = 0.0                      # perf_counter() of output slot 0
+        self._last_image: np.ndarray | None = None
+        self._holding_until: float | None = None   # the output holds the picture until then
+        self.first_sent: float | None = None       # time.monotonic() of the first frame out
+        self._step = threading.Lock()          # one clock step or interrupt at a time
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="media-clock")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+
+    def end_tracks(self) -> None:
+        """On the event loop: make the tracks' recv() end."""
+        self.video.put(None)
+        self.audio.put(None)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    def rates(self, window: float = 5.0) -> tuple[float, float]:
+        """(fresh frames per second, slots per second) over the last `window` seconds."""
+        recent = list(self._recent)
+        if len(recent) < 2:
+            return 0.0, 0.0
+        span = max(recent[-1][0] - recent[0][0], 1.0 / FPS)
+        return sum(fresh for _, fresh in recent) / span, (len(recent) - 1) / span
+
+    # ------------------------------------------------------------------ the clock thread
+
+    def _run(self) -> None:
+        next_tick = time.perf_counter()
+        try:
+            while not self._stop.is_set():
+                next_tick += TICK_SECONDS
+                delay = next_tick - time.perf_counter()
+                if delay > 0:
+                    self._stop.wait(delay)
+                elif delay < -1.0:                   # stalled for a second: do not race
+                    next_tick = time.perf_counter()
+                if self._stop.is_set():
+                    break
+                with self._step:
+                    self._step_once(time.perf_counter())
+                if self.session.stats.errors:
+                    raise RuntimeError("; ".join(self.session.stats.errors))
+        except Exception as e:          # one session's failure never reaches the others
+            if self._stop.is_set():
+                return                      # the session was closed under a late step
+            self.error = f"{e.__class__.__name__}: {e}"
+            log.error("session media clock stopped: %s", self.error)
+        finally:
+            self._stop.set()
+
+    def _step_once(self, now: float) -> None:
+        self.feed.feed(now)
+        player = self.player
+        if player.start is None and not self.session.frames.empty():
+            # the first frame comes from a shorter chunk than the rest: leave them room
+            s = self.session
+            player.start = now + (s.chunk - s.first_chunk) / FPS + START_MARGIN_SECONDS
+        shown, sent = player.stats.shown, self._out_slots
+        slots = player.play(now)
+        if not slots:
+            self._send(self._held)                  # the second half of the last slot's sound
+            self._held = []
+        for _, image, audio in slots:
+            self._emit(image, audio)
+        if self._holding_until is not None:         # the output goes on while the player waits
+            if now >= self._holding_until:
+                self._holding_until = None
+            else:
+                for _ in range(int((now - self._out_start) * FPS) + 1 - self._out_slots):
+                    self._emit(self._last_image, np.zeros(PLAYBACK_PER_FRAME, np.float32))
+        stats = player.stats
+        self.latency_s.extend(ms / 1000 for ms in stats.latency_ms)
+        self.render_latency_s.extend(ms / 1000 for ms in getattr(stats, "frame_ms", None) or [])
+        for per_frame in (stats.latency_ms, getattr(stats, "render_ms", None),
+                          getattr(stats, "frame_ms", None)):
+            if per_frame:
+                per_frame.clear()                   # read here; a long session must not grow
+        self._count(now, self._out_slots - sent, player.stats.shown - shown)
+        self._keep_in_sync()
+
+    def interrupt(self) -> int:
+        """Barge-in (from any thread). Returns the frame index of the cut."""
+        with self._step:
+            return self._cut()
+
+    def _cut(self) -> int:
+        """Cut the session's timeline where it is playing, keeping the output delay: the
+        new timeline starts with silence as long as the audio was ahead of the slot playing."""
+        s, playing = self.session, self.player.next_slot
+        spf = s.engine.feature_config.samples_per_frame
+        ahead = s.audio.end - playing * spf                      # 16 kHz samples
+        cut = self.feed.interrupt()
+        pad = ahead - (cut - playing) * spf
+        if self.player.start is not None and pad > 0:
+            s.push_audio(np.zeros(pad, np.float32), 16000)
+        self._recent_frames.clear()
+        return cut
+
+    def _keep_in_sync(self) -> None:
+        """Delay or advance the player so that frames are due just after they are rendered
+        (see the module docstring)."""
+        frame, player = self.player.current, self.player
+        if frame is None or frame is self._last_frame or player.start is None:
+            return
+        self._last_frame = frame
+        due = player.start + frame.index / FPS
+        self._recent_frames.append((frame.index, frame.rendered, frame.rendered - due,
+                                    frame.speech))
+        recent = list(self._recent_frames)
+        late = [x[2] for x in recent[-LATE_WINDOW:]]
+        if len(late) == LATE_WINDOW and min(late) > 0:
+            (first, t0, _, _), (last, t1, _, _) = recent[-LATE_WINDOW], recent[-1]
+            if (last - first) < FULL_RATE * (t1 - t0):
+                return                              # compute-bound: waiting cannot help
+            lateness = float(np.percentile(late, 90))
+            shift = min(lateness + RESYNC_MARGIN_SECONDS, MAX_RESYNC_SECONDS)
+            if lateness < RESYNC_IN_SPEECH_SECONDS and (frame.speech or not self._silent(
+                    player.next_slot, player.next_slot + int(shift * FPS) + 2)):
+                return                              # wait for a pause
+            player.start += shift                   # the player waits `shift` ...
+            self._holding_until = time.perf_counter() + shift   # ... while the output holds
+        elif (len(recent) == EARLY_WINDOW and max(x[2] for x in recent) < -EARLY_SLACK_SECONDS
+              and not frame.speech):
+            skip = int((-max(x[2] for x in recent) - EARLY_KEEP_SECONDS) * FPS)
+            if not self._silent(player.next_slot, player.next_slot + skip + 2):
+                return                              # speech is coming: skip in the next pause
+            player.next_slot += skip                # sound and picture skip `skip` silent slots
+            player.start -= skip / FPS
+            shift = -skip / FPS
+        else:
+            return
+        self.added_delay += shift
+        self._recent_frames.clear()
+        log.info("output delay %+.0f ms (%.0f ms added in all)", shift * 1000,
+                 self.added_delay * 1000)
+
+    def _silent(self, first: int, end: int) -> bool:
+        """Whether voice activity detection heard nothing in slots [first, end)."""
+        vad = self.session.audio.vad
+        spf = self.session.engine.feature_config.samples_per_frame
+        step = spf // 2
+        return vad is not None and all(vad.speech_at(i) is False
+                                       for i in range(first * spf, end * spf, step))
+
+    def _count(self, now: float, slots: int, fresh: int) -> None:
+        for i in range(slots):
+            self._recent.append((now, i < fresh))
+        while self._recent and self._recent[0][0] < now - 5.0:
+            self._recent.popleft()
+
+    def _emit(self, image: np.ndarray | None, audio: np.ndarray) -> None:
+        """The next output slot n: its picture and first 20 ms of sound now, the second 20 ms
+        at the next tick (each audio frame leaves at its own time, as a microphone's would).
+        Timestamps count output slots: continuous whatever the player skipped or waited."""
+        n = self._out_slots
+        if n == 0:
+            self._out_start = time.perf_counter()
+        self._out_slots += 1
+        frames, self._held = self._held, []
+        if image is not None:
+            self._last_image = image
+            video = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            video.pts, video.time_base = n * (VIDEO_CLOCK // FPS), VIDEO_TIME_BASE
+            frames.append((self.video, video))
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)    # [1920]
+        for i in range(PLAYBACK_PER_FRAME // AUDIO_FRAME):
+            sound = av.AudioFrame.from_ndarray(pcm[None, i * AUDIO_FRAME:(i + 1) * AUDIO_FRAME],
+                                               format="s16", layout="mono")
+            sound.sample_rate = AUDIO_RATE
+            sound.pts, sound.time_base = n * PLAYBACK_PER_FRAME + i * AUDIO_FRAME, AUDIO_TIME_BASE
+            (frames if i == 0 else self._held).append((self.audio, sound))
+        self._send(frames)
+
+    def _send(self, frames: list) -> None:
+        if not frames:
+            return
+        if self.first_sent is None:
+            self.first_sent = time.monotonic()
+        try:
+            self.loop.call_soon_threadsafe(_put_all, frames)
+        except RuntimeError:            # the event loop is closed: the server is stopping
+            self._stop.set()
+
+
+def _put_all(frames) -> None:
+    for track, frame in frames:
+        track.put(frame)
