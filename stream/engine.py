@@ -32,7 +32,8 @@ class EngineError(RuntimeError):
 
 
 class Engine:
-    """Shared by every session of a process: one loaded model, per-session state elsewhere."""
+    """Shared by every session of a process: one loaded model, per-session state elsewhere.
+    Each engine below adds render(avatar, motion [N, D]) -> frames [N, S, S, 3] uint8."""
 
     name = "base"
 
@@ -58,9 +59,6 @@ class Engine:
     def generator(self, seed: int = 0, style: dict | None = None) -> MotionGenerator:
         return MotionGenerator(self.motion, self.silence_feature, seed=seed, style=style,
                                sampler=self._sampler())
-
-    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
 
 
 class TorchEngine(Engine):

@@ -397,7 +397,3 @@ class Session:
             self.stats.errors.append(f"render: {e.__class__.__name__}: {e}")
             self._closed = True
 
-
-def idle_motion_ok(motion: np.ndarray) -> bool:
-    """Mouth closed (jaw_open small) in every frame of `motion` [T, D]."""
-    return bool(np.all(motion[:, motion_space.index("jaw_open")] < 0.15))
