@@ -29,7 +29,7 @@ from tqdm import tqdm
 from models.generator import load_motion_model, save_checkpoint
 from models.sampler import ChunkCondition, conditional_velocity, sample_teacher
 from train.dataset import load_examples, silence_feature_for
-from train.teacher import lr_at, save_loss_plot
+from train.teacher import lr_at, optimizer_step, save_loss_plot
 from train.windows import WindowSampler
 
 
@@ -155,13 +155,7 @@ def distill(cfg: DistillConfig) -> Path:
         n = batch["states"].shape[2]
         cond = sampler.batch_at(batch["picks"].numpy(), batch["starts"].numpy(), n).cond
         loss = distill_loss(student, cond, batch, rng, cfg.student_steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), student.parameters(), strict=True):
-                pe.lerp_(p, 1 - cfg.ema)
+        optimizer_step(student, ema, opt, loss, cfg.ema)
         step += 1
         history.append((step, loss.item()))
         bar.update(1)

@@ -91,6 +91,17 @@ def save_loss_plot(history: list[tuple[int, float]], path: Path, title: str) -> 
     plt.close(fig)
 
 
+def optimizer_step(net, ema, opt, loss: torch.Tensor, ema_decay: float) -> None:
+    """Backward, clip, step, then move the EMA copy towards the weights."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+            pe.lerp_(p, 1 - ema_decay)
+
+
 def lr_at(step: int, cfg) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -157,13 +168,7 @@ def train(cfg: TeacherConfig) -> Path:
         batch = sampler.batch(cfg.batch)
         loss = flow_matching_loss(net, batch, cfg.p_drop_audio, cfg.p_drop_style,
                                   cfg.carry_noise, rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(p, 1 - cfg.ema)
+        optimizer_step(net, ema, opt, loss, cfg.ema)
         step += 1
         history.append((step, loss.item()))
         bar.update(1)
