@@ -100,15 +100,10 @@ def seam_and_inside_jumps(engine, motion):
 
 
 def test_chunks_are_continuous_on_average(engine, reference):
-    # On this 4 s real-speech clip the default student measures a mean ratio of ~1.3
-    # (held-out validation set: 1.13, teacher 1.15; see RESULTS.md)
     seams, inside = seam_and_inside_jumps(engine, reference[0])
-    assert seams.mean() <= 1.4 * inside.mean()
+    assert seams.mean() <= 1.15 * inside.mean()
 
 
-@pytest.mark.xfail(strict=True, reason="known defect of the current default student: the "
-                   "largest seam jumps are ~1.6x the largest inside a chunk on this clip "
-                   "(p95 3.0 vs 1.9); to be fixed in the model, not the test")
 def test_no_seam_jump_larger_than_inside_a_chunk(engine, reference):
     seams, inside = seam_and_inside_jumps(engine, reference[0])
     assert np.percentile(seams, 95) <= 1.15 * np.percentile(inside, 95)

@@ -43,21 +43,26 @@ def read_feature_config(folder: str | Path) -> dict:
     return json.loads(path.read_text())["features"]
 
 
-def load_examples(folder: str | Path, split: str) -> tuple[list[Example], dict]:
-    """(examples, feature config) of one split."""
+def load_examples(folders: str | Path, split: str) -> tuple[list[Example], dict]:
+    """(examples, feature config) of one split; `folders` is one shard folder or several
+    joined by commas (e.g. clean and augmented copies), all with the same feature config."""
     from train.synth import load_examples as read_examples
 
-    feature_config = read_feature_config(folder)
-    examples = []
-    for e in read_examples(folder, split):
-        if list(e["names"]) != list(motion_space.NAMES):
-            raise ValueError(f"{folder}: shard motion parameters differ from this code's")
-        motion = np.asarray(e["motion"], np.float32)
-        examples.append(Example(features=e["features"], motion=motion,
-                                style=style_vector(measure_style(motion)),
-                                voice=e.get("voice", ""), text=e.get("text", "")))
+    examples, feature_config = [], None
+    for folder in str(folders).split(","):
+        config = read_feature_config(folder)
+        if feature_config is not None and config != feature_config:
+            raise ValueError(f"{folder}: features differ from {str(folders).split(',')[0]}'s")
+        feature_config = config
+        for e in read_examples(folder, split):
+            if list(e["names"]) != list(motion_space.NAMES):
+                raise ValueError(f"{folder}: shard motion parameters differ from this code's")
+            motion = np.asarray(e["motion"], np.float32)
+            examples.append(Example(features=e["features"], motion=motion,
+                                    style=style_vector(measure_style(motion)),
+                                    voice=e.get("voice", ""), text=e.get("text", "")))
     if not examples:
-        raise FileNotFoundError(f"no {split} examples in {folder}")
+        raise FileNotFoundError(f"no {split} examples in {folders}")
     return examples, feature_config
 
 

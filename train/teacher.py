@@ -1,10 +1,13 @@
 """Train the motion DiT teacher with flow matching.
 
-    python -m train.teacher --data DATA_DIR --out runs/teacher [--steps 20000] [--batch 128]
+    python -m train.teacher --data DATA_DIR[,DATA_DIR...] --out runs/teacher [--steps 20000]
+                            [--batch 128] [--init runs/teacher/last.pt]
 
 Config is plain values (TeacherConfig); every checkpoint carries it. The run resumes from
-OUT/last.pt if it exists. Writes OUT/last.pt (for resuming), OUT/teacher.pt (EMA weights,
-for sampling and distillation) and OUT/loss.png.
+OUT/last.pt if it exists; otherwise --init starts it from another run's weights (network,
+EMA and normaliser; a fresh optimiser and learning-rate schedule): the second stage of a
+curriculum, e.g. clean data first, then clean + degraded audio. Writes OUT/last.pt (for
+resuming), OUT/teacher.pt (EMA weights, for sampling and distillation) and OUT/loss.png.
 
 Objective: x_0 ~ N(0, I), x_1 = normalised motion chunk, t ~ U(0, 1),
 x_t = (1 - t) x_0 + t x_1, loss = |v(x_t, t, cond) - (x_1 - x_0)|^2.
@@ -49,6 +52,7 @@ class TeacherConfig:
     guidance_audio: float = 2.0
     guidance_style: float = 1.5
     model: dict | None = None         # MotionConfig overrides, e.g. {"width": 256}
+    init: str = ""                    # a last.pt to start from (fine-tuning stage)
 
 
 def flow_matching_loss(net: MotionDiT, batch, p_drop_audio: float, p_drop_style: float,
@@ -118,12 +122,19 @@ def train(cfg: TeacherConfig) -> Path:
     examples, feature_config = load_examples(cfg.data, "train")
     model_cfg = replace(MotionConfig(), **(cfg.model or {}))
     last = out / "last.pt"
+    init = None
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=False)
         if state["config"] != asdict(cfg) | {"steps": state["config"]["steps"]}:
             print("note: resuming with a changed config; the stored one is kept except steps")
         model_cfg = MotionConfig.from_dict(state["model_config"])
         normalizer = state["normalizer"]
+    elif cfg.init:
+        state = None
+        init = torch.load(cfg.init, map_location="cpu", weights_only=False)
+        model_cfg = MotionConfig.from_dict(init["model_config"])
+        normalizer = init["normalizer"]
+        print(f"starting from {cfg.init} (step {init['step']})")
     else:
         state = None
         normalizer = fit_normalizer(examples)
@@ -135,6 +146,9 @@ def train(cfg: TeacherConfig) -> Path:
     sampler = WindowSampler(examples, model_cfg, normalizer, silence_feature_for(feature_config),
                             seed=cfg.seed)
     step, history = 0, []
+    if state is None and init is not None:
+        net.load_state_dict(init["model"])
+        ema.load_state_dict(init["ema"])
     if state is not None:
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
