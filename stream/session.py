@@ -5,7 +5,12 @@
     motion thread -> MotionGenerator: a chunk (shorter first, then N frames) with the carry
     render thread -> Engine.render: frames, into `frames` (a queue of Frame)
 
-The two threads overlap (chunk i+1 is sampled while chunk i renders). Everything is keyed by
+The two threads overlap (chunk i+1 is sampled while chunk i renders); neither holds the
+session lock while a network runs, so pushing audio never waits for the models. Memory stays
+bounded whatever the producer and consumer do: at most RENDER_QUEUE chunks wait for the
+renderer (the motion thread waits when it is full) and at most `max_frames_queued` frames
+wait for the consumer (beyond that the oldest work is dropped and counted in
+dropped_frames). Everything is keyed by
 the frame index on the session timeline: frame t shows the 40 ms of audio
 [640 t, 640 (t + 1)) at 16 kHz, = [1920 t, 1920 (t + 1)) in the 48 kHz playback copy, so
 whoever plays the frames (stream/player.py, the mp4 writer, WebRTC) takes the audio of the
@@ -38,6 +43,7 @@ PLAYBACK_PER_FRAME = PLAYBACK_RATE // 25      # 1920 samples of 48 kHz audio per
 # what a barge-in closes over the first chunk after the cut (the model then idles)
 SETTLE = [motion_space.index(n) for n in ("jaw_open", "upper_lip_raise", "lower_lip_depress",
                                           "lip_pucker")]
+RENDER_QUEUE = 8              # chunks sampled but not yet rendered
 
 
 @dataclass
@@ -85,7 +91,7 @@ class Session:
     def __init__(self, engine: Engine, avatar: Avatar, *, seed: int = 0,
                  style: dict | None = None, chunk: int | None = None,
                  first_chunk: int | None = None, realtime: bool = False,
-                 jitter_ms: float = 100.0, max_frames_queued: int = 1500):
+                 jitter_ms: float = 100.0, max_frames_queued: int = 250):
         self.engine, self.avatar, self.realtime = engine, avatar, realtime
         c = engine.feature_config
         self.block = c.block_frames
@@ -104,7 +110,10 @@ class Session:
         self.stats = SessionStats()
 
         self._lock = threading.Condition()
-        self._feature_lock = threading.Lock()      # order: _feature_lock, then _lock
+        # lock order: _feature_lock, _motion_lock, _lock; the first two guard the feature
+        # stream and the generator while a network runs, so _lock is only ever held briefly
+        self._feature_lock = threading.Lock()
+        self._motion_lock = threading.Lock()
         self._taken = 0                    # 16 kHz samples handed to the feature stream
         self._pending = []                 # [(frame index, feature [stack, 384])] not yet sampled
         self._next_frame = 0               # index of the next frame to sample
@@ -119,7 +128,7 @@ class Session:
         self._settle_at = -1               # frame index where a barge-in ramp starts
         self._closed = False
         self._started = time.perf_counter()
-        self._render_queue: queue.Queue[_Chunk | None] = queue.Queue()
+        self._render_queue: queue.Queue[_Chunk | None] = queue.Queue(maxsize=RENDER_QUEUE)
         self._threads = [threading.Thread(target=self._motion_loop, daemon=True, name="motion"),
                          threading.Thread(target=self._render_loop, daemon=True, name="render")]
         for t in self._threads:
@@ -159,12 +168,12 @@ class Session:
                 self._lock.notify_all()
 
     def set_style(self, style: dict) -> None:
-        with self._lock:
+        with self._motion_lock:
             self.generator.set_style(style)
 
     def interrupt(self) -> int:
         """Barge-in. Returns the frame index where the timeline was cut."""
-        with self._feature_lock, self._lock:
+        with self._feature_lock, self._motion_lock, self._lock:
             self._epoch += 1
             self.stats.interrupts += 1
             # the first block boundary not yet handed out (and not beyond what was sampled)
@@ -268,7 +277,15 @@ class Session:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
-        self._render_queue.put(None)
+        while True:                          # make room for the render thread's stop mark
+            try:
+                self._render_queue.put_nowait(None)
+                break
+            except queue.Full:
+                try:
+                    self._render_queue.get_nowait()
+                except queue.Empty:
+                    pass
         for t in self._threads:
             t.join(timeout=5)
 
@@ -346,16 +363,23 @@ class Session:
     def _sample(self, epoch: int, start: int, feats: np.ndarray, speech: list[bool],
                 arrived: float, own: list[float]) -> None:
         t0 = time.perf_counter()
-        with self._lock:
+        with self._motion_lock:             # interrupt() waits for this chunk, not the reverse
             if epoch != self._epoch:
                 return
             motion = self.generator.generate(feats)
-            if start == self._settle_at:
-                self._settle(motion)
-            for i in range(len(motion)):
-                self._history.append((start + i, motion[i], feats[i]))
+            with self._lock:
+                if start == self._settle_at:
+                    self._settle(motion)
+                for i in range(len(motion)):
+                    self._history.append((start + i, motion[i], feats[i]))
         self.stats.add("motion", (time.perf_counter() - t0) * 1000, len(motion))
-        self._render_queue.put(_Chunk(epoch, start, motion, speech, arrived, own))
+        chunk = _Chunk(epoch, start, motion, speech, arrived, own)
+        while not self._closed and epoch == self._epoch:  # wait while the renderer is behind
+            try:
+                self._render_queue.put(chunk, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def _settle(self, motion: np.ndarray) -> None:
         """Barge-in: ramp the mouth shut over this chunk, so the face is back at rest within
@@ -386,11 +410,17 @@ class Session:
                     for i, image in enumerate(images):
                         frame = Frame(chunk.start + i, image, chunk.motion[i], chunk.speech[i],
                                       chunk.audio_arrived, done, chunk.own_arrived[i])
-                        try:
-                            self.frames.put_nowait(frame)
-                            self.stats.frames += 1
-                        except queue.Full:
-                            self.dropped_frames += 1
+                        while True:
+                            try:
+                                self.frames.put_nowait(frame)
+                                self.stats.frames += 1
+                                break
+                            except queue.Full:      # the consumer stopped taking frames:
+                                try:                # drop the oldest, keep the newest
+                                    self.frames.get_nowait()
+                                    self.dropped_frames += 1
+                                except queue.Empty:
+                                    pass
                     self._rendered = chunk.start + len(images)
                     self._lock.notify_all()
         except Exception as e:

@@ -1,5 +1,7 @@
 """The streaming session: piece-size independence, continuity, idle, barge-in, A/V, memory."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -174,8 +176,35 @@ def test_long_stream_keeps_memory_flat(engine, avatar):
                               len(session._arrivals), session.features.audio.size))
     finally:
         session.close()
-    first, last = np.array(sizes[1]), np.array(sizes[-1])
-    assert np.all(last <= first * 1.5 + 48000)
+    # the consumer allows 5 s of backlog; with a window of context and a little slack, no
+    # buffer may hold more than 7 s of audio (or of 20 ms arrivals), whatever the stream length
+    bound = np.array([16000 * 7, 48000 * 7, 7 / 0.02, 16000 * 7])
+    assert np.all(np.array(sizes) <= bound), sizes
+
+
+def test_a_consumer_that_stops_taking_frames_loses_the_oldest_not_memory(engine, avatar,
+                                                                          speech48):
+    """Nobody takes frames: the frame queue holds at most max_frames_queued (the newest), the
+    render queue at most RENDER_QUEUE chunks, and every frame not kept is counted as dropped."""
+    from stream.session import RENDER_QUEUE
+
+    session = Session(engine, avatar, seed=0, max_frames_queued=20)
+    audio = np.tile(speech48, 2)                     # ~8 s: 200 frames
+    frames = -(-audio.size // PLAYBACK_PER_FRAME)
+    try:
+        session.push_audio(audio, 48000)
+        session.end_audio()
+        deadline = time.monotonic() + 120
+        while not session.drained():
+            assert session._render_queue.qsize() <= RENDER_QUEUE
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert session.frames.qsize() == 20
+        assert session.dropped_frames == frames - 20
+        kept = [session.next_frame(timeout=0).index for _ in range(20)]
+        assert kept == list(range(frames - 20, frames))
+    finally:
+        session.close()
 
 
 class SlowRender:
@@ -188,16 +217,12 @@ class SlowRender:
         return getattr(self.engine, name)
 
     def render(self, avatar, motion):
-        import time
-
         time.sleep(self.delay * len(motion))
         return self.engine.render(avatar, motion)
 
 
 def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, speech48):
     """Compute at half real time: video repeats/skips frames, audio plays every slot, in sync."""
-    import time
-
     from stream.player import Player
 
     session = Session(SlowRender(engine, 0.08), avatar, seed=0, realtime=True)
