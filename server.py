@@ -1,14 +1,21 @@
 """The talking-head server: a web page, WebRTC sessions, and a websocket per session.
 
     python server.py [--engine torch|onnx|trt] [--device cpu|cuda] [--avatar IMG]
-                     [--host 127.0.0.1] [--port 8080] [--max-sessions N] [--size 512|256]
-                     [--checkpoint CKPT] [--threads N] [--peer-timeout S]
+                     [--host 127.0.0.1] [--port 8080] [--token TOKEN] [--size 512|256]
+                     [--checkpoint CKPT] [--threads N] [limits: see --help]
+
+Access: the server listens on 127.0.0.1 unless told otherwise. On any other address it
+requires an access token (--token or $TALKING_HEAD_TOKEN; without one it makes one and
+prints it), sent as "Authorization: Bearer TOKEN" or "?token=TOKEN" on every route except
+the page itself (GET / and /static/: the same files for everyone, no data; the page passes
+the token from its own URL on to every request it makes).
 
 HTTP
     GET    /                    the browser client (web/)
-    GET    /avatars             portraits to choose from: [{"id", "name", "preview"}]
+    GET    /avatars             the bundled portraits: [{"id", "name", "preview"}]
     POST   /avatars             upload a portrait (raw image bytes, or multipart field "image")
-                                -> {"avatar", "name", "preview"}
+                                -> {"avatar", "name", "preview"}; the id is random and
+                                unguessable, known only to the uploader, never listed
     GET    /avatars/{id}.jpg    a prepared (aligned) portrait
     POST   /offer               {"sdp", "type": "offer"[, "avatar"]}
                                 -> {"sdp", "type": "answer", "session"}
@@ -34,8 +41,16 @@ Websocket  GET /ws/{session}
       {"type": "error", "message": "..."}       a refused message; the socket stays open
       {"type": "stats", "fps", "slots_per_second", "latency_ms", "queued_seconds",
        "hearing_speech", ...}                    once a second
+      {"type": "error", "fatal": true, "message": "..."}   the session failed; it ends
     The server closes with 4404 (no such session), 1001 (session ended), 1008 (20 refused
-    messages in a row) or 1009 (a message over 1 MiB).
+    messages in a row), 1009 (a message over --max-ws-message), 1011 (the session failed),
+    1013 (too many websockets on the session). A client that stops reading is dropped.
+
+Limits (each a flag, see --help): upload bytes and pixels, audio file bytes and seconds,
+queued audio, websocket message bytes, SDP bytes, TTS text length, sessions, websockets per
+session, idle time, connect and peer timeouts. Errors inside one session end that session
+(with a message to its client); the others go on. SIGTERM/SIGINT: stop listening, end every
+session (its client is told), exit.
 
 Each session: a Session (shared engine, its own avatar and state) + an AudioFeed (microphone,
 websocket PCM, TTS, files) + a MediaClock (one clock paces its video and audio tracks).
@@ -43,13 +58,16 @@ websocket PCM, TTS, files) + a MediaClock (one clock paces its video and audio t
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
+import hmac
 import io
 import json
 import logging
 import multiprocessing
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -67,11 +85,11 @@ from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamError
 from PIL import Image
 
-from models.audio_io import AudioInputError, check_rate
+from models.audio_io import MAX_RATE, MIN_RATE, AudioInputError, check_rate
 from models.avatar import DEFAULT_AVATAR, Avatar, prepare_avatar
 from models.face import PortraitError
 from stream.engine import DEFAULT_CHECKPOINT, ENGINES, Engine, EngineError, make_engine
-from stream.metrics import Metrics
+from stream.metrics import Metrics, process_stats
 from stream.session import Session
 from stream.sources import AudioFeed, decode_audio_bytes
 from stream.tts import DEFAULT_VOICE, FESTIVAL_VOICES, SpeechError, speak
@@ -83,13 +101,37 @@ ROOT = Path(__file__).resolve().parent
 WEB = ROOT / "web"
 BUNDLED_AVATARS = {"astronaut": DEFAULT_AVATAR,
                    "grace_hopper": ROOT / "assets" / "grace_hopper.jpg"}
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOADED_AVATARS = 64
-MAX_WS_MESSAGE = 1024 * 1024
 MAX_BAD_MESSAGES = 20
-CONNECT_TIMEOUT = 15.0         # an answered offer must connect within this
+WS_SEND_BUFFER = 64 * 1024     # kernel send buffer of a websocket
+MAX_SDP_SECTIONS = 16          # m= sections in an offer (a browser sends 2 or 3)
 COMPUTE_NICE = 10             # sessions' compute threads run this much below the media path
 SAMPLE_TYPES = {"s16": np.dtype("<i2"), "f32": np.dtype("<f4")}
+AUDIBLE = 32                   # microphone peak (int16) that counts as a client being there
+PUBLIC_PATHS = ("/", "/static/")   # served without the token: the page, same for everyone
+
+
+@dataclass
+class Limits:
+    """What one client may ask of the server. Every value is a command-line flag."""
+    max_sessions: int = 4
+    max_upload_bytes: int = 10 * 2**20       # a portrait upload
+    max_pixels: int = 25_000_000             # a portrait's width x height (decompression bombs)
+    max_audio_file_bytes: int = 20 * 2**20   # POST /sessions/{id}/audio
+    max_queued_seconds: float = 120.0        # audio waiting to be spoken, per session
+    min_rate: int = MIN_RATE                 # PCM sample rates accepted, Hz
+    max_rate: int = MAX_RATE
+    max_ws_message: int = 2**20              # one websocket message (a PCM chunk), bytes
+    max_control_bytes: int = 64 * 2**10      # one JSON control message, bytes
+    max_sdp_bytes: int = 64 * 2**10          # the body of POST /offer
+    max_text_chars: int = 2000               # text for the local TTS
+    idle_timeout: float = 600.0              # nothing from the client for this long: end
+    connect_timeout: float = 15.0            # an answered offer must connect within this
+    peer_timeout: float = 10.0               # the peer's RTCP silent this long: end
+    max_sockets_per_session: int = 4
+    max_pending_uploads: int = 4             # portraits waiting to be prepared
+    portrait_timeout: float = 60.0           # preparing one portrait
+    send_timeout: float = 5.0                # a websocket send stalled this long: drop it
 
 
 class ClientError(Exception):
@@ -110,15 +152,17 @@ class AvatarEntry:
 
 @dataclass
 class LiveSession:
-    id: str
+    id: str                    # secret: whoever knows it controls the session
+    label: str                 # public: names the session in metrics and logs
     pc: RTCPeerConnection
     session: Session
     feed: AudioFeed
     clock: MediaClock
     avatar_id: str
     created: float = field(default_factory=time.monotonic)
+    active: float = field(default_factory=time.monotonic)   # last thing from the client
     connected: float | None = None
-    sockets: set = field(default_factory=set)
+    channels: set = field(default_factory=set)       # its ControlChannels (websockets)
     tasks: list = field(default_factory=list)
     counted: dict = field(default_factory=dict)      # player/session counters already reported
     recent_latency: list = field(default_factory=list)   # seconds, the last second's frames
@@ -126,16 +170,26 @@ class LiveSession:
 
 
 class Server:
-    def __init__(self, engine: Engine, size: int, max_sessions: int, peer_timeout: float):
+    def __init__(self, engine: Engine, size: int, limits: Limits | None = None,
+                 token: str | None = None, fault_injection: bool = False):
         self.engine, self.size = engine, size
-        self.max_sessions, self.peer_timeout = max_sessions, peer_timeout
+        self.limits = limits or Limits()
+        self.token, self.fault_injection = token, fault_injection
         self.avatars: OrderedDict[str, AvatarEntry] = OrderedDict()
         self.bundled: set[str] = set()
+        self.prepared: OrderedDict[str, Avatar] = OrderedDict()   # upload hash -> avatar
         self.default_avatar = "astronaut"
         self.sessions: dict[str, LiveSession] = {}
         self.starting = 0                                  # offers being answered now
+        self.uploads = 0                                   # portraits being prepared now
+        self.serial = 0                                    # sessions started (labels)
+        self.stopping = False
         self.metrics = Metrics()
         self.portraits: ProcessPoolExecutor | None = None     # started by the first upload
+
+    @property
+    def max_sessions(self) -> int:
+        return self.limits.max_sessions
 
     # ---------------------------------------------------------------- avatars
 
@@ -154,36 +208,75 @@ class Server:
         if avatar_id is None:
             avatar_id = self.default_avatar
         if not isinstance(avatar_id, str) or avatar_id not in self.avatars:
-            raise ClientError(400, f"unknown avatar {avatar_id!r}: GET /avatars lists them, "
-                                   "POST /avatars adds one")
+            raise ClientError(400, f"unknown avatar {_quote(avatar_id)}: GET /avatars lists "
+                                   "the bundled ones, POST /avatars adds one")
+        return self.avatars[avatar_id]
+
+    async def upload(self, data: bytes, name: str) -> AvatarEntry:
+        """A new portrait under a new random id. The same picture uploaded twice is
+        prepared once, but each upload gets an id of its own: an id says nothing about the
+        picture, and one uploader cannot find another's."""
+        key = hashlib.sha256(data).hexdigest()
+        avatar = self.prepared.get(key)
+        if avatar is None:
+            avatar = await self.prepare_upload(data)
+            self.prepared[key] = avatar
+            while len(self.prepared) > MAX_UPLOADED_AVATARS:
+                self.prepared.popitem(last=False)
+        self.prepared.move_to_end(key)
+        avatar_id = "u" + secrets.token_urlsafe(16)
+        self.add_avatar(avatar_id, name, avatar)
         return self.avatars[avatar_id]
 
     async def prepare_upload(self, data: bytes) -> Avatar:
         """Uploaded portraits are prepared in a child process: face detection holds the GIL
-        for up to seconds, which would stall every session's media clock."""
+        for up to seconds, which would stall every session's media clock; and a picture that
+        crashes or hangs the decoder takes only that process with it."""
+        limits = self.limits
+        if self.uploads >= limits.max_pending_uploads:
+            raise ClientError(503, f"{limits.max_pending_uploads} portraits are being prepared "
+                                   "already; try again in a few seconds")
         if self.portraits is None:
             self.portraits = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(
                 "spawn"), initializer=_portrait_process_start)
         loop = asyncio.get_running_loop()
+        pool = self.portraits
+        self.uploads += 1
         try:
-            arrays = await loop.run_in_executor(self.portraits, _prepare_arrays, data,
-                                                self.size)
+            arrays = await asyncio.wait_for(loop.run_in_executor(
+                pool, _prepare_arrays, data, self.size, limits.max_pixels),
+                limits.portrait_timeout * max(self.uploads, 1))
         except PortraitError as e:
-            raise ClientError(422, str(e)) from None
+            raise ClientError(413 if "megapixels" in str(e) or "too large" in str(e) else 422,
+                              str(e)) from None
         except BrokenProcessPool:                      # the child died on this image
-            self.portraits = None
+            self._drop_portrait_pool(pool)
             raise ClientError(422, "this image could not be processed") from None
+        except TimeoutError:                   # a picture that never finishes
+            self._drop_portrait_pool(pool)
+            raise ClientError(422, "this image took too long to process") from None
+        finally:
+            self.uploads -= 1
         return Avatar(**{k: torch.from_numpy(v) for k, v in arrays.items()})
+
+    def _drop_portrait_pool(self, pool: ProcessPoolExecutor) -> None:
+        if self.portraits is pool:
+            self.portraits = None
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()                             # a hung child: nothing else stops it
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def live(self, session_id: str) -> LiveSession:
         live = self.sessions.get(session_id)
         if live is None:
-            raise ClientError(404, f"no session {session_id!r} (it ended or never existed)")
+            raise ClientError(404, "no session with this id (it ended or never existed)")
         return live
 
     # ---------------------------------------------------------------- sessions
 
     async def start_session(self, sdp: str, avatar: AvatarEntry) -> tuple[LiveSession, str]:
+        if self.stopping:
+            raise ClientError(503, "the server is stopping")
         if len(self.sessions) + self.starting >= self.max_sessions:
             self.metrics.count("sessions_rejected_total")
             raise ClientError(503, f"the server is full: {self.max_sessions} sessions at once "
@@ -197,22 +290,28 @@ class Server:
         try:
             try:
                 check_sdp(sdp)
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                await asyncio.wait_for(pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=sdp, type="offer")), 10.0)
             except Exception as e:
                 raise ClientError(400, f"malformed SDP offer: {_short(e)}") from None
-            kinds = {t.kind for t in pc.getTransceivers()}
-            if not {"audio", "video"} <= kinds:
+            kinds = [t.kind for t in pc.getTransceivers()]
+            if not {"audio", "video"} <= set(kinds):
                 raise ClientError(400, "the offer must have an audio and a video section "
                                        "(the avatar is sent as video + audio)")
             session = await loop.run_in_executor(None, at_lower_priority, lambda: Session(
                 self.engine, avatar.avatar, realtime=True))
-            feed = AudioFeed(session)
+            feed = AudioFeed(session, max_queued_seconds=self.limits.max_queued_seconds)
             clock = MediaClock(session, feed, loop)
-            live = LiveSession(secrets.token_urlsafe(8), pc, session, feed, clock, avatar.id)
+            self.serial += 1
+            live = LiveSession(secrets.token_urlsafe(16), f"s{self.serial}", pc, session, feed,
+                               clock, avatar.id)
             self._wire(live, remote_tracks)
             pc.addTrack(clock.video)
             pc.addTrack(clock.audio)
-            await pc.setLocalDescription(await pc.createAnswer())
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as e:       # e.g. no codec in common: the offer's fault
+                raise ClientError(400, f"cannot answer this offer: {_short(e)}") from None
         except BaseException:
             await pc.close()
             if live is not None:
@@ -223,7 +322,7 @@ class Server:
         self.sessions[live.id] = live
         clock.start()
         self.metrics.count("sessions_started_total")
-        log.info("session %s started (avatar %s); %d live", live.id, avatar.id,
+        log.info("session %s started (avatar %s); %d live", live.label, avatar.id[:8],
                  len(self.sessions))
         return live, pc.localDescription.sdp
 
@@ -231,7 +330,7 @@ class Server:
         pc = live.pc
         for track in remote_tracks:
             if track.kind == "audio":
-                live.tasks.append(asyncio.ensure_future(_microphone(track, live.feed)))
+                live.tasks.append(asyncio.ensure_future(_microphone(track, live)))
             else:                                 # a camera is not used: drain it
                 sink = MediaBlackhole()
                 sink.addTrack(track)
@@ -239,58 +338,92 @@ class Server:
 
         @pc.on("connectionstatechange")
         async def on_state():
-            if pc.connectionState == "connected" and live.connected is None:
-                live.connected = time.monotonic()
-            elif pc.connectionState in ("failed", "closed"):
-                await self.end_session(live, f"connection {pc.connectionState}")
+            try:
+                if pc.connectionState == "connected" and live.connected is None:
+                    live.connected = time.monotonic()
+                elif pc.connectionState in ("failed", "closed"):
+                    await self.end_session(live, f"connection {pc.connectionState}")
+            except Exception:
+                log.exception("session %s: connection state %s", live.label,
+                              pc.connectionState)
 
-    async def end_session(self, live: LiveSession, reason: str) -> None:
+    async def end_session(self, live: LiveSession, reason: str, *,
+                          failed: bool = False) -> None:
+        """End a session: its clients are told why (`failed`: the session broke, the
+        message says so without internals), its threads stop, its connection closes."""
         if live.closed:
             return
         live.closed = True
         self.sessions.pop(live.id, None)
-        log.info("session %s ended: %s; %d live", live.id, reason, len(self.sessions))
+        self.metrics.count("sessions_ended_total")
+        log.info("session %s ended: %s; %d live", live.label, reason, len(self.sessions))
         try:
             self._collect(live)
         except Exception:
-            log.exception("final metrics of session %s", live.id)
+            log.exception("final metrics of session %s", live.label)
         live.clock.end_tracks()
         for task in live.tasks:
             task.cancel()
-        message = f"session ended: {reason}"[:120].encode()
-        for ws in list(live.sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=message)
+        if failed:
+            note = (f"this session failed inside the server and has ended (error {live.label}); "
+                    "other sessions are not affected: start a new one")
+            code, close_text = WSCloseCode.INTERNAL_ERROR, "session failed"
+        else:
+            note, code, close_text = None, WSCloseCode.GOING_AWAY, f"session ended: {reason}"
+        await asyncio.gather(*(channel.close(code, close_text, note)
+                               for channel in list(live.channels)), return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(None, _stop_threads, live)
-        await live.pc.close()
+        try:
+            await asyncio.wait_for(live.pc.close(), 10.0)
+        except Exception as e:
+            log.warning("session %s: closing the connection: %s", live.label, _short(e))
 
     async def watch(self) -> None:
-        """Once a second: collect metrics and end sessions whose peer is gone."""
+        """Once a second: collect metrics and end sessions that failed, whose peer is gone,
+        or whose client has been idle too long."""
         while True:
             await asyncio.sleep(1.0)
             for live in list(self.sessions.values()):
                 try:
                     self._collect(live)
+                    failure = self._failure(live)
+                    if failure:
+                        self.metrics.count("session_errors_total")
+                        log.error("session %s failed: %s", live.label, failure)
+                        await self.end_session(live, "internal error", failed=True)
+                        continue
                     reason = await self._gone(live)
                     if reason:
-                        if live.clock.error:
-                            self.metrics.count("session_errors_total")
+                        self.metrics.count("sessions_idle_total" if reason.startswith("idle")
+                                           else "sessions_peer_gone_total")
                         await self.end_session(live, reason)
                 except Exception:               # the watchdog itself must keep running
-                    log.exception("watching session %s", live.id)
+                    log.exception("watching session %s", live.label)
+
+    def _failure(self, live: LiveSession) -> str | None:
+        """What broke inside a session (its engine, its media clock), or None."""
+        errors = list(live.session.stats.errors)
+        if errors:
+            return "; ".join(errors)
+        if live.clock.error:
+            return live.clock.error
+        if not live.clock.running:
+            return "the media clock stopped"
+        return None
 
     async def _gone(self, live: LiveSession) -> str | None:
-        now = time.monotonic()
-        if live.clock.error:
-            return f"internal error ({live.clock.error})"
+        now, limits = time.monotonic(), self.limits
+        if now - live.active > limits.idle_timeout:
+            return f"idle for {now - live.active:.0f} s (--idle-timeout)"
         if live.connected is None:
-            return "never connected" if now - live.created > CONNECT_TIMEOUT else None
+            return "never connected" if now - live.created > limits.connect_timeout else None
         if live.clock.first_sent is None:
             return None                   # nothing sent yet: the peer has nothing to report on
         heard = max(live.connected, live.clock.first_sent)
         for stats in (await live.pc.getStats()).values():
             if stats.type == "remote-inbound-rtp":        # an RTCP receiver report from the peer
                 heard = max(heard, now - (time.time() - stats.timestamp.timestamp()))
-        if now - heard > self.peer_timeout:
+        if now - heard > limits.peer_timeout:
             return f"peer silent for {now - heard:.0f} s"
         return None
 
@@ -319,9 +452,21 @@ class Server:
                 "hearing_speech": live.session.audio.speaking(),
                 "shown": p.shown, "repeated": p.repeated, "skipped": p.skipped,
                 "dropped": live.session.dropped_frames + live.clock.video.dropped,
+                "audio_dropped": live.clock.audio.dropped,
+                "slots_sent": live.clock.slots_sent,
                 "added_delay_ms": round(1000 * live.clock.added_delay),
                 "stages_ms": {k: round(v, 1) for k, v in live.session.stats.stage_means().items()},
                 "avatar": live.avatar_id}
+
+    async def stop(self) -> None:
+        """SIGTERM/SIGINT (after the listening socket has closed): end every session, at
+        once, telling each client."""
+        self.stopping = True
+        await asyncio.gather(*(self.end_session(live, "server stopping")
+                               for live in list(self.sessions.values())),
+                             return_exceptions=True)
+        if self.portraits is not None:
+            self._drop_portrait_pool(self.portraits)
 
 
 def check_sdp(sdp: str) -> None:
@@ -337,6 +482,8 @@ def check_sdp(sdp: str) -> None:
                          ("a=fingerprint:", "DTLS fingerprint")):
         if not any(line.startswith(needed) for line in lines):
             raise ValueError(f"no {what}")
+    if sum(line.startswith("m=") for line in lines) > MAX_SDP_SECTIONS:
+        raise ValueError(f"more than {MAX_SDP_SECTIONS} media sections")
 
 
 def at_lower_priority(make):
@@ -371,7 +518,7 @@ def _stop_threads(live: LiveSession) -> None:
     live.session.close()
 
 
-async def _microphone(track, feed: AudioFeed) -> None:
+async def _microphone(track, live: LiveSession) -> None:
     """The peer's microphone into the session's audio feed."""
     try:
         while True:
@@ -380,14 +527,16 @@ async def _microphone(track, feed: AudioFeed) -> None:
             channels = len(frame.layout.channels)
             if frame.format.is_planar:
                 pcm = pcm.T
+            if pcm.dtype == np.int16 and pcm.size and int(np.abs(pcm).max()) > AUDIBLE:
+                live.active = time.monotonic()             # someone is talking: not idle
             try:
-                feed.live(pcm.reshape(-1), frame.sample_rate, min(channels, 2))
+                live.feed.live(pcm.reshape(-1), frame.sample_rate, min(channels, 2))
             except AudioInputError as e:
-                log.warning("microphone audio refused: %s", e)
+                log.warning("session %s: microphone audio refused: %s", live.label, e)
     except MediaStreamError:
         pass
     except Exception as e:                          # this session's microphone only
-        log.warning("microphone stopped: %s", _short(e))
+        log.warning("session %s: microphone stopped: %s", live.label, _short(e))
 
 
 def _drain(values) -> list:
@@ -402,6 +551,15 @@ def _short(e: Exception) -> str:
     return text[:200]
 
 
+def _quote(value) -> str:
+    """A client's value in a message: short, printable."""
+    return repr(value)[:60]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
+
+
 # ------------------------------------------------------------------------------ HTTP handlers
 
 routes = web.RouteTableDef()
@@ -411,11 +569,34 @@ def server_of(request) -> Server:
     return request.app["server"]
 
 
-async def read_json(request) -> dict:
+async def read_body(request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it runs past `limit` bytes (whatever
+    Content-Length claims, chunked or not)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ClientError(413, f"{what} is too large: at most {_mib(limit)}")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, f"{what} is too large: at most {_mib(limit)}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(data: bytes | str) -> object:
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ClientError(400, "the request body must be JSON") from None
+        return json.loads(data)
+    except (ValueError, RecursionError):     # JSONDecodeError, bad UTF-8, nesting bombs
+        raise ClientError(400, "not valid JSON") from None
+
+
+async def read_json(request, limit: int) -> dict:
+    try:
+        body = parse_json(await read_body(request, limit, "the request body"))
+    except ClientError as e:
+        if e.status == 400:
+            raise ClientError(400, "the request body must be JSON") from None
+        raise
     if not isinstance(body, dict):
         raise ClientError(400, "the request body must be a JSON object")
     return body
@@ -429,7 +610,7 @@ async def index(request):
 @routes.post("/offer")
 async def offer(request):
     server = server_of(request)
-    params = await read_json(request)
+    params = await read_json(request, server.limits.max_sdp_bytes)
     if params.get("type") != "offer" or not isinstance(params.get("sdp"), str):
         raise ClientError(400, 'expected {"sdp": "...", "type": "offer"[, "avatar": id]}')
     avatar = server.avatar(params.get("avatar"))
@@ -442,46 +623,80 @@ async def list_avatars(request):
     server = server_of(request)
     return web.json_response([{"id": a.id, "name": a.name, "preview": f"/avatars/{a.id}.jpg",
                                "default": a.id == server.default_avatar}
-                              for a in server.avatars.values()])
+                              for a in server.avatars.values() if a.id in server.bundled])
 
 
 @routes.post("/avatars")
 async def upload_avatar(request):
     server = server_of(request)
-    if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 4096:
-        raise ClientError(413, f"the upload is too large: at most {MAX_UPLOAD_BYTES // 2**20} MiB")
+    limit = server.limits.max_upload_bytes
     name = "upload"
     if request.content_type.startswith("multipart/"):
+        if request.content_length is not None and request.content_length > limit + 4096:
+            raise ClientError(413, f"the upload is too large: at most {_mib(limit)}")
         data = None
-        async for part in await request.multipart():
-            if part.name == "image":
-                name = Path(part.filename or name).stem[:40] or name
-                data = await part.read()
+        try:
+            async for part in await request.multipart():
+                if part.name == "image" and data is None:
+                    name = Path(part.filename or name).stem[:40] or name
+                    data = await _read_part(part, limit)
+                else:
+                    await _read_part(part, 65536)          # other fields: small, ignored
+        except (ValueError, AssertionError, RuntimeError) as e:   # a malformed multipart body
+            raise ClientError(400, f"malformed multipart upload: {_short(e)}") from None
         if data is None:
             raise ClientError(400, 'the multipart upload has no "image" field')
     else:
-        data = await request.read()
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise ClientError(413, f"the upload is too large: at most {MAX_UPLOAD_BYTES // 2**20} MiB")
+        data = await read_body(request, limit, "the upload")
     if not data:
         raise ClientError(400, "the upload is empty: send the image bytes as the body")
-    avatar_id = hashlib.sha256(data).hexdigest()[:12]
-    if avatar_id not in server.avatars:
-        server.add_avatar(avatar_id, name, await server.prepare_upload(data))
-    return web.json_response({"avatar": avatar_id, "name": server.avatars[avatar_id].name,
-                              "preview": f"/avatars/{avatar_id}.jpg"})
+    entry = await server.upload(data, name)
+    return web.json_response({"avatar": entry.id, "name": entry.name,
+                              "preview": f"/avatars/{entry.id}.jpg"})
+
+
+async def _read_part(part, limit: int) -> bytes:
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(65536):
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, f"the upload is too large: at most {_mib(limit)}")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _prepare(source, size: int) -> Avatar:
+    """prepare_avatar, quietly (several faces: the largest is used), except that a cache it
+    cannot write (a full disk) is said in the log: it only costs time, but should be fixed."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")               # several faces: the largest is used
-        return prepare_avatar(source, size=size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        avatar = prepare_avatar(source, size=size)
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and "cache" in str(w.message):
+            log.warning("avatar cache: %s", w.message)
+    return avatar
 
 
-def _prepare_arrays(source, size: int) -> dict[str, np.ndarray]:
-    """In the portrait process: an avatar as plain arrays (cheap to send back)."""
+def _prepare_arrays(source: bytes, size: int, max_pixels: int) -> dict[str, np.ndarray]:
+    """In the portrait process: an avatar as plain arrays (cheap to send back). The pixel
+    count is checked from the header before anything is decoded."""
+    from models.avatar import ImageTooLargeError
+
+    try:
+        with Image.open(io.BytesIO(source)) as picture:
+            width, height = picture.size
+    except Image.DecompressionBombError:          # Pillow's own guard, far above ours
+        raise ImageTooLargeError(f"the image has over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+                                 f"megapixels; the limit is {max_pixels / 1e6:g} megapixels: "
+                                 "scale it down first") from None
+    except Exception:          # not an image: prepare_avatar says so in its own words
+        width = height = 0
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"the image is {width}x{height} ({width * height / 1e6:.0f} "
+                                 f"megapixels); the limit is {max_pixels / 1e6:g} megapixels: "
+                                 "scale it down first")
     avatar = _prepare(source, size)
     return {f.name: getattr(avatar, f.name).numpy() for f in fields(Avatar)}
 
@@ -493,16 +708,22 @@ def _portrait_process_start() -> None:
 @routes.get("/avatars/{id}.jpg")
 async def avatar_preview(request):
     entry = server_of(request).avatar(request.match_info["id"])
-    return web.Response(body=entry.preview, content_type="image/jpeg")
+    return web.Response(body=entry.preview, content_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
 
 
 @routes.post("/sessions/{id}/audio")
 async def session_audio(request):
-    live = server_of(request).live(request.match_info["id"])
-    data = await request.read()
+    server = server_of(request)
+    live = server.live(request.match_info["id"])
+    limits = server.limits
+    data = await read_body(request, limits.max_audio_file_bytes, "the audio file")
+    live.active = time.monotonic()
     loop = asyncio.get_running_loop()
     try:
-        audio, rate = await loop.run_in_executor(None, decode_audio_bytes, data)
+        audio, rate = await loop.run_in_executor(
+            None, decode_audio_bytes, data, limits.max_audio_file_bytes,
+            limits.max_queued_seconds)
         queued = live.feed.queue(audio, rate)
     except AudioInputError as e:
         raise ClientError(422, str(e)) from None
@@ -521,9 +742,11 @@ async def delete_session(request):
 @routes.get("/health")
 async def health(request):
     server = server_of(request)
-    return web.json_response({"status": "ok", "sessions": len(server.sessions),
+    return web.json_response({"status": "stopping" if server.stopping else "ok",
+                              "sessions": len(server.sessions),
                               "max_sessions": server.max_sessions, "engine": server.engine.name,
-                              "size": server.size, "avatars": len(server.avatars)})
+                              "size": server.size, "avatars": len(server.bundled),
+                              **process_stats()})
 
 
 @routes.get("/metrics")
@@ -531,9 +754,10 @@ async def metrics(request):
     server = server_of(request)
     for live in list(server.sessions.values()):
         server._collect(live)
-    rates = {live.id: live.clock.rates() for live in server.sessions.values()}
+    rates = {live.label: live.clock.rates() for live in server.sessions.values()}
     text = server.metrics.render(
-        gauges={"sessions": len(server.sessions), "sessions_max": server.max_sessions},
+        gauges={"sessions": len(server.sessions), "sessions_max": server.max_sessions,
+                **process_stats()},
         labelled={"session_fps": {k: round(v[0], 2) for k, v in rates.items()},
                   "session_slots_per_second": {k: round(v[1], 2) for k, v in rates.items()}})
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
@@ -545,7 +769,8 @@ async def metrics(request):
 @routes.get("/ws/{id}")
 async def websocket(request):
     server = server_of(request)
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_WS_MESSAGE)
+    limits = server.limits
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=limits.max_ws_message)
     if not ws.can_prepare(request).ok:
         raise ClientError(400, "this is a websocket endpoint")
     await ws.prepare(request)
@@ -553,47 +778,95 @@ async def websocket(request):
     if live is None or live.closed:
         await ws.close(code=4404, message=b"no such session (it ended or never existed)")
         return ws
-    live.sockets.add(ws)
-    channel = ControlChannel(server, live, ws)
+    if len(live.channels) >= limits.max_sockets_per_session:
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER,
+                       message=f"at most {limits.max_sockets_per_session} websockets per "
+                               "session".encode())
+        return ws
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:     # replies and stats are small: a client that stops reading is
+        try:                 # noticed after 64 KiB, not after megabytes of kernel buffer
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SEND_BUFFER)
+        except OSError:
+            pass
+    channel = ControlChannel(server, live, ws, request.transport)
+    live.channels.add(channel)
+    live.active = time.monotonic()
     stats = asyncio.ensure_future(channel.send_stats())
     try:
         await channel.send({"type": "ready", "session": live.id, "avatar": live.avatar_id,
                             "styles": list(server.engine.motion.config.style_names),
                             "voices": [DEFAULT_VOICE, "espeak/en-gb", "espeak/en-us+f3"]
-                            + [f"festival/{v}" for v in FESTIVAL_VOICES]})
+                            + [f"festival/{v}" for v in FESTIVAL_VOICES],
+                            "limits": {"max_ws_message": limits.max_ws_message,
+                                       "max_queued_seconds": limits.max_queued_seconds,
+                                       "max_text_chars": limits.max_text_chars,
+                                       "rates": [limits.min_rate, limits.max_rate]}})
         async for msg in ws:
+            if channel.dropped or live.closed:
+                break
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                live.active = time.monotonic()
                 await channel.handle(msg)
                 if channel.bad_in_a_row >= MAX_BAD_MESSAGES:
-                    await ws.close(code=WSCloseCode.POLICY_VIOLATION,
-                                   message=b"too many bad messages")
+                    await channel.close(WSCloseCode.POLICY_VIOLATION, "too many bad messages")
                     break
             elif msg.type == WSMsgType.ERROR:
                 break
     except Exception as e:                               # never a traceback to the client
-        log.warning("websocket of session %s: %s", live.id, _short(e))
-        if not ws.closed:
-            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+        log.warning("websocket of session %s: %s", live.label, _short(e))
+        await channel.close(WSCloseCode.INTERNAL_ERROR, "internal error")
     finally:
         stats.cancel()
-        live.sockets.discard(ws)
+        live.channels.discard(channel)
     return ws
 
 
 class ControlChannel:
-    """One websocket of one session: PCM in, control messages in, stats out."""
+    """One websocket of one session: PCM in, control messages in, stats out. A client that
+    stops reading (its sends stall for --send-timeout) is dropped, never waited for."""
 
-    def __init__(self, server: Server, live: LiveSession, ws):
-        self.server, self.live, self.ws = server, live, ws
+    def __init__(self, server: Server, live: LiveSession, ws, transport):
+        self.server, self.live, self.ws, self.transport = server, live, ws, transport
         self.format: tuple[int, int, np.dtype] | None = None    # rate, channels, sample type
         self.bad_in_a_row = 0
+        self.dropped = False
 
     async def send(self, message: dict) -> None:
-        if not self.ws.closed:
-            await self.ws.send_json(message)
+        if self.ws.closed or self.dropped:
+            return
+        try:
+            await asyncio.wait_for(self.ws.send_json(message),
+                                   self.server.limits.send_timeout)
+        except TimeoutError:
+            self.server.metrics.count("websockets_stalled_total")
+            log.info("session %s: a websocket client stopped reading; dropped",
+                     self.live.label)
+            self.drop()
+        except (ConnectionError, RuntimeError):      # the client went away meanwhile
+            self.drop()
+
+    def drop(self) -> None:
+        """Cut the connection at once (nothing more is sent or waited for)."""
+        self.dropped = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def close(self, code: int, reason: str, note: str | None = None) -> None:
+        """Close with a reason (after a last error message when `note` is given); a client
+        that does not take the close within the send timeout is cut off."""
+        if note:
+            await self.send({"type": "error", "fatal": True, "message": note})
+        if self.ws.closed or self.dropped:
+            return
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason[:120].encode()),
+                                   self.server.limits.send_timeout)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            self.drop()
 
     async def send_stats(self) -> None:
-        while not self.ws.closed:
+        while not self.ws.closed and not self.dropped:
             await asyncio.sleep(1.0)
             await self.send(self.server.session_stats(self.live))
 
@@ -621,10 +894,11 @@ class ControlChannel:
         self.live.feed.queue(pcm, rate, channels)
 
     async def control(self, text: str) -> None:
-        try:
-            message = json.loads(text)
-        except json.JSONDecodeError:
-            raise ClientError(400, "text messages must be JSON objects") from None
+        limits = self.server.limits
+        if len(text) > limits.max_control_bytes:
+            raise ClientError(400, f"a control message is at most {_mib(limits.max_control_bytes)}"
+                                   " (audio goes in binary messages)")
+        message = parse_json(text)
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ClientError(400, 'a control message is a JSON object with a "type"')
         kind = message["type"]
@@ -633,19 +907,25 @@ class ControlChannel:
         if kind == "format":
             rate, channels = message.get("rate"), message.get("channels", 1)
             sample = message.get("sample", "s16")
-            if sample not in SAMPLE_TYPES:
+            if not isinstance(sample, str) or sample not in SAMPLE_TYPES:
                 raise ClientError(400, f"sample must be one of {sorted(SAMPLE_TYPES)}")
             check_rate(rate)
-            if channels not in (1, 2):
+            if not limits.min_rate <= rate <= limits.max_rate:
+                raise ClientError(400, f"rate must be {limits.min_rate}-{limits.max_rate} Hz "
+                                       "on this server")
+            if channels not in (1, 2) or isinstance(channels, bool):
                 raise ClientError(400, "channels must be 1 or 2")
-            self.format = (rate, channels, SAMPLE_TYPES[sample])
+            self.format = (int(rate), int(channels), SAMPLE_TYPES[sample])
             await self.send({"type": "ok", "for": "format"})
         elif kind == "speak":
             text = message.get("text")
             if not isinstance(text, str):
                 raise ClientError(400, 'speak needs "text"')
             voice = message.get("voice") or DEFAULT_VOICE
-            audio, rate = await loop.run_in_executor(None, speak, text, str(voice))
+            if not isinstance(voice, str):
+                raise ClientError(400, '"voice" must be a string such as "espeak/en-us"')
+            audio, rate = await loop.run_in_executor(None, lambda: speak(
+                text, voice, max_characters=limits.max_text_chars))
             queued = live.feed.queue(audio, rate)
             await self.send({"type": "ok", "for": "speak", "seconds": round(audio.size / rate, 3),
                              "queued_seconds": round(queued, 3)})
@@ -665,35 +945,75 @@ class ControlChannel:
             live.session.avatar = entry.avatar              # the next chunk renders it
             live.avatar_id = entry.id
             await self.send({"type": "ok", "for": "avatar", "id": entry.id})
+        elif kind == "fault" and self.server.fault_injection:
+            await self.inject(message.get("fault"))
         else:
-            raise ClientError(400, f"unknown message type {kind!r}: use format, speak, "
+            raise ClientError(400, f"unknown message type {_quote(kind)}: use format, speak, "
                                    "interrupt, style or avatar")
+
+    async def inject(self, fault) -> None:
+        """--fault-injection only (tests): break this one session on purpose."""
+        if fault == "engine":       # a corrupt avatar: the engine raises inside this session
+            avatar = self.live.session.avatar
+            self.live.session.avatar = dataclasses.replace(avatar, basis=avatar.basis[:0, :1])
+        elif fault == "handler":    # an unexpected exception in this websocket's handler
+            raise RuntimeError("injected fault")
+        else:
+            raise ClientError(400, 'fault must be "engine" or "handler"')
+        await self.send({"type": "ok", "for": "fault", "fault": fault})
 
 
 # ------------------------------------------------------------------------------ the app
 
+def given_token(request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.query.get("token")
+
+
 @web.middleware
-async def json_errors(request, handler):
-    """Every error is a JSON {"error": message}; tracebacks stay in the server log."""
+async def guard(request, handler):
+    """The access token (when the server has one) on every route but the page; every error
+    is a JSON {"error": message}; tracebacks stay in the server log."""
     server = server_of(request)
     try:
-        return await handler(request)
+        if server.token and not (request.method in ("GET", "HEAD") and (
+                request.path == "/" or request.path.startswith("/static/"))):
+            given = given_token(request)
+            if not given or not hmac.compare_digest(given.encode(errors="replace"),
+                                                    server.token.encode()):
+                server.metrics.count("unauthorized_total")
+                return web.json_response(
+                    {"error": "this server needs its access token: send 'Authorization: "
+                              "Bearer TOKEN' or add ?token=TOKEN"}, status=401,
+                    headers={"WWW-Authenticate": "Bearer"})
+        response = await handler(request)
     except ClientError as e:
         server.metrics.count("bad_requests_total")
-        return web.json_response({"error": str(e)}, status=e.status)
+        response = web.json_response({"error": str(e)}, status=e.status)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         server.metrics.count("bad_requests_total")
-        message = {413: f"the request is too large (at most {MAX_UPLOAD_BYTES // 2**20} MiB)"}
-        return web.json_response({"error": message.get(e.status, e.reason)}, status=e.status)
+        message = {413: "the request is too large"}
+        response = web.json_response({"error": message.get(e.status, e.reason)},
+                                     status=e.status)
+    except (ConnectionError, asyncio.CancelledError):
+        raise                                        # the client went away: nobody to answer
     except Exception:
         log.exception("error in %s %s", request.method, request.path)
-        return web.json_response({"error": "internal server error"}, status=500)
+        response = web.json_response({"error": "internal server error"}, status=500)
+    if not response.prepared:                        # (a websocket is already under way)
+        response.headers.setdefault("Referrer-Policy", "no-referrer")   # keeps ?token= home
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def make_app(server: Server) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_UPLOAD_BYTES + 65536)
+    limits = server.limits
+    app = web.Application(middlewares=[guard], client_max_size=max(
+        limits.max_upload_bytes, limits.max_audio_file_bytes, limits.max_sdp_bytes) + 65536)
     app["server"] = server
     app.add_routes(routes)
     app.router.add_static("/static/", WEB)
@@ -703,14 +1023,47 @@ def make_app(server: Server) -> web.Application:
 
     async def stop_all(app):
         app["watch"].cancel()
-        for live in list(server.sessions.values()):
-            await server.end_session(live, "server stopping")
-        if server.portraits is not None:
-            server.portraits.shutdown(cancel_futures=True)
+        await server.stop()
 
     app.on_startup.append(start_watch)
     app.on_shutdown.append(stop_all)
     return app
+
+
+def limit_flags(parser: argparse.ArgumentParser) -> None:
+    d = Limits()
+    group = parser.add_argument_group("limits (what one client may ask of the server)")
+    for name, kind, help_text in [
+            ("max_sessions", int, "sessions at once"),
+            ("max_upload_bytes", int, "bytes of one portrait upload"),
+            ("max_pixels", int, "pixels (width x height) of one portrait: decompression bombs"),
+            ("max_audio_file_bytes", int, "bytes of one audio file (POST .../audio)"),
+            ("max_queued_seconds", float, "seconds of audio waiting to be spoken, per session"),
+            ("min_rate", int, f"lowest PCM sample rate, Hz (>= {MIN_RATE})"),
+            ("max_rate", int, f"highest PCM sample rate, Hz (<= {MAX_RATE})"),
+            ("max_ws_message", int, "bytes of one websocket message (a PCM chunk)"),
+            ("max_control_bytes", int, "bytes of one JSON control message"),
+            ("max_sdp_bytes", int, "bytes of an offer (POST /offer)"),
+            ("max_text_chars", int, "characters of text for the local TTS"),
+            ("idle_timeout", float, "end a session when its client sends nothing (no websocket "
+                                    "message, file, or audible microphone) for this long, s"),
+            ("connect_timeout", float, "an answered offer must connect within this, s"),
+            ("peer_timeout", float, "end a session when its peer sends nothing for this long, s"),
+            ("max_sockets_per_session", int, "websockets open on one session"),
+            ("max_pending_uploads", int, "portraits waiting to be prepared"),
+            ("portrait_timeout", float, "seconds to prepare one portrait"),
+            ("send_timeout", float, "drop a websocket whose client stops reading for this long, s"),
+    ]:
+        group.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
+                           help=f"{help_text} (default {getattr(d, name)})")
+
+
+def check_limits(parser: argparse.ArgumentParser, limits: Limits) -> None:
+    for f in fields(Limits):
+        if getattr(limits, f.name) <= 0:
+            parser.error(f"--{f.name.replace('_', '-')} must be positive")
+    if not MIN_RATE <= limits.min_rate <= limits.max_rate <= MAX_RATE:
+        parser.error(f"need {MIN_RATE} <= --min-rate <= --max-rate <= {MAX_RATE}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -722,27 +1075,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--avatar", help="default portrait (default: the bundled astronaut)")
     parser.add_argument("--size", type=int, default=512, choices=[256, 512],
                         help="working size of the avatar, pixels")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; any "
+                             "other address requires the access token)")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-sessions", type=int, default=4)
+    parser.add_argument("--token", default=os.environ.get("TALKING_HEAD_TOKEN") or None,
+                        help="access token for every route but the page (default "
+                             "$TALKING_HEAD_TOKEN; on a non-loopback --host without one, a "
+                             "random token is made and printed)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per operation (default 1: every session runs "
                              "its stages on threads of their own; 0: torch's default)")
-    parser.add_argument("--peer-timeout", type=float, default=10.0,
-                        help="end a session when its peer sends nothing for this many seconds")
+    parser.add_argument("--fault-injection", action="store_true",
+                        help="tests only: accept {\"type\": \"fault\"} websocket messages that "
+                             "break one session on purpose (loopback only)")
     parser.add_argument("--verbose", action="store_true")
+    limit_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
-    if args.max_sessions < 1:
-        parser.error("--max-sessions must be at least 1")
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    check_limits(parser, limits)
+    loopback = is_loopback(args.host)
+    token = args.token
+    if token is not None and len(token) < 16:
+        parser.error("--token must be at least 16 characters")
+    made_token = token is None and not loopback
+    if made_token:
+        token = secrets.token_urlsafe(24)
+    if args.fault_injection and not loopback:
+        parser.error("--fault-injection is for tests on a loopback address only")
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         engine = make_engine(args.engine, args.checkpoint, args.device)
-        server = Server(engine, args.size, args.max_sessions, args.peer_timeout)
+        server = Server(engine, args.size, limits, token=token,
+                        fault_injection=args.fault_injection)
         for avatar_id, path in BUNDLED_AVATARS.items():
             server.add_avatar(avatar_id, avatar_id.replace("_", " "), _prepare(path, args.size),
                               bundled=True)
@@ -756,13 +1126,22 @@ def main(argv: list[str] | None = None) -> int:
     except (EngineError, PortraitError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if is_loopback(args.host):
+    if loopback:
         use_loopback_for_media()
     print(f"serving http://{args.host}:{args.port} ({engine.name} engine, {args.size} px, "
-          f"up to {args.max_sessions} sessions)", flush=True)
+          f"up to {limits.max_sessions} sessions)", flush=True)
+    if made_token:
+        print(f"access token required (listening on {args.host}, not loopback); this run's "
+              f"token, made now: {token}\n  open http://{args.host}:{args.port}/?token={token}",
+              flush=True)
+    elif token:
+        print("access token required (from --token or $TALKING_HEAD_TOKEN)", flush=True)
+    if args.fault_injection:
+        print("FAULT INJECTION ON: clients may break their own session on purpose (tests only)",
+              flush=True)
     try:
         web.run_app(make_app(server), host=args.host, port=args.port, print=None,
-                    access_log=None, handle_signals=True)
+                    access_log=None, handle_signals=True, shutdown_timeout=5.0)
     except OSError as e:
         print(f"error: cannot serve on {args.host}:{args.port}: {e.strerror or e}",
               file=sys.stderr)

@@ -7,6 +7,8 @@ histograms are a few lines each).
     text = metrics.render(gauges={"sessions": 2}, labelled={"session_fps": {...}})
 """
 
+import os
+import resource
 import threading
 from dataclasses import dataclass, field
 
@@ -28,6 +30,14 @@ HELP = {
     "bad_requests_total": "Requests refused with a 4xx error.",
     "websocket_errors_total": "Websocket messages refused.",
     "session_errors_total": "Sessions ended by an internal error.",
+    "sessions_ended_total": "Sessions ended, for any reason.",
+    "sessions_idle_total": "Sessions ended because nothing came from their client (idle).",
+    "sessions_peer_gone_total": "Sessions ended because their peer vanished or never connected.",
+    "unauthorized_total": "Requests refused for a missing or wrong access token.",
+    "websockets_stalled_total": "Websockets dropped because their client stopped reading.",
+    "process_threads": "Threads of the server process.",
+    "process_open_fds": "Open file descriptors of the server process.",
+    "process_resident_memory_bytes": "Resident memory of the server process.",
     "latency_seconds": "Audio in to frame out (the frame's slot on the media clock).",
     "render_latency_seconds": "Audio in to frame rendered (a frame's own 40 ms of audio).",
 }
@@ -102,3 +112,18 @@ class Metrics:
                 head(name, "histogram")
                 lines += histogram.lines(PREFIX + name)
         return "\n".join(lines) + "\n"
+
+
+def process_stats() -> dict[str, float]:
+    """Threads, open file descriptors and resident memory of this process (Linux /proc;
+    elsewhere what the resource module knows)."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+        fds = len(os.listdir("/proc/self/fd"))
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        threads, fds = threading.active_count(), 0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"process_threads": threads, "process_open_fds": fds,
+            "process_resident_memory_bytes": rss}

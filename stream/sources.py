@@ -15,25 +15,29 @@ a whole reply at once and the avatar still speaks it at the speed it was recorde
 live() and queue() are called on the event loop; feed() and interrupt() on other threads.
 """
 
-import os
-import tempfile
+import io
 import threading
 import time
 from collections import deque
 
+import av
 import numpy as np
 
-from models.audio_io import AudioInputError, check_rate, decode_audio, to_float_mono
+from models.audio_io import MAX_RATE, MIN_RATE, AudioInputError, check_rate, to_float_mono
 from stream.session import Session
 
 LEAD_SECONDS = 0.1            # queued audio is fed this far ahead of the wall clock
 MAX_QUEUED_SECONDS = 120.0    # queued audio not yet spoken
+MAX_QUEUED_PIECES = 20000     # pieces queued (1-sample messages must not cost 100 B each)
 MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_DECODE_SECONDS = 30.0     # wall time to decode one uploaded file
 
 
 class AudioFeed:
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, max_queued_seconds: float = MAX_QUEUED_SECONDS,
+                 max_pieces: int = MAX_QUEUED_PIECES):
         self.session = session
+        self.max_queued_seconds, self.max_pieces = max_queued_seconds, max_pieces
         self._lock = threading.Lock()            # the lists below
         self._feeding = threading.Lock()         # one feed() or interrupt() at a time
         self._queued: deque[tuple[np.ndarray, int]] = deque()   # (float32 mono, rate)
@@ -58,9 +62,13 @@ class AudioFeed:
         if audio.size == 0:
             raise AudioInputError("empty audio: it holds no samples")
         with self._lock:
-            if self._queued_seconds + audio.size / rate > MAX_QUEUED_SECONDS:
-                raise AudioInputError(f"more than {MAX_QUEUED_SECONDS:.0f} s of audio queued: "
-                                      "send audio no faster than it is spoken, or interrupt")
+            if self._queued_seconds + audio.size / rate > self.max_queued_seconds:
+                raise AudioInputError(f"more than {self.max_queued_seconds:.0f} s of audio "
+                                      "queued: send audio no faster than it is spoken, or "
+                                      "interrupt")
+            if len(self._queued) >= self.max_pieces:
+                raise AudioInputError(f"{self.max_pieces} pieces of audio are queued: send "
+                                      "fewer, longer pieces (20 ms or more each)")
             self._queued.append((audio, rate))
             self._queued_seconds += audio.size / rate
             return self._queued_seconds
@@ -121,23 +129,49 @@ class AudioFeed:
             return self.session.interrupt()
 
 
-def decode_audio_bytes(data: bytes) -> tuple[np.ndarray, int]:
-    """An uploaded audio file (any format FFmpeg reads) -> (float32 mono, rate)."""
+def decode_audio_bytes(data: bytes, max_bytes: int = MAX_FILE_BYTES,
+                       max_seconds: float = MAX_QUEUED_SECONDS) -> tuple[np.ndarray, int]:
+    """An uploaded audio file (any format FFmpeg reads) -> (float32 mono, rate), decoded
+    from memory (nothing is written to disk). Decoding stops as soon as the audio runs past
+    `max_seconds`: a small file of compressed silence must not expand to gigabytes."""
     if not data:
         raise AudioInputError("the audio file is empty")
-    if len(data) > MAX_FILE_BYTES:
+    if len(data) > max_bytes:
         raise AudioInputError(f"the audio file is {len(data) / 2**20:.1f} MiB; "
-                              f"at most {MAX_FILE_BYTES // 2**20} MiB")
-    fd, path = tempfile.mkstemp(prefix="upload-", suffix=".audio")
+                              f"at most {max_bytes / 2**20:g} MiB")
+    started = time.monotonic()
+    pieces, samples = [], 0
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        audio, rate = decode_audio(path)
-    except AudioInputError as e:
-        raise AudioInputError(str(e).replace(path, "the audio file")) from None
-    finally:
-        os.unlink(path)
-    if audio.size / rate > MAX_QUEUED_SECONDS:
-        raise AudioInputError(f"the audio file is {audio.size / rate:.0f} s long; "
-                              f"at most {MAX_QUEUED_SECONDS:.0f} s")
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise AudioInputError("the audio file has no audio track")
+            stream = container.streams.audio[0]
+            rate = min(max(stream.rate or MAX_RATE, MIN_RATE), MAX_RATE)
+            limit = int(max_seconds * rate)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pieces.append(out.to_ndarray().reshape(-1))
+                    samples += pieces[-1].size
+                if samples > limit:
+                    raise AudioInputError(f"the audio file is longer than {max_seconds:.0f} s; "
+                                          f"at most {max_seconds:.0f} s")
+                if time.monotonic() - started > MAX_DECODE_SECONDS:
+                    raise AudioInputError("the audio file takes too long to decode")
+            for out in resampler.resample(None):
+                pieces.append(out.to_ndarray().reshape(-1))
+    except AudioInputError:
+        raise
+    except MemoryError:
+        raise AudioInputError("the audio file is too large to decode") from None
+    except Exception as e:              # hostile bytes may fail anywhere inside FFmpeg
+        raise AudioInputError(f"not a readable audio file ({e.__class__.__name__})") from None
+    audio = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+    if audio.size == 0:
+        raise AudioInputError("the audio file contains no audio samples")
+    if audio.size > limit:
+        raise AudioInputError(f"the audio file is longer than {max_seconds:.0f} s; "
+                              f"at most {max_seconds:.0f} s")
+    if not np.isfinite(audio).all():
+        raise AudioInputError("the audio file decodes to NaN or infinite samples")
     return audio, rate

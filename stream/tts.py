@@ -46,13 +46,17 @@ class Voice:
         return cls(engine, name)
 
 
-def speak(text: str, voice: str = DEFAULT_VOICE, rate_wpm: int = 165) -> tuple[np.ndarray, int]:
+def speak(text: str, voice: str = DEFAULT_VOICE, rate_wpm: int = 165,
+          max_characters: int = MAX_CHARACTERS) -> tuple[np.ndarray, int]:
     """Synthesize `text`. Returns (float32 mono in [-1, 1], sample rate)."""
-    text = " ".join(str(text).split())
+    if len(str(text)) > 4 * max_characters:          # before any work on a huge string
+        raise SpeechError(f"text is {len(str(text))} characters; at most {max_characters} "
+                          "are spoken")
+    text = " ".join(str(text).replace("\0", " ").split())
     if not text:
         raise SpeechError("nothing to say: the text is empty")
-    if len(text) > MAX_CHARACTERS:
-        raise SpeechError(f"text is {len(text)} characters; at most {MAX_CHARACTERS} are spoken")
+    if len(text) > max_characters:
+        raise SpeechError(f"text is {len(text)} characters; at most {max_characters} are spoken")
     v = Voice.parse(voice)
     if v.engine == "espeak":
         command = ["espeak-ng", "--stdout", "-v", v.name, "-s", str(int(rate_wpm))]
@@ -62,7 +66,7 @@ def speak(text: str, voice: str = DEFAULT_VOICE, rate_wpm: int = 165) -> tuple[n
         package = "espeak-ng" if v.engine == "espeak" else "festival"
         raise SpeechError(f"{command[0]} is not installed (apt-get install {package})")
     try:
-        done = subprocess.run(command, input=text.encode("utf-8"), capture_output=True,
+        done = subprocess.run(command, input=text.encode("utf-8", "replace"), capture_output=True,
                               timeout=TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
         raise SpeechError(f"{command[0]} took longer than {TIMEOUT_SECONDS:.0f} s") from None

@@ -154,6 +154,11 @@ class MediaClock:
         self.audio.put(None)
 
     @property
+    def slots_sent(self) -> int:
+        """Output slots sent so far (video frame n has pts 3600 n)."""
+        return self._out_slots
+
+    @property
     def running(self) -> bool:
         return self._thread.is_alive() and not self._stop.is_set()
 

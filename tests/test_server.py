@@ -67,6 +67,7 @@ class ServerProcess:
     url: str
     process: subprocess.Popen
     log: Path
+    token: str | None = None
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -80,30 +81,56 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(timeout=5)
 
+    def get(self, path: str, token: str | None = None, timeout: float = 10.0):
+        """GET path -> (status, parsed JSON or text), with the token when given."""
+        import urllib.error
+        import urllib.request
 
-def start_server(name: str, *args: str, timeout: float = 120.0) -> ServerProcess:
-    """`python server.py` on a free loopback port; returns once /health answers."""
-    import urllib.request
+        request = urllib.request.Request(self.url + path)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+
+def start_server(name: str, *args: str, timeout: float = 120.0, host: str = "127.0.0.1",
+                 prefix: tuple[str, ...] = (), env: dict | None = None) -> ServerProcess:
+    """`python server.py` on a free port (listening on `host`, reached over 127.0.0.1),
+    run under `prefix` (e.g. unshare) when given; returns once /health answers. A server on a
+    non-loopback host prints the access token it made: it is read from its output."""
+    import re
 
     port = free_port()
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"{name}.log"
-    command = [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port",
+    command = [*prefix, sys.executable, str(ROOT / "server.py"), "--host", host, "--port",
                str(port), "--size", str(SIZE), "--checkpoint", str(checkpoint()), "--verbose",
                *args]
     with open(log, "w") as f:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the server exited ({process.returncode}):\n{server.log_tail()}")
+        made = re.search(r"token, made now: (\S+)", log.read_text(errors="replace"))
+        if made:
+            server.token = made.group(1)
         try:
-            with urllib.request.urlopen(server.url + "/health", timeout=1) as r:
-                if json.load(r)["status"] == "ok":
-                    return server
+            status, health = server.get("/health", server.token, timeout=1)
+            if status == 200 and health["status"] == "ok":
+                return server
         except OSError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.3)
     server.stop()
     raise AssertionError(f"the server did not answer within {timeout:.0f} s:\n{server.log_tail()}")
 
@@ -111,7 +138,7 @@ def start_server(name: str, *args: str, timeout: float = 120.0) -> ServerProcess
 @pytest.fixture(scope="module")
 def server():
     s = start_server("server", "--max-sessions", str(MAX_SESSIONS),
-                     "--peer-timeout", str(PEER_TIMEOUT))
+                     "--peer-timeout", str(PEER_TIMEOUT), "--fault-injection")
     yield s
     s.stop()
     assert "Traceback" not in s.log.read_text(errors="replace"), s.log_tail(80)
@@ -899,6 +926,486 @@ def test_client_that_disappears(server):
     assert both == 2 and left == 1
     assert noticed <= PEER_TIMEOUT + 4.0, noticed
     assert worst_gap < 1.0, worst_gap                  # the witness never stalled
+
+
+def raw_websocket(url: str, path: str, receive_buffer: int = 4096):
+    """A websocket opened by hand on a plain socket with a small receive buffer: a client
+    that can stop reading (aiohttp's client always reads, into an unbounded queue)."""
+    import base64
+    from urllib.parse import urlparse
+
+    host = urlparse(url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect((host.hostname, host.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host.netloc}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)                        # byte by byte: leave the frames unread
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """One masked client frame (text by default)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def receive_until_closed(ws, timeout: float = 20.0) -> list:
+    """Every message up to the close: [(type, data, extra)]."""
+    import aiohttp
+
+    got = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = await ws.receive(timeout=max(deadline - time.monotonic(), 0.1))
+        got.append((msg.type, msg.data, msg.extra))
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                        aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+            break
+    return got
+
+
+def test_sessions_are_isolated(server):
+    """Two sessions side by side: speech pushed into one is heard in that one only; each
+    upload of a portrait gets an id of its own, random and never listed; session ids are
+    random and long, and /metrics names sessions by a public label, never by their id."""
+    clip = speech_clip(names=("Front_Center", "Front_Left"), lead=0.2, pause=0.5, tail=0.3)
+    pcm = (clip.audio * 32767).astype("<i2").tobytes()
+    photo = (ROOT / "assets" / "grace_hopper.jpg").read_bytes()
+
+    async def run():
+        async with await http_session() as http:
+            uploads = []
+            for _ in range(2):
+                async with http.post(server.url + "/avatars", data=photo) as r:
+                    uploads.append((r.status, await r.json()))
+            async with http.get(server.url + "/avatars") as r:
+                listed = {a["id"] for a in await r.json()}
+            speaker, listener = Client(server.url), Client(server.url)
+            await asyncio.gather(speaker.connect(http), listener.connect(http))
+            await asyncio.gather(speaker.wait_for_video(), listener.wait_for_video())
+            async with http.ws_connect(f"{server.url}/ws/{speaker.session}") as ws:
+                await ws.receive_json()
+                await ws.send_json({"type": "format", "rate": 48000, "channels": 1})
+                await ws.receive_json()
+                start = time.perf_counter()
+                for i in range(0, len(pcm), 48000):
+                    await ws.send_bytes(pcm[i:i + 48000])
+                await asyncio.sleep(clip.audio.size / 48000 + 2.0)
+            end = time.perf_counter()
+            stats = await metrics(http, server.url)
+            async with http.get(server.url + "/metrics") as r:
+                metrics_text = await r.text()
+            await asyncio.gather(speaker.close(), listener.close())
+        return uploads, listed, speaker, listener, (start, end), stats, metrics_text
+
+    uploads, listed, speaker, listener, (t0, t1), stats, metrics_text = asyncio.run(run())
+
+    def loudness(client):
+        sound = [a[1] for a in client.audio if t0 <= a[0] <= t1]
+        return float(np.abs(np.concatenate(sound)).max())
+
+    result = {"upload_ids": [u[1].get("avatar") for u in uploads],
+              "session_ids": [speaker.session, listener.session],
+              "speaker_peak": round(loudness(speaker), 4),
+              "listener_peak": round(loudness(listener), 4)}
+    report("isolation", result)
+    (s1, a), (s2, b) = uploads
+    assert s1 == s2 == 200, uploads
+    assert a["avatar"] != b["avatar"] and len(a["avatar"]) >= 20, uploads
+    assert not {a["avatar"], b["avatar"]} & listed, (listed, uploads)
+    for session in (speaker.session, listener.session):
+        assert len(session) >= 20 and session not in metrics_text
+    assert stats["talking_head_sessions"] == 2
+    assert result["speaker_peak"] > 0.1, result                 # the speech came out ...
+    assert result["listener_peak"] < 0.01, result               # ... of that session only
+
+
+def test_engine_failure_ends_only_that_session(server):
+    """A session whose engine fails (a corrupt avatar, injected) ends with a clear message
+    to its client and nothing else; an exception in one websocket's handler closes that
+    websocket only; another session streams on without a gap."""
+    import aiohttp
+
+    async def run():
+        async with await http_session() as http:
+            witness, victim = Client(server.url), Client(server.url)
+            await asyncio.gather(witness.connect(http), victim.connect(http))
+            await asyncio.gather(witness.wait_for_video(), victim.wait_for_video())
+            before = await metrics(http, server.url)
+            url = f"{server.url}/ws/{victim.session}"
+            async with http.ws_connect(url) as ws:
+                await ws.receive_json()
+                await ws.send_json({"type": "fault", "fault": "handler"})
+                handler_fault = await receive_until_closed(ws)
+            async with http.ws_connect(url) as ws:
+                ready = await ws.receive_json()                 # the session lives on
+                await ws.send_json({"type": "fault", "fault": "engine"})
+                broke = time.perf_counter()
+                engine_fault = await receive_until_closed(ws)
+            deadline = time.monotonic() + 10
+            while (h := await (await http.get(server.url + "/health")).json())["sessions"] > 1:
+                assert time.monotonic() < deadline, h
+                await asyncio.sleep(0.2)
+            ended = time.perf_counter() - broke
+            await asyncio.sleep(2.0)
+            after = await metrics(http, server.url)
+            arrivals = np.array([v[0] for v in witness.video])
+            victim_frames = len(victim.video)
+            await asyncio.sleep(1.0)
+            victim_late = len(victim.video) - victim_frames
+            await asyncio.gather(witness.close(), victim.close())
+        gaps = np.diff(arrivals[arrivals > broke - 2.0])
+        return handler_fault, ready, engine_fault, ended, before, after, gaps, victim_late, h
+
+    handler_fault, ready, engine_fault, ended, before, after, gaps, victim_late, health = (
+        asyncio.run(run()))
+    texts = [json.loads(m[1]) for m in engine_fault if m[0] == aiohttp.WSMsgType.TEXT]
+    fatal = [m for m in texts if m.get("type") == "error"]
+    close = engine_fault[-1]
+    report("engine_failure", {"handler_fault_close": [str(m[0]) for m in handler_fault][-1:],
+                              "fatal_message": fatal[-1:] if fatal else None,
+                              "close": [int(close[1] or 0), close[2]],
+                              "ended_after_s": round(ended, 2),
+                              "witness_worst_gap_ms": round(1000 * gaps.max()),
+                              "victim_frames_after_end": victim_late})
+    assert handler_fault[-1][1] == 1011 and handler_fault[-1][2] == "internal error"
+    assert ready["type"] == "ready"
+    assert fatal and fatal[-1]["fatal"] and "failed" in fatal[-1]["message"], texts
+    assert "Traceback" not in fatal[-1]["message"] and "Error" not in fatal[-1]["message"]
+    assert close[1] == 1011 and close[2] == "session failed", close
+    assert ended < 5.0 and health["sessions"] == 1 and victim_late == 0
+    assert after["talking_head_session_errors_total"] == before[
+        "talking_head_session_errors_total"] + 1
+    assert gaps.max() < 1.0, gaps.max()                    # the witness never noticed
+
+
+def test_slow_websocket_consumer_is_dropped(server):
+    """A websocket client that sends but never reads (its receive buffer full) is cut off
+    within the send timeout; its session, and another session, stream on."""
+    import select
+
+    async def run():
+        async with await http_session() as http:
+            witness = Client(server.url)
+            await witness.connect(http)
+            await witness.wait_for_video()
+            before = await metrics(http, server.url)
+            sock = await asyncio.to_thread(raw_websocket, server.url, f"/ws/{witness.session}")
+            message = ws_frame(json.dumps({"type": "format", "rate": 16000}).encode())
+            sock.setblocking(False)
+            started, stalled, cut, sent = time.perf_counter(), None, None, 0
+            while time.perf_counter() - started < 30:
+                _, writable, broken = select.select([], [sock], [sock], 0.05)
+                if broken:
+                    break
+                if writable:
+                    try:
+                        sent += sock.send(message * 64)
+                        stalled = None
+                        continue
+                    except BlockingIOError:
+                        pass
+                    except OSError:                          # reset: the server cut it off
+                        cut = time.perf_counter()
+                        break
+                stalled = stalled or time.perf_counter()     # the server stopped reading
+                await asyncio.sleep(0.05)
+                try:                                         # a reset shows on a peek too
+                    if sock.recv(1, socket.MSG_PEEK) == b"":
+                        cut = time.perf_counter()
+                        break
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    cut = time.perf_counter()
+                    break
+            sock.close()
+            await asyncio.sleep(0.5)
+            after = await metrics(http, server.url)
+            async with http.ws_connect(f"{server.url}/ws/{witness.session}") as ws:
+                ready = await ws.receive_json()
+            arrivals = np.array([v[0] for v in witness.video])
+            await witness.close()
+        gaps = np.diff(arrivals[arrivals > started])
+        return started, stalled, cut, sent, before, after, ready, gaps
+
+    started, stalled, cut, sent, before, after, ready, gaps = asyncio.run(run())
+    result = {"sent_bytes": sent, "stalled_after_s": stalled and round(stalled - started, 2),
+              "cut_after_stall_s": cut and stalled and round(cut - stalled, 2),
+              "witness_worst_gap_ms": round(1000 * gaps.max())}
+    report("slow_consumer", result)
+    assert cut is not None, result
+    # --send-timeout 5 s, after the server has worked through what it had already received
+    # (megabytes in its socket buffers: on a loaded machine, seconds)
+    assert stalled is not None and cut - stalled < 5.0 + 10.0, result
+    assert after["talking_head_websockets_stalled_total"] >= before[
+        "talking_head_websockets_stalled_total"] + 1
+    assert ready["type"] == "ready"                          # the session itself lives on
+    assert gaps.max() < 1.0, result
+
+
+# ------------------------------------------------------------- beyond loopback, small limits
+
+EXPOSED_LIMITS = {"--max-sessions": 2, "--max-upload-bytes": 1_000_000,
+                  "--max-pixels": 2_000_000, "--max-audio-file-bytes": 100_000,
+                  "--max-queued-seconds": 5, "--min-rate": 16000, "--max-ws-message": 65536,
+                  "--max-control-bytes": 4096, "--max-sdp-bytes": 16384,
+                  "--max-text-chars": 100, "--idle-timeout": 3, "--connect-timeout": 60,
+                  "--max-sockets-per-session": 2}
+
+
+def full_disk_prefix(folder: Path) -> tuple[str, ...] | None:
+    """A command prefix that runs a program in a mount namespace of its own where `folder`
+    is a 16 KiB tmpfs filled to the last byte (a full disk, for real: ENOSPC). None where
+    unshare cannot make one (no user namespaces)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c",
+                            f"mount -t tmpfs -o size=16k tmpfs {folder}"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    fill = (f"mount -t tmpfs -o size=16k tmpfs {folder} && "
+            f"(cat /dev/zero > {folder}/filler 2>/dev/null; true) && "
+            f"df -k {folder} | tail -1 | sed 's/^/disk: /' && exec \"$@\"")
+    return ("unshare", "-rm", "sh", "-c", fill, "sh")
+
+
+@pytest.fixture(scope="module")
+def exposed(tmp_path_factory):
+    """A server listening beyond loopback (0.0.0.0; reached here over 127.0.0.1 only), so it
+    must make and print an access token; small limits; and a full disk: its avatar cache
+    and temporary folder are a full tmpfs. (WebRTC media cannot connect to it from a
+    loopback-only client: offers are answered, sessions never connect, which is all the
+    tests on it need.)"""
+    folder = tmp_path_factory.mktemp("full")
+    prefix = full_disk_prefix(folder)
+    args = [str(x) for pair in EXPOSED_LIMITS.items() for x in pair]
+    s = start_server("exposed_server", *args, host="0.0.0.0", prefix=prefix or (),
+                     env={"TALKING_HEAD_CACHE": str(folder), "TMPDIR": str(folder)})
+    s.full_disk = prefix is not None
+    yield s
+    s.stop()
+    assert "Traceback" not in s.log.read_text(errors="replace"), s.log_tail(80)
+
+
+def offer_sdp() -> str:
+    """A real WebRTC offer (audio + video) from an aiortc peer that is then closed."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    async def make():
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    loopback_only()
+    return asyncio.run(make())
+
+
+def test_token_required_beyond_loopback(exposed):
+    """Listening on 0.0.0.0 without --token: the server makes one and prints it; every route
+    but the page then refuses a request without it (401), takes it as a bearer header or a
+    ?token= query, and a wrong one is refused too."""
+    import urllib.request
+
+    token = exposed.token
+    assert token and len(token) >= 24, exposed.log_tail()
+    assert "access token required" in exposed.log.read_text()
+    refused = {}
+    for path in ("/health", "/metrics", "/avatars", "/avatars/astronaut.jpg", "/ws/x"):
+        refused[path] = exposed.get(path)[0]
+        assert exposed.get(path, token="wrong-" + token)[0] == 401
+        assert exposed.get(path, token=token)[0] in (200, 400)   # /ws/x: not an upgrade
+        assert exposed.get(f"{path}?token={token}")[0] in (200, 400)
+    for path in ("/offer", "/avatars", "/sessions/x/audio", "/sessions/x/close"):
+        request = urllib.request.Request(exposed.url + path, data=b"{}", method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            refused["POST " + path] = 200
+        except urllib.error.HTTPError as e:
+            refused["POST " + path] = e.code
+    page = {path: exposed.get(path)[0] for path in ("/", "/static/client.js")}
+    report("token", {"refused_without_token": refused, "page_without_token": page})
+    assert set(refused.values()) == {401}, refused
+    assert page == {"/": 200, "/static/client.js": 200}, page
+    assert "withToken" in exposed.get("/static/client.js")[1]
+    # --fault-injection is refused beyond loopback (before anything is loaded)
+    done = subprocess.run([sys.executable, str(ROOT / "server.py"), "--host", "0.0.0.0",
+                           "--fault-injection"], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert done.returncode == 2 and "loopback" in done.stderr, done.stderr
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height (a decompression bomb's header) with one tiny IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                               0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_limits_refuse_clearly(exposed):
+    """Each limit (set small on this server) refuses with a clear message, and the server
+    stays healthy: upload bytes and pixels (a decompression bomb's header), audio file
+    bytes and queued seconds, PCM rate, websocket message and control sizes, TTS text,
+    SDP size, sessions, websockets per session, and the idle timeout."""
+    import aiohttp
+
+    token = exposed.token
+    headers = {"Authorization": f"Bearer {token}"}
+    sdp = offer_sdp()
+    replies = {}
+
+    async def post(http, path, **kwargs):
+        async with http.post(exposed.url + path, headers=headers, **kwargs) as r:
+            return r.status, (await r.json()).get("error")
+
+    async def run():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            replies["upload bytes"] = await post(http, "/avatars", data=b"\xff" * 1_200_000)
+            replies["upload pixels"] = await post(http, "/avatars",
+                                                  data=png_header_only(3000, 3000))
+            replies["pixel bomb"] = await post(http, "/avatars",
+                                               data=png_header_only(60000, 60000))
+            replies["sdp bytes"] = await post(http, "/offer", json={
+                "type": "offer", "sdp": sdp + "a=x-padding:" + "x" * 20000 + "\r\n"})
+            async with http.post(exposed.url + "/offer", headers=headers,
+                                 json={"type": "offer", "sdp": sdp}) as r:
+                first = (await r.json())["session"]
+            async with http.post(exposed.url + "/offer", headers=headers,
+                                 json={"type": "offer", "sdp": sdp}) as r:
+                second = (await r.json())["session"]
+            replies["sessions"] = await post(http, "/offer", json={"type": "offer", "sdp": sdp})
+            replies["audio file bytes"] = await post(http, f"/sessions/{first}/audio",
+                                                     data=b"\0" * 150_000)
+            url = f"{exposed.url}/ws/{first}?token={token}"
+            async with http.ws_connect(url) as ws, http.ws_connect(url) as other:
+                ready = await ws.receive_json()
+                await other.receive_json()
+                async with http.ws_connect(url) as third:
+                    replies["sockets per session"] = (await receive_until_closed(third))[-1][1:]
+                for name, message in [
+                        ("rate", {"type": "format", "rate": 8000}),
+                        ("control bytes", {"type": "style", "pad": "x" * 5000}),
+                        ("text chars", {"type": "speak", "text": "word " * 30}),
+                        ("format", {"type": "format", "rate": 16000})]:
+                    await ws.send_json(message)
+                    replies[name] = await next_reply(ws)
+                pcm = np.zeros(16000, "<i2").tobytes()          # 1 s pieces, 5 s allowed
+                for _ in range(6):                              # no reply when taken
+                    await ws.send_bytes(pcm)
+                replies["queued seconds"] = await next_reply(ws)
+                await ws.send_bytes(b"\0" * 70000)
+                replies["ws message bytes"] = (await receive_until_closed(ws))[-1][1:]
+            for session in (first, second):
+                async with http.delete(f"{exposed.url}/sessions/{session}",
+                                       headers=headers) as r:
+                    await r.read()
+            async with http.post(exposed.url + "/offer", headers=headers,
+                                 json={"type": "offer", "sdp": sdp}) as r:
+                idle = (await r.json())["session"]
+            idle_url = f"{exposed.url}/ws/{idle}?token={token}"
+            async with http.ws_connect(idle_url) as ws:        # nothing sent: idle
+                await ws.receive_json()
+                waited = time.perf_counter()
+                replies["idle"] = (await receive_until_closed(ws))[-1][1:]
+                idle_after = time.perf_counter() - waited
+            async with http.get(exposed.url + "/health", headers=headers) as r:
+                health = await r.json()
+        return ready, idle_after, health
+
+    ready, idle_after, health = asyncio.run(run())
+    report("limits", {k: list(v) if isinstance(v, tuple) else v for k, v in replies.items()})
+
+    def refused(name, status, words):
+        code, message = replies[name]
+        assert code == status and words in message, (name, replies[name])
+
+    assert ready["limits"]["max_text_chars"] == 100
+    refused("upload bytes", 413, "at most")
+    refused("upload pixels", 413, "megapixels")
+    refused("pixel bomb", 413, "megapixels")
+    refused("sdp bytes", 413, "too large")
+    refused("sessions", 503, "full")
+    refused("audio file bytes", 413, "at most")
+    assert replies["sockets per session"][0] == 1013, replies
+    assert "16000-48000" in replies["rate"]["message"], replies["rate"]
+    assert "at most" in replies["control bytes"]["message"]
+    assert "at most 100" in replies["text chars"]["message"]
+    assert replies["format"]["type"] == "ok"
+    assert replies["queued seconds"]["type"] == "error" and "more than 5 s" in replies[
+        "queued seconds"]["message"], replies["queued seconds"]
+    assert replies["ws message bytes"][0] == 1009, replies
+    assert replies["idle"][0] == 1001 and "idle" in replies["idle"][1], replies["idle"]
+    assert idle_after < 3 + 3, idle_after
+    assert health["status"] == "ok"
+
+
+def test_full_disk_when_caching_avatars(exposed):
+    """The server's disk is full (its avatar cache and temporary folder on a full tmpfs):
+    it started (the bundled portraits prepared without a cache), a new portrait is prepared
+    and served all the same, and an audio file is taken (decoded in memory)."""
+    if not exposed.full_disk:
+        pytest.skip("unshare cannot make a mount namespace here: no full disk to test on")
+    disk = [line for line in exposed.log.read_text().splitlines() if line.startswith("disk: ")]
+    assert disk and disk[0].split()[-2] == "100%", disk          # really full
+    headers = {"Authorization": f"Bearer {exposed.token}"}
+    photo = (ROOT / "assets" / "grace_hopper.jpg").read_bytes()
+    sdp = offer_sdp()
+    clip = (ALSA / "Front_Center.wav").read_bytes()[:90_000]
+
+    async def run():
+        async with await http_session() as http:
+            async with http.post(exposed.url + "/avatars", data=photo, headers=headers) as r:
+                upload = (r.status, await r.json())
+            async with http.get(exposed.url + f"/avatars/{upload[1].get('avatar')}.jpg",
+                                headers=headers) as r:
+                preview = (r.status, len(await r.read()))
+            async with http.post(exposed.url + "/offer", headers=headers,
+                                 json={"type": "offer", "sdp": sdp,
+                                       "avatar": upload[1].get("avatar")}) as r:
+                session = (await r.json()).get("session")
+            async with http.post(exposed.url + f"/sessions/{session}/audio", data=clip,
+                                 headers=headers) as r:
+                audio = (r.status, await r.json())
+            async with http.delete(exposed.url + f"/sessions/{session}", headers=headers) as r:
+                await r.read()
+        return upload, preview, audio
+
+    upload, preview, audio = asyncio.run(run())
+    report("full_disk", {"disk": disk[0], "upload": upload, "preview": preview,
+                         "audio": audio})
+    assert upload[0] == 200, upload
+    assert "could not write the avatar cache" in exposed.log.read_text()   # it was full
+    assert preview[0] == 200 and preview[1] > 1000, preview
+    assert audio[0] == 200 and audio[1]["seconds"] > 0.5, audio
 
 
 async def vanishing_client(url: str) -> None:

@@ -20,12 +20,21 @@ window.talkingHead = app;
 
 const $ = (id) => document.getElementById(id);
 
+// A server that listens beyond this machine needs its access token: the page is opened as
+// /?token=..., and passes the token on (a header for fetch; the query for what cannot send
+// headers: websocket, images, beacons).
+const token = new URLSearchParams(location.search).get("token");
+const withToken = (url) =>
+  token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
+const uploaded = [];       // portraits this page uploaded (the server lists only its own)
+
 function say(text, error = false) {
   $("message").textContent = text;
   $("message").classList.toggle("error", error);
 }
 
 async function requestJSON(url, options = {}) {
+  if (token) options.headers = { ...(options.headers || {}), Authorization: `Bearer ${token}` };
   const response = await fetch(url, options);
   let body = {};
   try { body = await response.json(); } catch (e) { /* not JSON */ }
@@ -36,7 +45,7 @@ async function requestJSON(url, options = {}) {
 // ------------------------------------------------------------------ portraits
 
 async function loadAvatars(select) {
-  const avatars = await requestJSON("/avatars");
+  const avatars = [...(await requestJSON("/avatars")), ...uploaded];
   const box = $("avatars");
   box.replaceChildren();
   for (const a of avatars) {
@@ -44,7 +53,7 @@ async function loadAvatars(select) {
     button.title = a.name;
     button.dataset.id = a.id;
     const img = document.createElement("img");
-    img.src = a.preview;
+    img.src = withToken(a.preview);
     img.alt = a.name;
     button.append(img);
     button.addEventListener("click", () => chooseAvatar(a.id));
@@ -67,6 +76,7 @@ async function uploadAvatar(file) {
   say(`Preparing ${file.name}…`);
   try {
     const result = await requestJSON("/avatars", { method: "POST", body: file });
+    uploaded.push({ id: result.avatar, name: result.name, preview: result.preview });
     await loadAvatars(result.avatar);
     say(`Portrait ready: ${file.name}`);
   } catch (e) {
@@ -134,7 +144,7 @@ async function connect() {
 
 function openSocket(session) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/${session}`);
+  const ws = new WebSocket(withToken(`${scheme}://${location.host}/ws/${session}`));
   app.ws = ws;
   ws.addEventListener("message", (event) => {
     const message = JSON.parse(event.data);
@@ -144,13 +154,15 @@ function openSocket(session) {
     } else if (message.type === "stats") {
       app.server = message;
     } else if (message.type === "error") {
+      if (message.fatal) ws.fatal = message.message;     // the session failed: it ends
       say(message.message, true);
     } else if (message.type === "ok" && message.for === "speak") {
       say(`Speaking ${message.seconds.toFixed(1)} s of text.`);
     }
   });
   ws.addEventListener("close", (event) => {
-    if (app.ws === ws) disconnect(`Session closed by the server: ${event.reason || event.code}`, true, true);
+    const why = ws.fatal || `Session closed by the server: ${event.reason || event.code}`;
+    if (app.ws === ws) disconnect(why, true, true);
   });
 }
 
@@ -165,7 +177,7 @@ async function disconnect(reason = "Disconnected.", error = false, serverEnded =
                        server: {}, stats: {} });
   // end the session first, so that closing the connection does not race it
   if (session && !serverEnded) {
-    await fetch(`/sessions/${session}`, { method: "DELETE" }).catch(() => {});
+    await requestJSON(`/sessions/${session}`, { method: "DELETE" }).catch(() => {});
   }
   if (ws) ws.close(1000);
   if (pc) pc.close();
@@ -300,7 +312,7 @@ $("speak").addEventListener("click", () => {
   if (text) send({ type: "speak", text, voice: $("voice").value });
 });
 window.addEventListener("pagehide", () => {
-  if (app.session) navigator.sendBeacon(`/sessions/${app.session}/close`);
+  if (app.session) navigator.sendBeacon(withToken(`/sessions/${app.session}/close`));
 });
 
 loadAvatars().catch((e) => say(`Cannot list portraits: ${e.message}`, true));
