@@ -20,6 +20,9 @@ Frame content depends only on the audio and the seed, never on how the audio was
 pieces. In real-time mode (`tick()` called by a clock), silence fills the timeline while no
 audio arrives, so the avatar idles instead of freezing.
 
+Falling behind in real time: a chunk whose slots the player has already played is not
+rendered (its motion still is, for the carry); it counts in stats.late_frames.
+
 Barge-in: interrupt() cuts the timeline at the first block boundary not yet handed out;
 queued audio, features, motion and frames after it are dropped, chunks in flight are
 discarded (epoch counter), and generation continues from the cut with silence, the carry
@@ -72,6 +75,7 @@ class SessionStats:
     chunks: int = 0
     frames: int = 0
     interrupts: int = 0
+    late_frames: int = 0     # real time: not rendered, their slots had already been played
     errors: list[str] = field(default_factory=list)
     stage_ms: dict[str, float] = field(                 # total wall ms per stage
         default_factory=lambda: {"features": 0.0, "motion": 0.0, "render": 0.0})
@@ -398,6 +402,13 @@ class Session:
                 if chunk is None:
                     return
                 if chunk.epoch != self._epoch:
+                    continue
+                if self.realtime and chunk.start + len(chunk.motion) <= self._delivered:
+                    # compute fell behind and the player has moved past these slots: their
+                    # pictures would only be skipped, so do not spend a render on them
+                    with self._lock:
+                        self.stats.late_frames += len(chunk.motion)
+                        self._rendered = chunk.start + len(chunk.motion)
                     continue
                 t0 = time.perf_counter()
                 images = self.engine.render(self.avatar, chunk.motion)

@@ -247,6 +247,10 @@ def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, s
     assert len(slots) >= 60
     s = player.stats
     assert s.repeated > 0 and s.shown + s.repeated <= s.slots
+    # frames already too late are not rendered at all, so the picture does not fall further
+    # and further behind the sound (at half speed it would be ~3 s behind by the end)
+    assert session.stats.late_frames > 0
+    assert max(s.latency_ms[-10:]) < 1500
     # every slot carries exactly its own 40 ms of the input audio
     for k, _, a in played:
         lo = k * PLAYBACK_PER_FRAME
