@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from whisper.audio import HOP_LENGTH, N_FFT, mel_filters
 
+from kernels import dispatch
+
 SAMPLE_RATE = 16000
 
 
@@ -120,8 +122,22 @@ class WindowEncoder(nn.Module):
         x = F.gelu(self.conv2(x))                          # [B, 384, n]
         x = x.permute(0, 2, 1) + self.positional_embedding  # [B, n, 384]
         for block in self.blocks:
-            x = block(x)
+            x = encoder_block(block, x) if dispatch.fused(x) else block(x)
         return self.ln_post(x)
+
+
+def encoder_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Whisper's ResidualAttentionBlock as the encoder runs it (no mask, no cross-attention),
+    with its attention through kernels.dispatch: the Triton kernel on CUDA, or a TensorRT
+    plugin node in a plugin export. x [B, n, 384] -> [B, n, 384]."""
+    attn = block.attn
+    h = block.attn_ln(x)
+    b, n, _ = h.shape
+    q, k, v = (proj(h).view(b, n, attn.n_head, -1).permute(0, 2, 1, 3)   # [B, heads, n, 64]
+               for proj in (attn.query, attn.key, attn.value))
+    y = dispatch.attention(q, k, v).permute(0, 2, 1, 3).flatten(start_dim=2)
+    x = x + attn.out(y)
+    return x + block.mlp(block.mlp_ln(x))
 
 
 def load_window_encoder(config: FeatureConfig) -> WindowEncoder:

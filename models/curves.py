@@ -62,7 +62,8 @@ def curve_table(knot_u: torch.Tensor, knot_v: torch.Tensor, start: torch.Tensor,
     secant = (knot_v[:, 1:] - knot_v[:, :-1]) / du
     inner = (knot_v[:, 2:] - knot_v[:, :-2]) / torch.clamp(knot_u[:, 2:] - knot_u[:, :-2], min=1e-4)
     slope = torch.cat([secant[:, :1], inner, secant[:, -1:]], 1)           # [N, K]
-    steps = torch.linspace(0.0, 1.0, CURVE_SAMPLES, dtype=knot_u.dtype)[None]
+    steps = torch.linspace(0.0, 1.0, CURVE_SAMPLES, dtype=knot_u.dtype,
+                           device=knot_u.device)[None]
     at = start + (stop - start) * steps                                    # [N, S]
     table = knot_v[:, :1].expand_as(at)
     for i in range(k - 1):

@@ -149,7 +149,7 @@ class Pose:
                  pivot: torch.Tensor, face_width: torch.Tensor):
         r = rotation(motion[:, ms.index("head_yaw")], motion[:, ms.index("head_pitch")],
                      motion[:, ms.index("head_roll")])                      # [N, 3, 3]
-        eye = torch.eye(3, dtype=motion.dtype)
+        eye = torch.eye(3, dtype=motion.dtype, device=motion.device)
         frame = torch.cat([torch.cat([face_rotation, eye[:2, 2:]], 1), eye[2:]], 0)  # [3, 3]
         self.matrix = frame @ r @ frame.T                                  # [N, 3, 3]
         self.scale = torch.exp(motion[:, ms.index("head_scale")])          # [N]

@@ -22,9 +22,9 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from kernels import dispatch
 from models import motion_space
 
 STYLE_NAMES = ("head_amplitude", "mouth_amplitude")
@@ -63,7 +63,8 @@ class MotionConfig:
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of flow time t in [0, 1]: [B] -> [B, dim]."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    steps = torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(-math.log(10000.0) * steps / half)
     args = 1000.0 * t[:, None].float() * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -83,7 +84,7 @@ class Attention(nn.Module):
         b, n, w = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, w // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                  # each [B, heads, n, w/heads]
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = dispatch.attention(q, k, v)                         # SDPA, or Triton on CUDA
         return self.out(y.transpose(1, 2).reshape(b, n, w))
 
 

@@ -79,7 +79,7 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     on_arch = _step(1.0 - ta.abs(), 0.08)
     upper_teeth = _step(upper_edge - v) * on_arch
     lower_teeth = _step(v - lower_edge) * on_arch
-    shade = Lookup(ta, torch.full_like(fs, -1.0), torch.ones_like(fs))(teeth_shade())
+    shade = Lookup(ta, torch.full_like(fs, -1.0), torch.ones_like(fs))(teeth_shade().to(fs.device))
 
     lip_color, teeth_color = colors[1], colors[2]
     # Cavity: nearly black at the back, a little light from the lips near the edges.
@@ -107,7 +107,7 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     teeth = (w_upper * (0.62 + 0.38 * from_upper_lip) + w_lower * 0.68) * shade * inset
     tongue_w = w_tongue * tongue_light * inset
     cavity_w = w_cavity * light * inset
-    tongue_color = lip_color * torch.tensor([0.62, 0.36, 0.36])
+    tongue_color = lip_color * torch.tensor([0.62, 0.36, 0.36], device=lip_color.device)
     color = (teeth[..., None] * teeth_color + tongue_w[..., None] * tongue_color
              + cavity_w[..., None] * lip_color)
     return color, coverage

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kernels import dispatch
 from models import motion_space as ms
 from models import warp
 from models.avatar import DEFAULT_AVATAR, MAX_FACE_FRACTION, Avatar, prepare_avatar
@@ -51,20 +52,35 @@ def window_size(size: int, window: tuple[float, float]) -> tuple[int, int]:
     return int(round(window[0] * face)), int(round(window[1] * face))
 
 
+def window_origin(centre: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
+    """Top-left pixel [N, 2] of a height x width window around centre [N, 2], kept inside
+    the frame."""
+    extent = torch.tensor([width, height], dtype=centre.dtype, device=centre.device)
+    origin = torch.round(centre - extent / 2)
+    return torch.minimum(torch.clamp(origin, min=0.0), size - extent)     # [N, 2]
+
+
+def eye_window_centre(eye: torch.Tensor, face_width, scale: torch.Tensor) -> torch.Tensor:
+    """Centre [N, 2] of the window of one eye [N, 6, 2]: a little above the eye's centre."""
+    centre = (eye[:, EYE[0]] + eye[:, EYE[2]]) / 2
+    return centre - torch.stack([torch.zeros_like(scale),
+                                 EYE_WINDOW_RAISE * face_width * scale], -1)
+
+
 def _window(centre: torch.Tensor, height: int, width: int, size: int):
     """An axis-aligned window of pixels around centre [N, 2], kept inside the frame.
     Returns pixel coordinates [N, P, 2] and indices into frames flattened as [N * S * S]
     (P = height * width)."""
     n = centre.shape[0]
-    extent = torch.tensor([width, height], dtype=centre.dtype)
-    origin = torch.round(centre - extent / 2)
-    origin = torch.minimum(torch.clamp(origin, min=0.0), size - extent)    # [N, 2]
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=centre.dtype),
-                            torch.arange(width, dtype=centre.dtype), indexing="ij")
+    origin = window_origin(centre, height, width, size)                    # [N, 2]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=centre.dtype, device=centre.device),
+                            torch.arange(width, dtype=centre.dtype, device=centre.device),
+                            indexing="ij")
     px = origin[:, 0, None, None] + xs                                     # [N, h, w]
     py = origin[:, 1, None, None] + ys
     coords = torch.stack([px, py], -1).reshape(n, -1, 2)
-    frame_start = torch.arange(n, dtype=centre.dtype)[:, None, None] * (size * size)
+    frames = torch.arange(n, dtype=centre.dtype, device=centre.device)
+    frame_start = frames[:, None, None] * (size * size)
     index = (frame_start + py * size + px).reshape(n, -1).to(torch.int64)
     return coords, index
 
@@ -73,7 +89,8 @@ def _landmarks(pose, landmarks, landmark_depth, basis, expression):
     """Moved inner lips [N, 8, 2], eyes without the blink [N, 12, 2], inner lips at rest
     and moved by the jaw only (both under the head pose), in output pixels."""
     moved = landmarks + torch.einsum("ne,ekc->nkc", expression, basis)     # [N, 68, 2]
-    keep_open = torch.ones(expression.shape[1], dtype=expression.dtype)
+    keep_open = torch.ones(expression.shape[1], dtype=expression.dtype,
+                           device=expression.device)
     keep_open[_BLINKS] = 0.0
     unblinked = landmarks + torch.einsum("ne,ekc->nkc", expression * keep_open, basis)
     lips = pose.forward(moved[:, 60:68], landmark_depth[None, 60:68])
@@ -88,7 +105,8 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
     """Backward map on the coarse grid: source pixel position of each node [N, Q, 2] and the
     nodes themselves [1, Q, 2]."""
     n, e, coarse = expression.shape[0], expression.shape[1], flow.shape[-1]
-    centres = (torch.arange(coarse, dtype=expression.dtype) + 0.5) * (size / coarse) - 0.5
+    steps = torch.arange(coarse, dtype=expression.dtype, device=expression.device)
+    centres = (steps + 0.5) * (size / coarse) - 0.5
     gy, gx = torch.meshgrid(centres, centres, indexing="ij")
     nodes = torch.stack([gx, gy], -1).reshape(1, -1, 2)                    # [1, Q, 2]
     nodes_n = nodes.expand(n, -1, -1)
@@ -107,25 +125,20 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
     return upper * sources[:, 0] + (1.0 - upper) * sources[:, 1], nodes
 
 
-def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
-                   head_mask, face_rotation, pivot, face_width, colors, lid_skin,
-                   smooth_image, motion: torch.Tensor) -> torch.Tensor:
-    """The renderer on explicit tensors (the fields of Avatar, in order, then motion [N, D]).
-    Returns frames [N, S, S, 3] uint8."""
-    n, size, coarse = motion.shape[0], image.shape[-1], flow.shape[-1]
-    expression = motion[:, _EXPRESSION]                                    # [N, E]
-    pose = Pose(motion, face_rotation, pivot, face_width)
-    lips, eye_points, rest_lips, jaw_lips = _landmarks(pose, landmarks, landmark_depth, basis,
-                                                       expression)
-    source, nodes = _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth,
-                                head_mask, size)
-
+def compose(image, smooth_image, offset, eye_points, expression, scale, face_width, lid_skin,
+            lips, rest_lips, jaw_lips, colors) -> torch.Tensor:
+    """Everything per output pixel, once the motion is known: upsample the coarse backward
+    displacement offset [N, 2, h, w] (pixels), sample the portrait, draw the eyes and the
+    mouth. eye_points [N, 12, 2], expression [N, E], scale [N] (head pose), lips, rest_lips,
+    jaw_lips [N, 8, 2] (see _landmarks); the rest are the avatar's fields. Returns the frames
+    planar, [3, N*S*S] float (0..255). kernels/warp_render.py does this in one fused pass."""
+    n, size = offset.shape[0], image.shape[-1]
+    device = image.device
     # Full resolution: upsample the displacement (zero far from the head, so the border
     # is exact) and sample the portrait once for all frames.
-    offset = (source - nodes).reshape(n, coarse, coarse, 2).permute(0, 3, 1, 2).contiguous()
     fine = F.interpolate(offset * (2.0 / size), size=(size, size), mode="bilinear",
                          align_corners=False)                              # [N, 2, S, S]
-    pixels = (2.0 * torch.arange(size, dtype=motion.dtype) + 1.0) / size - 1.0
+    pixels = (2.0 * torch.arange(size, dtype=image.dtype, device=device) + 1.0) / size - 1.0
     by, bx = torch.meshgrid(pixels, pixels, indexing="ij")
     grid = torch.stack([bx, by], -1) + fine.permute(0, 2, 3, 1)           # [N, S, S, 2]
     frame = warp.grid_sample(image[None], grid.reshape(1, n * size, size, 2))  # [1, 3, N*S, S]
@@ -137,10 +150,7 @@ def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
     gaze = expression[:, [_E["gaze_x"], _E["gaze_y"]]]
     for side in range(2):
         eye = eye_points[:, side * 6:(side + 1) * 6]
-        centre = (eye[:, EYE[0]] + eye[:, EYE[2]]) / 2
-        centre = centre - torch.stack([torch.zeros_like(pose.scale),
-                                       EYE_WINDOW_RAISE * face_width * pose.scale], -1)
-        points, index = _window(centre, height, width, size)
+        points, index = _window(eye_window_centre(eye, face_width, scale), height, width, size)
         look = eyelid(points, eye, expression[:, _BLINKS[side], None], gaze, lid_skin[side])
         # sample the portrait where the eye looks, the smooth skin above the lid and below
         # the eye, all in one lookup: [N, 3P, 2]
@@ -160,10 +170,47 @@ def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
     points, index = _window(lips.mean(1), height, width, size)
     index3 = index.reshape(1, -1).expand(3, -1)
     patch = frame.gather(1, index3).reshape(3, n, -1).permute(1, 2, 0)    # [N, P, 3]
-    color, coverage = mouth(points, lips, rest_lips, jaw_lips, face_width * pose.scale, colors)
+    color, coverage = mouth(points, lips, rest_lips, jaw_lips, face_width * scale, colors)
     color = mix(patch, torch.clamp(color, 0.0, 255.0), coverage[..., None])
     frame.scatter_(1, index3, color.permute(2, 0, 1).reshape(3, -1))
 
+    return frame
+
+
+def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
+                 head_mask, face_rotation, pivot, face_width, colors, lid_skin,
+                 smooth_image, motion: torch.Tensor):
+    """Everything per frame (the avatar's fields, in order, then motion [N, D]): the coarse
+    backward displacement offset [N, 2, h, w] and the overlays' inputs, the arguments of
+    compose after image, smooth_image and offset."""
+    n, size, coarse = motion.shape[0], image.shape[-1], flow.shape[-1]
+    expression = motion[:, _EXPRESSION]                                    # [N, E]
+    pose = Pose(motion, face_rotation, pivot, face_width)
+    lips, eye_points, rest_lips, jaw_lips = _landmarks(pose, landmarks, landmark_depth, basis,
+                                                       expression)
+    source, nodes = _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth,
+                                head_mask, size)
+
+    offset = (source - nodes).reshape(n, coarse, coarse, 2).permute(0, 3, 1, 2).contiguous()
+    overlays = (eye_points, expression, pose.scale, face_width, lid_skin, lips, rest_lips,
+                jaw_lips, colors)
+    return offset, overlays
+
+
+def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
+                   head_mask, face_rotation, pivot, face_width, colors, lid_skin,
+                   smooth_image, motion: torch.Tensor) -> torch.Tensor:
+    """The renderer on explicit tensors (the fields of Avatar, in order, then motion [N, D]).
+    Returns frames [N, S, S, 3] uint8."""
+    n, size = motion.shape[0], image.shape[-1]
+    offset, overlays = frame_layers(image, landmarks, landmark_depth, basis, flow,
+                                    flow_jacobian, depth, head_mask, face_rotation, pivot,
+                                    face_width, colors, lid_skin, smooth_image, motion)
+    if dispatch.fused(image):
+        from models.render_fused import render_fused
+
+        return render_fused(image, smooth_image, offset, *overlays)        # [N, S, S, 3] uint8
+    frame = compose(image, smooth_image, offset, *overlays)                # [3, N*S*S]
     frame = frame.add_(0.5).to(torch.uint8)                                # values in 0..255
     return frame.t().reshape(n, size, size, 3)
 

@@ -1,0 +1,153 @@
+"""The renderer's per-pixel pass on the GPU, as the fused kernel of kernels/warp_render.py.
+
+Per frame, the overlays come down to a few numbers and curve tables, the same ones
+models/eyes.py and models/mouth.py compute per frame before their per-pixel work: each
+overlay's window and feature frame, the lid and lip curves tabulated over u, and the modules'
+constants scaled to pixels. `overlay_inputs` packs them in the kernel's layout
+(kernels/warp_render_layout.py); the kernel then does render.compose's whole per-pixel work
+in one pass. tests/test_kernels.py checks the two against each other.
+"""
+
+import torch
+
+from kernels import dispatch
+from kernels.warp_render_layout import CURVE, EYE_FIELDS, GROUP, MOUTH_FIELDS
+from models import eyes
+from models import mouth as mouth_shape
+from models.curves import CURVE_SAMPLES, curve_table, feature_frame, project
+from models.render import (
+    _BLINKS,
+    _E,
+    EYE_WINDOW,
+    MOUTH_WINDOW,
+    eye_window_centre,
+    window_origin,
+    window_size,
+)
+
+assert CURVE == CURVE_SAMPLES
+
+
+def _frame(left: torch.Tensor, right: torch.Tensor):
+    """The feature frame from corner left to corner right [N, 2]: half width [N] and
+    (centre, axis, normal)."""
+    _, _, half, frame = feature_frame(left[:, None], left, right)
+    return half, frame
+
+
+def _pack(fields: dict, names: tuple[str, ...], n: int, like: torch.Tensor) -> torch.Tensor:
+    """One overlay's parameters [N, GROUP] in the order of names (numbers broadcast; filled on
+    the device, not copied from the host)."""
+    columns = [like.new_full((n,), fields[name]) if isinstance(fields[name], float)
+               else fields[name].to(like.dtype).expand(n) for name in names]
+    row = torch.stack(columns, 1)
+    return torch.cat([row, row.new_zeros(n, GROUP - len(names))], 1)
+
+
+def _window_fields(origin, height, width, centre, axis, half) -> dict:
+    return dict(origin_x=origin[:, 0], origin_y=origin[:, 1], width=float(width),
+                height=float(height), centre_x=centre[:, 0], centre_y=centre[:, 1],
+                axis_x=axis[:, 0], axis_y=axis[:, 1], half=half)
+
+
+def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size):
+    """One eye [N, 6, 2] (without the blink), blink [N], gaze [N, 2]: its parameters
+    [N, GROUP] and lid tables [N, 2, CURVE] (models/eyes.py eyelid, per frame)."""
+    left, upper, right, lower = eyes.EYE
+    half, frame = _frame(eye[:, left], eye[:, right])
+    centre, axis, _ = frame
+    top_u, top_v = project(eye[:, [left, *upper, right]], frame, half)
+    bottom_u, bottom_v = project(eye[:, [left, *lower, right]], frame, half)
+    top = curve_table(top_u, top_v, top_u[:, :1], top_u[:, -1:])
+    bottom = curve_table(bottom_u, bottom_v, bottom_u[:, :1], bottom_u[:, -1:])
+    height, width = window_size(size, EYE_WINDOW)
+    origin = window_origin(eye_window_centre(eye, face_width, scale), height, width, size)
+    closing = torch.clamp((blink - 0.15) / 0.6, 0.0, 1.0)
+    fields = _window_fields(origin, height, width, centre, axis, half) | dict(
+        top_start=top_u[:, 0], top_stop=top_u[:, -1],
+        bottom_start=bottom_u[:, 0], bottom_stop=bottom_u[:, -1],
+        close_upper=blink * eyes.MEET, close_lower=blink * (1.0 - eyes.MEET),
+        overshoot=eyes.LID_OVERSHOOT * half, skin=lid_skin * half,
+        skin_below=eyes.LOWER_LID_SKIN * half, lid_below=eyes.LID_BELOW * half,
+        gaze_along=-gaze[:, 0] * eyes.GAZE_X * half, gaze_down=-gaze[:, 1] * eyes.GAZE_Y * half,
+        lash=torch.clamp(eyes.LASH_WIDTH * half, min=0.6), lash_dark=eyes.LASH_DARKEN * closing,
+        open_full=0.15 * half, edge=eyes.EDGE, lid_ramp=eyes.LID_RAMP,
+        lid_max_closed=eyes.LID_MAX_CLOSED, lid_mix=eyes.LID_MIX)
+    return _pack(fields, EYE_FIELDS, eye.shape[0], half), torch.stack([top, bottom], 1)
+
+
+def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, size):
+    """The mouth (inner lips [N, 8, 2] as moved, at rest, moved by the jaw only; face_size
+    [N] pixels per face width; colors [3, 3]): its parameters [N, GROUP] and tables
+    [N, 4, CURVE]: upper lip, lower lip, opening, teeth shade (models/mouth.py, per frame)."""
+    n = lips.shape[0]
+    fs = face_size[:, None]
+    half, frame = _frame(lips[:, 0], lips[:, 4])
+    centre, axis, _ = frame
+    upper, lower = list(mouth_shape.UPPER), list(mouth_shape.LOWER)
+    up_u, up_v = project(lips[:, upper], frame, half)
+    lo_u, lo_v = project(lips[:, lower], frame, half)
+    rest_u, rest_v = project(rest_lips, frame, half)
+    start = torch.full_like(fs, -mouth_shape.REACH)
+    stop = torch.full_like(fs, mouth_shape.REACH)
+    upper_table = curve_table(up_u, up_v, start, stop)
+    lower_table = curve_table(lo_u, lo_v, start, stop)
+    rest_upper = curve_table(rest_u[:, upper], rest_v[:, upper], start, stop)
+    rest_lower = curve_table(rest_u[:, lower], rest_v[:, lower], start, stop)
+    rest_gap = torch.relu(rest_lower - rest_upper)
+    opened = torch.clamp((lower_table - upper_table - rest_gap) / (0.008 * fs), 0.0, 1.0)
+    shade = mouth_shape.teeth_shade().to(lips.device).expand(n, -1)
+    _, jaw_v = project(jaw_lips, frame, half)
+    height, width = window_size(size, MOUTH_WINDOW)
+    origin = window_origin(lips.mean(1), height, width, size)
+    lip_color, teeth_color = colors[1], colors[2]
+    tongue = (lip_color[0] * 0.62, lip_color[1] * 0.36, lip_color[2] * 0.36)
+    fields = _window_fields(origin, height, width, centre, axis, half) | dict(
+        face_size=face_size, start=-mouth_shape.REACH, stop=mouth_shape.REACH,
+        arch_centre=(rest_u[:, 0] + rest_u[:, 4]) / 2 * half,
+        arch_width=mouth_shape.TEETH_HALF_WIDTH * face_size,
+        lip_line=(rest_v[:, 2] + rest_v[:, 6]) / 2,
+        upper_show=mouth_shape.UPPER_TEETH_SHOW * face_size,
+        arch_dip=mouth_shape.TEETH_ARCH * face_size,
+        jaw_line=jaw_v[:, 6], lower_show=mouth_shape.LOWER_TEETH_SHOW * face_size,
+        gap_mid=torch.clamp(lo_v[:, 2] - up_v[:, 2], min=0.0), edge=mouth_shape.EDGE,
+        lip_r=lip_color[0], lip_g=lip_color[1], lip_b=lip_color[2],
+        teeth_r=teeth_color[0], teeth_g=teeth_color[1], teeth_b=teeth_color[2],
+        tongue_r=tongue[0], tongue_g=tongue[1], tongue_b=tongue[2],
+        shade_start=-1.0, shade_stop=1.0)
+    tables = torch.stack([upper_table, lower_table, opened, shade], 1)
+    return _pack(fields, MOUTH_FIELDS, n, half), tables
+
+
+def overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin, lips,
+                   rest_lips, jaw_lips, colors):
+    """The kernel's params [N, 3, GROUP] and tables [N, 8, CURVE] from compose's arguments."""
+    size = image.shape[-1]
+    gaze = expression[:, [_E["gaze_x"], _E["gaze_y"]]]
+    rows, tables = [], []
+    for side in range(2):
+        row, table = eye_inputs(eye_points[:, side * 6:(side + 1) * 6],
+                                expression[:, _BLINKS[side]], gaze, lid_skin[side],
+                                face_width, scale, size)
+        rows.append(row)
+        tables.append(table)
+    row, table = mouth_inputs(lips, rest_lips, jaw_lips, face_width * scale, colors, size)
+    rows.append(row)
+    tables.append(table)
+    return torch.stack(rows, 1), torch.cat(tables, 1)
+
+
+def render_fused(image, smooth_image, offset, eye_points, expression, scale, face_width,
+                 lid_skin, lips, rest_lips, jaw_lips, colors, **kernel_options):
+    """render.compose + rounding in one kernel: frames [N, S, S, 3] uint8 (float32 0..255
+    with out_float=True). In a plugin export, the TensorRT plugin node instead.
+    kernel_options go to kernels.warp_render.warp_render (out_float, block)."""
+    params, tables = overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin,
+                                    lips, rest_lips, jaw_lips, colors)
+    if dispatch.exporting_plugins():
+        from kernels.plugin_nodes import warp_render_node
+
+        return warp_render_node(image, smooth_image, offset, params, tables)
+    from kernels.warp_render import warp_render
+
+    return warp_render(image, smooth_image, offset, params, tables, **kernel_options)
