@@ -1,20 +1,28 @@
-"""Renderer speed: ms per frame at 512 and 256, batched, torch vs onnxruntime, on this CPU.
+"""Renderer speed: ms per frame, torch vs onnxruntime side by side, on this CPU.
 
-    python -m benchmarks.render                       # both sizes, batch 8, 1 and 2 threads
-    python -m benchmarks.render --sizes 256 --batch 16 --threads 2 --no-onnx
+    python -m benchmarks.render                       # 512 and 256, batch 8, 1 thread
+    python -m benchmarks.render --sizes 256 --batch 16 --threads 1 2 --as-exported
+    python -m benchmarks.render --render-file speech.wav --sizes 512
 
 Each measurement renders `repeats` batches of moderate random motion (the default avatar)
 after one warm-up batch and reports the best and the median batch, divided by the batch
-size. The machine's load average is printed: on a shared machine the median moves with
-it, the best time less so. The ONNX graph is exported once per size (dynamo, opset 20)
-and checked against torch before it is timed.
+size. The engines are timed in turns (torch, onnxruntime, torch, ...) so that both see the
+same load; the machine's load average is printed before and after, since on a shared
+machine the median moves with it, the best time less so.
+
+onnxruntime runs the renderer graph as the onnx engine does: rewritten for its CPU provider
+by export.ort_cpu (--as-exported adds the graph as exported, for comparison). Both graphs
+are checked against torch before they are timed.
+
+--render-file AUDIO runs the whole offline path, stream.render_file, once per engine and
+repeat: frames per second of wall time, and the PSNR of the onnx engine's frames against the
+torch engine's.
 """
 
 import argparse
 import datetime
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +31,7 @@ import torch
 
 from models import motion_space as ms
 from models.avatar import prepare_avatar
-from models.render import INPUT_NAMES, export_onnx, render_tensors
+from models.render import INPUT_NAMES, render_tensors
 
 
 def cpu_model() -> str:
@@ -36,77 +44,136 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def motion_batch(frames: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.uniform(ms.LOW, ms.HIGH, (frames, ms.D)) * 0.4).astype(np.float32)
 
 
-def measure(run, frames: int, repeats: int) -> tuple[float, float]:
-    """(best, median) milliseconds per frame of run(), which renders `frames` frames."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+
+
+def side_by_side(runs: dict, frames: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """(best, median) milliseconds per frame of each run(), which renders `frames` frames;
+    the runs take turns."""
+    for run in runs.values():
         run()
-        times.append((time.perf_counter() - start) * 1000.0 / frames)
-    return min(times), float(np.median(times))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1000.0 / frames)
+    return {name: (min(t), float(np.median(t))) for name, t in times.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.render", description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 256])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--no-onnx", action="store_true")
-    args = parser.parse_args(argv)
-
+def renderer_rows(args) -> None:
     import onnxruntime
 
-    print(f"date      {datetime.date.today()}")
-    print(f"cpu       {cpu_model()}, {os.cpu_count()} cores")
-    print(f"load      {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
-    print(f"versions  torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-    print(f"batch     {args.batch} frames, {args.repeats} batches per row\n")
-    print(f"{'size':>5} {'engine':>12} {'threads':>7} {'best ms/frame':>14} {'median':>8}")
+    from export.renderer import KEEP_LAYOUT, cached_cpu_renderer_export, cached_renderer_export
 
+    print(f"batch     {args.batch} frames, {args.repeats} batches per row\n")
+    print(f"{'size':>5} {'engine':>24} {'threads':>7} {'best ms/frame':>14} {'median':>8}")
     motion = motion_batch(args.batch)
     for size in args.sizes:
         avatar = prepare_avatar(size=size)
         tensors = avatar.tensors()
         with torch.no_grad():
             expected = render_tensors(*tensors, torch.from_numpy(motion)).numpy()
+        feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, tensors, strict=False)}
+        feeds["motion"] = motion
+        graphs = {"onnxruntime": (cached_cpu_renderer_export(avatar), KEEP_LAYOUT)}
+        if args.as_exported:
+            graphs["onnxruntime as exported"] = (cached_renderer_export(avatar), [])
         for threads in args.threads:
             torch.set_num_threads(threads)
 
-            def run_torch(tensors=tensors):
+            def run_torch(tensors=tensors, motion=motion):
                 with torch.no_grad():
                     render_tensors(*tensors, torch.from_numpy(motion))
 
-            best, median = measure(run_torch, args.batch, args.repeats)
-            print(f"{size:>5} {'torch':>12} {threads:>7} {best:>14.1f} {median:>8.1f}", flush=True)
-        if args.no_onnx:
-            continue
-        with tempfile.TemporaryDirectory() as folder:
-            start = time.perf_counter()
-            path = export_onnx(avatar, Path(folder) / f"render{size}.onnx")
-            exported = time.perf_counter() - start
-            feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, tensors, strict=False)}
-            feeds["motion"] = motion
-            for threads in args.threads:
+            runs, notes = {"torch": run_torch}, {}
+            for name, (path, disabled) in graphs.items():
                 options = onnxruntime.SessionOptions()
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
-                session = onnxruntime.InferenceSession(str(path), options,
-                                                       providers=["CPUExecutionProvider"])
+                session = onnxruntime.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"],
+                    disabled_optimizers=disabled)
                 (frames,) = session.run(["frames"], feeds)
                 diff = np.abs(frames.astype(int) - expected.astype(int))
-                best, median = measure(lambda s=session, f=feeds: s.run(["frames"], f),
-                                       args.batch, args.repeats)
-                print(f"{size:>5} {'onnxruntime':>12} {threads:>7} {best:>14.1f} {median:>8.1f}"
-                      f"   (vs torch: max diff {diff.max()}, mean {diff.mean():.4f};"
-                      f" export {exported:.0f} s)", flush=True)
-        torch.set_num_threads(max(args.threads))
+                notes[name] = (f"   (vs torch: max diff {diff.max()}, "
+                               f"PSNR {psnr(frames, expected):.1f} dB)")
+                runs[name] = lambda s=session, f=feeds: s.run(["frames"], f)
+            for name, (best, median) in side_by_side(runs, args.batch, args.repeats).items():
+                print(f"{size:>5} {name:>24} {threads:>7} {best:>14.1f} {median:>8.1f}"
+                      f"{notes.get(name, '')}", flush=True)
+    torch.set_num_threads(1)
+
+
+def render_file_rows(args) -> None:
+    """stream.render_file on both engines: fps of wall time, PSNR of onnx vs torch frames."""
+    from models.audio_io import decode_audio
+    from stream.engine import make_engine
+    from stream.render_file import render_file
+    from stream.session import Session
+
+    audio, rate = decode_audio(args.render_file)
+    size = args.sizes[0]
+    avatar = prepare_avatar(size=size)
+    engines = {name: make_engine(name) for name in ("torch", "onnx")}
+    frames: dict[str, np.ndarray] = {}
+    fps: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(args.render_repeats):
+        for name, engine in engines.items():
+            images: list[np.ndarray] = []
+            session = Session(engine, avatar, seed=0)
+            try:
+                _, report = render_file(session, audio, rate,
+                                        lambda image, _sound, keep=images: keep.append(image))
+            finally:
+                session.close()
+            frames[name] = np.stack(images)
+            fps[name].append(report["fps"])
+    seconds = len(audio) / rate
+    print(f"\nrender_file: {seconds:.1f} s of audio, {len(frames['torch'])} frames at {size} px, "
+          f"{args.render_repeats} runs per engine, engines in turns")
+    for name in engines:
+        print(f"  {name:6s} best {max(fps[name]):5.1f} fps, median {np.median(fps[name]):5.1f} fps")
+    print(f"  onnx vs torch frames: PSNR {psnr(frames['onnx'], frames['torch']):.1f} dB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.render", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 256])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--as-exported", action="store_true",
+                        help="also time the graph as exported (before export.ort_cpu)")
+    parser.add_argument("--render-file", metavar="AUDIO",
+                        help="also time stream.render_file on this audio with both engines")
+    parser.add_argument("--render-repeats", type=int, default=3)
+    parser.add_argument("--no-renderer", action="store_true", help="only --render-file")
+    args = parser.parse_args(argv)
+
+    import onnxruntime
+
+    print(f"date      {datetime.date.today()}")
+    print(f"cpu       {cpu_model()}, {os.cpu_count()} cores")
+    print(f"load      {load()} (1, 5, 15 min) before")
+    print(f"versions  torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    if not args.no_renderer:
+        renderer_rows(args)
+    if args.render_file:
+        render_file_rows(args)
+    print(f"\nload      {load()} (1, 5, 15 min) after")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The renderer as ONNX (one graph per working size, the avatar's tensors as inputs) and its
 onnxruntime runner. The graph itself is written by models.render.export_onnx; here it is
-cached by working size and renderer source hash, and run.
+cached by working size and renderer source hash, and run. onnxruntime's CPU provider runs
+the graph rewritten by export.ort_cpu (planar layout, GridSample as gathers): as exported,
+it is about 3x slower than torch on a CPU; rewritten, it is not slower.
 """
 
 import hashlib
@@ -27,26 +29,49 @@ def cached_renderer_export(avatar: Avatar) -> Path:
     from models.render import export_onnx
     from models.whisper_weights import cache_dir
 
-    path = cache_dir() / "onnx" / f"renderer-{avatar.size}-{_renderer_source_hash()}.onnx"
+    path = cache_dir() / "onnx" / f"renderer-{avatar.size}-{_renderer_source_hash()}-raw.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        export_onnx(avatar, tmp)
+        export_onnx(avatar, tmp, optimize=False)       # onnxruntime and TensorRT optimise
         tmp.replace(path)
     return path
+
+
+def cached_cpu_renderer_export(avatar: Avatar) -> Path:
+    """The renderer graph rewritten for onnxruntime's CPU provider (export.ort_cpu)."""
+    import onnx
+
+    from export.ort_cpu import rewrite_for_cpu
+
+    source = cached_renderer_export(avatar)
+    rewrite = hashlib.sha256(Path(__file__).with_name("ort_cpu.py").read_bytes()).hexdigest()
+    path = source.with_name(f"{source.stem}-cpu{rewrite[:8]}.onnx")
+    if not path.is_file():
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+        onnx.save(rewrite_for_cpu(onnx.load(str(source))), str(tmp))
+        tmp.replace(path)
+    return path
+
+
+# onnxruntime's transpose optimizers would push the planar layout's Transposes back through
+# the element-wise ops, undoing export.ort_cpu's rewrite.
+KEEP_LAYOUT = ["TransposeOptimizer", "TransposeOptimizer_CPUExecutionProvider"]
 
 
 class OnnxRenderer:
     """avatar + motion [N, D] -> frames [N, S, S, 3] uint8 with onnxruntime."""
 
-    def __init__(self, path: str | Path, threads: int = 2, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, threads: int = 1, providers: list[str] | None = None):
         from models.render import INPUT_NAMES
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                            providers=providers or ["CPUExecutionProvider"])
+                                            providers=providers or ["CPUExecutionProvider"],
+                                            disabled_optimizers=KEEP_LAYOUT)
         self.input_names = INPUT_NAMES
         self._avatar_id: int | None = None
         self._feed: dict[str, np.ndarray] = {}

@@ -10,7 +10,7 @@ import torch
 from models import face
 from models import motion_space as ms
 from models.avatar import prepare_avatar, read_image
-from models.render import INPUT_NAMES, export_onnx, main, render, render_tensors, sweep
+from models.render import INPUT_NAMES, main, render, render_tensors, sweep
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PORTRAITS = {"astronaut": ASSETS / "astronaut.png", "hopper": ASSETS / "grace_hopper.jpg"}
@@ -154,11 +154,21 @@ def test_motion_fitted_from_rendered_frames_follows_the_command(avatars):
     assert np.abs(fitted[:, ms.index("head_yaw")] - motion[:, ms.index("head_yaw")]).max() < 4.0
 
 
-def test_onnx_export_matches_torch(avatars, tmp_path):
+@pytest.mark.parametrize("graph", ["as exported", "rewritten for the CPU"])
+def test_onnx_export_matches_torch(avatars, graph):
+    """The exported graph (the user-cache export the engines use), and the same graph as
+    export.ort_cpu rewrites it for onnxruntime's CPU provider."""
     ort = pytest.importorskip("onnxruntime")
+    from export.renderer import KEEP_LAYOUT, cached_cpu_renderer_export, cached_renderer_export
+
     avatar = avatars["hopper", 256]
-    path = export_onnx(avatar, tmp_path / "render256.onnx", optimize=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if graph == "as exported":
+        session = ort.InferenceSession(str(cached_renderer_export(avatar)),
+                                       providers=["CPUExecutionProvider"])
+    else:
+        session = ort.InferenceSession(str(cached_cpu_renderer_export(avatar)),
+                                       providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=KEEP_LAYOUT)
     rng = np.random.default_rng(2)
     motion = (rng.uniform(ms.LOW, ms.HIGH, (5, ms.D)) * 0.6).astype(np.float32)
     other = avatars["astronaut", 256]                          # the graph serves any avatar
