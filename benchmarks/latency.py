@@ -10,11 +10,13 @@ real-time pace in 20 ms packets, as a microphone sends it, into N concurrent ses
 
 in-process (default)
     Packet j of session i is pushed at start_i + 0.02 j (start_i = t0 + i * 80 ms / N: the
-    sessions' chunks are spread over one chunk period, as independent users' would be).
+    sessions' chunks are spread over one chunk period, as independent users' would be);
+    after the speech the session's tick() fills silence, as the server's clock does.
     Each session has a stream.player.Player on the media clock (slot k due at the first
     frame's arrival + k / 25 s, plus --margin-ms), and an output thread that encodes every
     slot's picture with aiortc's own encoder for --codec (libx264 / libvpx, the settings
-    aiortc's sender uses). A frame is "out" when its slot's encode has finished.
+    aiortc's sender uses; at most 0.4 s of slots wait, as on the server's video track).
+    A frame is "out" when its slot's encode has finished.
 --webrtc
     `python server.py` is started on 127.0.0.1 (same engine, size, avatar); N aiortc
     clients in this process connect over loopback, each sending the speech as its
@@ -229,6 +231,7 @@ def run_inprocess(engine, avatar, audio: np.ndarray, streams: int, codec: str = 
         o.start()
     pieces = math.ceil(audio.size / PACKET)
     pushed = [0] * streams
+    first_in = [0.0] * streams                   # when each session's first packet went in
     cpu0, t0 = time.process_time(), time.perf_counter() + 0.02
     starts = [t0 + i * CHUNK_SECONDS / streams for i in range(streams)]
     end = starts[-1] + audio.size / RATE + tail
@@ -240,12 +243,15 @@ def run_inprocess(engine, avatar, audio: np.ndarray, streams: int, codec: str = 
                 while pushed[i] < pieces and starts[i] + pushed[i] * 0.02 <= now:
                     j = pushed[i]
                     session.push_audio(audio[j * PACKET:(j + 1) * PACKET], RATE)
+                    if j == 0:
+                        first_in[i] = time.perf_counter()
                     pushed[i] += 1
                 if pushed[i] < pieces:
                     wake = min(wake, starts[i] + pushed[i] * 0.02)
-                if not pushed[i]:
-                    continue
-                session.tick(now)                  # silence after the speech, as a server does
+                    if not pushed[i]:
+                        continue
+                else:
+                    session.tick(now)          # after the speech: silence, as a server fills it
                 if session.stats.errors:
                     raise RuntimeError("; ".join(session.stats.errors))
                 if player.start is None:
@@ -270,7 +276,7 @@ def run_inprocess(engine, avatar, audio: np.ndarray, streams: int, codec: str = 
             s.close()
     cpu = time.process_time() - cpu0
     rows = [session_summary(s, p, o, start)
-            for s, p, o, start in zip(sessions, players, outputs, starts, strict=True)]
+            for s, p, o, start in zip(sessions, players, outputs, first_in, strict=True)]
     return {"sessions": rows, "cpu_percent": round(100 * cpu / wall, 1),
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
