@@ -71,6 +71,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -255,6 +256,11 @@ class Server:
         except TimeoutError:                   # a picture that never finishes
             self._drop_portrait_pool(pool)
             raise ClientError(422, "this image took too long to process") from None
+        except ClientError:
+            raise
+        except Exception as e:                         # the decoder broke on this picture
+            log.warning("portrait refused: %s: %s", e.__class__.__name__, _short(e))
+            raise ClientError(422, "this image could not be processed") from None
         finally:
             self.uploads -= 1
         return Avatar(**{k: torch.from_numpy(v) for k, v in arrays.items()})
@@ -313,7 +319,7 @@ class Server:
             except Exception as e:       # e.g. no codec in common: the offer's fault
                 raise ClientError(400, f"cannot answer this offer: {_short(e)}") from None
         except BaseException:
-            await pc.close()
+            await close_peer(pc)
             if live is not None:
                 await loop.run_in_executor(None, _stop_threads, live)
             raise
@@ -373,10 +379,7 @@ class Server:
         await asyncio.gather(*(channel.close(code, close_text, note)
                                for channel in list(live.channels)), return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(None, _stop_threads, live)
-        try:
-            await asyncio.wait_for(live.pc.close(), 10.0)
-        except Exception as e:
-            log.warning("session %s: closing the connection: %s", live.label, _short(e))
+        await close_peer(live.pc)
 
     async def watch(self) -> None:
         """Once a second: collect metrics and end sessions that failed, whose peer is gone,
@@ -484,6 +487,23 @@ def check_sdp(sdp: str) -> None:
             raise ValueError(f"no {what}")
     if sum(line.startswith("m=") for line in lines) > MAX_SDP_SECTIONS:
         raise ValueError(f"more than {MAX_SDP_SECTIONS} media sections")
+    mids, section = [], None                  # each media section names itself (a=mid:)
+    for line in lines:
+        if line.startswith("m="):
+            if section is not None and section is False:
+                raise ValueError("a media section without a=mid")
+            section = False
+        elif line.startswith("a=mid:") and section is False:
+            section = True
+            mids.append(line[6:].strip())
+    if section is False:
+        raise ValueError("a media section without a=mid")
+    for line in lines:
+        if line.startswith("a=group:BUNDLE"):
+            missing = set(line.split()[1:]) - set(mids)
+            if missing:
+                raise ValueError(f"BUNDLE names media sections that do not exist: "
+                                 f"{sorted(missing)[:4]}")
 
 
 def at_lower_priority(make):
@@ -511,6 +531,39 @@ def at_lower_priority(make):
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """pc.close(); for some malformed offers aiortc cannot finish it (a transceiver left
+    without a transport), and then the transports that exist are stopped one by one, so
+    that no socket outlives the request."""
+    try:
+        await asyncio.wait_for(pc.close(), 10.0)
+        return
+    except Exception as e:
+        log.info("closing a peer connection: %s: %s", type(e).__name__, _short(e))
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        for part in (dtls, getattr(dtls, "transport", None)):
+            if part is not None:
+                try:
+                    await asyncio.wait_for(part.stop(), 5.0)
+                except Exception:
+                    pass
+    pc.remove_all_listeners()
+
+
+def loop_exception(loop, context) -> None:
+    """A background task failed (inside aiortc, say, on a malformed offer): one line in the
+    log, with where it happened, instead of a traceback; the server goes on."""
+    error = context.get("exception")
+    detail = ""
+    if error is not None:
+        detail = f": {type(error).__name__}: {_short(error)}"
+        frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+        if frames:
+            detail += f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})"
+    log.warning("background task failed: %s%s", context.get("message", "?"), detail)
 
 
 def _stop_threads(live: LiveSession) -> None:
@@ -999,8 +1052,8 @@ async def guard(request, handler):
         message = {413: "the request is too large"}
         response = web.json_response({"error": message.get(e.status, e.reason)},
                                      status=e.status)
-    except (ConnectionError, asyncio.CancelledError):
-        raise                                        # the client went away: nobody to answer
+    except ConnectionError:                          # the client went away mid-request
+        response = web.json_response({"error": "the connection was lost"}, status=400)
     except Exception:
         log.exception("error in %s %s", request.method, request.path)
         response = web.json_response({"error": "internal server error"}, status=500)
@@ -1019,6 +1072,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_static("/static/", WEB)
 
     async def start_watch(app):
+        asyncio.get_running_loop().set_exception_handler(loop_exception)
         app["watch"] = asyncio.ensure_future(server.watch())
 
     async def stop_all(app):
@@ -1028,6 +1082,23 @@ def make_app(server: Server) -> web.Application:
     app.on_startup.append(start_watch)
     app.on_shutdown.append(stop_all)
     return app
+
+
+class QuietBadHttp(logging.Filter):
+    """aiohttp logs a full traceback for every request it cannot parse: strangers' garbage
+    would fill the log (and hide real errors). One line each instead, at info level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "refused a malformed HTTP request: %s", (
+                _short(Exception(error.message or type(error).__name__)),)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger().isEnabledFor(logging.INFO)      # (--verbose)
+        return True
 
 
 def limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -1095,6 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
+    logging.getLogger("aiohttp.server").addFilter(QuietBadHttp())
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     check_limits(parser, limits)
     loopback = is_loopback(args.host)

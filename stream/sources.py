@@ -119,14 +119,16 @@ class AudioFeed:
 
     def interrupt(self) -> int:
         """Barge-in: forget queued and pending audio and cut the session's timeline. Returns
-        the frame index of the cut."""
+        the frame index of the cut. feed() is not held up while the session cuts (that may
+        wait for its workers): with nothing queued it only ticks, and whatever it pushes
+        meanwhile lies after the cut and is cut too."""
         with self._feeding:
             with self._lock:
                 self._queued.clear()
                 self._queued_seconds = 0.0
                 self._live = []
                 self._spoken_until = None
-            return self.session.interrupt()
+        return self.session.interrupt()
 
 
 def decode_audio_bytes(data: bytes, max_bytes: int = MAX_FILE_BYTES,

@@ -86,9 +86,11 @@ def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
         chunk, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
         body = pos + 8
         if chunk == b"fmt ":
+            if len(data) < body + 16:
+                raise SpeechError("the speech program's WAV is truncated")
             _, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body:body + 16])
         elif chunk == b"data":
-            if rate is None or bits != 16:
+            if rate is None or bits != 16 or not channels or not 1000 <= rate <= 192000:
                 raise SpeechError("the speech program returned an unsupported WAV format")
             end = len(data) if size == 0 or body + size > len(data) else body + size
             pcm = data[body:end]

@@ -227,21 +227,22 @@ class MediaClock:
         self._keep_in_sync()
 
     def interrupt(self) -> int:
-        """Barge-in (from any thread). Returns the frame index of the cut."""
-        with self._step:
-            return self._cut()
+        """Barge-in (from any thread). Returns the frame index of the cut.
 
-    def _cut(self) -> int:
-        """Cut the session's timeline where it is playing, keeping the output delay: the
-        new timeline starts with silence as long as the audio was ahead of the slot playing."""
-        s, playing = self.session, self.player.next_slot
+        The cut itself may wait for the session's workers (they hold its locks while they
+        compute, at a lower priority); the clock goes on meanwhile, never waiting for it.
+        The new timeline then starts with silence as long as the audio was ahead of the
+        slot playing, so the output delay is kept."""
+        s = self.session
         spf = s.engine.feature_config.samples_per_frame
-        ahead = s.audio.end - playing * spf                      # 16 kHz samples
+        with self._step:
+            ahead = s.audio.end - self.player.next_slot * spf        # 16 kHz samples
         cut = self.feed.interrupt()
-        pad = ahead - (cut - playing) * spf
-        if self.player.start is not None and pad > 0:
-            s.push_audio(np.zeros(pad, np.float32), 16000)
-        self._recent_frames.clear()
+        with self._step:
+            pad = ahead - (s.audio.end - self.player.next_slot * spf)
+            if self.player.start is not None and pad > 0:
+                s.push_audio(np.zeros(pad, np.float32), 16000)
+            self._recent_frames.clear()
         return cut
 
     def _keep_in_sync(self) -> None:
