@@ -8,9 +8,12 @@ An Engine gives a session
     torch   eager PyTorch (CPU here; CUDA where present)
     onnx    onnxruntime: the encoder, the unrolled student sampler and the renderer exported
             to ONNX once and cached in the user cache directory
+    trt     TensorRT engines built from the same ONNX graphs (export.trt), cached on disk,
+            run on CUDA streams; needs TensorRT 10.14+ or TensorRT-RTX and a CUDA GPU
 """
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from models.audio import AudioFeatureExtractor, FeatureConfig
 from models.avatar import Avatar
 from models.generator import MotionGenerator, load_motion_model
 
-ENGINES = ("torch", "onnx")
+ENGINES = ("torch", "onnx", "trt")
 # the bundled checkpoint, unless TALKING_HEAD_CHECKPOINT names another
 DEFAULT_CHECKPOINT = Path(os.environ.get(
     "TALKING_HEAD_CHECKPOINT",
@@ -102,12 +105,70 @@ class OnnxEngine(Engine):
         return self._motion_runner
 
     def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
-        from export.renderer import OnnxRenderer, cached_renderer_export
+        from export.renderer import OnnxRenderer, cached_cpu_renderer_export
 
         runner = self._renderers.get(avatar.size)
         if runner is None:
-            runner = OnnxRenderer(cached_renderer_export(avatar), threads=self.threads)
+            # one thread, as torch's renderer: a session's stages already run in parallel
+            runner = OnnxRenderer(cached_cpu_renderer_export(avatar), threads=1)
             self._renderers[avatar.size] = runner
+        return runner(avatar, np.asarray(motion, np.float32))
+
+
+class TrtEngine(Engine):
+    """TensorRT: the encoder and the unrolled student in fp16, the renderer in fp32, each an
+    engine with a batch axis (windows, sessions, frames) shared by every session."""
+
+    name = "trt"
+
+    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, flavour: str | None = None):
+        from export import trt
+
+        try:
+            self.trt = trt.load_tensorrt(flavour)
+            self.target = trt.Target.local()
+        except trt.TensorRTUnavailable as e:
+            raise EngineError(str(e)) from None
+        self._renderers: dict[int, object] = {}
+        self._lock = threading.Lock()
+        super().__init__(checkpoint)
+        from export.motion import cached_motion_export
+
+        self._motion_runner = trt.TrtMotionSampler(self._runner(
+            cached_motion_export(self.motion, checkpoint),
+            trt.motion_profile(self.motion.config.chunk_frames), fp16=True, stem="motion"))
+
+    def _runner(self, onnx_path, profile, fp16: bool, stem: str):
+        from export import trt
+
+        try:
+            plan = trt.cached_engine(self.trt, onnx_path, profile, fp16, self.target, stem)
+            return trt.TrtRunner(self.trt, plan)
+        except (trt.TensorRTUnavailable, RuntimeError) as e:
+            raise EngineError(f"TensorRT engine {stem}: {e}") from None
+
+    def _encoder(self):
+        from export import trt
+        from export.audio_encoder import cached_audio_encoder
+
+        return trt.TrtEncoder(self._runner(cached_audio_encoder(self.feature_config),
+                                           trt.encoder_profile(), fp16=True,
+                                           stem="audio_encoder"))
+
+    def _sampler(self):
+        return self._motion_runner
+
+    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+        from export import trt
+        from export.renderer import cached_renderer_export
+
+        with self._lock:                      # one build per working size
+            runner = self._renderers.get(avatar.size)
+            if runner is None:
+                runner = trt.TrtRenderer(self._runner(
+                    cached_renderer_export(avatar), trt.renderer_profile(), fp16=False,
+                    stem=f"renderer{avatar.size}"))
+                self._renderers[avatar.size] = runner
         return runner(avatar, np.asarray(motion, np.float32))
 
 
@@ -118,6 +179,5 @@ def make_engine(name: str = "torch", checkpoint: str | Path = DEFAULT_CHECKPOINT
     if name == "onnx":
         return OnnxEngine(checkpoint)
     if name == "trt":
-        raise EngineError("the TensorRT engine is not built yet (export issue); "
-                          "use --engine torch or --engine onnx")
+        return TrtEngine(checkpoint)                  # always on the (first) CUDA device
     raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

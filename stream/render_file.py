@@ -1,7 +1,7 @@
 """Render an audio file through the streaming path into an mp4.
 
     python -m stream.render_file --avatar IMG --audio FILE --out OUT.mp4
-                                 [--motion-out M.npz] [--engine torch|onnx] [--seed S]
+                                 [--motion-out M.npz] [--engine torch|onnx|trt] [--seed S]
                                  [--size 512] [--checkpoint CKPT] [--preview DEMO.webp]
 
 The file is decoded at its own rate and fed to a Session in 20 ms pieces, as fast as the
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", required=True, help="speech audio, any format av decodes")
     parser.add_argument("--out", required=True, help="output mp4")
     parser.add_argument("--motion-out", help="also write the motion as npz")
-    parser.add_argument("--engine", default="torch", choices=["torch", "onnx"])
+    parser.add_argument("--engine", default="torch", choices=["torch", "onnx", "trt"])
     parser.add_argument("--checkpoint", help="motion checkpoint (default: assets/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=512, choices=[256, 512])
