@@ -40,22 +40,18 @@ serve: setup
 	$(PY) server.py
 
 # The default motion checkpoint (assets/motion_student.pt), from the project's own data and
-# training code: synthetic data -> degraded copies of its audio -> teacher on clean data ->
-# teacher fine-tuned on clean + degraded -> 2-step student. Resumable; ~2.5 h on 2 CPU cores.
+# training code: synthetic data -> teacher -> 2-step student. Resumable; ~1.5 h on 2 CPU cores.
+# (train.augment + a fine-tuning stage on degraded audio were measured and did not help:
+# benchmarks/RESULTS.md, "Degraded-audio fine-tuning".)
 WEIGHTS_HOURS ?= 1.5
 TEACHER_STEPS ?= 7000
-FINETUNE_STEPS ?= 3000
 weights: setup
 	$(PY) -m train.synth --hours $(WEIGHTS_HOURS) --out data/synth --workers 2 --no-progress
-	$(PY) -m train.augment --data data/synth --out data/synth_aug
 	$(PY) -m train.teacher --data data/synth --out runs/teacher --steps $(TEACHER_STEPS)
-	$(PY) -m train.teacher --data data/synth,data/synth_aug --out runs/teacher_aug \
-	  --init runs/teacher/last.pt --steps $(FINETUNE_STEPS) --lr 0.00015 --warmup 200
-	$(PY) -m train.distill --teacher runs/teacher_aug/teacher.pt --data data/synth,data/synth_aug \
-	  --out runs/student_aug
-	cp runs/student_aug/student.pt assets/motion_student.pt
+	$(PY) -m train.distill --teacher runs/teacher/teacher.pt --data data/synth --out runs/student
+	cp runs/student/student.pt assets/motion_student.pt
 	$(PY) -m train.evaluate --checkpoint assets/motion_student.pt \
-	  --teacher runs/teacher_aug/teacher.pt --data data/synth --json runs/evaluate.json
+	  --teacher runs/teacher/teacher.pt --data data/synth --limit 8 --json runs/evaluate.json
 
 lint: setup
 	$(PY) -m ruff check .
