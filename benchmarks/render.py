@@ -58,18 +58,21 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
 
 
-def side_by_side(runs: dict, frames: int, repeats: int) -> dict[str, tuple[float, float]]:
-    """(best, median) milliseconds per frame of each run(), which renders `frames` frames;
-    the runs take turns."""
+def side_by_side(runs: dict, frames: int, repeats: int) -> dict[str, tuple[float, ...]]:
+    """(best, median, best CPU) milliseconds per frame of each run(), which renders `frames`
+    frames on the calling thread; the runs take turns. The thread's CPU time leaves out the
+    time other jobs on a shared machine took the core away."""
     for run in runs.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             run()
             times[name].append((time.perf_counter() - start) * 1000.0 / frames)
-    return {name: (min(t), float(np.median(t))) for name, t in times.items()}
+            cpu[name].append((time.thread_time() - start_cpu) * 1000.0 / frames)
+    return {name: (min(t), float(np.median(t)), min(cpu[name])) for name, t in times.items()}
 
 
 def renderer_rows(args) -> None:
@@ -78,7 +81,8 @@ def renderer_rows(args) -> None:
     from export.renderer import KEEP_LAYOUT, cached_cpu_renderer_export, cached_renderer_export
 
     print(f"batch     {args.batch} frames, {args.repeats} batches per row\n")
-    print(f"{'size':>5} {'engine':>24} {'threads':>7} {'best ms/frame':>14} {'median':>8}")
+    print(f"{'size':>5} {'engine':>24} {'threads':>7} {'best ms/frame':>14} {'median':>8}"
+          f" {'best CPU':>9}")
     motion = motion_batch(args.batch)
     for size in args.sizes:
         avatar = prepare_avatar(size=size)
@@ -110,9 +114,10 @@ def renderer_rows(args) -> None:
                 notes[name] = (f"   (vs torch: max diff {diff.max()}, "
                                f"PSNR {psnr(frames, expected):.1f} dB)")
                 runs[name] = lambda s=session, f=feeds: s.run(["frames"], f)
-            for name, (best, median) in side_by_side(runs, args.batch, args.repeats).items():
+            timed = side_by_side(runs, args.batch, args.repeats)
+            for name, (best, median, best_cpu) in timed.items():
                 print(f"{size:>5} {name:>24} {threads:>7} {best:>14.1f} {median:>8.1f}"
-                      f"{notes.get(name, '')}", flush=True)
+                      f" {best_cpu:>9.1f}{notes.get(name, '')}", flush=True)
     torch.set_num_threads(1)
 
 

@@ -8,7 +8,7 @@ Two kinds of node are slow on onnxruntime's CPU provider, and the renderer is fu
                     over spans of the innermost axis at ~50 ns a span, so a tensor of
                     coordinate pairs costs 50x what the same values cost laid out flat
 
-`rewrite_for_cpu` changes the graph, not what it computes:
+`rewrite_for_cpu(fold_constants(path))` changes the graph, not what it computes:
 
     planar layout   a tensor whose trailing axes are small ([N, P, 2]) is carried with those
                     axes moved to the front ([2, N, P]) through chains of element-wise ops,
@@ -19,6 +19,8 @@ Two kinds of node are slow on onnxruntime's CPU provider, and the renderer is fu
 
 TensorRT gets the graph as exported: GridSample is a native layer there.
 """
+
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -353,17 +355,22 @@ class Rewriter:
 
     def reshape(self, node) -> bool:
         """A Reshape of the leading axes of a tensor whose k small trailing axes are planar
-        (moved to the front, in order): the same Reshape behind those k axes."""
-        data, target = node.input[0], node.input[1]
+        (moved to the front, in order): the same Reshape behind those k axes. The target
+        comes from the output's shape (at most one symbolic axis, written -1)."""
+        data = node.input[0]
         out_shape = self.shapes.get(node.output[0])
-        if data not in self.planar or target not in self.consts or out_shape is None:
+        if (data not in self.planar or out_shape is None
+                or sum(not isinstance(d, int) for d in out_shape) > 1):
             return False
         pname, perm = self.planar[data]
+        canonical = self.trailing_perm(data)
+        if perm != canonical and canonical is not None:     # e.g. a deferred Transpose
+            pname, perm = self.to_planar(data, canonical), canonical
         shape, r = self.shapes[data], len(perm)
         k = r - 1 - perm[-1]                           # canonical: perm = (r-k..r-1, 0..r-k-1)
-        new = [int(v) for v in self.consts[target]]
-        if (k == 0 or perm != tuple(range(r - k, r)) + tuple(range(r - k)) or 0 in new
-                or len(new) <= k or new[-k:] != shape[-k:] or out_shape[-k:] != shape[-k:]):
+        new = [d if isinstance(d, int) else -1 for d in out_shape]   # the target, static
+        if (k == 0 or perm != tuple(range(r - k, r)) + tuple(range(r - k)) or len(new) <= k
+                or new[-k:] != shape[-k:]):
             return False
         out = self.fresh(node.output[0])
         self.emit("Reshape", [pname, self.const(np.array(new[-k:] + new[:-k], np.int64))],
@@ -395,39 +402,42 @@ class Rewriter:
                            num_outputs=2)
 
         def coordinate(g, size):
-            """grid values -> (first pixel, next pixel) as int32, and the weight of the next."""
+            """grid values -> pixel coordinate clamped to the image (border padding): the
+            pixel before it, at most size - 2, as float, and the weight of the next one."""
             (g,) = self.emit("Reshape", [g, self.const(np.array([batch, 1, 1, hw], np.int64))])
-            (p,) = self.emit("Add", [g, self.const(np.float32(1.0))])
-            (p,) = self.emit("Mul", [p, self.const(np.float32(size / 2))])
-            (p,) = self.emit("Sub", [p, self.const(np.float32(0.5))])
+            (p,) = self.emit("Mul", [g, self.const(np.float32(size / 2))])
+            (p,) = self.emit("Add", [p, self.const(np.float32((size - 1) / 2))])
             (p,) = self.emit("Clip", [p, self.const(np.float32(0.0)),
                                       self.const(np.float32(size - 1))])
-            (p0,) = self.emit("Floor", [p])
-            (frac,) = self.emit("Sub", [p, p0])
-            (i0,) = self.emit("Cast", [p0], to=onnx.TensorProto.INT32)
-            (i1,) = self.emit("Add", [i0, self.const(np.int32(1))])
-            (i1,) = self.emit("Min", [i1, self.const(np.int32(size - 1))])
-            return i0, i1, frac                                      # [B, 1, 1, hw] each
+            (p0,) = self.emit("Min", [p, self.const(np.float32(size - 2))])
+            (p0,) = self.emit("Floor", [p0])
+            (frac,) = self.emit("Sub", [p, p0])                      # 0..1
+            return p0, frac                                          # [B, 1, 1, hw] each
 
-        x0, x1, fx = coordinate(gx, w)
-        y0, y1, fy = coordinate(gy, h)
-        row0, row1 = (self.emit("Mul", [y, self.const(np.int32(w))])[0] for y in (y0, y1))
-        corners = [self.emit("Add", [row, x])[0] for row in (row0, row1) for x in (x0, x1)]
+        x0, fx = coordinate(gx, w)
+        y0, fy = coordinate(gy, h)
+        (index,) = self.emit("Mul", [y0, self.const(np.float32(w))])
+        (index,) = self.emit("Add", [index, x0])                     # exact: < 2^24
+        (i00,) = self.emit("Cast", [index], to=onnx.TensorProto.INT32)
+        (i01,) = self.emit("Add", [i00, self.const(np.int32(1))])
+        (i10,) = self.emit("Add", [i00, self.const(np.int32(w))])
+        (i11,) = self.emit("Add", [i10, self.const(np.int32(1))])
+        corners = (i00, i01, i10, i11)
         (table,) = self.emit("Reshape", [self.original(image),
                                          self.const(np.array([batch, c, 1, h * w], np.int64))])
         planes = self.emit("Split", [table], [self.fresh("plane") for _ in range(c)], axis=1,
                            num_outputs=c) if c > 1 else [table]         # [B, 1, 1, HW] each
 
-        def lerp(a, b, t):
-            (d,) = self.emit("Sub", [b, a])
-            (d,) = self.emit("Mul", [d, t])
-            return self.emit("Add", [a, d])[0]
-
+        # bilinear weights of the four corners, once for all channels
+        one = self.const(np.float32(1.0))
+        (gx0,) = self.emit("Sub", [one, fx])
+        (gy0,) = self.emit("Sub", [one, fy])
+        weights = [self.emit("Mul", [wy, wx])[0] for wy in (gy0, fy) for wx in (gx0, fx)]
         channels = []
         for plane in planes:         # one channel at a time: no index is copied per channel
-            v00, v01, v10, v11 = (self.emit("GatherElements", [plane, i], axis=3)[0]
-                                  for i in corners)                    # [B, 1, 1, hw]
-            channels.append(lerp(lerp(v00, v01, fx), lerp(v10, v11, fx), fy))
+            terms = [self.emit("Mul", [self.emit("GatherElements", [plane, i], axis=3)[0], wt])[0]
+                     for i, wt in zip(corners, weights, strict=True)]    # [B, 1, 1, hw]
+            channels.append(self.emit("Sum", terms)[0])
         (result,) = self.emit("Concat", channels, axis=1) if c > 1 else channels
         shape = [d if isinstance(d, int) else -1 for d in out_shape]
         self.emit("Reshape", [result, self.const(np.array(shape, np.int64))], [node.output[0]])
@@ -463,6 +473,24 @@ class Rewriter:
         model = helper.make_model(new_graph, opset_imports=self.model.opset_import,
                                   ir_version=self.model.ir_version)
         return model
+
+
+def fold_constants(path: str | Path) -> onnx.ModelProto:
+    """The graph with its constant subgraphs folded (onnxruntime's basic level, which keeps
+    standard ONNX ops and the exporter's shapes). The exporter leaves index arithmetic on
+    constants in the graph: folded, the rewrite below sees constant axes, and TensorRT no
+    uint8 inside the network."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(folder) / "folded.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
 
 
 def rewrite_for_cpu(model: onnx.ModelProto) -> onnx.ModelProto:

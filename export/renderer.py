@@ -39,17 +39,18 @@ def cached_renderer_export(avatar: Avatar) -> Path:
 
 
 def cached_cpu_renderer_export(avatar: Avatar) -> Path:
-    """The renderer graph rewritten for onnxruntime's CPU provider (export.ort_cpu)."""
+    """The renderer graph, constants folded, rewritten for onnxruntime's CPU provider
+    (export.ort_cpu)."""
     import onnx
 
-    from export.ort_cpu import rewrite_for_cpu
+    from export.ort_cpu import fold_constants, rewrite_for_cpu
 
     source = cached_renderer_export(avatar)
     rewrite = hashlib.sha256(Path(__file__).with_name("ort_cpu.py").read_bytes()).hexdigest()
     path = source.with_name(f"{source.stem}-cpu{rewrite[:8]}.onnx")
     if not path.is_file():
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        onnx.save(rewrite_for_cpu(onnx.load(str(source))), str(tmp))
+        onnx.save(rewrite_for_cpu(fold_constants(source)), str(tmp))
         tmp.replace(path)
     return path
 

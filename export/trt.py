@@ -18,7 +18,10 @@ suite does so). Engines are cached under the user cache directory, keyed by the 
 sha256, the TensorRT flavour and version, the GPU (name and compute capability) and the
 profile.
 
-    python -m export.trt --out DIR [--size 512] [--target sm89]   build all three engines
+    python -m export.onnx --out graphs/                   the ONNX graphs (checked)
+    python -m export.trt --onnx graphs/ --out engines/    their engines for the local GPU
+    python -m export.trt --onnx graphs/ --out engines/ --target sm89 --flavour tensorrt_rtx
+                                                          the same without a GPU
 """
 
 import argparse
@@ -121,26 +124,11 @@ def sink_uint8_output(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def fold_constants(path: str | Path) -> onnx.ModelProto:
-    """The graph with its constant subgraphs folded (onnxruntime's basic level, which keeps
-    standard ONNX ops). The exporter leaves index arithmetic on constants in the graph,
-    some of it in uint8, which TensorRT refuses inside a network."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(Path(folder) / "folded.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return onnx.load(options.optimized_model_filepath)
-
-
 def prepare_graph(path: str | Path, fp16: bool) -> bytes:
     """The ONNX bytes TensorRT builds from: constants folded, uint8 only at the output,
     fp16 inside if asked."""
+    from export.ort_cpu import fold_constants
+
     model = sink_uint8_output(fold_constants(path))
     if fp16:
         model = to_fp16(model)
@@ -413,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         trt = load_tensorrt(args.flavour)
+        if args.target and not hasattr(trt.IBuilderConfig, "set_compute_capability"):
+            raise TensorRTUnavailable(f"--target needs TensorRT-RTX; {flavour_of(trt)} "
+                                      "builds for the local GPU only")
         target = Target(args.target, args.target) if args.target else Target.local()
     except TensorRTUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

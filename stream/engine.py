@@ -87,7 +87,9 @@ class TorchEngine(Engine):
 class OnnxEngine(Engine):
     name = "onnx"
 
-    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, threads: int = 2):
+    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, threads: int = 1):
+        # one intra-op thread per network, as the torch engine: a session's stages already
+        # run in parallel threads
         self.threads = threads
         self._renderers: dict[int, object] = {}
         super().__init__(checkpoint)
@@ -109,8 +111,7 @@ class OnnxEngine(Engine):
 
         runner = self._renderers.get(avatar.size)
         if runner is None:
-            # one thread, as torch's renderer: a session's stages already run in parallel
-            runner = OnnxRenderer(cached_cpu_renderer_export(avatar), threads=1)
+            runner = OnnxRenderer(cached_cpu_renderer_export(avatar), threads=self.threads)
             self._renderers[avatar.size] = runner
         return runner(avatar, np.asarray(motion, np.float32))
 
