@@ -15,8 +15,8 @@ by export.ort_cpu (--as-exported adds the graph as exported, for comparison). Bo
 are checked against torch before they are timed.
 
 --render-file AUDIO runs the whole offline path, stream.render_file, once per engine and
-repeat: frames per second of wall time, and the PSNR of the onnx engine's frames against the
-torch engine's.
+repeat: frames per second of wall time, the process's CPU time per frame (all its threads;
+robust to other jobs), and the PSNR of the onnx engine's frames against the torch engine's.
 """
 
 import argparse
@@ -134,10 +134,13 @@ def render_file_rows(args) -> None:
     engines = {name: make_engine(name) for name in ("torch", "onnx")}
     frames: dict[str, np.ndarray] = {}
     fps: dict[str, list[float]] = {name: [] for name in engines}
+    stages: dict[str, dict[str, float]] = {}
+    cpu: dict[str, list[float]] = {name: [] for name in engines}   # process CPU ms per frame
     for _ in range(args.render_repeats):
         for name, engine in engines.items():
             images: list[np.ndarray] = []
             session = Session(engine, avatar, seed=0)
+            start_cpu = time.process_time()
             try:
                 _, report = render_file(session, audio, rate,
                                         lambda image, _sound, keep=images: keep.append(image))
@@ -145,11 +148,16 @@ def render_file_rows(args) -> None:
                 session.close()
             frames[name] = np.stack(images)
             fps[name].append(report["fps"])
+            stages[name] = report["stages_ms"]
+            cpu[name].append((time.process_time() - start_cpu) * 1000.0 / len(images))
     seconds = len(audio) / rate
     print(f"\nrender_file: {seconds:.1f} s of audio, {len(frames['torch'])} frames at {size} px, "
           f"{args.render_repeats} runs per engine, engines in turns")
     for name in engines:
-        print(f"  {name:6s} best {max(fps[name]):5.1f} fps, median {np.median(fps[name]):5.1f} fps")
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in stages[name].items())
+        print(f"  {name:6s} best {max(fps[name]):5.1f} fps, median {np.median(fps[name]):5.1f} fps,"
+              f" best CPU {min(cpu[name]):5.1f} ms/frame (all threads)"
+              f"  (last run, wall ms per frame: {parts})")
     print(f"  onnx vs torch frames: PSNR {psnr(frames['onnx'], frames['torch']):.1f} dB")
 
 
