@@ -15,10 +15,13 @@ chunk and leaves jaw_open's correlation with the uncorrected output at >= 0.99.
 Two guards keep an open-ended stream where the model was trained, without visible effect:
   - every frame is clamped to the motion space's documented ranges;
   - posture anchoring: the model continues whatever posture its carry shows, so over minutes
-    small biases add up (a head that slowly sinks). The slow mean of the head pose (an EMA
-    over POSTURE_AVERAGE_S) is pulled back towards the training mean (zero) with time
-    constant POSTURE_PULL_S, as a smooth ramp inside each chunk (0.03 deg per frame for a
-    5 deg offset); the carry holds the corrected frames, so the model continues from them.
+    small biases add up (a head that slowly sinks), and in long pure silence (a carry of
+    nothing but silence looks like a stream's start, where training targets jump to a
+    speaker's resting posture) it turns the head away by 10-15 degrees and keeps it there.
+    The slow mean of the head pose (an EMA over POSTURE_AVERAGE_S) is pulled back towards
+    the portrait's pose (zero) with time constant POSTURE_PULL_S, and its 0.5 s mean is held
+    inside soft bounds (POSTURE_BOUND), as a smooth ramp inside each chunk; the carry holds
+    the corrected frames, so the model continues from them.
 
 Checkpoint (a torch.save dict, see save_checkpoint):
     kind ("teacher" | "student"), config (MotionConfig), normalizer, feature_config,
@@ -40,6 +43,11 @@ HEAD = [motion_space.index(n) for n in
 SEAM_PULL = (0.3, 0.1)
 POSTURE_AVERAGE_S = 4.0
 POSTURE_PULL_S = 6.0
+# the posture's soft bounds (yaw, pitch, roll in degrees; translation unbounded): 1.5x the
+# spread of the synthetic speakers' resting postures (train/visemes.py). Beyond them the
+# 0.5 s mean is pulled back with a 0.5 s time constant.
+POSTURE_BOUND = np.array([6.0, 4.5, 3.0, np.inf, np.inf, np.inf], np.float32)
+POSTURE_BOUND_S = 0.5
 FPS = 25
 
 
@@ -155,6 +163,7 @@ class MotionGenerator:
         self.carry = np.zeros((k, motion_space.D), np.float32)          # neutral face
         self.carry_audio = np.repeat(self.silence_feature[None], k, axis=0)
         self.posture = np.zeros(len(HEAD), np.float32)     # slow mean of the head pose
+        self.recent_pose = np.zeros(len(HEAD), np.float32) # its 0.5 s mean
 
     def _continue_seam(self, motion: np.ndarray) -> np.ndarray:
         """Pull the chunk's first frames towards where the carried frames were heading."""
@@ -167,11 +176,17 @@ class MotionGenerator:
     def _anchor(self, motion: np.ndarray) -> np.ndarray:
         """Clamp to the documented ranges and pull the slow head posture towards zero."""
         keep = np.float32(np.exp(-1.0 / (POSTURE_AVERAGE_S * FPS)))
+        keep_recent = np.float32(np.exp(-1.0 / (POSTURE_BOUND_S * FPS)))
         pull = np.float32(1.0 / (POSTURE_PULL_S * FPS))
+        pull_back = np.float32(1.0 / (POSTURE_BOUND_S * FPS))
         motion = motion.copy()
         for k in range(len(motion)):
             self.posture = keep * self.posture + (1 - keep) * motion[k, HEAD]
-            motion[k:, HEAD] -= pull * self.posture       # this frame and the rest of the chunk
+            self.recent_pose = keep_recent * self.recent_pose + (1 - keep_recent) * motion[k, HEAD]
+            excess = np.sign(self.recent_pose) * np.maximum(np.abs(self.recent_pose)
+                                                            - POSTURE_BOUND, 0)
+            # this frame and the rest of the chunk move together: a ramp, not a step
+            motion[k:, HEAD] -= pull * self.posture + pull_back * excess
         return motion_space.clip(motion)
 
     def generate(self, features: np.ndarray) -> np.ndarray:

@@ -216,3 +216,26 @@ def test_carryover_makes_consecutive_chunks_continuous(default_model, real_speec
     with_carry, without = generate(True), generate(False)
     assert with_carry <= 1.15
     assert without > 2 * with_carry
+
+
+def test_long_silence_keeps_the_head_near_the_portrait_pose_and_alive(default_model):
+    """40 s of pure silence (an avatar waiting for someone to speak). Unguarded, this model
+    turns the head 10-15 degrees away and keeps it there; the generator's posture anchor
+    holds each second's mean head pose near its soft bounds, and the head keeps moving."""
+    from models.audio import AudioFeatureExtractor, FeatureConfig
+    from models.generator import POSTURE_BOUND
+
+    fields = {k: v for k, v in default_model.feature_config.items()
+              if k in FeatureConfig.__dataclass_fields__}
+    extractor = AudioFeatureExtractor(FeatureConfig(**fields))
+    silence = extractor.features(np.zeros(extractor.config.window_samples, np.float32))[0]
+    head = [motion_space.index(n) for n in ("head_yaw", "head_pitch", "head_roll")]
+    for seed in (0, 1):
+        g = MotionGenerator(default_model, silence, seed=seed)
+        motion = np.concatenate([g.generate(np.repeat(silence[None], 2, 0))
+                                 for _ in range(500)])[:, head]            # [1000, 3]
+        per_second = motion.reshape(40, 25, 3).mean(axis=1)
+        # soft bounds: the model keeps pushing, so the mean settles up to ~2.5 deg beyond them
+        assert np.all(np.abs(per_second) <= POSTURE_BOUND[:3] + 3.0), per_second
+        assert motion.std(axis=0).max() > 0.3
+        assert np.all(motion_space.clip(motion) == motion)
