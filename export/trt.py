@@ -236,6 +236,8 @@ def build_engine(trt, onnx_bytes: bytes, profile: Profile, target: Target | None
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         dims = list(tensor.shape)
+        if -1 not in dims:
+            continue                            # static (the avatar's tensors): no range
         names = iter(profile.bind.get(tensor.name, ()))
         low, opt, high = [], [], []
         for d in dims:
@@ -306,10 +308,14 @@ class TrtRunner:
         self.lock = threading.Lock()
 
     def _torch_dtype(self, dtype):
-        t, torch = self.trt.DataType, self.torch
-        table = {t.FLOAT: torch.float32, t.HALF: torch.float16, t.INT32: torch.int32,
-                 t.INT64: torch.int64, t.UINT8: torch.uint8, t.BOOL: torch.bool}
-        return table[dtype]
+        torch = self.torch
+        names = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
+                 "INT32": torch.int32, "INT64": torch.int64, "UINT8": torch.uint8,
+                 "INT8": torch.int8, "BOOL": torch.bool}
+        for name, torch_dtype in names.items():
+            if getattr(self.trt.DataType, name, None) == dtype:
+                return torch_dtype
+        raise RuntimeError(f"engine tensor of type {dtype}: no torch buffer type for it")
 
     def __call__(self, feeds: dict) -> dict:
         """feeds: input name -> array or tensor (moved to the GPU). Returns output name ->
