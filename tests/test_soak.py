@@ -1,0 +1,39 @@
+"""The soak benchmark, shortened: one session streams real speech with pauses for about a
+minute through the real server over loopback WebRTC (benchmarks/soak.py; the 30-minute
+run's figures are in benchmarks/RESULTS.md).
+
+Checked: lips and sound stay within one frame (40 ms) of each other on the sender's clock,
+utterance after utterance; no video slot or audio frame the server sent is lost without
+being counted; the server's memory, threads and file descriptors stay level; the server
+stops cleanly (SIGTERM, exit status 0, no traceback in its log).
+"""
+
+import json
+
+from test_server import OUT, checkpoint
+
+SECONDS = 75.0
+
+
+def test_soak_shortened():
+    from benchmarks.soak import soak
+
+    result = soak(SECONDS, size=256, checkpoint=str(checkpoint()), log=OUT / "soak_server.log")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "soak.json").write_text(json.dumps(result, indent=1))
+    summary = {k: v for k, v in result.items() if k not in ("utterance_rows", "per_minute")}
+    print("\nsoak:", json.dumps(summary))
+
+    assert result["server_exit_code"] == 0 and result["server_log_tracebacks"] == 0, summary
+    video, audio, memory = result["video"], result["audio"], result["memory"]
+    assert video["lost_unreported"] == 0 and audio["lost_unreported"] == 0, summary
+    assert video["received"] >= 0.95 * (SECONDS - 5) * 25, summary      # 25 slots a second
+    assert memory["rss_mb_end"] - memory["rss_mb_after_warmup"] < 50, summary
+    assert memory["threads"][1] <= memory["threads"][0] + 2, summary
+    assert memory["fds"][1] <= memory["fds"][0] + 5, summary
+    # Lip sync needs pictures rendered in time: on a CPU starved by other work they repeat
+    # and the mouth cannot be followed (the offset then says nothing); say so plainly.
+    assert video["fresh_share"] > 0.8, f"too few fresh frames: is the machine loaded? {summary}"
+    offsets = result["av_offset_ms"]
+    assert result["utterances_valid"] >= result["utterances"] // 2, summary
+    assert offsets["worst_abs"] <= 40, summary
