@@ -101,7 +101,8 @@ class ServerProcess:
 
 
 def start_server(name: str, *args: str, timeout: float = 120.0, host: str = "127.0.0.1",
-                 prefix: tuple[str, ...] = (), env: dict | None = None) -> ServerProcess:
+                 prefix: tuple[str, ...] = (), env: dict | None = None,
+                 token: str | None = None) -> ServerProcess:
     """`python server.py` on a free port (listening on `host`, reached over 127.0.0.1),
     run under `prefix` (e.g. unshare) when given; returns once /health answers. A server on a
     non-loopback host prints the access token it made: it is read from its output."""
@@ -116,7 +117,7 @@ def start_server(name: str, *args: str, timeout: float = 120.0, host: str = "127
     with open(log, "w") as f:
         process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})})
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log, token)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -1406,6 +1407,73 @@ def test_full_disk_when_caching_avatars(exposed):
     assert "could not write the avatar cache" in exposed.log.read_text()   # it was full
     assert preview[0] == 200 and preview[1] > 1000, preview
     assert audio[0] == 200 and audio[1]["seconds"] > 0.5, audio
+
+
+def test_page_passes_the_token(tmp_path):
+    """A server with an access token, and the page opened as /?token=...: in headless
+    Chromium the page lists and shows the portraits, uploads one, connects, streams and
+    hears the server over its websocket, all with the token it took from its own URL; the
+    server saw no request without it (besides the page and its static files)."""
+    from pathlib import Path as _Path
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = _Path("/usr/bin/chromium")
+    assert chromium.is_file(), "apt-get install chromium (the Makefile installs it)"
+    token = "test-token-" + "x" * 16
+    server = start_server("token_page_server", "--max-sessions", "1", "--token", token,
+                          token=token)
+    problems, result = [], {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(chromium), headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                      "--no-first-run", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync",
+                      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                      "--allow-loopback-in-peer-connection"])
+            page = browser.new_page()
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(f"{server.url}/?token={token}")
+            page.wait_for_selector("#avatars button img")
+            page.wait_for_function("[...document.querySelectorAll('#avatars img')]"
+                                   ".every((im) => im.complete && im.naturalWidth > 0)")
+            page.set_input_files("#upload", str(ROOT / "assets" / "grace_hopper.jpg"))
+            page.wait_for_function("document.querySelectorAll('#avatars button').length >= 3",
+                                   timeout=60_000)
+            page.click("#connect")
+            page.wait_for_function("window.talkingHead.server.type === 'stats'",
+                                   timeout=60_000)
+            result["status"] = page.inner_text("#status")
+            result["portraits"] = page.evaluate("document.querySelectorAll('#avatars "
+                                                "button').length")
+            page.click("#connect")                       # disconnect: DELETE with the token
+            page.wait_for_function("document.getElementById('connect').textContent "
+                                   "=== 'Connect'")
+            browser.close()
+        deadline = time.monotonic() + 15
+        while server.get("/health", token)[1]["sessions"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        result["sessions_after"] = server.get("/health", token)[1]["sessions"]
+        result["unauthorized"] = metrics_from_text(server.get("/metrics", token)[1]).get(
+            "talking_head_unauthorized_total")
+    finally:
+        server.stop()
+    report("token_page", result)
+    assert not problems, problems
+    assert result["portraits"] >= 3, result
+    assert result["sessions_after"] == 0, result
+    assert result["unauthorized"] == 0, result
+
+
+def metrics_from_text(text: str) -> dict[str, float]:
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
 
 
 async def vanishing_client(url: str) -> None:
