@@ -43,10 +43,10 @@ HEAD = [motion_space.index(n) for n in
 SEAM_PULL = (0.3, 0.1)
 POSTURE_AVERAGE_S = 4.0
 POSTURE_PULL_S = 6.0
-# the posture's soft bounds (yaw, pitch, roll in degrees; translation unbounded): 1.5x the
+# the posture's soft bounds (yaw, pitch, roll in degrees; translation unbounded): ~2.3x the
 # spread of the synthetic speakers' resting postures (train/visemes.py). Beyond them the
 # 0.5 s mean is pulled back with a 0.5 s time constant.
-POSTURE_BOUND = np.array([6.0, 4.5, 3.0, np.inf, np.inf, np.inf], np.float32)
+POSTURE_BOUND = np.array([9.0, 7.0, 5.0, np.inf, np.inf, np.inf], np.float32)
 POSTURE_BOUND_S = 0.5
 FPS = 25
 

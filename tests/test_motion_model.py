@@ -220,8 +220,9 @@ def test_carryover_makes_consecutive_chunks_continuous(default_model, real_speec
 
 def test_long_silence_keeps_the_head_near_the_portrait_pose_and_alive(default_model):
     """40 s of pure silence (an avatar waiting for someone to speak). Unguarded, this model
-    turns the head 10-15 degrees away and keeps it there; the generator's posture anchor
-    holds each second's mean head pose near its soft bounds, and the head keeps moving."""
+    turns the head 13-15 degrees away (yaw and pitch) and keeps it there; the generator's
+    posture anchor holds each second's mean head pose near its soft bounds (9/7/5 degrees),
+    and the head keeps moving."""
     from models.audio import AudioFeatureExtractor, FeatureConfig
     from models.generator import POSTURE_BOUND
 
@@ -236,7 +237,7 @@ def test_long_silence_keeps_the_head_near_the_portrait_pose_and_alive(default_mo
                                for _ in range(500)])                       # [1000, D]
         motion = full[:, head]
         per_second = motion.reshape(40, 25, 3).mean(axis=1)
-        # soft bounds: the model keeps pushing, so the mean settles up to ~2.5 deg beyond them
-        assert np.all(np.abs(per_second) <= POSTURE_BOUND[:3] + 3.0), per_second
+        # soft bounds: the model keeps pushing, so the mean settles up to ~1.5 deg beyond them
+        assert np.all(np.abs(per_second) <= POSTURE_BOUND[:3] + 2.0), per_second
         assert motion.std(axis=0).max() > 0.3
         assert np.all(motion_space.clip(full) == full)
