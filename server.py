@@ -74,7 +74,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -168,6 +168,7 @@ class LiveSession:
     tasks: list = field(default_factory=list)
     counted: dict = field(default_factory=dict)      # player/session counters already reported
     recent_latency: list = field(default_factory=list)   # seconds, the last second's frames
+    speaking: bool = False                           # a text is being synthesised
     closed: bool = False
 
 
@@ -189,6 +190,9 @@ class Server:
         self.ending: set[asyncio.Task] = set()            # sessions being ended by the watch
         self.metrics = Metrics()
         self.portraits: ProcessPoolExecutor | None = None     # started by the first upload
+        # what clients ask for (speech synthesis, audio decoding) runs on threads of its
+        # own: a flood of it queues there, never in front of sessions starting and ending
+        self.work = ThreadPoolExecutor(2, thread_name_prefix="client-work")
 
     @property
     def max_sessions(self) -> int:
@@ -484,6 +488,7 @@ class Server:
                              return_exceptions=True)
         if self.portraits is not None:
             self._drop_portrait_pool(self.portraits)
+        self.work.shutdown(wait=False, cancel_futures=True)
         left = await asyncio.get_running_loop().run_in_executor(None, join_session_threads,
                                                                 20.0)
         if left:
@@ -828,7 +833,7 @@ async def session_audio(request):
     loop = asyncio.get_running_loop()
     try:
         audio, rate = await loop.run_in_executor(
-            None, decode_audio_bytes, data, limits.max_audio_file_bytes,
+            server.work, decode_audio_bytes, data, limits.max_audio_file_bytes,
             limits.max_queued_seconds)
         queued = live.feed.queue(audio, rate)
     except AudioInputError as e:
@@ -1030,8 +1035,15 @@ class ControlChannel:
             voice = message.get("voice") or DEFAULT_VOICE
             if not isinstance(voice, str):
                 raise ClientError(400, '"voice" must be a string such as "espeak/en-us"')
-            audio, rate = await loop.run_in_executor(None, lambda: speak(
-                text, voice, max_characters=limits.max_text_chars))
+            if live.speaking:
+                raise ClientError(429, "a text is being synthesised for this session: wait "
+                                       "for its ok")
+            live.speaking = True
+            try:
+                audio, rate = await loop.run_in_executor(self.server.work, lambda: speak(
+                    text, voice, max_characters=limits.max_text_chars))
+            finally:
+                live.speaking = False
             queued = live.feed.queue(audio, rate)
             await self.send({"type": "ok", "for": "speak", "seconds": round(audio.size / rate, 3),
                              "queued_seconds": round(queued, 3)})

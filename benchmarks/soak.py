@@ -392,6 +392,8 @@ def analyse(rec: Recording, sent_at: float, program: Program, mouths: dict, fina
         inside = [r for r in valid if minute * 60 <= r["t"] < (minute + 1) * 60]
         figs = [f for t, f in rec.figures if minute * 60 < t <= (minute + 1) * 60]
         frames = int(np.sum((va >= sent_at + minute * 60) & (va < sent_at + (minute + 1) * 60)))
+        stats = [m for t, m in rec.stats if minute * 60 <= t - sent_at < (minute + 1) * 60]
+        server_latency = [m["latency_ms"] for m in stats if m.get("latency_ms") is not None]
         per_minute.append({
             "minute": minute + 1, "utterances": sum(minute * 60 <= r["t"] < (minute + 1) * 60
                                                     for r in rows),
@@ -402,6 +404,9 @@ def analyse(rec: Recording, sent_at: float, program: Program, mouths: dict, fina
             "audio_delay_median_ms": float(np.median([r["audio_delay_ms"] for r in inside]))
             if inside else None,
             "received_fps": round(frames / 60.0, 2),
+            "fresh_fps": round(float(np.mean([m["fps"] for m in stats])), 2) if stats else None,
+            "server_latency_ms": float(np.median(server_latency)) if server_latency else None,
+            "added_delay_ms": stats[-1].get("added_delay_ms") if stats else None,
             "rss_mb": figs[-1]["rss_mb"] if figs else None})
 
     # frames lost: slots the server put on the wire that never arrived here
