@@ -11,9 +11,11 @@ real-time pace in 20 ms packets, as a microphone sends it, into N concurrent ses
 in-process (default)
     Packet j of session i is pushed at start_i + 0.02 j (start_i = t0 + i * 80 ms / N: the
     sessions' chunks are spread over one chunk period, as independent users' would be);
-    after the speech the session's tick() fills silence, as the server's clock does.
+    after the speech the microphone sends 1 s of silence, then the run ends.
     Each session has a stream.player.Player on the media clock (slot k due at the first
-    frame's arrival + k / 25 s, plus --margin-ms), and an output thread that encodes every
+    frame's arrival + --margin-ms + k / 25 s: the Player skips a frame that misses its slot,
+    so the margin is the slack later chunks have over the first; it is part of every
+    latency, the first frame's included), and an output thread that encodes every
     slot's picture with aiortc's own encoder for --codec (libx264 / libvpx, the settings
     aiortc's sender uses; at most 0.4 s of slots wait, as on the server's video track).
     A frame is "out" when its slot's encode has finished.
@@ -38,6 +40,9 @@ Definitions (per session; the JSON's top level pools or takes the worst session)
                       counts with the audio of its slot). Pooled over sessions.
     render_latency_ms_pXX   in-process: own audio in -> frame rendered (compute only, before
                       waiting for its slot and encoding).
+    lateness_ms_p50_p95_max   in-process: frame rendered - its slot due, over every frame
+                      rendered (+: late, it was skipped; -: slack): how much more --margin-ms
+                      the run would have needed to show them.
     fps               fresh frames out per second, the slowest session (in-process: frames
                       shown in their own slot / the span of slots; --webrtc: decoded frames
                       per second x the share of slots the server filled with a fresh frame).
@@ -143,11 +148,13 @@ class FrameTracer:
     def __init__(self, session):
         self.session = session
         self.by_image: dict[int, object] = {}
+        self.taken: list[tuple[int, float]] = []     # (index, rendered) of every frame taken
 
     def next_frame(self, timeout=None):
         frame = self.session.next_frame(timeout)
         if frame is not None:
             self.by_image[id(frame.image)] = frame
+            self.taken.append((frame.index, frame.rendered))
         return frame
 
     def forget_before(self, index: int) -> None:
@@ -223,18 +230,19 @@ def run_inprocess(engine, avatar, audio: np.ndarray, streams: int, codec: str = 
     from stream.player import Player
     from stream.session import Session
 
-    sessions = [Session(engine, avatar, seed=i, realtime=True) for i in range(streams)]
-    tracers = [FrameTracer(s) for s in sessions]
-    players = [Player(t) for t in tracers]
     outputs = [Output(codec) for _ in range(streams)]
     for o in outputs:
         o.start()
+    sessions = [Session(engine, avatar, seed=i, realtime=True) for i in range(streams)]
+    tracers = [FrameTracer(s) for s in sessions]
+    players = [Player(t) for t in tracers]
+    audio = np.concatenate([audio, np.zeros(int(tail * RATE), np.float32)])   # then silence
     pieces = math.ceil(audio.size / PACKET)
     pushed = [0] * streams
     first_in = [0.0] * streams                   # when each session's first packet went in
     cpu0, t0 = time.process_time(), time.perf_counter() + 0.02
     starts = [t0 + i * CHUNK_SECONDS / streams for i in range(streams)]
-    end = starts[-1] + audio.size / RATE + tail
+    end = starts[-1] + audio.size / RATE
     try:
         while (now := time.perf_counter()) < end:
             wake = now + 0.01
@@ -248,10 +256,8 @@ def run_inprocess(engine, avatar, audio: np.ndarray, streams: int, codec: str = 
                     pushed[i] += 1
                 if pushed[i] < pieces:
                     wake = min(wake, starts[i] + pushed[i] * 0.02)
-                    if not pushed[i]:
-                        continue
-                else:
-                    session.tick(now)          # after the speech: silence, as a server fills it
+                if not pushed[i]:
+                    continue
                 if session.stats.errors:
                     raise RuntimeError("; ".join(session.stats.errors))
                 if player.start is None:
@@ -275,13 +281,14 @@ def run_inprocess(engine, avatar, audio: np.ndarray, streams: int, codec: str = 
         for s in sessions:
             s.close()
     cpu = time.process_time() - cpu0
-    rows = [session_summary(s, p, o, start)
-            for s, p, o, start in zip(sessions, players, outputs, first_in, strict=True)]
+    rows = [session_summary(s, p, o, start, t)
+            for s, p, o, start, t in zip(sessions, players, outputs, first_in, tracers,
+                                         strict=True)]
     return {"sessions": rows, "cpu_percent": round(100 * cpu / wall, 1),
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def session_summary(session, player, output, start: float) -> dict:
+def session_summary(session, player, output, start: float, tracer) -> dict:
     slots = output.done
     if not slots:
         raise RuntimeError("no frame came out: " + "; ".join(session.stats.errors))
@@ -294,10 +301,14 @@ def session_summary(session, player, output, start: float) -> dict:
     stages = {k: round(v, 2) for k, v in session.stats.stage_means().items()}
     stages["encode"] = round(float(np.mean([s.encode_ms for s in slots])), 2)
     late = session.stats.late_frames          # not rendered: their slots had already played
+    # rendered - due of every frame rendered (+: after its slot): what a margin must cover
+    lateness = [(t - (player.start + index / FPS)) * 1000 for index, t in tracer.taken]
     return {
         "first_frame_ms": round((slots[0].out - start) * 1000, 1),
         "latency_ms_p50": p50, "latency_ms_p95": p95, "latency_ms_p99": p99,
         "render_latency_ms_p50": r50, "render_latency_ms_p95": r95,
+        "lateness_ms_p50_p95_max": [*percentiles(lateness, (50, 95)),
+                                    round(max(lateness), 1)],
         "fps": round(len(fresh) / span, 2), "output_fps": round(len(slots) / span, 2),
         "slots": len(slots), "fresh_frames": len(fresh),
         "repeated_frames": player.stats.repeated,
@@ -604,8 +615,10 @@ def parser() -> argparse.ArgumentParser:
                    help="through the real server to aiortc clients on 127.0.0.1")
     p.add_argument("--seconds", type=float, default=20.0, help="speech per run")
     p.add_argument("--codec", default="h264", choices=["h264", "vp8"])
-    p.add_argument("--margin-ms", type=float, default=0.0,
-                   help="in-process: output delay added after the first frame (slack)")
+    p.add_argument("--margin-ms", type=float, default=80.0,
+                   help="in-process: output delay added after the first frame, slack for "
+                        "chunks slower than the first (default one chunk period, 80 ms; the "
+                        "server's media clock uses 250 ms and resyncs)")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--sweep-streams", action="store_true")
     p.add_argument("--max-streams", type=int, default=16)

@@ -44,8 +44,7 @@ def test_in_process_run(tmp_path):
     from benchmarks.latency import main
 
     out, png = tmp_path / "latency.json", OUT / "latency_benchmark.png"
-    result = main(["--engine", "torch", "--size", "256", "--seconds", "4", "--margin-ms", "100",
-                   "--json", str(out),
+    result = main(["--engine", "torch", "--size", "256", "--seconds", "4", "--json", str(out),
                    "--plot", str(png)])
     check_result(result, out)
     assert result["mode"] == "inprocess"
