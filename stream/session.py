@@ -20,8 +20,9 @@ Frame content depends only on the audio and the seed, never on how the audio was
 pieces. In real-time mode (`tick()` called by a clock), silence fills the timeline while no
 audio arrives, so the avatar idles instead of freezing.
 
-Falling behind in real time: a chunk whose slots the player has already played is not
-rendered (its motion still is, for the carry); it counts in stats.late_frames.
+Falling behind in real time: a chunk whose slots the player played more than LATE_MARGIN
+frames (1 s) ago is not rendered (its motion still is, for the carry); it counts in
+stats.late_frames. (Skipping at any lateness starved the WebRTC clock of fresh frames.)
 
 Barge-in: interrupt() cuts the timeline at the first block boundary not yet handed out;
 queued audio, features, motion and frames after it are dropped, chunks in flight are
@@ -47,6 +48,7 @@ PLAYBACK_PER_FRAME = PLAYBACK_RATE // 25      # 1920 samples of 48 kHz audio per
 SETTLE = [motion_space.index(n) for n in ("jaw_open", "upper_lip_raise", "lower_lip_depress",
                                           "lip_pucker")]
 RENDER_QUEUE = 8              # chunks sampled but not yet rendered
+LATE_MARGIN = 25              # real time: a chunk this many frames behind the player is skipped
 
 
 @dataclass
@@ -403,7 +405,8 @@ class Session:
                     return
                 if chunk.epoch != self._epoch:
                     continue
-                if self.realtime and chunk.start + len(chunk.motion) <= self._delivered:
+                if (self.realtime
+                        and chunk.start + len(chunk.motion) + LATE_MARGIN <= self._delivered):
                     # compute fell behind and the player has moved past these slots: their
                     # pictures would only be skipped, so do not spend a render on them
                     with self._lock:
