@@ -22,7 +22,8 @@ audio arrives, so the avatar idles instead of freezing.
 
 Falling behind in real time: a chunk whose slots the player played more than LATE_MARGIN
 frames (1 s) ago is not rendered (its motion still is, for the carry); it counts in
-stats.late_frames. (Skipping at any lateness starved the WebRTC clock of fresh frames.)
+stats.late_frames. (The margin is a precaution: skipping at any lateness gave the WebRTC
+microphone test fewer fresh frames in a single run on a loaded machine.)
 
 Barge-in: interrupt() cuts the timeline at the first block boundary not yet handed out;
 queued audio, features, motion and frames after it are dropped, chunks in flight are
