@@ -668,7 +668,7 @@ def _quote(value) -> str:
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
+    return f"{n / 2**20:.4g} MiB" if n >= 2**20 else f"{n / 2**10:.4g} KiB"
 
 
 # ------------------------------------------------------------------------------ HTTP handlers
