@@ -107,6 +107,7 @@ MAX_UPLOADED_AVATARS = 64
 MAX_BAD_MESSAGES = 20
 WS_SEND_BUFFER = 64 * 1024     # kernel send buffer of a websocket
 MAX_SDP_SECTIONS = 16          # m= sections in an offer (a browser sends 2 or 3)
+TRIM_SECONDS = 30.0            # freed memory is given back to the system this often
 COMPUTE_NICE = 10             # sessions' compute threads run this much below the media path
 SAMPLE_TYPES = {"s16": np.dtype("<i2"), "f32": np.dtype("<f4")}
 AUDIBLE = 32                   # microphone peak (int16) that counts as a client being there
@@ -390,8 +391,12 @@ class Server:
     async def watch(self) -> None:
         """Once a second: collect metrics and end sessions that failed, whose peer is gone,
         or whose client has been idle too long."""
+        trimmed = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
+            if time.monotonic() - trimmed > TRIM_SECONDS:   # long sessions free memory too
+                trimmed = time.monotonic()
+                await asyncio.get_running_loop().run_in_executor(None, release_memory)
             for live in list(self.sessions.values()):
                 if live.closed:                 # ending meanwhile (its threads stopping)
                     continue

@@ -26,7 +26,11 @@ output holds the last picture over silence (it never stops: 25 slots a second); 
 pictures are then on time again instead of trailing the sound. When frames are produced
 slower than 25 fps (a machine without the compute), waiting cannot help: the pictures repeat
 and trail the sound, and the stats say so (only the session could catch up, by skipping
-work). The other way round, when every frame of the last second waited long for its slot
+work). The delay added is capped (MAX_ADDED_DELAY_SECONDS in all, net of silence skipped):
+a CPU starved in bursts renders its backlog at more than 25 fps when it gets time back,
+which looks like "keeping up, but late", and without the cap the latency grew by steps
+without bound (44 s after 22 minutes in a soak on a loaded machine), holding every frame
+of it in memory. The other way round, when every frame of the last second waited long for its slot
 and voice activity detection hears nothing in the slots to skip, the clock skips that much
 silence (sound and picture), so a slow start does not cost latency for the rest of the
 session.
@@ -70,6 +74,7 @@ EARLY_KEEP_SECONDS = 0.08              # the wait left after skipping silence
 RESYNC_MARGIN_SECONDS = 0.06           # added to the lateness when the delay grows
 RESYNC_IN_SPEECH_SECONDS = 0.4         # lateness that cannot wait for a pause in speech
 MAX_RESYNC_SECONDS = 1.0               # largest single delay step
+MAX_ADDED_DELAY_SECONDS = 1.5          # most delay added in all (net of silence skipped)
 FULL_RATE = 0.95 * 25                  # frames per second that count as keeping up
 START_MARGIN_SECONDS = 0.25            # first frame -> its slot, beyond the chunk difference
 
@@ -130,6 +135,7 @@ class MediaClock:
         #                 (frame index, rendered at, rendered - due, speech) of recent frames
         self._last_frame = None
         self.added_delay = 0.0                 # output delay added (+) or skipped (-), s
+        self._at_cap = False                   # added_delay reached MAX_ADDED_DELAY_SECONDS
         self._held: list = []                      # frames that leave at the next tick
         self._out_slots = 0                        # output slots sent (the timestamps' count)
         self._out_start = 0.0                      # perf_counter() of output slot 0
@@ -261,8 +267,15 @@ class MediaClock:
             (first, t0, _, _), (last, t1, _, _) = recent[-LATE_WINDOW], recent[-1]
             if (last - first) < FULL_RATE * (t1 - t0):
                 return                              # compute-bound: waiting cannot help
+            room = MAX_ADDED_DELAY_SECONDS - self.added_delay
+            if room < 1.0 / FPS:
+                if not self._at_cap:
+                    self._at_cap = True
+                    log.warning("output delay at its cap (%.0f ms added): late pictures "
+                                "will trail the sound", self.added_delay * 1000)
+                return                              # pictures trail; latency does not grow
             lateness = float(np.percentile(late, 90))
-            shift = min(lateness + RESYNC_MARGIN_SECONDS, MAX_RESYNC_SECONDS)
+            shift = min(lateness + RESYNC_MARGIN_SECONDS, MAX_RESYNC_SECONDS, room)
             if lateness < RESYNC_IN_SPEECH_SECONDS and (frame.speech or not self._silent(
                     player.next_slot, player.next_slot + int(shift * FPS) + 2)):
                 return                              # wait for a pause
@@ -279,6 +292,7 @@ class MediaClock:
         else:
             return
         self.added_delay += shift
+        self._at_cap = self._at_cap and shift > 0
         self._recent_frames.clear()
         log.info("output delay %+.0f ms (%.0f ms added in all)", shift * 1000,
                  self.added_delay * 1000)
