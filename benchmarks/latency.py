@@ -62,7 +62,10 @@ Definitions (per session; the JSON's top level pools or takes the worst session)
                       not observable from a client: null with --webrtc).
     cpu_percent       process CPU time / wall time over the run (100 = one core; in-process
                       this process, --webrtc the server process; the client's is reported
-                      as client_cpu_percent); peak_memory_mb its peak resident set;
+                      as client_cpu_percent); cpu_ms_per_frame (in-process) that CPU time
+                      per frame rendered: what a frame costs whatever else runs on the
+                      machine (stage times are wall times and grow when threads wait for a
+                      core); peak_memory_mb its peak resident set;
                       gpu_peak_memory_mb torch's peak allocation on CUDA (in-process).
 --sweep-streams runs N = 1, 2, ... until a run misses fps >= --min-fps or p95 latency <=
 --p95-bound-ms (or N reaches --max-streams); max_streams is the most that held.
@@ -284,7 +287,9 @@ def run_inprocess(engine, avatar, audio: np.ndarray, streams: int, codec: str = 
     rows = [session_summary(s, p, o, start, t)
             for s, p, o, start, t in zip(sessions, players, outputs, first_in, tracers,
                                          strict=True)]
+    rendered = sum(s.stats.stage_frames["render"] for s in sessions)
     return {"sessions": rows, "cpu_percent": round(100 * cpu / wall, 1),
+            "cpu_ms_per_frame": round(1000 * cpu / max(rendered, 1), 1),
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -300,7 +305,7 @@ def session_summary(session, player, output, start: float, tracer) -> dict:
     r50, r95, _ = percentiles(rendered)
     stages = {k: round(v, 2) for k, v in session.stats.stage_means().items()}
     stages["encode"] = round(float(np.mean([s.encode_ms for s in slots])), 2)
-    late = session.stats.late_frames          # not rendered: their slots had already played
+    late = getattr(session.stats, "late_frames", 0)   # not rendered: slots already played
     # rendered - due of every frame rendered (+: after its slot): what a margin must cover
     lateness = [(t - (player.start + index / FPS)) * 1000 for index, t in tracer.taken]
     return {
@@ -544,7 +549,7 @@ def holds(result: dict, min_fps: float, p95_bound: float) -> bool:
 
 def table(results: list[dict]) -> str:
     head = ("streams first_ms p50_ms p95_ms p99_ms   fps out_fps dropped repeated av_ms "
-            "features motion render encode  cpu%  mem_MB")
+            "features motion render encode  cpu% cpu_ms/frame  mem_MB")
     lines = [head]
 
     def f(v, width, digits=0):
@@ -558,7 +563,7 @@ def table(results: list[dict]) -> str:
             f"{f(r['output_fps'], 7, 1)} {r['dropped_frames']:>7d} {r['repeated_frames']:>8d} "
             f"{f(r['av_offset_ms'], 5)} {f(s.get('features'), 8, 1)} {f(s.get('motion'), 6, 1)} "
             f"{f(s.get('render'), 6, 1)} {f(s.get('encode'), 6, 1)} {f(r['cpu_percent'], 5)} "
-            f"{f(r['peak_memory_mb'], 7)}")
+            f"{f(r.get('cpu_ms_per_frame'), 12, 1)} {f(r['peak_memory_mb'], 7)}")
     return "\n".join(lines)
 
 
