@@ -90,7 +90,8 @@ from PIL import Image
 from models.audio_io import MAX_RATE, MIN_RATE, AudioInputError, check_rate
 from models.avatar import DEFAULT_AVATAR, Avatar, prepare_avatar
 from models.face import PortraitError
-from stream.engine import DEFAULT_CHECKPOINT, ENGINES, Engine, EngineError, make_engine
+from stream.engine import (DEFAULT_CHECKPOINT, ENGINES, Engine, EngineError, default_engine,
+                           make_engine)
 from stream.metrics import Metrics, process_stats
 from stream.session import Session
 from stream.sources import AudioFeed, decode_audio_bytes
@@ -1209,7 +1210,8 @@ def check_limits(parser: argparse.ArgumentParser, limits: Limits) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", default="torch", choices=[*ENGINES, "trt"])
+    parser.add_argument("--engine", choices=ENGINES,
+                        help="how the networks run (default: onnx on cpu, torch on cuda)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="motion checkpoint (default: assets/motion_student.pt)")
@@ -1252,7 +1254,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        engine = make_engine(args.engine, args.checkpoint, args.device)
+        engine = make_engine(args.engine or default_engine(args.device), args.checkpoint,
+                             args.device)
         server = Server(engine, args.size, limits, token=token,
                         fault_injection=args.fault_injection)
         for avatar_id, path in BUNDLED_AVATARS.items():

@@ -610,7 +610,8 @@ def plot(result: dict, path: str) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", default="torch", choices=["torch", "onnx", "trt"])
+    p.add_argument("--engine", choices=["torch", "onnx", "trt"],
+                   help="default: the server's (onnx on cpu, torch on cuda)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--audio", help="speech to feed (default: alsa-utils' recordings)")
     p.add_argument("--avatar", help="portrait (default: the bundled one)")
@@ -640,8 +641,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     if args.streams < 1 or args.max_streams < 1:
         raise SystemExit("--streams and --max-streams must be at least 1")
-    from stream.engine import EngineError
+    from stream.engine import EngineError, default_engine
 
+    args.engine = args.engine or default_engine(args.device)
     clip = speech(args.seconds, args.audio)
     if not clip.utterances:
         raise SystemExit(f"no speech found in {args.audio}")

@@ -173,6 +173,14 @@ class TrtEngine(Engine):
         return runner(avatar, np.asarray(motion, np.float32))
 
 
+def default_engine(device: str = "cpu") -> str:
+    """The engine a user gets without asking: onnx on a CPU (half torch's CPU time per frame:
+    at 256 px torch could not hold 25 fps beside the video encoder on 2 cores, onnx held it at
+    70 % CPU; benchmarks/RESULTS.md), torch on CUDA (Triton kernels; trt is asked for by name,
+    its engines take minutes to build)."""
+    return "onnx" if device == "cpu" else "torch"
+
+
 def make_engine(name: str = "torch", checkpoint: str | Path = DEFAULT_CHECKPOINT,
                 device: str = "cpu") -> Engine:
     if name == "torch":

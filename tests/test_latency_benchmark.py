@@ -1,6 +1,6 @@
 """The latency benchmark (benchmarks/latency.py) runs end to end and reports plausible figures.
 
-Short runs of real speech at 256 px with the torch engine, one stream: in-process, and
+Short runs of real speech at 256 px with the onnx engine (the server's default on a CPU), one stream: in-process, and
 through the real server to an aiortc client (everything on 127.0.0.1). What is checked is
 that the JSON is complete and self-consistent, not the speed of this machine (the speed
 targets are recorded in benchmarks/RESULTS.md).
@@ -44,7 +44,7 @@ def test_in_process_run(tmp_path):
     from benchmarks.latency import main
 
     out, png = tmp_path / "latency.json", OUT / "latency_benchmark.png"
-    result = main(["--engine", "torch", "--size", "256", "--seconds", "4", "--json", str(out),
+    result = main(["--engine", "onnx", "--size", "256", "--seconds", "4", "--json", str(out),
                    "--plot", str(png)])
     check_result(result, out)
     assert result["mode"] == "inprocess"
@@ -62,7 +62,7 @@ def test_webrtc_run(tmp_path):
     from benchmarks.latency import main
 
     out = tmp_path / "latency_webrtc.json"
-    result = main(["--engine", "torch", "--size", "256", "--seconds", "5", "--webrtc",
+    result = main(["--engine", "onnx", "--size", "256", "--seconds", "5", "--webrtc",
                    "--json", str(out)])
     check_result(result, out)
     session = result["sessions"][0]
