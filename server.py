@@ -90,8 +90,14 @@ from PIL import Image
 from models.audio_io import MAX_RATE, MIN_RATE, AudioInputError, check_rate
 from models.avatar import DEFAULT_AVATAR, Avatar, prepare_avatar
 from models.face import PortraitError
-from stream.engine import (DEFAULT_CHECKPOINT, ENGINES, Engine, EngineError, default_engine,
-                           make_engine)
+from stream.engine import (
+    DEFAULT_CHECKPOINT,
+    ENGINES,
+    Engine,
+    EngineError,
+    default_engine,
+    make_engine,
+)
 from stream.metrics import Metrics, process_stats
 from stream.session import Session
 from stream.sources import AudioFeed, decode_audio_bytes

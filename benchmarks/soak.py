@@ -37,13 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.webrtc_client import RTP_TIMING, track_receiver, watch_rtp_timing
+
 ROOT = Path(__file__).resolve().parent.parent
 ALSA = Path("/usr/share/sounds/alsa")
 RECORDINGS = ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left",
               "Rear_Right", "Side_Left", "Side_Right")
 RATE = 48000
 LEAD, TAIL = 1.0, 0.4            # silence around a recording in its offline reference
-LAGS = np.arange(0.0, 4.0, 0.005)
+LAGS = np.arange(0.0, 4.0, 0.005)        # sound delays searched, s
+VIDEO_AROUND_SOUND = 1.0                 # picture delays searched: the sound's +- this, s
 FRAME_MS = 40.0
 
 
@@ -89,13 +92,14 @@ def envelope(audio: np.ndarray, hop: int = 480) -> np.ndarray:
     return np.sqrt((audio[: n * hop].reshape(n, hop) ** 2).mean(1) + 1e-12)
 
 
-def delay_of(t_ref, ref, t_seen, seen, window) -> tuple[float, float]:
-    """The lag maximising the correlation of ref(t) and seen(t + lag) inside `window`."""
+def delay_of(t_ref, ref, t_seen, seen, window, lags=LAGS) -> tuple[float, float]:
+    """The lag (one of `lags`) maximising the correlation of ref(t) and seen(t + lag) inside
+    `window`."""
     grid = np.arange(window[0], window[1], 0.005)
     x = np.interp(grid, t_ref, ref)
     x = (x - x.mean()) / (x.std() + 1e-12)
     best, best_lag = -2.0, 0.0
-    for lag in LAGS:
+    for lag in lags:
         y = np.interp(grid + lag, t_seen, seen)
         score = float(np.mean(x * (y - y.mean()) / (y.std() + 1e-12)))
         if score > best:
@@ -194,36 +198,6 @@ def process_figures(pid: int) -> dict:
 
 # ----------------------------------------------------------------------------- the client
 
-RTP_TIMING: dict[int, dict] = {}
-
-
-def watch_rtp_timing() -> None:
-    """Remember each receiver's first RTP timestamp and its RTCP sender reports."""
-    from aiortc.rtcrtpreceiver import RTCRtpReceiver
-    from aiortc.rtp import RtcpSrPacket
-
-    if getattr(RTCRtpReceiver, "soak_watched", False):
-        return
-    handle_rtp, handle_rtcp = RTCRtpReceiver._handle_rtp_packet, RTCRtpReceiver._handle_rtcp_packet
-
-    async def on_rtp(self, packet, arrival_time_ms):
-        timing = RTP_TIMING.setdefault(id(self), {"first": None, "reports": []})
-        if timing["first"] is None:
-            timing["first"] = packet.timestamp
-        return await handle_rtp(self, packet, arrival_time_ms)
-
-    async def on_rtcp(self, packet):
-        if isinstance(packet, RtcpSrPacket):
-            ntp = packet.sender_info.ntp_timestamp
-            unix = (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32 - 2208988800
-            RTP_TIMING.setdefault(id(self), {"first": None, "reports": []})["reports"].append(
-                (time.perf_counter(), unix, packet.sender_info.rtp_timestamp))
-        return await handle_rtcp(self, packet)
-
-    RTCRtpReceiver._handle_rtp_packet, RTCRtpReceiver._handle_rtcp_packet = on_rtp, on_rtcp
-    RTCRtpReceiver.soak_watched = True
-
-
 def sender_times(receiver: int, arrivals: np.ndarray, pts: np.ndarray, rate: int) -> np.ndarray:
     """When the sender stamped each received frame (this process's perf_counter clock), from
     the sender report nearest in time; NaN before the first report."""
@@ -311,7 +285,7 @@ async def stream(url: str, pid: int, program: Program, seconds: float, box) -> t
     @pc.on("track")
     def on_track(track):
         receiver = next(r for r in pc.getReceivers() if r.track is track)
-        rec.receivers[track.kind] = id(receiver)
+        rec.receivers[track.kind] = track_receiver(receiver)
         tasks.append(asyncio.ensure_future(record(track)))
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
@@ -377,7 +351,11 @@ def analyse(rec: Recording, sent_at: float, program: Program, mouths: dict, fina
         audio_delay, audio_corr = delay_of(t_env, env, t_audio, e_audio, window)
         ref = mouths[name]
         t_ref = t0 - LEAD + (np.arange(ref.size) + 0.5) * FRAME_MS / 1000
-        video_delay, video_corr = delay_of(t_ref, ref, t_video, vm, window)
+        # The picture is searched within a second of the sound: the mouth of a one-word
+        # recording also resembles the next recording's, seconds later (a 3.6 s "offset" was
+        # such a match), and pictures a second or more off the sound fail the check anyway.
+        lags = audio_delay + np.arange(-VIDEO_AROUND_SOUND, VIDEO_AROUND_SOUND + 1e-9, 0.005)
+        video_delay, video_corr = delay_of(t_ref, ref, t_video, vm, window, lags)
         rows.append({"t": round(t0 - sent_at, 1), "recording": name,
                      "audio_delay_ms": round(1000 * audio_delay),
                      "audio_corr": round(audio_corr, 3),

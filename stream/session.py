@@ -31,7 +31,14 @@ offline frames depend only on the audio and the seed.
 Falling behind in real time: a chunk whose slots the player played more than LATE_MARGIN
 frames (1 s) ago is not rendered (its motion still is, for the carry); it counts in
 stats.late_frames. (The margin is a precaution: skipping at any lateness gave the WebRTC
-microphone test fewer fresh frames in a single run on a loaded machine.)
+microphone test fewer fresh frames in a single run on a loaded machine.) When the features
+and motion themselves fall that far behind (a CPU with less than real-time compute: every
+chunk then reaches the renderer too late and the picture would freeze for good), the
+motion thread catches up instead: it jumps to the newest audio block that has arrived,
+leaving out the frames in between (counted in late_frames; their slots were played with a
+repeated picture), and goes on from there with the carry it had, so the picture is in step
+with the sound again and freezes only while it is behind. A machine that is short of
+compute for good shows fresh frames in bursts between catch-ups instead of none at all.
 
 Barge-in: interrupt() cuts the timeline at the first block boundary not yet handed out;
 queued audio, features, motion and frames after it are dropped, chunks in flight are
@@ -88,6 +95,7 @@ class SessionStats:
     frames: int = 0
     interrupts: int = 0
     late_frames: int = 0     # real time: not rendered, their slots had already been played
+    catch_ups: int = 0       # real time: jumps of the features and motion to the newest audio
     errors: list[str] = field(default_factory=list)
     stage_ms: dict[str, float] = field(                 # total wall ms per stage
         default_factory=lambda: {"features": 0.0, "motion": 0.0, "render": 0.0})
@@ -320,6 +328,8 @@ class Session:
     def _motion_loop(self) -> None:
         try:
             while True:
+                if self.realtime and self._next_frame + LATE_MARGIN < self._delivered:
+                    self._catch_up()
                 with self._lock:
                     while not self._closed and not self._work_ready():
                         self._lock.wait(timeout=0.5)
@@ -352,9 +362,38 @@ class Session:
                     self._sample(*job)
                     with self._lock:
                         job = self._take_chunk() if epoch == self._epoch else None
+                        if (job is not None and self.realtime
+                                and job[1] + LATE_MARGIN < self._delivered):
+                            job = None                  # too late: catch up first (above)
         except Exception as e:          # a broken engine ends this session, not the process
             self.stats.errors.append(f"motion: {e.__class__.__name__}: {e}")
             self._closed = True
+
+    def _catch_up(self) -> None:
+        """Real time, features and motion more than LATE_MARGIN frames behind the player:
+        restart the feature stream at the newest block whose window has arrived (see the
+        module docstring). The carry is kept: the next chunk starts from the last motion."""
+        with self._feature_lock, self._motion_lock, self._lock:
+            if self._closed or self._next_frame + LATE_MARGIN >= self._delivered:
+                return
+            c = self.engine.feature_config
+            spf = c.samples_per_frame
+            # the newest block whose window (look-ahead included) is in: window_end(b) <= end
+            block = (self.audio.end // spf - c.lookahead_frames) // self.block - 1
+            cut = block * self.block
+            if cut <= self._next_frame:
+                return
+            skipped = cut - self._next_frame
+            window_start = c.window_end(block) - c.window_samples
+            self.features.restart_at(block, self.audio.read(window_start, cut * spf))
+            self._taken = cut * spf
+            self._pending = []
+            self._next_frame = cut
+            if 0 <= self._settle_at < cut:
+                self._settle_at = cut           # a barge-in's mouth ramp still applies
+            self.stats.late_frames += skipped
+            self.stats.catch_ups += 1
+            self._lock.notify_all()
 
     def _work_ready(self) -> bool:
         return self.audio.end > self._taken or (self._ended and not self._features_finished)

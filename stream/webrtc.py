@@ -18,15 +18,16 @@ its oldest frames (counted), never the clock.
 
 Keeping lips and sound together: the Player fixes the output delay from the first frame,
 which comes from a short first chunk (and a barge-in restarts the timeline at the playing
-position), so later frames can be due before they are rendered. When every frame of the last
-second came late although frames are produced at the full 25 fps, the clock delays the
-player by that lateness (plus a margin) at once, in a pause of speech (voice activity
-detection hears nothing in the slots held back) unless the lateness is large, while the
-output holds the last picture over silence (it never stops: 25 slots a second); the
-pictures are then on time again instead of trailing the sound. When frames are produced
-slower than 25 fps (a machine without the compute), waiting cannot help: the pictures repeat
-and trail the sound, and the stats say so (only the session could catch up, by skipping
-work). The delay added is capped (MAX_ADDED_DELAY_SECONDS in all, net of silence skipped):
+position), so later frames can be due before they are rendered. When most frames of the last
+second (80 %: a CPU short of time still shows some in time) came late although frames are
+produced at the full 25 fps, the clock delays the player by that lateness (plus a margin)
+at once, in a pause of speech (voice activity detection hears nothing in the slots held
+back) unless the lateness is large, while the output holds the last picture over silence
+(it never stops: 25 slots a second); the pictures are then on time again instead of
+trailing the sound. When frames are produced slower than 25 fps (a machine without the
+compute), waiting cannot help: the pictures repeat and trail the sound, and the stats say
+so, until the session catches up by leaving out frames (stream/session.py). The delay
+added is capped (MAX_ADDED_DELAY_SECONDS in all, net of silence skipped):
 a CPU starved in bursts renders its backlog at more than 25 fps when it gets time back,
 which looks like "keeping up, but late", and without the cap the latency grew by steps
 without bound (44 s after 22 minutes in a soak on a loaded machine), holding every frame
@@ -68,6 +69,7 @@ VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)
 AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
 QUEUED_SECONDS = 0.4                   # a track keeps at most this much unsent
 LATE_WINDOW = 25                       # frames looked at to decide that frames come late
+LATE_SHARE = 0.8                       # ... and the share of them that must be late
 EARLY_WINDOW = 25                      # ... that frames come early
 EARLY_SLACK_SECONDS = 0.15             # a frame waiting longer than this for its slot is early
 EARLY_KEEP_SECONDS = 0.08              # the wait left after skipping silence
@@ -263,7 +265,7 @@ class MediaClock:
                                     frame.speech))
         recent = list(self._recent_frames)
         late = [x[2] for x in recent[-LATE_WINDOW:]]
-        if len(late) == LATE_WINDOW and min(late) > 0:
+        if len(late) == LATE_WINDOW and np.percentile(late, 100 * (1 - LATE_SHARE)) > 0:
             (first, t0, _, _), (last, t1, _, _) = recent[-LATE_WINDOW], recent[-1]
             if (last - first) < FULL_RATE * (t1 - t0):
                 return                              # compute-bound: waiting cannot help

@@ -1,9 +1,9 @@
 """The latency benchmark (benchmarks/latency.py) runs end to end and reports plausible figures.
 
-Short runs of real speech at 256 px with the onnx engine (the server's default on a CPU), one stream: in-process, and
-through the real server to an aiortc client (everything on 127.0.0.1). What is checked is
-that the JSON is complete and self-consistent, not the speed of this machine (the speed
-targets are recorded in benchmarks/RESULTS.md).
+Short runs of real speech at 256 px with the onnx engine (the server's default on a CPU),
+one stream: in-process, and through the real server to an aiortc client (everything on
+127.0.0.1). What is checked is that the JSON is complete and self-consistent, not the
+speed of this machine (the speed targets are recorded in benchmarks/RESULTS.md).
 """
 
 import json

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.webrtc_client import sender_clock, track_receiver, watch_rtp_timing
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("TEST_OUTPUT_DIR", ROOT / "out" / "tests"))
 ALSA = Path("/usr/share/sounds/alsa")
@@ -200,49 +202,6 @@ def loopback_only() -> None:
     use_loopback_for_media()
 
 
-# What a WebRTC player synchronises audio and video with, per received stream (keyed by
-# receiver): its first RTP timestamp and its RTCP sender reports (sender clock <-> RTP time).
-RTP_TIMING: dict[int, dict] = {}
-
-
-def watch_rtp_timing() -> None:
-    from aiortc.rtcrtpreceiver import RTCRtpReceiver
-    from aiortc.rtp import RtcpSrPacket
-
-    if getattr(RTCRtpReceiver, "timing_watched", False):
-        return
-    handle_rtp, handle_rtcp = RTCRtpReceiver._handle_rtp_packet, RTCRtpReceiver._handle_rtcp_packet
-
-    async def on_rtp(self, packet, arrival_time_ms):
-        timing = RTP_TIMING.setdefault(id(self), {"first": None, "reports": []})
-        if timing["first"] is None:
-            timing["first"] = packet.timestamp
-        return await handle_rtp(self, packet, arrival_time_ms)
-
-    async def on_rtcp(self, packet):
-        if isinstance(packet, RtcpSrPacket):
-            ntp = packet.sender_info.ntp_timestamp
-            unix = (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32 - 2208988800
-            RTP_TIMING.setdefault(id(self), {"first": None, "reports": []})["reports"].append(
-                (time.perf_counter(), unix, packet.sender_info.rtp_timestamp))
-        return await handle_rtcp(self, packet)
-
-    RTCRtpReceiver._handle_rtp_packet, RTCRtpReceiver._handle_rtcp_packet = on_rtp, on_rtcp
-    RTCRtpReceiver.timing_watched = True
-
-
-def sender_clock(receiver: int, arrival: float, pts: int, rate: int) -> float | None:
-    """When the sender stamped a received frame (this process's perf_counter clock), from its
-    stream's sender report nearest in time; None before the first report."""
-    timing = RTP_TIMING.get(receiver)
-    if not timing or not timing["reports"] or timing["first"] is None:
-        return None
-    _, unix, report_rtp = min(timing["reports"], key=lambda r: abs(r[0] - arrival))
-    rtp = (timing["first"] + pts) & 0xFFFFFFFF
-    delta = ((rtp - report_rtp + 2**31) & 0xFFFFFFFF) - 2**31
-    return unix + delta / rate - (time.time() - time.perf_counter())
-
-
 def wav_microphone(audio: np.ndarray):
     """An aiortc audio track that plays `audio` (48 kHz mono) in real time, then silence,
     and remembers when it started."""
@@ -307,7 +266,7 @@ class Client:
         @pc.on("track")
         def on_track(track):
             receiver = next(r for r in pc.getReceivers() if r.track is track)
-            self.receivers[track.kind] = id(receiver)
+            self.receivers[track.kind] = track_receiver(receiver)
             self.tasks.append(asyncio.ensure_future(self._record(track)))
 
         await pc.setLocalDescription(await pc.createOffer())

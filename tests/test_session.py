@@ -258,3 +258,52 @@ def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, s
         part = audio[lo:lo + PLAYBACK_PER_FRAME]
         expected[: part.size] = part
         assert np.array_equal(a, expected)
+
+
+class SlowMotion(SlowRender):
+    """The real engine whose motion sampler runs at `seconds_per_frame` (features and motion
+    slower than real time: a machine short of compute)."""
+
+    def generator(self, seed=0, style=None):
+        generator, delay = self.engine.generator(seed=seed, style=style), self.delay
+        generate = generator.generate
+
+        def slow_generate(features):
+            time.sleep(delay * len(features))
+            return generate(features)
+
+        generator.generate = slow_generate
+        return generator
+
+    def render(self, avatar, motion):
+        return self.engine.render(avatar, motion)
+
+
+def test_motion_behind_real_time_catches_up_instead_of_freezing(engine, avatar, speech48):
+    """Motion at half real time: without catching up every chunk would reach the renderer
+    too late and the picture would freeze for good (trailing the sound more and more); with
+    it the session jumps to the newest audio, so the picture shown never trails the sound by
+    much more than the late margin and comes back in step with it after each jump."""
+    from stream.player import Player
+    from stream.session import LATE_MARGIN
+
+    session = Session(SlowMotion(engine, 0.08), avatar, seed=0, realtime=True)
+    player = Player(session)
+    lag = []                                      # per slot: slot - index of the picture shown
+    try:
+        audio = np.concatenate([speech48, speech48])[: 8 * 48000]
+        t0 = time.perf_counter()
+        for i in range(0, audio.size, 960):
+            while time.perf_counter() < t0 + i / 48000:
+                for k, image, _ in player.play():
+                    if image is not None:
+                        lag.append(k - player.current.index)
+                time.sleep(0.005)
+            session.push_audio(audio[i:i + 960], 48000)
+    finally:
+        session.close()
+    assert session.stats.catch_ups >= 1 and session.stats.late_frames > 0
+    half = len(lag) // 2
+    # without catching up the lag would grow by half a frame a frame: ~100 frames at the end
+    assert max(lag[half:]) <= 2 * LATE_MARGIN + 5, max(lag[half:])
+    assert min(lag[half:]) <= 2, min(lag[half:])      # back in step after a jump
