@@ -78,7 +78,7 @@ RESYNC_IN_SPEECH_SECONDS = 0.4         # lateness that cannot wait for a pause i
 MAX_RESYNC_SECONDS = 1.0               # largest single delay step
 MAX_ADDED_DELAY_SECONDS = 1.5          # most delay added in all (net of silence skipped)
 FULL_RATE = 0.95 * 25                  # frames per second that count as keeping up
-START_MARGIN_SECONDS = 0.25            # first frame -> its slot, beyond the chunk difference
+START_MARGIN_SECONDS = 0.08            # first frame -> its slot, beyond the chunk difference
 
 
 def is_loopback(host: str) -> bool:
