@@ -37,7 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.webrtc_client import RTP_TIMING, track_receiver, watch_rtp_timing
+from benchmarks.webrtc_client import (
+    RTP_TIMING,
+    delay_of,
+    envelope,
+    track_receiver,
+    watch_rtp_timing,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ALSA = Path("/usr/share/sounds/alsa")
@@ -45,7 +51,7 @@ RECORDINGS = ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_
               "Rear_Right", "Side_Left", "Side_Right")
 RATE = 48000
 LEAD, TAIL = 1.0, 0.4            # silence around a recording in its offline reference
-LAGS = np.arange(0.0, 4.0, 0.005)        # sound delays searched, s
+LAGS = np.arange(0.0, 3.0, 0.005)        # sound delays searched, s (added delay <= 1.5)
 VIDEO_AROUND_SOUND = 1.0                 # picture delays searched: the sound's +- this, s
 FRAME_MS = 40.0
 
@@ -67,7 +73,11 @@ class Program:
         rng = np.random.default_rng(seed)
         t = int(1.0 * RATE)
         while True:
-            for name in rng.permutation(RECORDINGS):
+            order = list(rng.permutation(RECORDINGS))
+            if program.schedule and order[0] == program.schedule[-1][1]:
+                order = order[1:] + order[:1]   # never one recording twice in a row: the
+                #                                 delay search would match the repeat
+            for name in order:
                 clip = program.recordings[name]
                 if (t + clip.size) / RATE > seconds - 1.0:
                     program.end = t
@@ -85,26 +95,6 @@ class Program:
             if at > start + n:
                 break
         return out
-
-
-def envelope(audio: np.ndarray, hop: int = 480) -> np.ndarray:
-    n = audio.size // hop
-    return np.sqrt((audio[: n * hop].reshape(n, hop) ** 2).mean(1) + 1e-12)
-
-
-def delay_of(t_ref, ref, t_seen, seen, window, lags=LAGS) -> tuple[float, float]:
-    """The lag (one of `lags`) maximising the correlation of ref(t) and seen(t + lag) inside
-    `window`."""
-    grid = np.arange(window[0], window[1], 0.005)
-    x = np.interp(grid, t_ref, ref)
-    x = (x - x.mean()) / (x.std() + 1e-12)
-    best, best_lag = -2.0, 0.0
-    for lag in lags:
-        y = np.interp(grid + lag, t_seen, seen)
-        score = float(np.mean(x * (y - y.mean()) / (y.std() + 1e-12)))
-        if score > best:
-            best, best_lag = score, float(lag)
-    return best_lag, best
 
 
 # ----------------------------------------------------------------------------- the mouth
@@ -331,7 +321,10 @@ def analyse(rec: Recording, sent_at: float, program: Program, mouths: dict, fina
     vm = np.array([v[2] for v in rec.video])
     aa = np.array([a[0] for a in rec.audio])
     ap = np.array([a[1] for a in rec.audio])
-    t_video = sender_times(rec.receivers["video"], va, vp, 90000)
+    # a picture stands for its 40 ms slot: placed at the slot's middle, like the offline
+    # reference frames (frame k at 40 k + 20 ms), not at its timestamp (the slot's start:
+    # that read as the picture 20 ms early)
+    t_video = sender_times(rec.receivers["video"], va, vp, 90000) + FRAME_MS / 2000
     t_audio_frames = sender_times(rec.receivers["audio"], aa, ap, RATE)
     t_audio = (t_audio_frames[:, None] + np.array([0.005, 0.015])[None, :]).reshape(-1)
     e_audio = np.concatenate([a[2] for a in rec.audio])
@@ -348,13 +341,15 @@ def analyse(rec: Recording, sent_at: float, program: Program, mouths: dict, fina
         window = (t0 - 0.3, t0 + duration + 0.3)
         env = envelope(program.recordings[name])
         t_env = t0 + (np.arange(env.size) + 0.5) * 0.01
-        audio_delay, audio_corr = delay_of(t_env, env, t_audio, e_audio, window)
+        audio_delay, audio_corr = delay_of(t_env, env, t_audio, e_audio, window, LAGS)
         ref = mouths[name]
         t_ref = t0 - LEAD + (np.arange(ref.size) + 0.5) * FRAME_MS / 1000
-        # The picture is searched within a second of the sound: the mouth of a one-word
-        # recording also resembles the next recording's, seconds later (a 3.6 s "offset" was
-        # such a match), and pictures a second or more off the sound fail the check anyway.
+        # The picture is searched within a second of the sound, and not before the microphone
+        # sent the sound it shows: the mouth of a one-word recording also resembles other
+        # recordings' (a 3.6 s and a -0.9 s "offset" were such matches), and pictures a
+        # second or more off the sound fail the check anyway.
         lags = audio_delay + np.arange(-VIDEO_AROUND_SOUND, VIDEO_AROUND_SOUND + 1e-9, 0.005)
+        lags = lags[lags >= 0]
         video_delay, video_corr = delay_of(t_ref, ref, t_video, vm, window, lags)
         rows.append({"t": round(t0 - sent_at, 1), "recording": name,
                      "audio_delay_ms": round(1000 * audio_delay),

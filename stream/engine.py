@@ -174,10 +174,10 @@ class TrtEngine(Engine):
 
 
 def default_engine(device: str = "cpu") -> str:
-    """The engine a user gets without asking: onnx on a CPU (half torch's CPU time per frame:
-    at 256 px torch could not hold 25 fps beside the video encoder on 2 cores, onnx held it at
-    70 % CPU; benchmarks/RESULTS.md), torch on CUDA (Triton kernels; trt is asked for by name,
-    its engines take minutes to build)."""
+    """The engine a user gets without asking: onnx on a CPU (less CPU time per frame than
+    torch for the whole pipeline: 41 vs 44 ms at 512 px, 24 vs 28 ms at 256 px, the audio
+    encoder and the motion sampler about 1.4x and 2x faster; benchmarks/RESULTS.md), torch on
+    CUDA (Triton kernels; trt is asked for by name, its engines take minutes to build)."""
     return "onnx" if device == "cpu" else "torch"
 
 

@@ -20,10 +20,10 @@ Frame content depends only on the audio and the seed, never on how the audio was
 pieces. In real-time mode (`tick()` called by a clock), silence fills the timeline while no
 audio arrives, so the avatar idles instead of freezing.
 
-Catching up (real time): when several chunks wait for the renderer, it renders them in one
-call (up to RENDER_BATCH frames). A call has a fixed cost (torch dispatches a few thousand small ops
-whatever the frame count: at 256 px 33 ms for 1 frame, 10 ms/frame for 8), so a renderer that
-fell behind gets cheaper per frame until it has caught up; one waiting chunk renders alone,
+A renderer behind (real time): when several chunks wait for it, it renders them in one call
+(up to RENDER_BATCH frames). A call has a fixed cost (torch dispatches a few thousand small
+ops whatever the frame count: at 256 px 33 ms for 1 frame, 10 ms/frame for 8), so a renderer
+that fell behind gets cheaper per frame until it has caught up; one waiting chunk renders alone,
 so latency is unchanged while it keeps up. Offline it renders chunk by chunk: a batched
 matmul may round differently in the last bit (1 grey level in rare pixels at 512 px), and
 offline frames depend only on the audio and the seed.

@@ -33,7 +33,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.webrtc_client import sender_clock, track_receiver, watch_rtp_timing
+from benchmarks.webrtc_client import (
+    delay_of,
+    envelope,
+    sender_clock,
+    track_receiver,
+    watch_rtp_timing,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("TEST_OUTPUT_DIR", ROOT / "out" / "tests"))
@@ -169,32 +175,6 @@ def speech_clip(names=("Front_Center", "Front_Left", "Rear_Right", "Side_Left"),
     parts.append(np.zeros(int(tail * 48000), np.float32))
     return SpeechClip(np.concatenate(parts), utterances)
 
-
-def envelope(audio: np.ndarray, hop: int = 480) -> np.ndarray:
-    """RMS per hop (10 ms at 48 kHz)."""
-    n = audio.size // hop
-    return np.sqrt((audio[: n * hop].reshape(n, hop) ** 2).mean(1) + 1e-12)
-
-
-LAGS = np.arange(0.0, 2.5, 0.005)        # delays searched, seconds
-
-
-def delay_of(t_ref, ref, t_seen, seen, window: tuple[float, float],
-             lags: np.ndarray = LAGS) -> tuple[float, float]:
-    """How much later `seen` shows what `ref` showed inside `window` (times on one clock):
-    the lag maximising the correlation of ref(t) and seen(t + lag), and that correlation."""
-    grid = np.arange(window[0], window[1], 0.005)
-    x = np.interp(grid, t_ref, ref)
-    x = (x - x.mean()) / (x.std() + 1e-12)
-    scores = []
-    for lag in lags:
-        y = np.interp(grid + lag, t_seen, seen)
-        scores.append(float(np.mean(x * (y - y.mean()) / (y.std() + 1e-12))))
-    i = int(np.argmax(scores))
-    return float(lags[i]), scores[i]
-
-
-# ----------------------------------------------------------------------------- the client
 
 def loopback_only() -> None:
     from stream.webrtc import use_loopback_for_media
@@ -481,6 +461,8 @@ def test_microphone_session_end_to_end(server, clip, avatar, offline_mouth):
     for clock in ("sender", "arrival"):
         t_audio, env_audio = client.received_audio(clock)
         t_video, images = client.video_frames(clock)
+        t_video = t_video + 0.02    # a picture stands for its 40 ms slot: its middle, like
+        #                             the offline frames' times (frame t at 40 t + 20 ms)
         mouth = mouth_signal(images, avatar)
         rows[clock] = []
         for start, end in clip.utterances:
