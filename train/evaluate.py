@@ -8,7 +8,10 @@ would be (shorter first chunk, causal carryover) and compared with its ground tr
     sync_corr       Pearson correlation of generated jaw_open with the ground truth
     lag_ms          lag of the cross-correlation peak (positive: generated mouth is late)
     seam_ratio      mean motion jump across chunk boundaries / mean jump inside chunks
-    head_std_ratio  std of generated head rotation / std of the ground truth
+    head_std_ratio  std of generated head rotation / std of the ground truth, over all frames
+                    pooled (so it counts the differences between speakers' resting postures)
+    head_std_ratio_within   the same within each example (its own mean removed), averaged:
+                    head motion alone
     nfe             network evaluations per chunk
     ms_per_chunk    mean wall time of one chunk on this machine (1 thread)
 """
@@ -84,12 +87,15 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
         sizes.append(s)
     gj, tj = np.concatenate(gen_jaw), np.concatenate(true_jaw)
     gh, th = np.concatenate(gen_head), np.concatenate(true_head)
+    within = (np.mean([g.std(axis=0) for g in gen_head], axis=0)               # [3]
+              / np.maximum(np.mean([t.std(axis=0) for t in true_head], axis=0), 1e-6))
     return {
         "kind": model.kind,
         "sync_corr": pearson(gj, tj),
         "lag_ms": lag_ms(gj, tj),
         "seam_ratio": seam_ratio(normed, sizes),
         "head_std_ratio": float(np.mean(gh.std(axis=0) / np.maximum(th.std(axis=0), 1e-6))),
+        "head_std_ratio_within": float(np.mean(within)),
         "nfe": model.nfe,
         "chunk_frames": chunk,
         "ms_per_chunk": 1000.0 * chunk_time / max(chunks, 1),
