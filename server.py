@@ -889,11 +889,17 @@ async def metrics(request):
 
 # ------------------------------------------------------------------------------ websocket
 
+OVERSIZE_READ = 4          # messages up to this many times --max-ws-message are read, then refused
+
 @routes.get("/ws/{id}")
 async def websocket(request):
     server = server_of(request)
     limits = server.limits
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=limits.max_ws_message)
+    # A message over the limit is read whole (up to OVERSIZE_READ times the limit) and then
+    # refused with 1009: had aiohttp cut the connection at the frame header, the unread rest
+    # would reset it and the client would see 1006 instead of the close frame.
+    ws = web.WebSocketResponse(heartbeat=20.0,
+                               max_msg_size=OVERSIZE_READ * limits.max_ws_message)
     if not ws.can_prepare(request).ok:
         raise ClientError(400, "this is a websocket endpoint")
     await ws.prepare(request)
@@ -929,6 +935,12 @@ async def websocket(request):
             if channel.dropped or live.closed:
                 break
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if len(msg.data) > limits.max_ws_message:
+                    await channel.close(WSCloseCode.MESSAGE_TOO_BIG,
+                                        f"a websocket message is at most "
+                                        f"{_mib(limits.max_ws_message)} (--max-ws-message): "
+                                        "send audio in smaller pieces")
+                    break
                 live.active = time.monotonic()
                 await channel.handle(msg)
                 if channel.bad_in_a_row >= MAX_BAD_MESSAGES:

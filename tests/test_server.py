@@ -820,6 +820,7 @@ def test_bad_input_gets_clear_errors_and_others_keep_streaming(server):
     assert replies["ws format"]["type"] == "ok" and replies["ws nan"]["type"] == "ok"
     assert replies["ws flood"] == (1008, "too many bad messages"), replies["ws flood"]
     assert replies["ws too large"][0] == 1009, replies["ws too large"]
+    assert "--max-ws-message" in replies["ws too large"][1], replies["ws too large"]
     assert replies["ws no session"][0] == 4404, replies["ws no session"]
     assert health["status"] == "ok"
     # never a stall (a blocked event loop or a held GIL shows as gaps of seconds)
