@@ -4,7 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := alsa-utils espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
+DEBIAN_PACKAGES := alsa-utils espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium firefox-esr
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test serve lint system-packages weights
