@@ -6,9 +6,7 @@ and plays its sound. The test reads the page's own peer connection statistics an
 screenshot of the page to the test output folder (out/tests/browser/page.png).
 """
 
-import json
 import time
-import urllib.request
 import wave
 from pathlib import Path
 
@@ -95,13 +93,7 @@ def test_page_in_headless_chromium(chromium, tmp_path):
                                    ".startsWith('Speaking')", timeout=20_000)
             page.click("#connect")                 # disconnect: the server ends the session
             browser.close()
-        deadline = time.monotonic() + 15
-        while True:
-            with urllib.request.urlopen(server.url + "/health") as r:
-                sessions = json.load(r)["sessions"]
-            if sessions == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
+        sessions = server.sessions_when_drained()
     finally:
         server.stop()
     print(f"\nbrowser: {fps:.1f} fps decoded; overlay {overlay}; stats {stats}")

@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.request
 
 import aiohttp
 import pytest
@@ -148,13 +147,7 @@ def test_page_in_headless_firefox(tmp_path):
     try:
         firefox, port = start_firefox(tmp_path)
         result = asyncio.run(asyncio.wait_for(drive(port, server.url, out), 120))
-        deadline = time.monotonic() + 15
-        while True:
-            with urllib.request.urlopen(server.url + "/health") as r:
-                sessions = json.load(r)["sessions"]
-            if sessions == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
+        sessions = server.sessions_when_drained()
     finally:
         if firefox is not None:
             firefox.terminate()

@@ -89,6 +89,16 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(timeout=5)
 
+    def sessions_when_drained(self, timeout: float = 15.0) -> int:
+        """Live sessions once none is left, or after `timeout` (sessions end asynchronously
+        after their client goes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sessions = self.get("/health", self.token)[1]["sessions"]
+            if sessions == 0 or time.monotonic() > deadline:
+                return sessions
+            time.sleep(0.3)
+
     def get(self, path: str, token: str | None = None, timeout: float = 10.0):
         """GET path -> (status, parsed JSON or text), with the token when given."""
         import urllib.error
