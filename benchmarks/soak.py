@@ -154,7 +154,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(size: int, log: Path, checkpoint: str | None, timeout: float = 180.0):
+def start_server(size: int, log: Path, checkpoint: str | None, timeout: float = 300.0):
     import urllib.request
 
     port = free_port()

@@ -61,7 +61,7 @@ class ServerProcess:
                 self.process.wait(timeout=5)
 
 
-def start_server(log: Path, *args: str, timeout: float = 180.0) -> ServerProcess:
+def start_server(log: Path, *args: str, timeout: float = 300.0) -> ServerProcess:
     """`python server.py --host 127.0.0.1 --port FREE *args`; returns once /health answers."""
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -118,12 +118,14 @@ class ServerProcess:
             return status, body.decode(errors="replace")
 
 
-def start_server(name: str, *args: str, timeout: float = 120.0, host: str = "127.0.0.1",
+def start_server(name: str, *args: str, timeout: float = 300.0, host: str = "127.0.0.1",
                  prefix: tuple[str, ...] = (), env: dict | None = None,
                  token: str | None = None) -> ServerProcess:
     """`python server.py` on a free port (listening on `host`, reached over 127.0.0.1),
     run under `prefix` (e.g. unshare) when given; returns once /health answers. A server on a
-    non-loopback host prints the access token it made: it is read from its output."""
+    non-loopback host prints the access token it made: it is read from its output. The first
+    start on a fresh machine exports the onnx engine's graphs into the user cache (46 s on 2
+    cores here, more on a slower CPU), hence the long timeout."""
     import re
 
     port = free_port()
