@@ -626,7 +626,7 @@ def parser() -> argparse.ArgumentParser:
                         "chunks slower than the first (default one frame, 40 ms: at 512 px "
                         "on 2 cores frames were still ready >= 15 ms before their slots with "
                         "it, lateness_ms_p50_p95_max says how much a run needed; late frames "
-                        "count as dropped; the server's media clock starts at 250 ms and "
+                        "count as dropped; the server's media clock starts at 80 ms and "
                         "resyncs)")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--sweep-streams", action="store_true")

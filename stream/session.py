@@ -328,7 +328,7 @@ class Session:
     def _motion_loop(self) -> None:
         try:
             while True:
-                if self.realtime and self._next_frame + LATE_MARGIN < self._delivered:
+                if self._motion_behind(self._next_frame):
                     self._catch_up()
                 with self._lock:
                     while not self._closed and not self._work_ready():
@@ -362,19 +362,23 @@ class Session:
                     self._sample(*job)
                     with self._lock:
                         job = self._take_chunk() if epoch == self._epoch else None
-                        if (job is not None and self.realtime
-                                and job[1] + LATE_MARGIN < self._delivered):
+                        if job is not None and self._motion_behind(job[1]):
                             job = None                  # too late: catch up first (above)
         except Exception as e:          # a broken engine ends this session, not the process
             self.stats.errors.append(f"motion: {e.__class__.__name__}: {e}")
             self._closed = True
+
+    def _motion_behind(self, frame: int) -> bool:
+        """Real time: sampling from `frame` on is more than LATE_MARGIN frames behind the
+        player."""
+        return self.realtime and frame + LATE_MARGIN < self._delivered
 
     def _catch_up(self) -> None:
         """Real time, features and motion more than LATE_MARGIN frames behind the player:
         restart the feature stream at the newest block whose window has arrived (see the
         module docstring). The carry is kept: the next chunk starts from the last motion."""
         with self._feature_lock, self._motion_lock, self._lock:
-            if self._closed or self._next_frame + LATE_MARGIN >= self._delivered:
+            if self._closed or not self._motion_behind(self._next_frame):
                 return
             c = self.engine.feature_config
             spf = c.samples_per_frame
