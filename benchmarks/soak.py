@@ -24,13 +24,10 @@ What is measured, and how:
 
 import argparse
 import asyncio
-import fractions
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +35,19 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.webrtc_client import (
+    ALSA,
+    ROOT,
     RTP_TIMING,
     delay_of,
     envelope,
+    microphone,
+    mouth_box,
+    process_figures,
+    start_server,
     track_receiver,
     watch_rtp_timing,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-ALSA = Path("/usr/share/sounds/alsa")
 RECORDINGS = ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left",
               "Rear_Right", "Side_Left", "Side_Right")
 RATE = 48000
@@ -99,16 +100,6 @@ class Program:
 
 # ----------------------------------------------------------------------------- the mouth
 
-def mouth_box(avatar) -> tuple[slice, slice]:
-    lm = avatar.landmarks.numpy()
-    inner = lm[60:68]
-    centre = (inner.min(0) + inner.max(0)) / 2
-    width = lm[54, 0] - lm[48, 0]
-    x0, x1 = int(centre[0] - 0.35 * width), int(centre[0] + 0.35 * width) + 1
-    y0, y1 = int(centre[1] - 0.25 * width), int(centre[1] + 0.25 * width) + 1
-    return slice(y0, y1), slice(x0, x1)
-
-
 WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -146,51 +137,13 @@ def offline_mouths(program: Program, size: int, checkpoint: str | None) -> tuple
     return out, box
 
 
-# ----------------------------------------------------------------------------- the server
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(size: int, log: Path, checkpoint: str | None, timeout: float = 300.0):
-    import urllib.request
-
-    port = free_port()
-    command = [sys.executable, str(ROOT / "server.py"), "--port", str(port), "--size", str(size),
-               "--max-sessions", "1", "--verbose"]
-    if checkpoint:
-        command += ["--checkpoint", checkpoint]
-    with open(log, "w") as f:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited ({process.returncode}); see {log}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if json.load(r)["status"] == "ok":
-                    return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"the server did not start; see {log}")
-
-
-def process_figures(pid: int) -> dict:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
-    return {"threads": len(os.listdir(f"/proc/{pid}/task")),
-            "fds": len(os.listdir(f"/proc/{pid}/fd")), "rss_mb": round(rss / 1024, 1)}
-
-
 # ----------------------------------------------------------------------------- the client
 
 def sender_times(receiver: int, arrivals: np.ndarray, pts: np.ndarray, rate: int) -> np.ndarray:
     """When the sender stamped each received frame (this process's perf_counter clock), from
-    the sender report nearest in time; NaN before the first report."""
+    the sender report nearest in time; NaN before the first report. webrtc_client's
+    sender_clock for a whole recording at once: a 30-minute soak has ~45 000 pictures and
+    ~90 000 sound frames, too many to convert one at a time."""
     timing = RTP_TIMING.get(receiver)
     out = np.full(arrivals.size, np.nan)
     if not timing or not timing["reports"] or timing["first"] is None:
@@ -202,34 +155,6 @@ def sender_times(receiver: int, arrivals: np.ndarray, pts: np.ndarray, rate: int
     offset = time.time() - time.perf_counter()
     out[:] = reports[nearest, 1] + delta / rate - offset
     return out
-
-
-def microphone(program: Program):
-    import av
-    from aiortc import MediaStreamTrack
-
-    class ProgramMicrophone(MediaStreamTrack):
-        kind = "audio"
-
-        def __init__(self):
-            super().__init__()
-            self.started: float | None = None
-            self.sent = 0
-
-        async def recv(self):
-            if self.started is None:
-                self.started = time.perf_counter()
-            due = self.started + self.sent * 0.02
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            piece = program.piece(self.sent * 960, 960)
-            frame = av.AudioFrame.from_ndarray((piece * 32767).astype(np.int16)[None],
-                                               format="s16", layout="mono")
-            frame.sample_rate, frame.pts = RATE, self.sent * 960
-            frame.time_base = fractions.Fraction(1, RATE)
-            self.sent += 1
-            return frame
-
-    return ProgramMicrophone()
 
 
 @dataclass
@@ -251,7 +176,7 @@ async def stream(url: str, pid: int, program: Program, seconds: float, box) -> t
     use_loopback_for_media()
     watch_rtp_timing()
     rec = Recording()
-    mic = microphone(program)
+    mic = microphone(program.piece)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver(mic, direction="sendrecv")
     pc.addTransceiver("video", direction="recvonly")
@@ -431,12 +356,15 @@ def soak(seconds: float, size: int = 256, checkpoint: str | None = None,
     mouths, box = offline_mouths(program, size, checkpoint)
     print(f"offline references: {time.perf_counter() - t0:.0f} s", flush=True)
     log = log or Path(os.environ.get("TEST_OUTPUT_DIR", ROOT / "out")) / "soak_server.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    process, url = start_server(size, log, checkpoint)
+    args = ["--size", str(size), "--max-sessions", "1", "--verbose"]
+    if checkpoint:
+        args += ["--checkpoint", checkpoint]
+    server = start_server(log, *args)
+    process = server.process
     try:
-        rec, sent_at, final = asyncio.run(stream(url, process.pid, program, seconds, box))
+        rec, sent_at, final = asyncio.run(stream(server.url, process.pid, program, seconds, box))
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)          # the clean stop is part of what is checked
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -6,8 +6,10 @@
     client.received_audio("sender"), client.video_times("sender")
     server.stop()
 
-Everything stays on 127.0.0.1: the server is started with --host 127.0.0.1 (it then offers
-only loopback ICE candidates) and the client offers only 127.0.0.1 too, with no STUN/TURN.
+Everything stays on 127.0.0.1: the server is started with --host 127.0.0.1 unless told
+otherwise (it then offers only loopback ICE candidates) and the client offers only 127.0.0.1
+too, with no STUN/TURN. The latency and soak benchmarks and the end-to-end tests
+(tests/test_server.py and its neighbours) all use this one client.
 
 Clocks. "arrival": when this process got a decoded frame (perf_counter). "sender": when the
 server sent it, from the stream's RTP timestamps and RTCP sender reports (what a WebRTC
@@ -18,11 +20,14 @@ processes share the machine's wall clock).
 import asyncio
 import fractions
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +52,35 @@ class ServerProcess:
     url: str
     process: subprocess.Popen
     log: Path
+    token: str | None = None                 # the access token, where the server needs one
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def get(self, path: str, token: str | None = None, timeout: float = 10.0):
+        """GET path -> (status, parsed JSON or text), with the token when given."""
+        request = urllib.request.Request(self.url + path)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+    def sessions_when_drained(self, timeout: float = 15.0) -> int:
+        """Live sessions once none is left, or after `timeout` (sessions end asynchronously
+        after their client goes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sessions = self.get("/health", self.token)[1]["sessions"]
+            if sessions == 0 or time.monotonic() > deadline:
+                return sessions
+            time.sleep(0.3)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -61,33 +92,43 @@ class ServerProcess:
                 self.process.wait(timeout=5)
 
 
-def start_server(log: Path, *args: str, timeout: float = 300.0) -> ServerProcess:
-    """`python server.py --host 127.0.0.1 --port FREE *args`; returns once /health answers."""
+def start_server(log: Path, *args: str, timeout: float = 300.0, host: str = "127.0.0.1",
+                 prefix: tuple[str, ...] = (), env: dict | None = None,
+                 token: str | None = None) -> ServerProcess:
+    """`python server.py --host HOST --port FREE *args`, its output to `log`, run under
+    `prefix` (e.g. unshare) when given and with `env` added to the environment; returns once
+    /health answers over 127.0.0.1. A server on a non-loopback host prints the access token
+    it made: it is read from its output (else `token` is the one it was given). The first
+    start on a fresh machine exports the onnx engine's graphs into the user cache (46 s on 2
+    cores here, more on a slower CPU), hence the long timeout."""
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port",
+    command = [*prefix, sys.executable, str(ROOT / "server.py"), "--host", host, "--port",
                str(port), *args]
     with open(log, "w") as f:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log, token)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited ({process.returncode}):\n{server.log_tail()}")
+        made = re.search(r"token, made now: (\S+)", log.read_text(errors="replace"))
+        if made:
+            server.token = made.group(1)
         try:
-            with urllib.request.urlopen(server.url + "/health", timeout=1) as r:
-                if json.load(r)["status"] == "ok":
-                    return server
+            status, health = server.get("/health", server.token, timeout=1)
+            if status == 200 and health["status"] == "ok":
+                return server
         except OSError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.3)
     server.stop()
     raise RuntimeError(f"the server did not answer within {timeout:.0f} s:\n{server.log_tail()}")
 
 
 def process_usage(pid: int) -> tuple[float, float]:
     """(CPU seconds used so far, peak resident MiB) of a process on this Linux machine."""
-    import os
-
     stat = Path(f"/proc/{pid}/stat").read_text()
     ticks = stat[stat.rindex(")") + 2:].split()
     cpu = (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")       # utime + stime
@@ -98,22 +139,34 @@ def process_usage(pid: int) -> tuple[float, float]:
     return cpu, peak
 
 
+def process_figures(pid: int) -> dict:
+    """Threads, open file descriptors and resident MB of a process on this Linux machine."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    return {"threads": len(os.listdir(f"/proc/{pid}/task")),
+            "fds": len(os.listdir(f"/proc/{pid}/fd")), "rss_mb": round(rss / 1024, 1)}
+
+
 async def http_session():
     import aiohttp
 
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
 
 
-async def metrics(http, url: str) -> dict[str, float]:
-    """The server's /metrics as {name (with labels): value}."""
-    async with http.get(url + "/metrics") as r:
-        text = await r.text()
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text as {name (with labels): value}."""
     values = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values
+
+
+async def metrics(http, url: str) -> dict[str, float]:
+    """The server's /metrics as {name (with labels): value}."""
+    async with http.get(url + "/metrics") as r:
+        return parse_metrics(await r.text())
 
 
 # ----------------------------------------------------------------------------- audio
@@ -183,6 +236,19 @@ def delay_of(t_ref, ref, t_seen, seen, window: tuple[float, float],
     return float(lags[i]), scores[i]
 
 
+# ----------------------------------------------------------------------------- the picture
+
+def mouth_box(avatar) -> tuple[slice, slice]:
+    """Rows and columns around the inner lips of an avatar's working square."""
+    lm = avatar.landmarks.numpy()
+    inner = lm[60:68]
+    centre = (inner.min(0) + inner.max(0)) / 2
+    width = lm[54, 0] - lm[48, 0]
+    x0, x1 = int(centre[0] - 0.35 * width), int(centre[0] + 0.35 * width) + 1
+    y0, y1 = int(centre[1] - 0.25 * width), int(centre[1] + 0.25 * width) + 1
+    return slice(y0, y1), slice(x0, x1)
+
+
 # ----------------------------------------------------------------------------- the client
 
 def loopback_only() -> None:
@@ -245,13 +311,14 @@ def sender_clock(receiver: int, arrival: float, pts: int, rate: int) -> float | 
     return unix + delta / rate - (time.time() - time.perf_counter())
 
 
-def wav_microphone(audio: np.ndarray):
-    """An aiortc audio track that plays `audio` (48 kHz mono) in real time, then silence.
-    Packet j (samples [960 j, 960 (j + 1))) is handed to the sender at `started + 0.02 j`."""
+def microphone(source):
+    """An aiortc audio track that plays `source(start, count)` -> float32 [count] (48 kHz
+    mono samples [start, start + count)) in real time. Packet j (samples [960 j, 960 (j + 1)))
+    is handed to the sender at `started + 0.02 j`; `sent` counts the packets."""
     import av
     from aiortc import MediaStreamTrack
 
-    class WavMicrophone(MediaStreamTrack):
+    class Microphone(MediaStreamTrack):
         kind = "audio"
 
         def __init__(self):
@@ -264,8 +331,7 @@ def wav_microphone(audio: np.ndarray):
                 self.started = time.perf_counter()
             due = self.started + self.sent * 0.02
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            piece = audio[self.sent * PACKET:(self.sent + 1) * PACKET]
-            piece = np.pad(piece, (0, PACKET - piece.size))
+            piece = source(self.sent * PACKET, PACKET)
             frame = av.AudioFrame.from_ndarray((piece * 32767).astype(np.int16)[None],
                                                format="s16", layout="mono")
             frame.sample_rate, frame.pts = 48000, self.sent * PACKET
@@ -273,7 +339,35 @@ def wav_microphone(audio: np.ndarray):
             self.sent += 1
             return frame
 
-    return WavMicrophone()
+    return Microphone()
+
+
+def wav_microphone(audio: np.ndarray):
+    """A microphone that plays `audio` (48 kHz mono) in real time, then silence."""
+
+    def source(start: int, count: int) -> np.ndarray:
+        piece = audio[start:start + count]
+        return np.pad(piece, (0, count - piece.size))
+
+    return microphone(source)
+
+
+def sample_offer(audio_direction: str = "recvonly") -> str:
+    """The SDP of a real offer (audio in `audio_direction`, video recvonly) from an aiortc
+    peer offering only loopback candidates, closed once it has made it."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    async def make():
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("audio", direction=audio_direction)
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    loopback_only()
+    return asyncio.run(make())
 
 
 class Refused(Exception):

@@ -11,7 +11,9 @@ import wave
 from pathlib import Path
 
 import pytest
-from test_server import OUT, speech_clip, start_server
+from test_server import OUT, start_server
+
+from benchmarks.webrtc_client import speech_clip
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -26,7 +26,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_server import ALSA, ROOT, Client, http_session, loopback_only, report, start_server
+from test_server import report, start_server
+
+from benchmarks.webrtc_client import ALSA, ROOT, Client, http_session, sample_offer
 
 pytestmark = pytest.mark.filterwarnings(   # aiohttp's websocket masks use `random` on the
     "ignore::hypothesis.errors.HypothesisDeprecationWarning")   # clients' thread meanwhile
@@ -38,23 +40,7 @@ ALLOWED_CLOSE = {1000, 1001, 1008, 1009, 4404}   # 1011 would be an internal err
 
 # ----------------------------------------------------------------------------- seeds
 
-def real_offer() -> str:
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    async def make():
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("audio", direction="sendrecv")
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    loopback_only()
-    return asyncio.run(make())
-
-
-OFFER = real_offer()
+OFFER = sample_offer("sendrecv")
 WAV = (ALSA / "Front_Center.wav").read_bytes()
 PHOTO = (ROOT / "assets" / "grace_hopper.jpg").read_bytes()
 

@@ -4,6 +4,8 @@ One server process (256 px working size, at most 4 sessions, 5 s peer timeout) s
 test here. Clients are aiortc peers in this process (and one in a child process that is
 killed), with `RTCConfiguration(iceServers=[])` and ICE host candidates restricted to
 127.0.0.1 on both sides: no traffic leaves loopback, every connection ends with its test.
+The client, the server process and the speech clip are benchmarks/webrtc_client.py's, the
+ones the benchmarks use.
 
 What is measured, not assumed (results also go to out/tests/*.json):
 - the decoded video frame rate at the client, from frame arrival times;
@@ -19,31 +21,38 @@ What is measured, not assumed (results also go to out/tests/*.json):
 """
 
 import asyncio
-import fractions
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import webrtc_client
 from benchmarks.webrtc_client import (
+    ALSA,
+    ROOT,
+    Client,
+    Refused,
+    ServerProcess,
+    SpeechClip,
     delay_of,
     envelope,
-    sender_clock,
-    track_receiver,
-    watch_rtp_timing,
+    http_session,
+    loopback_only,
+    metrics,
+    mouth_box,
+    parse_metrics,
+    sample_offer,
+    speech_clip,
+    wav_microphone,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("TEST_OUTPUT_DIR", ROOT / "out" / "tests"))
-ALSA = Path("/usr/share/sounds/alsa")
 SIZE = 256
 MAX_SESSIONS = 4
 PEER_TIMEOUT = 5.0
@@ -64,96 +73,11 @@ def checkpoint() -> Path:
     return Path(other)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    token: str | None = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)          # aiohttp shuts down cleanly
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-    def sessions_when_drained(self, timeout: float = 15.0) -> int:
-        """Live sessions once none is left, or after `timeout` (sessions end asynchronously
-        after their client goes)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            sessions = self.get("/health", self.token)[1]["sessions"]
-            if sessions == 0 or time.monotonic() > deadline:
-                return sessions
-            time.sleep(0.3)
-
-    def get(self, path: str, token: str | None = None, timeout: float = 10.0):
-        """GET path -> (status, parsed JSON or text), with the token when given."""
-        import urllib.error
-        import urllib.request
-
-        request = urllib.request.Request(self.url + path)
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as r:
-                status, body = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            status, body = e.code, e.read()
-        try:
-            return status, json.loads(body)
-        except ValueError:
-            return status, body.decode(errors="replace")
-
-
-def start_server(name: str, *args: str, timeout: float = 300.0, host: str = "127.0.0.1",
-                 prefix: tuple[str, ...] = (), env: dict | None = None,
-                 token: str | None = None) -> ServerProcess:
-    """`python server.py` on a free port (listening on `host`, reached over 127.0.0.1),
-    run under `prefix` (e.g. unshare) when given; returns once /health answers. A server on a
-    non-loopback host prints the access token it made: it is read from its output. The first
-    start on a fresh machine exports the onnx engine's graphs into the user cache (46 s on 2
-    cores here, more on a slower CPU), hence the long timeout."""
-    import re
-
-    port = free_port()
-    OUT.mkdir(parents=True, exist_ok=True)
-    log = OUT / f"{name}.log"
-    command = [*prefix, sys.executable, str(ROOT / "server.py"), "--host", host, "--port",
-               str(port), "--size", str(SIZE), "--checkpoint", str(checkpoint()), "--verbose",
-               *args]
-    with open(log, "w") as f:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, log, token)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited ({process.returncode}):\n{server.log_tail()}")
-        made = re.search(r"token, made now: (\S+)", log.read_text(errors="replace"))
-        if made:
-            server.token = made.group(1)
-        try:
-            status, health = server.get("/health", server.token, timeout=1)
-            if status == 200 and health["status"] == "ok":
-                return server
-        except OSError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise AssertionError(f"the server did not answer within {timeout:.0f} s:\n{server.log_tail()}")
+def start_server(name: str, *args: str, **options) -> ServerProcess:
+    """The server (benchmarks/webrtc_client.start_server, whose `options` these are) at the
+    tests' size and checkpoint, verbose, logging to OUT/{name}.log."""
+    return webrtc_client.start_server(OUT / f"{name}.log", "--size", str(SIZE), "--checkpoint",
+                                      str(checkpoint()), "--verbose", *args, **options)
 
 
 @pytest.fixture(scope="module")
@@ -165,189 +89,7 @@ def server():
     assert "Traceback" not in s.log.read_text(errors="replace"), s.log_tail(80)
 
 
-# ----------------------------------------------------------------------------- audio
-
-@dataclass
-class SpeechClip:
-    audio: np.ndarray                        # 48 kHz mono float32
-    utterances: list[tuple[float, float]]    # (start, end) seconds of each recording in it
-
-
-def speech_clip(names=("Front_Center", "Front_Left", "Rear_Right", "Side_Left"),
-                lead: float = 1.0, pause: float = 1.0, tail: float = 0.5) -> SpeechClip:
-    """Real recorded speech (alsa-utils) with silences between the recordings."""
-    from models.audio_io import load_audio
-
-    parts, utterances, t = [np.zeros(int(lead * 48000), np.float32)], [], lead
-    for n in names:
-        speech = load_audio(ALSA / f"{n}.wav", rate=48000)
-        utterances.append((t, t + speech.size / 48000))
-        parts += [speech, np.zeros(int(pause * 48000), np.float32)]
-        t += speech.size / 48000 + pause
-    parts.append(np.zeros(int(tail * 48000), np.float32))
-    return SpeechClip(np.concatenate(parts), utterances)
-
-
-def loopback_only() -> None:
-    from stream.webrtc import use_loopback_for_media
-
-    use_loopback_for_media()
-
-
-def wav_microphone(audio: np.ndarray):
-    """An aiortc audio track that plays `audio` (48 kHz mono) in real time, then silence,
-    and remembers when it started."""
-    import av
-    from aiortc import MediaStreamTrack
-
-    class WavMicrophone(MediaStreamTrack):
-        kind = "audio"
-
-        def __init__(self):
-            super().__init__()
-            self.started: float | None = None
-            self.sent = 0
-
-        async def recv(self):
-            if self.started is None:
-                self.started = time.perf_counter()
-            due = self.started + self.sent * 0.02
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            piece = audio[self.sent * 960:(self.sent + 1) * 960]
-            piece = np.pad(piece, (0, 960 - piece.size))
-            frame = av.AudioFrame.from_ndarray((piece * 32767).astype(np.int16)[None],
-                                               format="s16", layout="mono")
-            frame.sample_rate, frame.pts = 48000, self.sent * 960
-            frame.time_base = fractions.Fraction(1, 48000)
-            self.sent += 1
-            return frame
-
-    return WavMicrophone()
-
-
-class Refused(Exception):
-    def __init__(self, status: int, error: str):
-        super().__init__(f"{status}: {error}")
-        self.status, self.error = status, error
-
-
-@dataclass
-class Client:
-    """An aiortc peer of the server: sends a microphone (optional), records what it gets."""
-    url: str
-    microphone: object = None
-    video: list = field(default_factory=list)        # (arrival, av.VideoFrame, pts)
-    audio: list = field(default_factory=list)        # (arrival, float32 mono [960], pts)
-    receivers: dict = field(default_factory=dict)    # kind -> id of its RTCRtpReceiver
-    session: str | None = None
-    pc: object = None
-    tasks: list = field(default_factory=list)
-
-    async def connect(self, http, avatar: str | None = None) -> dict:
-        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-
-        loopback_only()
-        watch_rtp_timing()
-        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        if self.microphone is not None:
-            pc.addTransceiver(self.microphone, direction="sendrecv")
-        else:
-            pc.addTransceiver("audio", direction="recvonly")
-        pc.addTransceiver("video", direction="recvonly")
-
-        @pc.on("track")
-        def on_track(track):
-            receiver = next(r for r in pc.getReceivers() if r.track is track)
-            self.receivers[track.kind] = track_receiver(receiver)
-            self.tasks.append(asyncio.ensure_future(self._record(track)))
-
-        await pc.setLocalDescription(await pc.createOffer())
-        offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
-        if avatar:
-            offer["avatar"] = avatar
-        async with http.post(self.url + "/offer", json=offer) as r:
-            answer = await r.json()
-            if r.status != 200:
-                raise Refused(r.status, answer.get("error"))
-        self.session = answer["session"]
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        return answer
-
-    async def _record(self, track) -> None:
-        from aiortc.mediastreams import MediaStreamError
-
-        try:
-            while True:
-                frame = await track.recv()
-                now = time.perf_counter()
-                if track.kind == "video":
-                    self.video.append((now, frame, frame.pts))      # decoded later
-                else:
-                    pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
-                    self.audio.append((now, pcm.mean(1).astype(np.float32) / 32768.0,
-                                       frame.pts))
-        except MediaStreamError:
-            pass
-
-    async def wait_for_video(self, frames: int = 5, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.video) < frames:
-            assert time.monotonic() < deadline, f"no video after {timeout:.0f} s"
-            await asyncio.sleep(0.05)
-
-    def fps(self, seconds: float) -> float:
-        """Decoded frames per second over the last `seconds` of the recording."""
-        t = np.array([v[0] for v in self.video])
-        window = t[t >= t[-1] - seconds]
-        return (len(window) - 1) / max(window[-1] - window[0], 1e-6)
-
-    def received_audio(self, clock: str = "arrival") -> tuple[np.ndarray, np.ndarray]:
-        """(time of every 10 ms hop, RMS envelope) of the received sound; time on the
-        "arrival" clock (when this client got it) or the "sender" clock (when the sender
-        stamped it, from the RTP timestamps and sender reports: what a player syncs by)."""
-        times, envs = [], []
-        for arrived, pcm, pts in self.audio:
-            start = arrived - pcm.size / 48000
-            if clock == "sender":
-                start = sender_clock(self.receivers["audio"], arrived, pts, 48000)
-                if start is None:
-                    continue
-            env = envelope(pcm)
-            times += list(start + (np.arange(env.size) + 0.5) * 0.01)
-            envs += list(env)
-        return np.array(times), np.array(envs)
-
-    def video_frames(self, clock: str = "arrival") -> tuple[np.ndarray, list]:
-        """(time, rgb) of the received pictures, on the "arrival" or the "sender" clock."""
-        times, images = [], []
-        for arrived, frame, pts in self.video:
-            t = arrived if clock == "arrival" else sender_clock(self.receivers["video"],
-                                                                 arrived, pts, 90000)
-            if t is not None:
-                times.append(t)
-                images.append(frame.to_ndarray(format="rgb24"))
-        return np.array(times), images
-
-    def images(self, start: int = 0) -> list[np.ndarray]:
-        return [frame.to_ndarray(format="rgb24") for _, frame, _ in self.video[start:]]
-
-    async def close(self) -> None:
-        if self.pc is not None:
-            await self.pc.close()
-        for task in self.tasks:
-            task.cancel()
-
-
-def mouth_box(avatar) -> tuple[slice, slice]:
-    """Rows and columns around the inner lips of an avatar's working square."""
-    lm = avatar.landmarks.numpy()
-    inner = lm[60:68]
-    centre = (inner.min(0) + inner.max(0)) / 2
-    width = lm[54, 0] - lm[48, 0]
-    x0, x1 = int(centre[0] - 0.35 * width), int(centre[0] + 0.35 * width) + 1
-    y0, y1 = int(centre[1] - 0.25 * width), int(centre[1] + 0.25 * width) + 1
-    return slice(y0, y1), slice(x0, x1)
-
+# ----------------------------------------------------------------------------- the mouth
 
 def mouth_signal(images, avatar) -> np.ndarray:
     """Per frame: the contrast (luminance std) around the inner lips, which rises as the mouth
@@ -394,23 +136,6 @@ def offline_mouth(clip, avatar) -> np.ndarray:
     finally:
         session.close()
     return mouth_signal(images, avatar)
-
-
-async def http_session():
-    import aiohttp
-
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-
-
-async def metrics(http, url: str) -> dict[str, float]:
-    async with http.get(url + "/metrics") as r:
-        text = await r.text()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 def report(name: str, values: dict) -> None:
@@ -1161,23 +886,6 @@ def exposed(tmp_path_factory):
     assert "Traceback" not in s.log.read_text(errors="replace"), s.log_tail(80)
 
 
-def offer_sdp() -> str:
-    """A real WebRTC offer (audio + video) from an aiortc peer that is then closed."""
-    from aiortc import RTCConfiguration, RTCPeerConnection
-
-    async def make():
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("audio", direction="recvonly")
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
-    loopback_only()
-    return asyncio.run(make())
-
-
 def test_token_required_beyond_loopback(exposed):
     """Listening on 0.0.0.0 without --token: the server makes one and prints it; every route
     but the page then refuses a request without it (401), takes it as a bearer header or a
@@ -1235,7 +943,7 @@ def test_limits_refuse_clearly(exposed):
 
     token = exposed.token
     headers = {"Authorization": f"Bearer {token}"}
-    sdp = offer_sdp()
+    sdp = sample_offer()
     replies = {}
 
     async def post(http, path, **kwargs):
@@ -1333,7 +1041,7 @@ def test_full_disk_when_caching_avatars(exposed):
     assert disk and disk[0].split()[-2] == "100%", disk          # really full
     headers = {"Authorization": f"Bearer {exposed.token}"}
     photo = (ROOT / "assets" / "grace_hopper.jpg").read_bytes()
-    sdp = offer_sdp()
+    sdp = sample_offer()
     clip = (ALSA / "Front_Center.wav").read_bytes()[:90_000]
 
     async def run():
@@ -1410,7 +1118,7 @@ def test_page_passes_the_token(tmp_path):
         while server.get("/health", token)[1]["sessions"] and time.monotonic() < deadline:
             time.sleep(0.3)
         result["sessions_after"] = server.get("/health", token)[1]["sessions"]
-        result["unauthorized"] = metrics_from_text(server.get("/metrics", token)[1]).get(
+        result["unauthorized"] = parse_metrics(server.get("/metrics", token)[1]).get(
             "talking_head_unauthorized_total")
     finally:
         server.stop()
@@ -1419,15 +1127,6 @@ def test_page_passes_the_token(tmp_path):
     assert result["portraits"] >= 3, result
     assert result["sessions_after"] == 0, result
     assert result["unauthorized"] == 0, result
-
-
-def metrics_from_text(text: str) -> dict[str, float]:
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 async def vanishing_client(url: str) -> None:
