@@ -51,7 +51,7 @@ weights: setup
 	$(PY) -m train.distill --teacher runs/teacher/teacher.pt --data data/synth --out runs/student
 	cp runs/student/student.pt assets/motion_student.pt
 	$(PY) -m train.evaluate --checkpoint assets/motion_student.pt \
-	  --teacher runs/teacher/teacher.pt --data data/synth --limit 8 --json runs/evaluate.json
+	  --teacher runs/teacher/teacher.pt --data data/synth --json runs/evaluate.json
 
 lint: setup
 	$(PY) -m ruff check .

@@ -191,14 +191,25 @@ class MotionGenerator:
 
     def generate(self, features: np.ndarray) -> np.ndarray:
         """features [n, stack, 384] (n <= chunk_frames) -> motion [n, D] (raw units)."""
+        features, noise = self.prepare(features)
+        motion = self.sampler(noise[None], self.carry[None], self.carry_audio[None],
+                              features[None], self.style[None])[0]
+        return self.accept(motion, features)
+
+    def prepare(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk's features [n, stack, 384] (checked, float32) and its noise [n, D], drawn
+        from this stream's generator."""
         c = self.model.config
         n = features.shape[0]
         if not 1 <= n <= c.chunk_frames:
             raise ValueError(f"a chunk has 1..{c.chunk_frames} frames, got {n}")
-        features = np.asarray(features, np.float32)
-        noise = torch.randn((1, n, c.motion_dim), generator=self.noise).numpy()
-        motion = self.sampler(noise, self.carry[None], self.carry_audio[None], features[None],
-                              self.style[None])[0]
+        noise = torch.randn((1, n, c.motion_dim), generator=self.noise).numpy()[0]
+        return np.asarray(features, np.float32), noise
+
+    def accept(self, motion: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """The sampler's chunk [n, D] -> the stream's frames: seam continuity, anchoring, and
+        the carry moves on."""
+        c = self.model.config
         motion = self._anchor(self._continue_seam(motion))
         self.carry = np.concatenate([self.carry, motion])[-c.carry_frames:]
         self.carry_audio = np.concatenate([self.carry_audio, features])[-c.carry_frames:]
@@ -225,3 +236,33 @@ def generate_sequence(generator: MotionGenerator, features: np.ndarray, chunk: i
         out.append(generator.generate(features[at:at + n]))
         at += n
     return np.concatenate(out) if out else np.zeros((0, motion_space.D), np.float32), sizes
+
+
+def generate_sequences(generators: list[MotionGenerator], features: list[np.ndarray],
+                       chunk: int = 2, first_chunk: int | None = None
+                       ) -> list[tuple[np.ndarray, list[int]]]:
+    """Several independent streams at once (evaluation): stream i is generate_sequence(
+    generators[i], features[i], ...), but at every step the chunks of equal length go through
+    the network in one batched call. Each stream draws its own noise, so its frames equal the
+    one-stream result up to float rounding. All generators share one model and sampler."""
+    sizes = [chunk_sizes(len(f), chunk, first_chunk) for f in features]
+    outputs: list[list[np.ndarray]] = [[] for _ in generators]
+    at = [0] * len(generators)
+    for step in range(max((len(s) for s in sizes), default=0)):
+        by_length: dict[int, list[int]] = {}
+        for i, s in enumerate(sizes):
+            if step < len(s):
+                by_length.setdefault(s[step], []).append(i)
+        for n, streams in by_length.items():
+            prepared = [generators[i].prepare(features[i][at[i]:at[i] + n]) for i in streams]
+            motion = generators[streams[0]].sampler(                          # [B, n, D]
+                np.stack([noise for _, noise in prepared]),
+                np.stack([generators[i].carry for i in streams]),
+                np.stack([generators[i].carry_audio for i in streams]),
+                np.stack([feats for feats, _ in prepared]),
+                np.stack([generators[i].style for i in streams]))
+            for row, i in enumerate(streams):
+                outputs[i].append(generators[i].accept(motion[row], prepared[row][0]))
+                at[i] += n
+    return [(np.concatenate(out) if out else np.zeros((0, motion_space.D), np.float32), s)
+            for out, s in zip(outputs, sizes, strict=True)]

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from models import motion_space
-from models.generator import MotionGenerator, MotionModel, chunk_sizes, load_motion_model
+from models.generator import (
+    MotionGenerator,
+    MotionModel,
+    chunk_sizes,
+    generate_sequence,
+    generate_sequences,
+    load_motion_model,
+)
 from models.motion import MotionConfig, MotionDiT, Normalizer
 from models.sampler import ChunkCondition, Guidance, sample_student, sample_teacher
 from train.synth import run as synth_run
@@ -108,6 +115,26 @@ def test_carry_is_the_last_generated_frames():
     second = g.generate(feats[2:])
     assert np.array_equal(g.carry[-4:], np.concatenate([first, second]))
     assert np.array_equal(g.carry_audio[-4:], feats)
+
+
+def test_streams_generated_together_equal_each_alone():
+    """generate_sequences (train.evaluate's batched run) gives every stream what it would get
+    alone: its own noise, carry and style, streams of different lengths."""
+    model = tiny_model()
+    silence = np.zeros((10, 384), np.float32)
+    rng = np.random.default_rng(2)
+    feats = [rng.standard_normal((t, 10, 384)).astype(np.float32) for t in (9, 4, 13)]
+    styles = [{"head_amplitude": 0.5}, {}, {"mouth_amplitude": 1.5}]
+
+    def generators():
+        return [MotionGenerator(model, silence, seed=s, style=st)
+                for s, st in zip((3, 4, 5), styles, strict=True)]
+
+    together = generate_sequences(generators(), feats, chunk=4, first_chunk=2)
+    for g, f, (motion, sizes) in zip(generators(), feats, together, strict=True):
+        alone, alone_sizes = generate_sequence(g, f, chunk=4, first_chunk=2)
+        assert sizes == alone_sizes and motion.shape == (len(f), motion_space.D)
+        np.testing.assert_allclose(motion, alone, atol=1e-4)
 
 
 def test_chunk_sizes():

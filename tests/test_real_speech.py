@@ -32,3 +32,15 @@ def test_unknown_words_are_dropped_not_fatal():
     audio = load_audio("/usr/share/sounds/alsa/Front_Left.wav")
     assert align(audio, "front zzqxv left")[0][0] == "F"
     assert align(audio, "zzqxv") == []
+
+
+def test_default_model_beats_the_energy_envelope_on_real_speech():
+    """Issue 5: on real recorded speech (the alsa-utils phrases, force-aligned), the shipped
+    student's jaw follows the phones clearly better than the audio's energy envelope does."""
+    from models.generator import load_motion_model
+    from stream.engine import DEFAULT_CHECKPOINT
+    from train.real_speech import alsa_phrases, score
+
+    result = score(load_motion_model(DEFAULT_CHECKPOINT), alsa_phrases())
+    assert result["model_corr"] >= 0.85, result
+    assert result["model_corr"] >= result["energy_corr"] + 0.04, result

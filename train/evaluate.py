@@ -9,11 +9,16 @@ would be (shorter first chunk, causal carryover) and compared with its ground tr
     lag_ms          lag of the cross-correlation peak (positive: generated mouth is late)
     seam_ratio      mean motion jump across chunk boundaries / mean jump inside chunks
     head_std_ratio  std of generated head rotation / std of the ground truth, over all frames
-                    pooled (so it counts the differences between speakers' resting postures)
+                    pooled (head pose is relative to the speaker's rest, train.visemes; format
+                    2 data also counted the differences between speakers' resting postures)
     head_std_ratio_within   the same within each example (its own mean removed), averaged:
-                    head motion alone
+                    the motion inside a recording alone
     nfe             network evaluations per chunk
-    ms_per_chunk    mean wall time of one chunk on this machine (1 thread)
+    ms_per_chunk    mean wall time of one chunk of one stream alone on this machine (1 thread;
+                    the first TIMED_CHUNKS chunks of the split's audio)
+The examples are generated together, each its own stream, the chunks of a step batched
+into one network call (models.generator.generate_sequences): the whole split in minutes,
+the teacher's 72 evaluations per chunk included.
 """
 
 import argparse
@@ -25,10 +30,16 @@ import numpy as np
 import torch
 
 from models import motion_space
-from models.generator import MotionGenerator, generate_sequence, load_motion_model
+from models.generator import (
+    MotionGenerator,
+    generate_sequence,
+    generate_sequences,
+    load_motion_model,
+)
 from train.dataset import load_examples, silence_feature_for
 
 HEAD = ("head_yaw", "head_pitch", "head_roll")
+TIMED_CHUNKS = 200     # ms_per_chunk: one stream alone over this many chunks
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,22 +73,23 @@ def seam_ratio(motion_norm: list[np.ndarray], sizes: list[list[int]]) -> float:
 
 
 def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk: int = 2,
-                   first_chunk: int | None = None, seed: int = 0) -> dict:
+                   first_chunk: int | None = None, seed: int = 0,
+                   timed_chunks: int = TIMED_CHUNKS) -> dict:
     torch.set_num_threads(1)
     model = load_motion_model(path, kind=kind)
     jaw, head = motion_space.index("jaw_open"), [motion_space.index(n) for n in HEAD]
     std = np.array(model.normalizer.std, np.float32)
+
+    def generator(i: int) -> MotionGenerator:
+        style = dict(zip(model.config.style_names, map(float, examples[i].style), strict=True))
+        return MotionGenerator(model, silence, seed=seed + i, style=style)
+
+    features = [e.features[: e.frames].astype(np.float32) for e in examples]
+    # all examples at once, batched per step (each its own stream, noise and carry)
+    generated = generate_sequences([generator(i) for i in range(len(examples))], features,
+                                   chunk, first_chunk)
     gen_jaw, true_jaw, gen_head, true_head, normed, sizes = [], [], [], [], [], []
-    chunk_time, chunks = 0.0, 0
-    for i, e in enumerate(examples):
-        generator = MotionGenerator(model, silence, seed=seed + i,
-                                    style=dict(zip(model.config.style_names,
-                                                   map(float, e.style), strict=True)))
-        t0 = time.perf_counter()
-        motion, s = generate_sequence(generator, e.features[: e.frames].astype(np.float32),
-                                      chunk, first_chunk)
-        chunk_time += time.perf_counter() - t0
-        chunks += len(s)
+    for e, (motion, s) in zip(examples, generated, strict=True):
         truth = e.motion[: e.frames]
         gen_jaw.append(motion[:, jaw])
         true_jaw.append(truth[:, jaw])
@@ -85,6 +97,12 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
         true_head.append(truth[:, head])
         normed.append(motion / std)
         sizes.append(s)
+    # wall time of one stream alone, as at run time: the first `timed_chunks` chunks of audio
+    timed = np.concatenate(features)[: timed_chunks * chunk]
+    t0 = time.perf_counter()
+    _, timed_sizes = generate_sequence(generator(0), timed, chunk, first_chunk)
+    ms_per_chunk = 1000.0 * (time.perf_counter() - t0) / max(len(timed_sizes), 1)
+
     gj, tj = np.concatenate(gen_jaw), np.concatenate(true_jaw)
     gh, th = np.concatenate(gen_head), np.concatenate(true_head)
     within = (np.mean([g.std(axis=0) for g in gen_head], axis=0)               # [3]
@@ -98,7 +116,8 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
         "head_std_ratio_within": float(np.mean(within)),
         "nfe": model.nfe,
         "chunk_frames": chunk,
-        "ms_per_chunk": 1000.0 * chunk_time / max(chunks, 1),
+        "ms_per_chunk": ms_per_chunk,
+        "timed_chunks": len(timed_sizes),
         "examples": len(examples),
         "frames": int(len(gj)),
     }

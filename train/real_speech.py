@@ -119,8 +119,8 @@ def pyannote_sample(cache: Path) -> tuple[Path, Path]:
     return wav, stm
 
 
-def recordings(cache: Path) -> list[dict]:
-    """[{name, audio (16 kHz), phones}] with the aligned phones of each recording."""
+def alsa_phrases() -> dict:
+    """{name, audio (16 kHz), phones}: the alsa-utils phrases with 0.5 s pauses, aligned."""
     pause = np.zeros(8000, np.float32)
     audio, phones, t = [], [], 0.0
     for name in ALSA_PHRASES:
@@ -128,7 +128,12 @@ def recordings(cache: Path) -> list[dict]:
         phones += [(p, s + t, e + t) for p, s, e in align(clip, name.replace("_", " "))]
         audio += [clip, pause]
         t += (clip.size + pause.size) / 16000
-    out = [{"name": "alsa-phrases", "audio": np.concatenate(audio), "phones": phones}]
+    return {"name": "alsa-phrases", "audio": np.concatenate(audio), "phones": phones}
+
+
+def recordings(cache: Path) -> list[dict]:
+    """[{name, audio (16 kHz), phones}] with the aligned phones of each recording."""
+    out = [alsa_phrases()]
 
     wav, stm = pyannote_sample(cache)
     conversation = load_audio(wav)
@@ -153,33 +158,41 @@ def recordings(cache: Path) -> list[dict]:
     return out
 
 
-def evaluate(checkpoint: str, cache: Path, seed: int = 0) -> dict:
+def score(model, rec: dict, seed: int = 0) -> dict:
+    """Correlations with the recording's reference jaw track: the model's generated jaw_open
+    (streamed in 2-frame chunks, as at run time) and the audio's energy envelope."""
     from models.audio import AudioFeatureExtractor, FeatureConfig
-    from models.generator import MotionGenerator, generate_sequence, load_motion_model
+    from models.generator import MotionGenerator, generate_sequence
 
-    model = load_motion_model(checkpoint)
     fields = {k: v for k, v in model.feature_config.items()
               if k in FeatureConfig.__dataclass_fields__}
     extractor = AudioFeatureExtractor(FeatureConfig(**fields))
     silence = extractor.features(np.zeros(extractor.config.window_samples, np.float32))[0]
+    audio = rec["audio"]
+    reference = reference_jaw(rec["phones"], audio.size)
+    generator = MotionGenerator(model, silence, seed=seed)
+    motion, _ = generate_sequence(generator, extractor.features(audio), chunk=2)
+    energy = energy_envelope(audio)
+    # speech the aligner could not place has no reference: leave those frames out
+    known = np.ones(len(reference), bool)
+    for start, end in rec.get("unaligned", []):
+        known[int(start * 25): int(np.ceil(end * 25))] = False
     jaw = motion_space.index("jaw_open")
+    return {
+        "seconds": audio.size / 16000, "phones": len(rec["phones"]),
+        "unaligned_seconds": float(sum(e - s for s, e in rec.get("unaligned", []))),
+        "model_corr": pearson(motion[known, jaw], reference[known]),
+        "energy_corr": pearson(energy[known], reference[known]),
+    }
+
+
+def evaluate(checkpoint: str, cache: Path, seed: int = 0) -> dict:
+    from models.generator import load_motion_model
+
+    model = load_motion_model(checkpoint)
     result = {"checkpoint": str(checkpoint), "recordings": {}}
     for rec in recordings(cache):
-        audio = rec["audio"]
-        reference = reference_jaw(rec["phones"], audio.size)
-        generator = MotionGenerator(model, silence, seed=seed)
-        motion, _ = generate_sequence(generator, extractor.features(audio), chunk=2)
-        energy = energy_envelope(audio)
-        # speech the aligner could not place has no reference: leave those frames out
-        known = np.ones(len(reference), bool)
-        for start, end in rec.get("unaligned", []):
-            known[int(start * 25): int(np.ceil(end * 25))] = False
-        result["recordings"][rec["name"]] = {
-            "seconds": audio.size / 16000, "phones": len(rec["phones"]),
-            "unaligned_seconds": float(sum(e - s for s, e in rec.get("unaligned", []))),
-            "model_corr": pearson(motion[known, jaw], reference[known]),
-            "energy_corr": pearson(energy[known], reference[known]),
-        }
+        result["recordings"][rec["name"]] = score(model, rec, seed)
     model_mean = np.mean([r["model_corr"] for r in result["recordings"].values()])
     energy_mean = np.mean([r["energy_corr"] for r in result["recordings"].values()])
     result["model_corr_mean"], result["energy_corr_mean"] = float(model_mean), float(energy_mean)
