@@ -625,8 +625,9 @@ def _check_folder(folder: Path, config: SynthConfig, feature_config: dict) -> No
     if path.is_file():
         old = json.loads(path.read_text())
         if old != info:
-            raise SystemExit(f"{folder} holds data made with other settings ({path}); "
-                             "use another --out or the same settings")
+            raise SystemExit(f"{folder} holds data made with other settings or an older "
+                             f"format ({path}): delete the folder, or use another --out or "
+                             "the same settings")
     else:
         path.write_text(json.dumps(info, indent=1))
 
