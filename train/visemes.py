@@ -15,13 +15,7 @@ the middle of audio samples [640 t, 640 (t + 1)) at 16 kHz), built from:
 - Head, from prosody: a posture that shifts at phrase boundaries, slow drift, nods and
   small turns/tilts on prominent stressed syllables, a phrase-final nod (statement) or
   raise and tilt (question), breathing sway, all scaled by the speaker's amplitude and
-  tempo. A posture shift begins within 80 ms of its phrase's first sound, what a streaming
-  model hears ahead (models.audio's look-ahead). Head pose is relative to the speaker's
-  resting pose, as train.prepare_videos fits real videos against the person's own neutral
-  face and usual pose: an avatar starts from its portrait, which is that rest, and nothing
-  in the audio tells a speaker's resting posture, so it is not motion. (Format 2 drew a
-  resting posture per speaker, yaw/pitch/roll std 4/3/2 degrees, into the motion, which the
-  generator's anchoring at the portrait's pose then counted as missing head motion.)
+  tempo.
 - Blinks at a per-speaker rate, more often in pauses and just after a phrase ends.
 - Gaze: fixations near the camera with saccades between them, looking away in pauses,
   partly counter-rotating the head (the eyes stay on the viewer).
@@ -75,6 +69,9 @@ class Style:
     blink_rate: float = 16.0      # blinks per minute while speaking (more in pauses)
     brow_amplitude: float = 0.3   # brow raise on a strong pitch peak
     gaze_aversion: float = 0.3    # chance of looking away during a pause
+    posture_yaw: float = 0.0      # resting head orientation, degrees
+    posture_pitch: float = 0.0
+    posture_roll: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -102,6 +99,9 @@ def sample_style(rng: np.random.Generator) -> Style:
         blink_rate=float(rng.uniform(8.0, 24.0)),
         brow_amplitude=float(rng.uniform(0.05, 0.6)),
         gaze_aversion=float(rng.uniform(0.05, 0.6)),
+        posture_yaw=float(np.clip(rng.normal(0.0, 4.0), -10, 10)),
+        posture_pitch=float(np.clip(rng.normal(0.0, 3.0), -8, 8)),
+        posture_roll=float(np.clip(rng.normal(0.0, 2.0), -6, 6)),
     )
 
 
@@ -390,21 +390,18 @@ def head_track(speech: Speech, style: Style, times: np.ndarray, rng: np.random.G
                ) -> dict[str, np.ndarray]:
     amp, tempo = style.head_amplitude, style.head_tempo
     talking = _speaking(speech, times)
-    # relative to the speaker's resting pose (see the module doc): rest is zero
-    yaw, pitch, roll = np.zeros(len(times)), np.zeros(len(times)), np.zeros(len(times))
+    yaw = np.full(len(times), style.posture_yaw)
+    pitch = np.full(len(times), style.posture_pitch)
+    roll = np.full(len(times), style.posture_roll)
 
-    # posture shifts at phrase boundaries (a new phrase often starts with a new pose), starting
-    # within 80 ms of the first sound: a streaming model hears that much ahead (the feature
-    # look-ahead), and a shift begun earlier could only be guessed, so it learned to make
-    # almost none (yaw change over 1 s around sentence starts: std 1.9 degrees generated
-    # against 4.2 in the data when shifts began 0.1-0.4 s before the sound)
+    # posture shifts at phrase boundaries (a new phrase often starts with a new pose)
     current = np.zeros(3)
     for start, _ in _speech_runs(speech):
         if rng.random() > 0.7:
             continue
         target = rng.normal(0.0, 1.0, 3) * np.array([4.0, 2.0, 2.0]) * amp
         duration = rng.uniform(0.4, 0.9) / tempo
-        begin = start + rng.uniform(-0.08, 0.08)
+        begin = start - rng.uniform(0.1, 0.4)
         ramp = np.clip((times - begin) / duration, 0, 1)
         ramp = ramp * ramp * (3 - 2 * ramp)                   # smoothstep
         step = (target - current)[None, :] * ramp[:, None]
@@ -452,9 +449,9 @@ def head_track(speech: Speech, style: Style, times: np.ndarray, rng: np.random.G
     idle_gain = 1.0 - 0.6 * talking
     pitch += 0.4 * breath * idle_gain
 
-    head_x = (-0.003 * roll
+    head_x = (-0.003 * (roll - style.posture_roll)
               + _smooth_noise(times, rng, 0.03, 0.2, 0.008 * amp))
-    head_y = (0.002 * pitch + 0.004 * breath * idle_gain
+    head_y = (0.002 * (pitch - style.posture_pitch) + 0.004 * breath * idle_gain
               + _smooth_noise(times, rng, 0.03, 0.2, 0.005 * amp))
     head_scale = 0.006 * talking + _smooth_noise(times, rng, 0.02, 0.15, 0.008 * amp)
     return {"head_yaw": yaw, "head_pitch": pitch, "head_roll": roll, "head_x": head_x,
@@ -531,8 +528,8 @@ def gaze_track(speech: Speech, style: Style, times: np.ndarray, head: dict[str, 
         gy += (y - py) * ramp
         px, py = x, y
     # the eyes partly counter-rotate head motion (they stay on the viewer)
-    gx -= 0.5 * head["head_yaw"] / 30.0
-    gy -= 0.5 * head["head_pitch"] / 30.0
+    gx -= 0.5 * (head["head_yaw"] - style.posture_yaw) / 30.0
+    gy -= 0.5 * (head["head_pitch"] - style.posture_pitch) / 30.0
     return {"gaze_x": gx, "gaze_y": gy}
 
 
