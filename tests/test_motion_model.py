@@ -137,6 +137,18 @@ def test_streams_generated_together_equal_each_alone():
         np.testing.assert_allclose(motion, alone, atol=1e-4)
 
 
+def test_head_change_ratio_sees_slow_moves_not_resting_postures():
+    from train.evaluate import change_std_ratio
+
+    rng = np.random.default_rng(0)
+    truth = [np.cumsum(rng.normal(0, 0.3, (200, 3)), axis=0) for _ in range(4)]   # wandering
+    offset = [t + rng.normal(0, 5, 3) for t in truth]          # other resting postures
+    assert change_std_ratio(offset, truth) == pytest.approx(1.0)
+    assert change_std_ratio([0.5 * t for t in truth], truth) == pytest.approx(0.5)
+    jitter = [t[:1] + rng.normal(0, 0.3, t.shape) for t in truth]     # moves, but goes nowhere
+    assert change_std_ratio(jitter, truth) < 0.3
+
+
 def test_chunk_sizes():
     assert chunk_sizes(11, 4, 2) == [2, 4, 4, 1]
     assert chunk_sizes(0, 4, 2) == []

@@ -12,6 +12,9 @@ would be (shorter first chunk, causal carryover) and compared with its ground tr
                     pooled (so it counts the differences between speakers' resting postures)
     head_std_ratio_within   the same within each example (its own mean removed), averaged:
                     the motion inside a recording alone
+    head_change_1s_ratio    std of the head rotation's change over 1 s (25 frames), generated
+                    over ground truth, pooled: the slow, large moves (posture shifts), blind to
+                    resting postures
     nfe             network evaluations per chunk
     ms_per_chunk    mean wall time of one chunk of one stream alone on this machine (1 thread;
                     the first TIMED_CHUNKS chunks of the split's audio)
@@ -58,6 +61,16 @@ def lag_ms(generated: np.ndarray, truth: np.ndarray, fps: int = 25, max_lag: int
         if c > best:
             best, best_lag = c, lag
     return 1000.0 * best_lag / fps
+
+
+def change_std_ratio(generated: list[np.ndarray], truth: list[np.ndarray],
+                     frames: int = 25) -> float:
+    """Std of x[t + frames] - x[t] of the generated sequences over that of the true ones, per
+    column [T, C], pooled over sequences, averaged over columns."""
+    def changes(seqs):
+        return np.concatenate([x[frames:] - x[:-frames] for x in seqs if len(x) > frames])
+    g, t = changes(generated), changes(truth)
+    return float(np.mean(g.std(axis=0) / np.maximum(t.std(axis=0), 1e-6)))
 
 
 def seam_ratio(motion_norm: list[np.ndarray], sizes: list[list[int]]) -> float:
@@ -113,6 +126,7 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
         "seam_ratio": seam_ratio(normed, sizes),
         "head_std_ratio": float(np.mean(gh.std(axis=0) / np.maximum(th.std(axis=0), 1e-6))),
         "head_std_ratio_within": float(np.mean(within)),
+        "head_change_1s_ratio": change_std_ratio(gen_head, true_head),
         "nfe": model.nfe,
         "chunk_frames": chunk,
         "ms_per_chunk": ms_per_chunk,
