@@ -41,6 +41,6 @@ def test_default_model_beats_the_energy_envelope_on_real_speech():
     from stream.engine import DEFAULT_CHECKPOINT
     from train.real_speech import alsa_phrases, score
 
-    result = score(load_motion_model(DEFAULT_CHECKPOINT), alsa_phrases())
+    result = score(load_motion_model(DEFAULT_CHECKPOINT), [alsa_phrases()])["alsa-phrases"]
     assert result["model_corr"] >= 0.85, result
     assert result["model_corr"] >= result["energy_corr"] + 0.04, result

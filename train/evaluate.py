@@ -110,7 +110,12 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
         normed.append(motion / std)
         sizes.append(s)
     # wall time of one stream alone, as at run time: the first `timed_chunks` chunks of audio
-    timed = np.concatenate(features)[: timed_chunks * chunk]
+    timed, need = [], timed_chunks * chunk
+    for f in features:                      # only as many examples as that takes
+        timed.append(f[:need - sum(map(len, timed))])
+        if sum(map(len, timed)) >= need:
+            break
+    timed = np.concatenate(timed)
     t0 = time.perf_counter()
     _, timed_sizes = generate_sequence(generator(0), timed, chunk, first_chunk)
     ms_per_chunk = 1000.0 * (time.perf_counter() - t0) / max(len(timed_sizes), 1)

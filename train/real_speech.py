@@ -158,16 +158,21 @@ def recordings(cache: Path) -> list[dict]:
     return out
 
 
-def score(model, rec: dict, seed: int = 0) -> dict:
-    """Correlations with the recording's reference jaw track: the model's generated jaw_open
-    (streamed in 2-frame chunks, as at run time) and the audio's energy envelope."""
+def score(model, recs: list[dict], seed: int = 0) -> dict[str, dict]:
+    """Per recording, correlations with its reference jaw track: the model's generated
+    jaw_open (streamed in 2-frame chunks, as at run time) and the audio's energy envelope."""
     from models.audio import AudioFeatureExtractor, FeatureConfig
-    from models.generator import MotionGenerator, generate_sequence
 
     fields = {k: v for k, v in model.feature_config.items()
               if k in FeatureConfig.__dataclass_fields__}
     extractor = AudioFeatureExtractor(FeatureConfig(**fields))
     silence = extractor.features(np.zeros(extractor.config.window_samples, np.float32))[0]
+    return {rec["name"]: _score_one(model, extractor, silence, rec, seed) for rec in recs}
+
+
+def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int) -> dict:
+    from models.generator import MotionGenerator, generate_sequence
+
     audio = rec["audio"]
     reference = reference_jaw(rec["phones"], audio.size)
     generator = MotionGenerator(model, silence, seed=seed)
@@ -190,9 +195,7 @@ def evaluate(checkpoint: str, cache: Path, seed: int = 0) -> dict:
     from models.generator import load_motion_model
 
     model = load_motion_model(checkpoint)
-    result = {"checkpoint": str(checkpoint), "recordings": {}}
-    for rec in recordings(cache):
-        result["recordings"][rec["name"]] = score(model, rec, seed)
+    result = {"checkpoint": str(checkpoint), "recordings": score(model, recordings(cache), seed)}
     model_mean = np.mean([r["model_corr"] for r in result["recordings"].values()])
     energy_mean = np.mean([r["energy_corr"] for r in result["recordings"].values()])
     result["model_corr_mean"], result["energy_corr_mean"] = float(model_mean), float(energy_mean)
