@@ -100,7 +100,7 @@ def motion_inputs(model, batch: int, device):
     c = model.config
     return (torch.randn(batch, c.chunk_frames, c.motion_dim, device=device),
             torch.rand(batch, device=device),
-            torch.randn(batch, c.carry_frames, c.motion_dim, device=device),
+            torch.randn(batch, c.context_frames, c.motion_dim, device=device),
             torch.randn(batch, c.chunk_frames, c.audio_stack, c.audio_dim, device=device),
             torch.randn(batch, c.carry_frames, c.audio_stack, c.audio_dim, device=device),
             torch.rand(batch, c.style_dim, device=device),

@@ -1,7 +1,7 @@
 """The motion sampler as one ONNX graph: the student's few steps unrolled, normalisation in.
 
-Inputs   noise [B, n, D], carry [B, K, D] (raw units), carry_audio [B, K, stack, 384],
-         audio [B, n, stack, 384], style [B, S]
+Inputs   noise [B, n, D], carry [B, H + K, D] (raw units; H history frames, 0 without),
+         carry_audio [B, K, stack, 384], audio [B, n, stack, 384], style [B, S]
 Output   motion [B, n, D] (raw units)
 B (sessions) and n (chunk frames, 1..N) are dynamic. Opset 23: attention is one `Attention`
 node. Only the distilled student is exported: the teacher's 24 guided steps are for training.
@@ -48,7 +48,7 @@ def export_motion(model: MotionModel, path: str | Path) -> Path:
     c = model.config
     module = UnrolledSampler(model).eval()
     b, n, k = 2, c.chunk_frames, c.carry_frames
-    args = (torch.randn(b, n, c.motion_dim), torch.zeros(b, k, c.motion_dim),
+    args = (torch.randn(b, n, c.motion_dim), torch.zeros(b, c.context_frames, c.motion_dim),
             torch.zeros(b, k, c.audio_stack, c.audio_dim),
             torch.zeros(b, n, c.audio_stack, c.audio_dim), torch.ones(b, c.style_dim))
     batch = torch.export.Dim("batch", min=1, max=256)

@@ -68,7 +68,7 @@ def check_motion(path: Path, model, fp16: bool) -> dict[str, float]:
     c = model.config
     rng = np.random.default_rng(0)
     b, n = 3, c.chunk_frames
-    args = (rng.standard_normal((b, n, c.motion_dim)), rng.standard_normal((b, c.carry_frames,
+    args = (rng.standard_normal((b, n, c.motion_dim)), rng.standard_normal((b, c.context_frames,
             c.motion_dim)) * 0.3, rng.standard_normal((b, c.carry_frames, c.audio_stack,
             c.audio_dim)) * 0.5, rng.standard_normal((b, n, c.audio_stack, c.audio_dim)) * 0.5,
             np.ones((b, c.style_dim)))

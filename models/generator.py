@@ -1,7 +1,8 @@
 """Chunk-by-chunk motion generation with causal carryover (raw motion-space units).
 
-A MotionGenerator holds one stream's state: the last K generated frames and their audio
-features (the carry), and a seeded noise source. Each call generates the next chunk from
+A MotionGenerator holds one stream's state: the last generated frames (the carry: K frames, or
+H + K with a motion history, see models.motion), the last K frames' audio features, and a
+seeded noise source. Each call generates the next chunk from
 that chunk's audio features; nothing ever waits for future audio beyond the feature
 look-ahead. Streams sharing one model keep their own MotionGenerator.
 
@@ -111,7 +112,7 @@ class TorchMotionSampler:
     """Batched sampling in raw units (numpy in, numpy out); export.motion.OnnxMotionSampler
     has the same call signature.
 
-    noise [B, n, D], carry [B, K, D], carry_audio [B, K, stack, 384], audio [B, n, stack, 384],
+    noise [B, n, D], carry [B, H + K, D], carry_audio [B, K, stack, 384], audio [B, n, stack, 384],
     style [B, S] -> motion [B, n, D]
     """
 
@@ -159,8 +160,9 @@ class MotionGenerator:
 
     def reset_carry(self) -> None:
         """Neutral face and silence as the carry (the stream's start)."""
-        k = self.model.config.carry_frames
-        self.carry = np.zeros((k, motion_space.D), np.float32)          # neutral face
+        c = self.model.config
+        k = c.carry_frames
+        self.carry = np.zeros((c.context_frames, motion_space.D), np.float32)  # neutral face
         self.carry_audio = np.repeat(self.silence_feature[None], k, axis=0)
         self.posture = np.zeros(len(HEAD), np.float32)     # slow mean of the head pose
         self.recent_pose = np.zeros(len(HEAD), np.float32) # its 0.5 s mean
@@ -211,7 +213,7 @@ class MotionGenerator:
         the carry moves on."""
         c = self.model.config
         motion = self._anchor(self._continue_seam(motion))
-        self.carry = np.concatenate([self.carry, motion])[-c.carry_frames:]
+        self.carry = np.concatenate([self.carry, motion])[-c.context_frames:]
         self.carry_audio = np.concatenate([self.carry_audio, features])[-c.carry_frames:]
         return motion
 

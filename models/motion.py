@@ -13,6 +13,15 @@ in training so errors do not accumulate; EMO's motion frames, done causally). At
 full inside the K + n tokens. The flow time t and the style controls condition every block
 through adaLN-Zero (DiT). The output is the flow-matching velocity of the n chunk frames.
 
+Motion history (history_frames H > 0): the H frames sent before the carry, every
+history_stride-th of them taken relative to the last carried frame, summarised by an MLP into
+the same adaLN conditioning. It costs no tokens, and tells the model where the head has been
+over the last seconds, which K = 8 frames (320 ms) cannot: with the carry alone each step's
+head move is right but moves over a second or more come out at half their size (the slow
+posture shifts and drift; benchmarks/RESULTS.md, session 4). The motion a chunk is
+conditioned on is then H + K frames (`context_frames`): the model's `carry` input holds them
+all, oldest first, and only its last K become tokens.
+
 Classifier-free guidance: the audio embedding is replaced by a learned null embedding, and
 the style by a learned null style, when dropped (training) or unconditioned (sampling).
 Motion enters and leaves normalised (per-parameter mean/std of the training data).
@@ -38,6 +47,8 @@ class MotionConfig:
     style_names: tuple[str, ...] = STYLE_NAMES
     chunk_frames: int = 4          # N: frames generated per call (max)
     carry_frames: int = 8          # K: carried-over frames
+    history_frames: int = 0        # H: older frames summarised into the conditioning (0: none)
+    history_stride: int = 4        # every history_stride-th history frame is used
     width: int = 192
     depth: int = 4
     heads: int = 4
@@ -47,6 +58,15 @@ class MotionConfig:
     @property
     def style_dim(self) -> int:
         return len(self.style_names)
+
+    @property
+    def context_frames(self) -> int:
+        """Motion frames a chunk is conditioned on: history, then carry."""
+        return self.history_frames + self.carry_frames
+
+    @property
+    def history_samples(self) -> int:
+        return self.history_frames // self.history_stride
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -154,6 +174,11 @@ class MotionDiT(nn.Module):
         self.time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.style = nn.Sequential(nn.Linear(c.style_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.null_style = nn.Parameter(torch.zeros(w))
+        if c.history_frames:
+            if c.history_frames % c.history_stride:
+                raise ValueError("history_frames must be a multiple of history_stride")
+            self.history = nn.Sequential(nn.Linear(c.history_samples * c.motion_dim, w),
+                                         nn.SiLU(), nn.Linear(w, w))
         self.blocks = nn.ModuleList(Block(w, c.heads, c.mlp_ratio) for _ in range(c.depth))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
@@ -168,12 +193,14 @@ class MotionDiT(nn.Module):
                 use_audio: torch.Tensor, use_style: torch.Tensor) -> torch.Tensor:
         """Velocity of the chunk frames.
 
-        x [B, n, D] noisy normalised motion at time t [B]; carry [B, K, D] normalised;
+        x [B, n, D] noisy normalised motion at time t [B]; carry [B, H + K, D] normalised
+        (history, then the carried frames; H = 0 without history);
         audio [B, n, stack, 384]; carry_audio [B, K, stack, 384]; style [B, S];
         use_audio, use_style [B] in {0, 1} (0 = null condition, for guidance/dropout).
         Returns [B, n, D].
         """
         c = self.config
+        history, carry = carry[:, :c.history_frames], carry[:, c.history_frames:]
         n, k = x.shape[1], carry.shape[1]
         a = self.audio(torch.cat([carry_audio, audio], dim=1))  # [B, K+n, W]
         ua = use_audio.to(a.dtype)[:, None, None]
@@ -184,6 +211,11 @@ class MotionDiT(nn.Module):
         us = use_style.to(a.dtype)[:, None]
         cond = self.time(timestep_embedding(t, c.width))
         cond = cond + us * self.style(style) + (1 - us) * self.null_style
+        if c.history_frames:
+            # every stride-th history frame, ending one stride before the carry, relative to
+            # the last carried frame: [B, H, D] -> [B, H / stride, D] -> [B, H / stride * D]
+            past = history[:, c.history_stride - 1::c.history_stride] - carry[:, -1:]
+            cond = cond + self.history(past.flatten(1))
         for block in self.blocks:
             tokens = block(tokens, cond)
         shift, scale = self.final_ada(cond).chunk(2, dim=-1)

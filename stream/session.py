@@ -126,6 +126,7 @@ class Session:
             raise ValueError(f"chunk must be 1..{engine.motion.config.chunk_frames} frames")
         self.first_chunk = first_chunk or min(self.block, self.chunk)
         self.carry_frames = engine.motion.config.carry_frames
+        self.context_frames = engine.motion.config.context_frames    # history + carry
         self.jitter = int(jitter_ms * RATE / 1000)
         self.audio = AudioInput(playback=True)
         self.features = engine.features.stream()
@@ -141,7 +142,7 @@ class Session:
         self._taken = 0                    # 16 kHz samples handed to the feature stream
         self._pending = []                 # [(frame index, feature [stack, 384])] not yet sampled
         self._next_frame = 0               # index of the next frame to sample
-        self._history = deque(maxlen=self.carry_frames + 4 * self.chunk + max_frames_queued)
+        self._history = deque(maxlen=self.context_frames + 4 * self.chunk + max_frames_queued)
         self._delivered = 0                # frames handed to the consumer
         self._arrivals = deque()           # (16 kHz end index, perf_counter) of pushes
         self._ended = False                # the audio source finished (offline mode)
@@ -240,15 +241,15 @@ class Session:
             self.frames.put_nowait(f)
 
     def _restore_carry(self) -> None:
-        k = self.carry_frames
-        recent = list(self._history)[-k:]
+        k, h = self.carry_frames, self.context_frames
+        recent = list(self._history)[-h:]
         g = self.generator
         g.reset_carry()
         if recent:
             motion = np.stack([m for _, m, _ in recent])
-            feats = np.stack([f for _, _, f in recent])
-            g.carry[k - len(recent):] = motion
-            g.carry_audio[k - len(recent):] = feats
+            feats = np.stack([f for _, _, f in recent[-k:]])
+            g.carry[h - len(recent):] = motion
+            g.carry_audio[k - len(feats):] = feats
 
     # ------------------------------------------------------------------ consumer side
 

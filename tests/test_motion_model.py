@@ -48,6 +48,53 @@ def test_forward_shapes_and_short_chunks():
         assert v.shape == (b, n, 17)
 
 
+HISTORY = MotionConfig(width=48, depth=2, heads=2, audio_proj=8, history_frames=12,
+                       history_stride=4)
+
+
+def test_motion_history_conditions_the_chunk_and_only_its_strided_frames():
+    """A history model takes H + K carried frames; the strided history frames change its
+    output, the frames between them and the carry's tokens work as without history."""
+    torch.manual_seed(0)
+    net = MotionDiT(HISTORY).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    b, n = 2, 2
+    args = (torch.randn(b, n, 17), torch.rand(b))
+    rest = (torch.randn(b, n, 10, 384), torch.randn(b, 8, 10, 384), torch.ones(b, 2),
+            torch.ones(b), torch.ones(b))
+    carry = torch.randn(b, HISTORY.context_frames, 17)          # [B, 12 + 8, D]
+    with torch.no_grad():
+        base = net(*args, carry, *rest)
+        assert base.shape == (b, n, 17)
+        used = carry.clone()
+        used[:, 3] += 1.0                                           # a strided frame (4th)
+        between = carry.clone()
+        between[:, 4] += 1.0                                        # skipped by the stride
+        assert not torch.allclose(net(*args, used, *rest), base, atol=1e-4)
+        assert torch.allclose(net(*args, between, *rest), base, atol=1e-6)
+
+
+def test_windows_and_generator_carry_the_history():
+    examples = toy_examples(n=2, frames=60)
+    norm = Normalizer()
+    silence = np.zeros((10, 384), np.float32)
+    sampler = WindowSampler(examples, HISTORY, norm, silence, seed=0)
+    e = examples[0]
+    carry, carry_audio, audio, motion = sampler.window(e, 15, 2)
+    assert carry.shape == (20, 17) and carry_audio.shape == (8, 10, 384)
+    assert np.array_equal(carry[-15:], e.motion[:15])        # frames before the start...
+    assert not carry[:5].any()                                # ...and neutral before that
+    assert np.array_equal(carry_audio, e.features[7:15])
+    assert np.array_equal(motion, e.motion[15:17])
+    torch.manual_seed(1)
+    net = MotionDiT(HISTORY).eval()
+    g = MotionGenerator(MotionModel("student", net, norm, {}, 2, Guidance()), silence)
+    out = np.concatenate([g.generate(e.features[i:i + 2]) for i in range(0, 30, 2)])
+    assert g.carry.shape == (20, 17) and g.carry_audio.shape == (8, 10, 384)
+    assert np.array_equal(g.carry, out[-20:])
+
+
 def test_training_lowers_the_loss():
     torch.manual_seed(0)
     examples = toy_examples()

@@ -2,6 +2,7 @@
 
     python -m train.teacher --data DATA_DIR[,DATA_DIR...] --out runs/teacher [--steps 20000]
                             [--batch 128] [--init runs/teacher/last.pt]
+                            [--width W --depth L --history-frames H --history-stride S]
 
 Config is plain values (TeacherConfig); every checkpoint carries it. The run resumes from
 OUT/last.pt if it exists; otherwise --init starts it from another run's weights (network,
@@ -204,11 +205,12 @@ def main(argv=None) -> None:
         if name == "model":
             continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--depth", type=int)
+    shape = ("width", "depth", "history_frames", "history_stride")   # MotionConfig overrides
+    for name in shape:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     args = vars(parser.parse_args(argv))
-    model = {k: args.pop(k) for k in ("width", "depth") if args.get(k) is not None}
-    args = {k: v for k, v in args.items() if k not in ("width", "depth")}
+    model = {k: args[k] for k in shape if args.get(k) is not None}
+    args = {k: v for k, v in args.items() if k not in shape}
     print(train(TeacherConfig(**args, model=model or None)))
 
 

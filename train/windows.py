@@ -2,9 +2,10 @@
 
 An example is one continuous recording: features [T, stack, 384], motion [T, D] (raw units)
 and a style vector [S]. A window starting at frame s is
-    carry = motion[s-K : s]       (frames before the stream start: neutral motion, silence audio)
+    carry = motion[s-H-K : s]     (H history frames, then K carried ones; frames before the
+                                  stream start: neutral motion, silence audio)
     chunk = motion[s : s+n]       n = chunk_frames, or shorter (a first chunk)
-with the matching audio features. Chunk lengths are mixed (mostly 2 frames, the run-time
+with the audio features of the K carried frames and of the chunk. Chunk lengths are mixed (mostly 2 frames, the run-time
 chunk on a CPU; 4, a GPU's; any length 1..N) so one model serves every chunk size.
 """
 
@@ -63,15 +64,16 @@ class WindowSampler:
         self.weights = weights / weights.sum()
 
     def window(self, example: Example, start: int, n: int):
-        k = self.config.carry_frames
+        k, h = self.config.carry_frames, self.config.context_frames
         stack = self.silence.shape
-        carry = np.zeros((k, example.motion.shape[1]), np.float32)
-        carry_audio = np.broadcast_to(self.silence, (k, *stack)).copy()
+        carry = np.zeros((h, example.motion.shape[1]), np.float32)          # [H + K, D]
+        carry_audio = np.broadcast_to(self.silence, (k, *stack)).copy()    # [K, stack, 384]
+        lo = max(start - h, 0)
+        if start - lo:
+            carry[h - (start - lo):] = example.motion[lo:start]
         lo = max(start - k, 0)
-        have = start - lo
-        if have:
-            carry[k - have:] = example.motion[lo:start]
-            carry_audio[k - have:] = example.features[lo:start]
+        if start - lo:
+            carry_audio[k - (start - lo):] = example.features[lo:start]
         return (carry, carry_audio, example.features[start:start + n].astype(np.float32),
                 example.motion[start:start + n])
 
