@@ -5,8 +5,9 @@ and a style vector [S]. A window starting at frame s is
     carry = motion[s-H-K : s]     (H history frames, then K carried ones; frames before the
                                   stream start: neutral motion, silence audio)
     chunk = motion[s : s+n]       n = chunk_frames, or shorter (a first chunk)
-with the audio features of the K carried frames and of the chunk. Chunk lengths are mixed (mostly 2 frames, the run-time
-chunk on a CPU; 4, a GPU's; any length 1..N) so one model serves every chunk size.
+with the audio features of the K carried frames and of the chunk. Chunk lengths are mixed
+(mostly 2 frames, the run-time chunk on a CPU; 4, a GPU's; any length 1..N) so one model
+serves every chunk size.
 """
 
 from dataclasses import dataclass
