@@ -45,7 +45,7 @@ from train.tts import SILENCE, Delivery, Phone, SpeechError, Voice
 from train.visemes import Sentence, Speech, Style
 
 RATE = tts.RATE
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3     # 3: head pose relative to the speaker's rest (train.visemes)
 
 VAL_ESPEAK_VARIANTS = ("m5", "f4", "Andrea", "grandpa", "quincy", "steph2")
 VAL_FESTIVAL_VOICES = ("ked_diphone",)

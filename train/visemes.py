@@ -15,7 +15,13 @@ the middle of audio samples [640 t, 640 (t + 1)) at 16 kHz), built from:
 - Head, from prosody: a posture that shifts at phrase boundaries, slow drift, nods and
   small turns/tilts on prominent stressed syllables, a phrase-final nod (statement) or
   raise and tilt (question), breathing sway, all scaled by the speaker's amplitude and
-  tempo.
+  tempo. Head pose is relative to the speaker's resting pose, as train.prepare_videos fits
+  real videos against the person's own neutral face and usual pose: an avatar starts from
+  its portrait, which is that rest, and nothing in the audio tells a speaker's resting
+  posture, so it is not motion. (Format 2 drew a resting posture per speaker, yaw/pitch/roll
+  std 4/3/2 degrees, into the motion: the model then turned the head to a random posture in
+  long silences, and the generator's anchoring at the portrait's pose made the pooled
+  head-motion std look 30 % smaller than the data's.)
 - Blinks at a per-speaker rate, more often in pauses and just after a phrase ends.
 - Gaze: fixations near the camera with saccades between them, looking away in pauses,
   partly counter-rotating the head (the eyes stay on the viewer).
@@ -69,9 +75,6 @@ class Style:
     blink_rate: float = 16.0      # blinks per minute while speaking (more in pauses)
     brow_amplitude: float = 0.3   # brow raise on a strong pitch peak
     gaze_aversion: float = 0.3    # chance of looking away during a pause
-    posture_yaw: float = 0.0      # resting head orientation, degrees
-    posture_pitch: float = 0.0
-    posture_roll: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -99,9 +102,6 @@ def sample_style(rng: np.random.Generator) -> Style:
         blink_rate=float(rng.uniform(8.0, 24.0)),
         brow_amplitude=float(rng.uniform(0.05, 0.6)),
         gaze_aversion=float(rng.uniform(0.05, 0.6)),
-        posture_yaw=float(np.clip(rng.normal(0.0, 4.0), -10, 10)),
-        posture_pitch=float(np.clip(rng.normal(0.0, 3.0), -8, 8)),
-        posture_roll=float(np.clip(rng.normal(0.0, 2.0), -6, 6)),
     )
 
 
@@ -390,9 +390,8 @@ def head_track(speech: Speech, style: Style, times: np.ndarray, rng: np.random.G
                ) -> dict[str, np.ndarray]:
     amp, tempo = style.head_amplitude, style.head_tempo
     talking = _speaking(speech, times)
-    yaw = np.full(len(times), style.posture_yaw)
-    pitch = np.full(len(times), style.posture_pitch)
-    roll = np.full(len(times), style.posture_roll)
+    # relative to the speaker's resting pose (see the module doc): rest is zero
+    yaw, pitch, roll = np.zeros(len(times)), np.zeros(len(times)), np.zeros(len(times))
 
     # posture shifts at phrase boundaries (a new phrase often starts with a new pose)
     current = np.zeros(3)
@@ -449,9 +448,9 @@ def head_track(speech: Speech, style: Style, times: np.ndarray, rng: np.random.G
     idle_gain = 1.0 - 0.6 * talking
     pitch += 0.4 * breath * idle_gain
 
-    head_x = (-0.003 * (roll - style.posture_roll)
+    head_x = (-0.003 * roll
               + _smooth_noise(times, rng, 0.03, 0.2, 0.008 * amp))
-    head_y = (0.002 * (pitch - style.posture_pitch) + 0.004 * breath * idle_gain
+    head_y = (0.002 * pitch + 0.004 * breath * idle_gain
               + _smooth_noise(times, rng, 0.03, 0.2, 0.005 * amp))
     head_scale = 0.006 * talking + _smooth_noise(times, rng, 0.02, 0.15, 0.008 * amp)
     return {"head_yaw": yaw, "head_pitch": pitch, "head_roll": roll, "head_x": head_x,
@@ -528,8 +527,8 @@ def gaze_track(speech: Speech, style: Style, times: np.ndarray, head: dict[str, 
         gy += (y - py) * ramp
         px, py = x, y
     # the eyes partly counter-rotate head motion (they stay on the viewer)
-    gx -= 0.5 * (head["head_yaw"] - style.posture_yaw) / 30.0
-    gy -= 0.5 * (head["head_pitch"] - style.posture_pitch) / 30.0
+    gx -= 0.5 * head["head_yaw"] / 30.0
+    gy -= 0.5 * head["head_pitch"] / 30.0
     return {"gaze_x": gx, "gaze_y": gy}
 
 
