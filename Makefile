@@ -40,14 +40,16 @@ serve: setup
 	$(PY) server.py
 
 # The default motion checkpoint (assets/motion_student.pt), from the project's own data and
-# training code: synthetic data -> teacher -> 2-step student. Resumable; ~1.5 h on 2 CPU cores.
+# training code: synthetic data -> teacher (with a 4 s motion history: models/motion.py) ->
+# 2-step student. Resumable; ~1.7 h on 2 CPU cores.
 # (train.augment + a fine-tuning stage on degraded audio were measured and did not help:
 # benchmarks/RESULTS.md, "Degraded-audio fine-tuning".)
 WEIGHTS_HOURS ?= 1.5
 TEACHER_STEPS ?= 7000
 weights: setup
 	$(PY) -m train.synth --hours $(WEIGHTS_HOURS) --out data/synth --workers 2 --no-progress
-	$(PY) -m train.teacher --data data/synth --out runs/teacher --steps $(TEACHER_STEPS)
+	$(PY) -m train.teacher --data data/synth --out runs/teacher --steps $(TEACHER_STEPS) \
+	  --history-frames 96 --history-stride 8
 	$(PY) -m train.distill --teacher runs/teacher/teacher.pt --data data/synth --out runs/student
 	cp runs/student/student.pt assets/motion_student.pt
 	$(PY) -m train.evaluate --checkpoint assets/motion_student.pt \

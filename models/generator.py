@@ -16,13 +16,15 @@ chunk and leaves jaw_open's correlation with the uncorrected output at >= 0.99.
 Two guards keep an open-ended stream where the model was trained, without visible effect:
   - every frame is clamped to the motion space's documented ranges;
   - posture anchoring: the model continues whatever posture its carry shows, so over minutes
-    small biases add up (a head that slowly sinks), and in long pure silence (a carry of
-    nothing but silence looks like a stream's start, where training targets jump to a
-    speaker's resting posture) it turns the head away by 10-15 degrees and keeps it there.
+    small biases could add up (a head that slowly sinks), and in long pure silence models
+    without the motion history turned the head away by 10-15 degrees and kept it there (the
+    default model, with its 4 s history: 3-5 degrees after 40 s, unguarded).
     The slow mean of the head pose (an EMA over POSTURE_AVERAGE_S) is pulled back towards
     the portrait's pose (zero) with time constant POSTURE_PULL_S, and its 0.5 s mean is held
     inside soft bounds (POSTURE_BOUND), as a smooth ramp inside each chunk; the carry holds
-    the corrected frames, so the model continues from them.
+    the corrected frames, so the model continues from them. The pull is slow (20 s): a
+    faster one (6 s) took 8 % of the head's motion away (the postures a speaker holds for a
+    phrase or two), and 20 s still holds a 10-minute run (benchmarks/RESULTS.md).
 
 Checkpoint (a torch.save dict, see save_checkpoint):
     kind ("teacher" | "student"), config (MotionConfig), normalizer, feature_config,
@@ -43,7 +45,7 @@ HEAD = [motion_space.index(n) for n in
         ("head_yaw", "head_pitch", "head_roll", "head_x", "head_y", "head_scale")]
 SEAM_PULL = (0.3, 0.1)
 POSTURE_AVERAGE_S = 4.0
-POSTURE_PULL_S = 6.0
+POSTURE_PULL_S = 20.0
 # the posture's soft bounds (yaw, pitch, roll in degrees; translation unbounded): ~2.3x the
 # spread of the synthetic speakers' resting postures (train/visemes.py). Beyond them the
 # 0.5 s mean is pulled back with a 0.5 s time constant.

@@ -113,9 +113,10 @@ def test_training_lowers_the_loss():
     assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:20])
 
 
-def tiny_model(kind: str = "student", steps: int = 2) -> MotionModel:
+def tiny_model(kind: str = "student", steps: int = 2, config: MotionConfig = TINY
+               ) -> MotionModel:
     torch.manual_seed(1)
-    net = MotionDiT(TINY).eval()
+    net = MotionDiT(config).eval()
     for p in net.parameters():                       # non-trivial outputs from an untrained net
         torch.nn.init.normal_(p, std=0.05)
     return MotionModel(kind, net, Normalizer(), {}, steps, Guidance())
@@ -238,20 +239,22 @@ def test_distill_script_makes_a_two_step_student(tiny_dataset, tmp_path):
     assert (tmp_path / "s" / "loss.png").is_file()
 
 
-def test_student_exports_to_onnx_and_matches_torch(tmp_path):
+@pytest.mark.parametrize("config", [TINY, HISTORY], ids=["carry", "history"])
+def test_student_exports_to_onnx_and_matches_torch(tmp_path, config):
     pytest.importorskip("onnxscript")
     import onnx
 
     from export.motion import OnnxMotionSampler, export_motion
     from models.generator import TorchMotionSampler
 
-    model = tiny_model("student", steps=2)
+    model = tiny_model("student", steps=2, config=config)
     path = export_motion(model, tmp_path / "motion.onnx")
     assert "Attention" in {n.op_type for n in onnx.load(str(path)).graph.node}
     ort_sampler, torch_sampler = OnnxMotionSampler(path), TorchMotionSampler(model)
     rng = np.random.default_rng(0)
     for batch, n in ((1, 2), (3, 4)):
-        args = (rng.standard_normal((batch, n, 17)), rng.standard_normal((batch, 8, 17)),
+        args = (rng.standard_normal((batch, n, 17)),
+                rng.standard_normal((batch, config.context_frames, 17)),
                 rng.standard_normal((batch, 8, 10, 384)), rng.standard_normal((batch, n, 10, 384)),
                 np.ones((batch, 2)))
         args = tuple(a.astype(np.float32) for a in args)

@@ -9,7 +9,8 @@ would be (shorter first chunk, causal carryover) and compared with its ground tr
     lag_ms          lag of the cross-correlation peak (positive: generated mouth is late)
     seam_ratio      mean motion jump across chunk boundaries / mean jump inside chunks
     head_std_ratio  std of generated head rotation / std of the ground truth, over all frames
-                    pooled (so it counts the differences between speakers' resting postures)
+                    pooled (head pose is relative to the speaker's rest, train.visemes; format
+                    2 data also counted the differences between speakers' resting postures)
     head_std_ratio_within   the same within each example (its own mean removed), averaged:
                     the motion inside a recording alone
     head_change_1s_ratio    std of the head rotation's change over 1 s (25 frames), generated
