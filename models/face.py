@@ -96,7 +96,8 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _boxes(image: np.ndarray, detector: str) -> list[tuple[tuple[float, ...], float]]:
+def detect_boxes(image: np.ndarray, detector: str = "hog"
+                 ) -> list[tuple[tuple[float, ...], float]]:
     """Detector boxes (left, top, right, bottom) and scores on `image`."""
     if detector == "hog":
         # Upsampling finds faces down to ~40 px but also more false positives (the mission
@@ -119,6 +120,13 @@ def _boxes(image: np.ndarray, detector: str) -> list[tuple[tuple[float, ...], fl
 
 def find_landmarks(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     """The 68 landmarks [68, 2] float32 (x, y pixels) of the face inside `box`."""
+    return dlib_landmarks(image, box)
+
+
+def dlib_landmarks(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """dlib's 68 landmarks [68, 2] float32 (x, y pixels) of the face inside `box`: the
+    independent measuring tool of tests and benchmarks (its training data excludes
+    commercial use)."""
     dlib = _dlib()
     image = _check_image(image)
     rect = dlib.rectangle(*(int(round(v)) for v in box))
@@ -137,7 +145,7 @@ def detect_faces(image: np.ndarray, detector: str = "hog") -> list[Face]:
         small = rescale(image, scale, channel_axis=2, anti_aliasing=True, preserve_range=True)
         small = np.ascontiguousarray(small.round().astype(np.uint8))
     faces = []
-    for box, score in _boxes(small, detector):
+    for box, score in detect_boxes(small, detector):
         box = tuple(float(v) / scale for v in box)
         faces.append(Face(box, score, find_landmarks(image, box)))
     return sorted(faces, key=lambda f: -f.width)
