@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_check                        # checks + timings, writes JSON
     python -m benchmarks.gpu_check --quick                # fewer repeats and batch sizes
-    python -m benchmarks.gpu_check --save-avatar out/avatar512.pt   (where dlib is installed)
+    python -m benchmarks.gpu_check --save-avatar out/avatar512.pt   (where dlib and LiteRT are)
     python -m benchmarks.gpu_check --avatar out/avatar512.pt        (on a GPU machine without)
 
 1. checks, on fresh random inputs, with the kernels compiled for this GPU:
@@ -18,8 +18,9 @@
    the per-item costs at the largest batch (sessions batched together) and at batch 1
 
 Needs torch with CUDA, triton, numpy and this repository (the avatar comes from --avatar: a
-portrait image, prepared here with dlib, or a file written by --save-avatar). Prints a table
-and writes JSON (--out). Exits with a message on a machine without CUDA.
+portrait image, prepared here with dlib and ai-edge-litert, or a file written by
+--save-avatar). Prints a table and writes JSON (--out). Exits with a message on a machine
+without CUDA.
 """
 
 import argparse
@@ -56,7 +57,7 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def load_avatar(source: str, size: int = 512):
-    """An Avatar from a --save-avatar file or from a portrait (prepared with dlib)."""
+    """An Avatar from a --save-avatar file or from a portrait (prepared here)."""
     from models.avatar import Avatar, prepare_avatar
 
     if source.endswith(".pt"):
@@ -66,7 +67,7 @@ def load_avatar(source: str, size: int = 512):
         return prepare_avatar(source, size)
     except ImportError as e:
         sys.exit(f"gpu_check: cannot prepare the portrait here ({e}); write an avatar file with "
-                 f"--save-avatar on a machine with dlib and pass it with --avatar FILE.pt")
+                 f"--save-avatar where it can be and pass it with --avatar FILE.pt")
 
 
 def save_avatar(source: str, path: str) -> None:
@@ -145,14 +146,17 @@ def check_warp_render(avatar_tensors, seed: int) -> list[dict]:
     from models.render_fused import render_fused
 
     motion = random_motion(12, np.random.default_rng(seed)).to(avatar_tensors[0].device)
-    image, smooth = avatar_tensors[0], avatar_tensors[-1]
-    n, size = motion.shape[0], image.shape[-1]
+    from models.avatar import Avatar
+
+    named = dict(zip((f.name for f in fields(Avatar)), avatar_tensors, strict=True))
+    textures = [named[name] for name in ("image", "smooth_image", "plate", "matte")]
+    n, size = motion.shape[0], textures[0].shape[-1]
     with torch.no_grad():
         offset, overlays = frame_layers(*avatar_tensors, motion)
-        ref = compose(image, smooth, offset, *overlays).t().reshape(n, size, size, 3)
-        out = render_fused(image, smooth, offset, *overlays, out_float=True)
+        ref = compose(*textures, offset, *overlays).t().reshape(n, size, size, 3)
+        out = render_fused(*textures, offset, *overlays, out_float=True)
         diff = (out - ref).abs()
-        frames = render_fused(image, smooth, offset, *overlays)
+        frames = render_fused(*textures, offset, *overlays)
         with dispatch.triton_kernels(False):
             torch_frames = render_tensors(*avatar_tensors, motion)
     levels = (frames.int() - torch_frames.int()).abs()

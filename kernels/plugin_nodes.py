@@ -25,11 +25,11 @@ def attention_node(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                    shape=q.shape, version=1)
 
 
-def warp_render_node(image: torch.Tensor, smooth: torch.Tensor, offset: torch.Tensor,
+def warp_render_node(portrait: torch.Tensor, layers: torch.Tensor, offset: torch.Tensor,
                      params: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-    """talking_head::warp_render(image, smooth, offset, params, tables) -> frames [N, S, S, 3]
+    """talking_head::warp_render(portrait, layers, offset, params, tables) -> frames [N, S, S, 3]
     uint8 (inputs as kernels/warp_render.py takes them)."""
-    n, size = offset.shape[0], image.shape[-1]
+    n, size = offset.shape[0], portrait.shape[-1]
     return torch.onnx.ops.symbolic(f"{NAMESPACE}::{WARP_RENDER}",
-                                   (image, smooth, offset, params, tables), _plugin_attrs(),
+                                   (portrait, layers, offset, params, tables), _plugin_attrs(),
                                    dtype=torch.uint8, shape=(n, size, size, 3), version=1)

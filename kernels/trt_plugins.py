@@ -94,7 +94,7 @@ def compile_warp_render(target=None) -> AotKernel:
     """kernels/warp_render.py writing uint8 frames."""
     from kernels.warp_render import constants, warp_render_kernel
 
-    types = {name: "*fp32" for name in ("Image", "Smooth", "Offset", "Params", "Tables")}
+    types = {name: "*fp32" for name in ("Portrait", "Layers", "Offset", "Params", "Tables")}
     types |= {"size": "i32", "coarse": "i32", "Out": "*u8"}
     return compile_kernel(warp_render_kernel, types, constants(), target=target)
 
@@ -153,21 +153,22 @@ def register() -> None:
         scalars = q_strides + k_strides + k_strides + q_strides + [h, len_q, len_k]
         return launch(kernel, (trtp.cdiv(len_q, block_m), b * h, 1), scalars)
 
-    # fused warp-render: image, smooth [3, S, S], offset [N, 2, h, w], params, tables
+    # fused warp-render: portrait [4, S, S], layers [6, S, S], offset [N, 2, h, w], params,
+    # tables
     # -> frames [N, S, S, 3] uint8
     @trtp.register(f"{NAMESPACE}::{WARP_RENDER}")
-    def warp_render_desc(image: trtp.TensorDesc, smooth: trtp.TensorDesc,
+    def warp_render_desc(portrait: trtp.TensorDesc, layers: trtp.TensorDesc,
                          offset: trtp.TensorDesc, params: trtp.TensorDesc,
                          tables: trtp.TensorDesc) -> trtp.TensorDesc:
-        n, size = offset.shape_expr[0], image.shape_expr[2]
+        n, size = offset.shape_expr[0], portrait.shape_expr[2]
         return trtp.from_shape_expr((n, size, size, 3), dtype=trt.uint8)
 
     @trtp.autotune(f"{NAMESPACE}::{WARP_RENDER}")
-    def warp_render_autotune(image, smooth, offset, params, tables, outputs):
+    def warp_render_autotune(portrait, layers, offset, params, tables, outputs):
         return [trtp.AutoTuneCombination("FP32, FP32, FP32, FP32, FP32, UINT8")]
 
     @trtp.aot_impl(f"{NAMESPACE}::{WARP_RENDER}")
-    def warp_render_aot(image: trtp.TensorDesc, smooth: trtp.TensorDesc,
+    def warp_render_aot(portrait: trtp.TensorDesc, layers: trtp.TensorDesc,
                         offset: trtp.TensorDesc, params: trtp.TensorDesc,
                         tables: trtp.TensorDesc, outputs, tactic: int):
         from kernels.warp_render import BLOCK_H, BLOCK_W
@@ -177,7 +178,7 @@ def register() -> None:
             if expr.is_constant and expr.constant_value != want:
                 raise ValueError("warp_render: params/tables do not follow "
                                  "kernels/warp_render_layout.py")
-        n, size, coarse = offset.shape_expr[0], image.shape_expr[2], offset.shape_expr[3]
+        n, size, coarse = offset.shape_expr[0], portrait.shape_expr[2], offset.shape_expr[3]
         kernel = compile_warp_render()
         grid = (trtp.cdiv(size, BLOCK_W), trtp.cdiv(size, BLOCK_H), n)
         return launch(kernel, grid, [size, coarse])

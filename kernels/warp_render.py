@@ -4,7 +4,9 @@ portrait and one write of the frame.
 For every output pixel x of frame n (models/render.py `compose` is the torch reference):
 
     d      = bilinear(offset[n], x)                     coarse backward displacement, upsampled
-    colour = bilinear(image, x + d)                     the warped portrait
+    colour = bilinear(image, x + d)                     the warped portrait...
+    colour = plate(x) + (colour - plate(x)) * bilinear(matte, x + d)
+                                                        ...as the head over the still plate
     eyes   in each eye's window: eyelid and gaze (models/eyes.py) move the sampling point,
            the shut lid blends to smooth skin (smooth image), the lash line darkens
     mouth  in the mouth's window: cavity, teeth and tongue (models/mouth.py) over the colour,
@@ -12,7 +14,8 @@ For every output pixel x of frame n (models/render.py `compose` is the torch ref
     out    = colour rounded to uint8 [N, S, S, 3] (or float, for tests)
 
 Inputs (all float32, contiguous):
-    image, smooth      [3, S, S]       portrait and its blurred copy, 0..255
+    portrait           [4, S, S]       the portrait (0..255) and the head's matte (0..1)
+    layers             [6, S, S]       the portrait blurred and the background plate, 0..255
     offset             [N, 2, h, w]    backward displacement on the coarse grid, pixels
     params, tables     per-frame overlay parameters and curve tables: the layout is in
                        kernels/warp_render_layout.py (the kernel loads fields by position)
@@ -95,13 +98,6 @@ def _rgb(image, x, y, size):
     g = _bilinear(image + plane, x, y, size, size)
     b = _bilinear(image + 2 * plane, x, y, size, size)
     return r, g, b
-
-
-@triton.jit
-def _warped_rgb(image, offset, x, y, size, coarse):
-    """The portrait where output position (x, y) comes from."""
-    dx, dy = _displacement(offset, x, y, size, coarse)
-    return _rgb(image, x + dx, y + dy, size)
 
 
 @triton.jit
@@ -263,7 +259,7 @@ def _in_window(p, x, y, x0, y0, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 @triton.jit
 def warp_render_kernel(
-    Image, Smooth,              # [3, S, S] float32
+    Portrait, Layers,           # [4, S, S], [6, S, S] float32 (see the module doc)
     Offset,                     # [N, 2, h, w] float32, pixels
     Params,                     # [N, 3, GROUP] float32
     Tables,                     # [N, TABLES, CURVE] float32
@@ -285,12 +281,23 @@ def warp_render_kernel(
     params = Params + n * 3 * GROUP
     tables = Tables + n * TABLES * CURVE
 
-    r, g, b = _warped_rgb(Image, offset, x, y, size, coarse)
+    # the warped portrait, as the head over the still background plate
+    dx, dy = _displacement(offset, x, y, size, coarse)
+    r, g, b = _rgb(Portrait, x + dx, y + dy, size)
+    plane = size * size
+    alpha = _bilinear(Portrait + 3 * plane, x + dx, y + dy, size, size)
+    here = Layers + 3 * plane + rows[:, None] * size + cols[None, :]
+    plate_r = tl.load(here, mask=in_frame, other=0.0)
+    plate_g = tl.load(here + plane, mask=in_frame, other=0.0)
+    plate_b = tl.load(here + 2 * plane, mask=in_frame, other=0.0)
+    r = plate_r + (r - plate_r) * alpha
+    g = plate_g + (g - plate_g) * alpha
+    b = plate_b + (b - plate_b) * alpha
     for side in tl.static_range(2):                           # eye 1 is drawn over eye 0
         p = params + side * GROUP
         meets, inside = _in_window(p, x, y, x0, y0, BLOCK_H, BLOCK_W)
         if meets:
-            er, eg, eb = _eye(Image, Smooth, offset, p, tables + 2 * side * CURVE,
+            er, eg, eb = _eye(Portrait, Layers, offset, p, tables + 2 * side * CURVE,
                               tables + (2 * side + 1) * CURVE, x, y, size, coarse, CURVE)
             r = tl.where(inside, er, r)
             g = tl.where(inside, eg, g)
@@ -322,23 +329,27 @@ def constants(out_float: bool = False, block: tuple[int, int] = (BLOCK_H, BLOCK_
                 OUT_FLOAT=out_float)
 
 
-def warp_render(image: torch.Tensor, smooth: torch.Tensor, offset: torch.Tensor,
+def warp_render(portrait: torch.Tensor, layers: torch.Tensor, offset: torch.Tensor,
                 params: torch.Tensor, tables: torch.Tensor, out_float: bool = False,
                 block: tuple[int, int] = (BLOCK_H, BLOCK_W)) -> torch.Tensor:
-    """Frames [N, S, S, 3] (uint8, or float32 0..255 with out_float) from the portrait and
-    its smooth copy [3, S, S], the coarse displacement [N, 2, h, w] and the per-frame
+    """Frames [N, S, S, 3] (uint8, or float32 0..255 with out_float) from the portrait with
+    its matte [4, S, S], its smooth copy with the background plate [6, S, S], the coarse
+    displacement [N, 2, h, w] and the per-frame
     overlay parameters [N, 3, GROUP] and tables [N, TABLES, CURVE] (see the module doc).
     block: the (rows, columns) of pixels one program draws (powers of two)."""
-    n, size, coarse = offset.shape[0], image.shape[-1], offset.shape[-1]
+    n, size, coarse = offset.shape[0], portrait.shape[-1], offset.shape[-1]
     if params.shape[1:] != (OVERLAYS, GROUP) or tables.shape[1:] != (TABLES, CURVE):
         raise ValueError(f"warp_render: params {tuple(params.shape)}, tables "
                          f"{tuple(tables.shape)} do not match [N, {OVERLAYS}, {GROUP}], "
                          f"[N, {TABLES}, {CURVE}]")
-    image, smooth, offset, params, tables = (t.float().contiguous() for t in
-                                             (image, smooth, offset, params, tables))
-    out = torch.empty(n, size, size, 3, device=image.device,
+    if portrait.shape[0] != 4 or layers.shape[0] != 6:
+        raise ValueError(f"warp_render: portrait {tuple(portrait.shape)}, layers "
+                         f"{tuple(layers.shape)} are not [4, S, S], [6, S, S]")
+    portrait, layers, offset, params, tables = (t.float().contiguous() for t in
+                                                (portrait, layers, offset, params, tables))
+    out = torch.empty(n, size, size, 3, device=portrait.device,
                       dtype=torch.float32 if out_float else torch.uint8)
     grid = (triton.cdiv(size, block[1]), triton.cdiv(size, block[0]), n)
-    warp_render_kernel[grid](image, smooth, offset, params, tables, size, coarse, out,
+    warp_render_kernel[grid](portrait, layers, offset, params, tables, size, coarse, out,
                              num_warps=4, **constants(out_float, block))
     return out

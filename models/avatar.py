@@ -7,7 +7,8 @@ Runs once per portrait and is cached by the hash of the decoded pixels:
     -> crop and align to the working square (eyes level, face width 30% of the square,
        up to 40% when the photo is too small, padded with a blurred edge beyond that)
     -> landmarks on the crop, the personal landmark basis, the expression flow fields,
-       the head depth map and mask, skin / lip / teeth colours.
+       the head depth map and mask, skin / lip / teeth colours, the head's matte and the
+       background plate behind it (models.background).
 
 The result is an `Avatar`: a dataclass of tensors, so one renderer graph serves any avatar.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import head, warp
+from models import background, head, warp
 from models import motion_space as ms
 from models.eyes import lid_skin_heights
 from models.face import (
@@ -43,7 +44,7 @@ MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room arou
 EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
 TEETH_VISIBLE_AREA = 0.008     # parted lips' area (face widths squared) that shows teeth
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 13              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 15              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -63,7 +64,9 @@ class SeveralFacesWarning(UserWarning):
 class Avatar:
     """A prepared portrait. Pixel coordinates are in the working square (x right, y down,
     pixel centres at integers); E = len(motion_space.EXPRESSION), h = w = warp.COARSE."""
-    image: torch.Tensor            # [3, S, S] float32, 0..255: the aligned crop
+    image: torch.Tensor            # [3, S, S] float32, 0..255: the aligned crop's head colours
+                                   #   (the crop, but where the head's matte is soft its
+                                   #   own colour without the background's share)
     landmarks: torch.Tensor        # [68, 2] neutral landmarks
     landmark_depth: torch.Tensor   # [68] depth towards the camera, pixels
     basis: torch.Tensor            # [E, 68, 2] landmark displacement per unit expression, px
@@ -78,14 +81,18 @@ class Avatar:
     colors: torch.Tensor           # [3, 3] RGB 0..255 of skin, lips, teeth
     lid_skin: torch.Tensor         # [2] height of each eyelid's skin strip, eye half-widths
     smooth_image: torch.Tensor     # [3, S, S] the crop blurred (texture of stretched eyelids)
+    plate: torch.Tensor            # [3, S, S] the crop with the head taken out and filled in,
+                                   #   what a moving head uncovers (models.background)
+    matte: torch.Tensor            # [1, S, S] 0..1, the head over that plate
 
     @property
     def size(self) -> int:
         return int(self.image.shape[-1])
 
     def crop(self) -> np.ndarray:
-        """The aligned crop as an image [S, S, 3] uint8."""
-        return self.image.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+        """The aligned crop as an image [S, S, 3] uint8 (the head over the plate)."""
+        crop = self.plate + (self.image - self.plate) * self.matte
+        return crop.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
@@ -314,8 +321,11 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
     colors = face_colors(crop, landmarks, placement.scale)
     c, s = np.cos(placement.angle), np.sin(placement.angle)
     blur = (SMOOTH_IMAGE_BLUR * placement.scale,) * 2 + (0,)
+    matte = background.head_matte(background.person_matte(crop), placement)
+    plate = background.background_plate(crop, matte, placement)
+    colours, matte = background.unmix(crop, plate, matte)
     arrays = dict(
-        image=crop.transpose(2, 0, 1).astype(np.float32),
+        image=colours.transpose(2, 0, 1),
         landmarks=landmarks.astype(np.float32),
         landmark_depth=(ms.CANONICAL[:, 2] * placement.scale).astype(np.float32),
         basis=basis_px[expression].astype(np.float32),
@@ -329,6 +339,8 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
         colors=colors,
         lid_skin=lid_skin_heights(crop, landmarks, colors[0]),
         smooth_image=ndimage.gaussian_filter(crop.astype(np.float32), blur).transpose(2, 0, 1),
+        plate=plate.transpose(2, 0, 1),
+        matte=matte[None],
     )
     return Avatar(**{k: torch.from_numpy(np.array(v, np.float32)) for k, v in arrays.items()})
 

@@ -33,8 +33,8 @@ LID_RAMP = 0.6           # the shut lid turns into smooth skin over this part of
 LID_MIX = 0.5            # its tone shifts this far towards the skin below the eye (0..1)
 LID_BELOW = 0.45         # where the skin below the eye is sampled
 LID_MAX_CLOSED = 0.75    # slide / lid height of a typical shut lid (full smoothing)
-LASH_WIDTH = 0.09        # dark band along a closing lid margin
-LASH_DARKEN = 0.6
+LASH_WIDTH = 0.06        # dark band along a closing lid margin
+LASH_DARKEN = 0.75
 GAZE_X = 0.30            # iris travel at gaze_x = +-1
 GAZE_Y = 0.12            # iris travel at gaze_y = +-1
 EDGE = 0.4               # anti-aliasing width of the lid margin, pixels

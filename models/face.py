@@ -1,12 +1,18 @@
 """Faces in photos: detection, 68 landmarks and an identity embedding.
 
-Backend: dlib (PyPI `dlib-bin`) with the models of `face-recognition-models`, which work
-with numpy 2 and need no download at run time. Two detectors share one interface:
-"hog" (default, ~0.1 s for a 512x512 image) and "cnn" (dlib's MMOD network, more robust to
-rotation and lighting, ~2 s). Landmarks are the 68-point iBUG 300-W layout (see
-models.motion_space.REGIONS); note that the landmark model's training data excludes
-commercial use. The identity embedding is dlib's face-recognition ResNet (128-d; two photos
-of the same person are usually closer than 0.6).
+Detection: dlib's detectors (PyPI `dlib-bin`, Boost licence; the models of
+`face-recognition-models`), which work with numpy 2 and need no download at run time: "hog"
+(default, ~0.1 s for a 512x512 image; trained by dlib's author on faces of Labeled Faces in the
+Wild) and "cnn" (dlib's MMOD network, more robust to rotation and lighting, ~2 s).
+
+Landmarks (the runtime's): MediaPipe's face mesh refined by its iris model
+(models/face_mesh.py, Apache-2.0), mapped onto the 68-point iBUG 300-W layout that the motion
+space uses (models.motion_space.REGIONS). A detector box in which the mesh finds no face is
+dropped. dlib's own 68-point predictor is kept as an independent measuring tool for tests and
+benchmarks only (`landmarker="dlib"`): its training data excludes commercial use.
+
+The identity embedding is dlib's face-recognition ResNet (128-d; two photos of the same person
+are usually closer than 0.6), used by tests and benchmarks.
 
 Images are numpy arrays [H, W, 3] uint8 RGB.
 """
@@ -19,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 DETECTORS = ("hog", "cnn")
+LANDMARKERS = ("mesh", "dlib")
 # Detection runs on a copy whose longest side is at most this (faces in a large photo are
 # large); landmarks are then found on the full-resolution image.
 DETECT_MAX_SIDE = 1280
@@ -118,9 +125,18 @@ def detect_boxes(image: np.ndarray, detector: str = "hog"
     raise ValueError(f"unknown face detector {detector!r}; known: {', '.join(DETECTORS)}")
 
 
-def find_landmarks(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    """The 68 landmarks [68, 2] float32 (x, y pixels) of the face inside `box`."""
-    return dlib_landmarks(image, box)
+def find_landmarks(image: np.ndarray, box: tuple[float, float, float, float],
+                   landmarker: str = "mesh") -> np.ndarray:
+    """The 68 landmarks [68, 2] float32 (x, y pixels) of the face inside `box`: from the face
+    mesh (the runtime's; FaceNotFoundError when the box holds no face) or from dlib's
+    predictor (measuring only; it returns 68 points whatever the box holds)."""
+    if landmarker == "mesh":
+        from models.face_mesh import find_mesh, to_ibug68
+
+        return to_ibug68(find_mesh(_check_image(image), box).points)
+    if landmarker == "dlib":
+        return dlib_landmarks(image, box)
+    raise ValueError(f"unknown landmark model {landmarker!r}; known: {', '.join(LANDMARKERS)}")
 
 
 def dlib_landmarks(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
@@ -134,8 +150,9 @@ def dlib_landmarks(image: np.ndarray, box: tuple[float, float, float, float]) ->
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
-def detect_faces(image: np.ndarray, detector: str = "hog") -> list[Face]:
-    """All faces in an RGB image, with landmarks, largest (face width) first."""
+def detect_faces(image: np.ndarray, detector: str = "hog", landmarker: str = "mesh") -> list[Face]:
+    """All faces in an RGB image, with landmarks, largest (face width) first. With the mesh,
+    a detector box in which it finds no face is left out."""
     image = _check_image(image)
     scale = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))
     small = image
@@ -147,7 +164,10 @@ def detect_faces(image: np.ndarray, detector: str = "hog") -> list[Face]:
     faces = []
     for box, score in detect_boxes(small, detector):
         box = tuple(float(v) / scale for v in box)
-        faces.append(Face(box, score, find_landmarks(image, box)))
+        try:
+            faces.append(Face(box, score, find_landmarks(image, box, landmarker)))
+        except FaceNotFoundError:
+            continue
     return sorted(faces, key=lambda f: -f.width)
 
 

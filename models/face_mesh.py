@@ -23,16 +23,14 @@ and negative toward the camera (the nose tip has the smallest z).
 Images are numpy arrays [H, W, 3] uint8 RGB.
 """
 
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from models import litert
 from models.face import FaceNotFoundError
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "mediapipe"
 MESH_INPUT = 192                 # face crop side (pixels) the mesh model takes
 IRIS_INPUT = 64                  # eye crop side the iris model takes
 FACE_SCALE = 1.5                 # tracking ROI side / landmarks' bounding box (MediaPipe)
@@ -192,7 +190,7 @@ def eye_roi(points: np.ndarray, corners: tuple[int, int]) -> Roi:
 def _mesh_pass(image: np.ndarray, roi: Roi) -> tuple[np.ndarray, float]:
     """468 mesh points [468, 3] in image pixels and the face presence probability."""
     crop = crop_roi(image, roi, MESH_INPUT)
-    mesh, presence = _run("mesh", crop)
+    mesh, presence = litert.run("mesh", crop)
     points = from_crop(roi, mesh.reshape(N_MESH, 3), MESH_INPUT)
     return points, float(1 / (1 + np.exp(-float(presence.ravel()[0]))))
 
@@ -207,7 +205,7 @@ def _refine_eyes(image: np.ndarray, points: np.ndarray) -> np.ndarray:
         crop = crop_roi(image, roi, IRIS_INPUT)
         if mirror:
             crop = np.ascontiguousarray(crop[:, ::-1])
-        eye, iris = _run("iris", crop)
+        eye, iris = litert.run("iris", crop)
         eye, iris = eye.reshape(71, 3), iris.reshape(5, 3)
         if mirror:
             eye[:, 0], iris[:, 0] = IRIS_INPUT - eye[:, 0], IRIS_INPUT - iris[:, 0]
@@ -268,31 +266,3 @@ def from_crop(roi: Roi, points: np.ndarray, side: int) -> np.ndarray:
     u, v = points[:, 0:1] / side - 0.5, points[:, 1:2] / side - 0.5
     xy = np.array([roi.x, roi.y]) + u * ax + v * ay
     return np.concatenate([xy, points[:, 2:3] * roi.size / side], axis=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------------
-
-_lock = threading.Lock()          # a LiteRT interpreter must not run in two threads at once
-_interpreters: dict = {}
-# model file and its output tensors, in the order _run returns them
-_MODELS = {"mesh": ("face_landmark.tflite", ("conv2d_21", "conv2d_31")),
-           "iris": ("iris_landmark.tflite", ("output_eyes_contours_and_brows", "output_iris"))}
-
-
-def _run(name: str, crop: np.ndarray) -> list[np.ndarray]:
-    """A model's outputs (copies) for one crop [side, side, 3] float32. Loads it once."""
-    file, outputs = _MODELS[name]
-    with _lock:
-        interpreter = _interpreters.get(name)
-        if interpreter is None:
-            from ai_edge_litert.interpreter import Interpreter
-
-            interpreter = Interpreter(model_path=str(ASSETS / file), num_threads=1)
-            interpreter.allocate_tensors()
-            _interpreters[name] = interpreter
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], crop[None])
-        interpreter.invoke()
-        index = {d["name"]: d["index"] for d in interpreter.get_output_details()}
-        return [interpreter.get_tensor(index[n]) for n in outputs]

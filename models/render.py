@@ -4,7 +4,8 @@
     warp        backward map on a coarse grid (models.warp, models.head): the head turns,
                 nods and moves over a still background, the expression field is inverted
                 by Newton steps, the lips may part; upsampled to full resolution
-    sample      one grid_sample of the portrait for the whole frame
+    sample      one grid_sample of the portrait and the head's matte for the whole frame,
+                the head put over the still background plate (models.background)
     eyes        a small window per eye, sampled again with eyelid and gaze offsets
     mouth       a window over the mouth: cavity, teeth and tongue where the lips part
 
@@ -125,24 +126,30 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
     return upper * sources[:, 0] + (1.0 - upper) * sources[:, 1], nodes
 
 
-def compose(image, smooth_image, offset, eye_points, expression, scale, face_width, lid_skin,
-            lips, rest_lips, jaw_lips, colors) -> torch.Tensor:
+def compose(image, smooth_image, plate, matte, offset, eye_points, expression, scale, face_width,
+            lid_skin, lips, rest_lips, jaw_lips, colors) -> torch.Tensor:
     """Everything per output pixel, once the motion is known: upsample the coarse backward
-    displacement offset [N, 2, h, w] (pixels), sample the portrait, draw the eyes and the
+    displacement offset [N, 2, h, w] (pixels), sample the portrait and the head's matte,
+    put the head over the still background plate (models.background), draw the eyes and the
     mouth. eye_points [N, 12, 2], expression [N, E], scale [N] (head pose), lips, rest_lips,
     jaw_lips [N, 8, 2] (see _landmarks); the rest are the avatar's fields. Returns the frames
     planar, [3, N*S*S] float (0..255). kernels/warp_render.py does this in one fused pass."""
     n, size = offset.shape[0], image.shape[-1]
     device = image.device
-    # Full resolution: upsample the displacement (zero far from the head, so the border
-    # is exact) and sample the portrait once for all frames.
+    # Full resolution: upsample the displacement and sample the portrait and the head's
+    # matte once for all frames; the head goes over the plate where the matte says (away
+    # from the head the plate is the portrait: the border is exact).
     fine = F.interpolate(offset * (2.0 / size), size=(size, size), mode="bilinear",
                          align_corners=False)                              # [N, 2, S, S]
     pixels = (2.0 * torch.arange(size, dtype=image.dtype, device=device) + 1.0) / size - 1.0
     by, bx = torch.meshgrid(pixels, pixels, indexing="ij")
     grid = torch.stack([bx, by], -1) + fine.permute(0, 2, 3, 1)           # [N, S, S, 2]
-    frame = warp.grid_sample(image[None], grid.reshape(1, n * size, size, 2))  # [1, 3, N*S, S]
-    frame = frame.reshape(3, n * size * size)                              # planar
+    layers = torch.cat([image, matte])[None]                               # [1, 4, S, S]
+    sampled = warp.grid_sample(layers, grid.reshape(1, n * size, size, 2))  # [1, 4, N*S, S]
+    sampled = sampled.reshape(4, n, size * size)
+    head, alpha = sampled[:3], sampled[3:]                                 # [3|1, N, S*S]
+    still = plate.reshape(3, 1, size * size)
+    frame = (still + (head - still) * alpha).reshape(3, n * size * size)   # planar
 
     # Eyes: sample again with lid and gaze offsets, darken the closing lid margin.
     textures = torch.cat([image, smooth_image])[None]                      # [1, 6, S, S]
@@ -179,10 +186,10 @@ def compose(image, smooth_image, offset, eye_points, expression, scale, face_wid
 
 def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
                  head_mask, face_rotation, pivot, face_width, colors, lid_skin,
-                 smooth_image, motion: torch.Tensor):
+                 smooth_image, plate, matte, motion: torch.Tensor):
     """Everything per frame (the avatar's fields, in order, then motion [N, D]): the coarse
     backward displacement offset [N, 2, h, w] and the overlays' inputs, the arguments of
-    compose after image, smooth_image and offset."""
+    compose after the textures (image, smooth_image, plate, matte) and offset."""
     n, size, coarse = motion.shape[0], image.shape[-1], flow.shape[-1]
     expression = motion[:, _EXPRESSION]                                    # [N, E]
     pose = Pose(motion, face_rotation, pivot, face_width)
@@ -199,18 +206,19 @@ def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, d
 
 def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
                    head_mask, face_rotation, pivot, face_width, colors, lid_skin,
-                   smooth_image, motion: torch.Tensor) -> torch.Tensor:
+                   smooth_image, plate, matte, motion: torch.Tensor) -> torch.Tensor:
     """The renderer on explicit tensors (the fields of Avatar, in order, then motion [N, D]).
     Returns frames [N, S, S, 3] uint8."""
     n, size = motion.shape[0], image.shape[-1]
     offset, overlays = frame_layers(image, landmarks, landmark_depth, basis, flow,
                                     flow_jacobian, depth, head_mask, face_rotation, pivot,
-                                    face_width, colors, lid_skin, smooth_image, motion)
+                                    face_width, colors, lid_skin, smooth_image, plate, matte,
+                                    motion)
     if dispatch.fused(image):
         from models.render_fused import render_fused
 
-        return render_fused(image, smooth_image, offset, *overlays)        # [N, S, S, 3] uint8
-    frame = compose(image, smooth_image, offset, *overlays)                # [3, N*S*S]
+        return render_fused(image, smooth_image, plate, matte, offset, *overlays)  # uint8
+    frame = compose(image, smooth_image, plate, matte, offset, *overlays)  # [3, N*S*S]
     frame = frame.add_(0.5).to(torch.uint8)                                # values in 0..255
     return frame.t().reshape(n, size, size, 3)
 
@@ -232,15 +240,15 @@ class Renderer(torch.nn.Module):
 
     def forward(self, image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
                 head_mask, face_rotation, pivot, face_width, colors, lid_skin, smooth_image,
-                motion):
+                plate, matte, motion):
         return render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
                               depth, head_mask, face_rotation, pivot, face_width, colors,
-                              lid_skin, smooth_image, motion)
+                              lid_skin, smooth_image, plate, matte, motion)
 
 
 INPUT_NAMES = ("image", "landmarks", "landmark_depth", "basis", "flow", "flow_jacobian",
                "depth", "head_mask", "face_rotation", "pivot", "face_width", "colors",
-               "lid_skin", "smooth_image", "motion")
+               "lid_skin", "smooth_image", "plate", "matte", "motion")
 
 
 def export_onnx(avatar: Avatar, path: str | Path, opset: int = 20, optimize: bool = True) -> Path:

@@ -137,17 +137,19 @@ def overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin, l
     return torch.stack(rows, 1), torch.cat(tables, 1)
 
 
-def render_fused(image, smooth_image, offset, eye_points, expression, scale, face_width,
-                 lid_skin, lips, rest_lips, jaw_lips, colors, **kernel_options):
+def render_fused(image, smooth_image, plate, matte, offset, eye_points, expression, scale,
+                 face_width, lid_skin, lips, rest_lips, jaw_lips, colors, **kernel_options):
     """render.compose + rounding in one kernel: frames [N, S, S, 3] uint8 (float32 0..255
     with out_float=True). In a plugin export, the TensorRT plugin node instead.
     kernel_options go to kernels.warp_render.warp_render (out_float, block)."""
     params, tables = overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin,
                                     lips, rest_lips, jaw_lips, colors)
+    portrait = torch.cat([image, matte])                                   # [4, S, S]
+    layers = torch.cat([smooth_image, plate])                              # [6, S, S]
     if dispatch.exporting_plugins():
         from kernels.plugin_nodes import warp_render_node
 
-        return warp_render_node(image, smooth_image, offset, params, tables)
+        return warp_render_node(portrait, layers, offset, params, tables)
     from kernels.warp_render import warp_render
 
-    return warp_render(image, smooth_image, offset, params, tables, **kernel_options)
+    return warp_render(portrait, layers, offset, params, tables, **kernel_options)

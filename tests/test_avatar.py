@@ -117,9 +117,9 @@ def test_several_faces_use_the_largest_with_a_warning():
     with pytest.warns(av.SeveralFacesWarning, match="using the largest"):
         chosen = av.prepare_avatar(canvas, size=256, cache=False)
     photo = av.read_image(HOPPER)
-    reference = identity_embedding(photo, detect_faces(photo)[0].landmarks)
+    reference = identity_embedding(photo, detect_faces(photo, landmarker="dlib")[0].landmarks)
     crop = chosen.crop()
-    found = identity_embedding(crop, detect_faces(crop)[0].landmarks)
+    found = identity_embedding(crop, detect_faces(crop, landmarker="dlib")[0].landmarks)
     assert identity_distance(reference, found) < 0.35          # it is Grace Hopper
 
 

@@ -1,4 +1,5 @@
-"""Face detection, landmarks and identity embedding (dlib backend) on real photos."""
+"""Face detection (dlib), landmarks (the face mesh; dlib's predictor as a measuring tool) and
+identity embedding (dlib) on real photos."""
 
 from pathlib import Path
 
@@ -72,14 +73,32 @@ def test_large_images_are_searched_at_reduced_size(astronaut):
 
 
 def test_identity_embedding_separates_people(astronaut, hopper):
-    a = face.detect_faces(astronaut)[0]
-    h = face.detect_faces(hopper)[0]
+    a = face.detect_faces(astronaut, landmarker="dlib")[0]
+    h = face.detect_faces(hopper, landmarker="dlib")[0]
     ea = face.identity_embedding(astronaut, a.landmarks)
     eh = face.identity_embedding(hopper, h.landmarks)
     assert ea.shape == (128,) and ea.dtype == np.float32
     # the same person, mirrored and slightly brighter, stays close
     mirrored = np.ascontiguousarray(np.clip(astronaut[:, ::-1].astype(int) + 20, 0, 255)
                                     .astype(np.uint8))
-    em = face.identity_embedding(mirrored, face.detect_faces(mirrored)[0].landmarks)
+    em = face.identity_embedding(mirrored,
+                                 face.detect_faces(mirrored, landmarker="dlib")[0].landmarks)
     assert face.identity_distance(ea, em) < 0.35
     assert face.identity_distance(ea, eh) > face.SAME_PERSON_DISTANCE
+
+
+def test_runtime_and_measuring_landmarks_agree(astronaut):
+    mesh = face.detect_faces(astronaut)[0].landmarks
+    dlib = face.detect_faces(astronaut, landmarker="dlib")[0].landmarks
+    inter_ocular = np.linalg.norm(dlib[45] - dlib[36])
+    assert np.linalg.norm(mesh - dlib, axis=1).mean() < 0.06 * inter_ocular
+    with pytest.raises(ValueError, match="unknown landmark model"):
+        face.detect_faces(astronaut, landmarker="magic")
+
+
+def test_a_box_without_a_face_is_dropped(astronaut):
+    """The HOG detector's weak boxes (upsampled search) on a non-face are refused by the mesh."""
+    box = (300.0, 380.0, 380.0, 460.0)                       # the suit, below the face
+    with pytest.raises(face.FaceNotFoundError):
+        face.find_landmarks(astronaut, box)
+    assert face.find_landmarks(astronaut, box, "dlib").shape == (68, 2)   # dlib always answers

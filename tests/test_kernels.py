@@ -124,13 +124,12 @@ def per_pixel(avatar, motion, **kernel_options):
     from models.render import compose, frame_layers
     from models.render_fused import render_fused
 
-    tensors = avatar.tensors()
-    image, smooth = tensors[0], tensors[-1]
-    n, size = motion.shape[0], image.shape[-1]
+    textures = avatar.image, avatar.smooth_image, avatar.plate, avatar.matte
+    n, size = motion.shape[0], avatar.size
     with torch.no_grad():
-        offset, overlays = frame_layers(*tensors, motion)
-        ref = compose(image, smooth, offset, *overlays).t().reshape(n, size, size, 3)
-        out = render_fused(image, smooth, offset, *overlays, **kernel_options)
+        offset, overlays = frame_layers(*avatar.tensors(), motion)
+        ref = compose(*textures, offset, *overlays).t().reshape(n, size, size, 3)
+        out = render_fused(*textures, offset, *overlays, **kernel_options)
     return ref, out
 
 

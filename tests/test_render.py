@@ -22,8 +22,10 @@ def avatars():
             for name, path in PORTRAITS.items() for size in (512, 256)}
 
 
-def landmarks_of(frame: np.ndarray) -> np.ndarray:
-    found = face.detect_faces(frame)
+def landmarks_of(frame: np.ndarray, landmarker: str = "dlib") -> np.ndarray:
+    """Landmarks found on a rendered frame: by default by dlib's predictor, a detector the
+    runtime does not use (an independent measure)."""
+    found = face.detect_faces(frame, landmarker=landmarker)
     assert found, "the detector lost the face"
     return found[0].landmarks
 
@@ -87,7 +89,7 @@ def test_blink_covers_the_eyes_of_the_second_portrait(avatars):
     frames = render(avatar, motion).numpy()
     from skimage.draw import polygon
 
-    lm = avatar.landmarks.numpy()
+    lm = landmarks_of(avatar.crop())          # the open eyes' outline, measured independently
     skin = float(avatar.colors[0] @ torch.tensor([0.299, 0.587, 0.114]))
     dark = []
     for frame in frames:
@@ -96,7 +98,7 @@ def test_blink_covers_the_eyes_of_the_second_portrait(avatars):
         values = np.concatenate([gray[r, c] for r, c in inside])
         dark.append(np.mean(values < 0.45 * skin))
     assert dark[0] > 0.2                                       # open: pupil and iris
-    assert dark[1] <= 0.4 * dark[0]
+    assert dark[1] <= 0.45 * dark[0]                           # what is left: the lash line
 
 
 @pytest.mark.parametrize("name", list(PORTRAITS))
@@ -126,6 +128,34 @@ def test_head_turn_leaves_the_background_corners(avatars, name):
             np.testing.assert_array_equal(frame[corner], crop[corner])
 
 
+@pytest.mark.parametrize("name", list(PORTRAITS))
+def test_a_moving_head_uncovers_the_background_instead_of_stretching_it(avatars, name):
+    """The head moves over a still plate (models.background): pixels away from the head's old
+    and new places are the photo's own, exactly (no stretched band around the head), and
+    where the head was and no longer is the plate shows, not a smear of the head."""
+    from scipy import ndimage
+
+    avatar = avatars[name, 512]
+    motion = ms.neutral(1)
+    motion[0, ms.index("head_x")] = 0.1
+    frame = render(avatar, motion)[0].numpy().astype(int)
+    crop, plate = avatar.crop().astype(int), avatar.plate.permute(1, 2, 0).numpy()
+    matte = avatar.matte[0].numpy()
+    shift = float(avatar.face_width) * 0.1 * avatar.face_rotation[:, 0].numpy()   # (x, y) px
+    step = np.round(shift).astype(int)
+    moved = np.roll(matte, (step[1], step[0]), axis=(0, 1))       # the matte where it went
+    near = ndimage.binary_dilation((matte > 0.01) | (moved > 0.01), iterations=3)
+    near[int(avatar.pivot[1]):] = True         # the neck, where the motion fades, is skipped
+    assert (~near).mean() > 0.15
+    np.testing.assert_array_equal(frame[~near], crop[~near])
+    uncovered = (matte > 0.99) & (moved < 0.01)
+    uncovered = ndimage.binary_erosion(uncovered, iterations=2)
+    uncovered[int(avatar.pivot[1]):] = False
+    assert uncovered.sum() > 200
+    assert np.abs(frame[uncovered] - plate[uncovered]).mean() < 2.0
+    assert np.abs(frame[uncovered] - crop[uncovered]).mean() > 10.0
+
+
 def test_batches_render_like_single_frames(avatars):
     avatar = avatars["astronaut", 256]
     rng = np.random.default_rng(1)
@@ -146,8 +176,8 @@ def test_motion_fitted_from_rendered_frames_follows_the_command(avatars):
     motion[:, ms.index("jaw_open")] = np.linspace(0.0, 0.9, 7)
     motion[:, ms.index("head_yaw")] = np.linspace(-8.0, 8.0, 7)
     frames = render(avatar, motion).numpy()
-    detected = np.stack([landmarks_of(f) for f in frames])
-    fitted = ms.fit_motion(detected, neutral=landmarks_of(avatar.crop()))
+    detected = np.stack([landmarks_of(f, "mesh") for f in frames])   # the runtime's fitting
+    fitted = ms.fit_motion(detected, neutral=landmarks_of(avatar.crop(), "mesh"))
     for name in ("jaw_open", "head_yaw"):
         i = ms.index(name)
         assert np.corrcoef(fitted[:, i], motion[:, i])[0, 1] > 0.95, name

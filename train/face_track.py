@@ -5,15 +5,16 @@
     the motion frame rate, short gaps filled, long gaps marked   --segments-->  runs to keep
 
 Tracking: the detector (dlib HOG, ~30-110 ms a frame) runs when the track is lost and every
-`detect_every` seconds to confirm it; in between, the landmark predictor alone (~6 ms) runs in
-a box predicted from the previous frame's landmarks. The predictor was trained on detector
-boxes, so the box is kept in the detector's convention: at each detection the box is stored
+`detect_every` seconds to confirm it; in between, the landmark model alone (the face mesh,
+~8 ms: models.face.find_landmarks) runs in a box predicted from the previous frame's
+landmarks. The box is kept in the detector's convention: at each detection it is stored
 relative to the face's placement (centre and face width) and carried with the face.
 
-The predictor always returns 68 points, face or not, so every predictor-only frame is
-checked: the face must not jump or resize, and its appearance (a small grey patch sampled
-from eyes to chin in the face's own frame) must correlate with the previous frame's (> 0.6;
-consecutive frames of one face give > 0.95, two different aligned faces ~0.4, a blank 0).
+The mesh refuses a box without a face, but a box on the wrong face or half off it still gives
+68 points, so every frame without the detector is checked: the face must not jump or
+resize, and its appearance (a small grey patch sampled from eyes to chin in the face's own
+frame) must correlate with the previous frame's (> 0.6; consecutive frames of one face give
+> 0.95, two different aligned faces ~0.4, a blank 0).
 A failed check sends the frame to the detector. A frame is lost when the detector finds no
 face consistent with the tracked one (the largest consistent face is taken). When a routine
 confirmation fails, the predictor-only frames since the last confirmation are dropped too:
@@ -51,6 +52,7 @@ class TrackConfig:
     max_side: int = 960            # frames are scaled down to this longest side first
     min_face: float = 48.0         # face width (jaw 0 to 16) in working pixels; smaller: lost
     detector: str = "hog"
+    landmarker: str = "mesh"       # models.face.LANDMARKERS ("dlib": measuring and tests only)
 
 
 @dataclass
@@ -241,7 +243,8 @@ class _Tracker:
         """The largest face (big enough) consistent with the tracked one, else None. While
         searching: the face last seen if it is back, else the largest."""
         self.detections += 1
-        faces = [f for f in face.detect_faces(image, self.config.detector)
+        faces = [f for f in face.detect_faces(image, self.config.detector,
+                                              self.config.landmarker)
                  if f.width >= self.config.min_face]
         if self.landmarks is None:
             back = [f for f in faces if self.same_as_last_seen(image, f)]
@@ -251,9 +254,13 @@ class _Tracker:
         return consistent[0] if consistent else None
 
     def follow(self, image: np.ndarray) -> np.ndarray | None:
-        """Landmarks from the predictor alone in the predicted box, or None when the result
-        moved, resized or changed its looks implausibly (then the caller detects)."""
-        lm = face.find_landmarks(image, self.predicted_box())
+        """Landmarks from the landmark model alone in the predicted box, or None when it sees
+        no face there or the result moved, resized or changed its looks implausibly (then
+        the caller detects)."""
+        try:
+            lm = face.find_landmarks(image, self.predicted_box(), self.config.landmarker)
+        except face.FaceNotFoundError:     # the mesh sees no face in the box
+            return None
         (c0, w0), (c1, w1) = _placement(self.landmarks), _placement(lm)
         if not (0.85 < w1 / w0 < 1.18) or np.linalg.norm(c1 - c0) > 0.25 * w0:
             return None

@@ -1,0 +1,137 @@
+"""The head's matte and the background behind it: what a moving head uncovers.
+
+The renderer does not stretch the background next to a moving head; it composites the warped
+head over a still plate of the background with the head taken out (models/render.py compose):
+
+    frame(x) = matte(s) * portrait(s) + (1 - matte(s)) * plate(x),   s = x + d(x)
+
+where s is the backward map of the warp. Pixels the head leaves show the plate, pixels away
+from the head show the plate too (which is the portrait itself there), and the torso stays
+where it was. Prepared once per avatar (numpy):
+
+    person  MediaPipe's selfie segmentation (assets/mediapipe, Apache-2.0) of the crop, 256 px,
+            upsampled: a soft person/background matte with hair-level edges
+    matte   the person inside the head region (face, hair, hat, the neck; the same region as
+            models.head's motion mask), fading out down the neck as the head's motion does
+    plate   the crop with the head region filled from its surroundings (push-pull: a
+            pyramid of weighted means, known pixels kept exactly)
+    colours the head's own colours where the matte is soft (the crop with the plate's share
+            taken out), so that the head over the unmoved plate is the crop again
+"""
+
+import numpy as np
+from PIL import Image
+
+from models import litert
+from models import motion_space as ms
+from models.head import HEAD_REGION, NECK
+from models.warp import ellipse_radius, smoothstep
+
+PERSON_INPUT = 256         # side of the image the selfie segmentation takes
+HOLE_MATTE = 0.02          # matte above this is head: the fill does not trust the pixel
+SOLID = 0.3                # matte from this up is head enough that the plate replaces it
+HOLE_GROW = 0.04           # the hole grows by this (face widths), past the hair's soft edge
+
+
+def person_matte(crop: np.ndarray) -> np.ndarray:
+    """How much each pixel of the crop [S, S, 3] uint8 is the person, 0..1: [S, S] float32."""
+    size = crop.shape[0]
+    small = Image.fromarray(crop).resize((PERSON_INPUT, PERSON_INPUT), Image.BILINEAR)
+    (person,) = litert.run("selfie", np.asarray(small, np.float32) / 255)
+    person = Image.fromarray(person[0, :, :, 0].astype(np.float32), mode="F")
+    return np.clip(np.asarray(person.resize((size, size), Image.BILINEAR)), 0.0, 1.0)
+
+
+def _canonical_pixels(size: int, placement: ms.Placement) -> np.ndarray:
+    """Every pixel of a size x size crop in canonical units (face widths): [S, S, 2]."""
+    pixels = np.stack(np.meshgrid(np.arange(size), np.arange(size)), -1).reshape(-1, 2)
+    return placement.to_canonical(pixels).reshape(size, size, 2)
+
+
+def head_matte(person: np.ndarray, placement: ms.Placement) -> np.ndarray:
+    """The person [S, S] inside the head region (models.head: HEAD_REGION and the neck band),
+    fading out down the neck (full until NECK[1], zero at NECK[2] face widths below the eyes):
+    [S, S] float32."""
+    canonical = _canonical_pixels(person.shape[0], placement)
+    x, y = canonical[..., 0], canonical[..., 1]
+    half, full, zero = NECK
+    region = (ellipse_radius(canonical, HEAD_REGION) <= 1.0) | ((np.abs(x) < half) & (y > 0.3))
+    fade = 1.0 - smoothstep(full, zero, y)
+    return (person * region * fade).astype(np.float32)
+
+
+def fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Push-pull inpainting: image [H, W, C] float with `known` [H, W] bool; unknown pixels get
+    the weighted mean of the known ones around them, at the coarsest scale that has any,
+    blended down a pyramid. Known pixels are returned unchanged."""
+    image = np.asarray(image, np.float64)
+    weight = known.astype(np.float64)
+    levels = [(image * weight[..., None], weight)]
+    while min(levels[-1][1].shape) > 1:                    # pull: 2x2 sums, odd edges padded
+        values, weights = levels[-1]
+        h, w = weights.shape
+        pad = ((0, h % 2), (0, w % 2))
+        values = np.pad(values, pad + ((0, 0),))
+        weights = np.pad(weights, pad)
+        values = values.reshape(values.shape[0] // 2, 2, values.shape[1] // 2, 2, -1).sum((1, 3))
+        weights = weights.reshape(weights.shape[0] // 2, 2, weights.shape[1] // 2, 2).sum((1, 3))
+        levels.append((values, weights))
+    values, weights = levels[-1]
+    estimate = values / np.maximum(weights, 1e-9)[..., None]
+    for values, weights in reversed(levels[:-1]):          # push: coarse fills fine
+        h, w = weights.shape
+        up = _upsample(estimate, h, w)
+        confidence = np.clip(weights, 0.0, 1.0)[..., None]
+        mean = values / np.maximum(weights, 1e-9)[..., None]
+        estimate = confidence * mean + (1.0 - confidence) * up
+    return np.where(known[..., None], image, estimate)
+
+
+def _upsample(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear 2x upsampling of [h', w', C] to [h, w, C] (pixel centres aligned, edges held)."""
+    for axis, n in ((0, h), (1, w)):
+        length = image.shape[axis]
+        x = np.clip((np.arange(n) + 0.5) / 2 - 0.5, 0, length - 1)
+        below = np.floor(x).astype(int)
+        above = np.minimum(below + 1, length - 1)
+        t = (x - below).reshape([-1 if k == axis else 1 for k in range(image.ndim)])
+        low, high = np.take(image, below, axis), np.take(image, above, axis)
+        image = low + (high - low) * t
+    return image
+
+
+def background_plate(crop: np.ndarray, matte: np.ndarray, placement: ms.Placement) -> np.ndarray:
+    """The crop [S, S, 3] uint8 with the head (matte [S, S]) taken out and filled from its
+    surroundings: [S, S, 3] float32. The fill does not trust the pixels just outside the
+    matte (hair's halo) and replaces only the head itself (matte >= SOLID: where the matte
+    is fainter, the pixel is mostly background and stays), and only the rigid head, not the
+    neck where the matte fades (there the plate stays the portrait)."""
+    from scipy import ndimage
+
+    rigid = _canonical_pixels(crop.shape[0], placement)[..., 1] < NECK[1]
+    untrusted = ndimage.binary_dilation((matte > HOLE_MATTE) & rigid,
+                                        iterations=max(1, round(HOLE_GROW * placement.scale)))
+    filled = fill(crop.astype(np.float64), ~untrusted)
+    return np.where(((matte >= SOLID) & rigid)[..., None], filled, crop).astype(np.float32)
+
+
+def unmix(crop: np.ndarray, plate: np.ndarray, matte: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The head's own colours [S, S, 3] float32 and its matte [S, S], consistent with the crop.
+
+    Where the matte is soft (hair, the outline) a pixel of the crop is a mix,
+    crop = matte * F + (1 - matte) * plate; F is solved for, so a still frame (the head over
+    the plate, unmoved) is the crop again and a moving head does not carry the old background
+    along its edge. The segmentation's soft edge is not an exact alpha: where it is too low
+    for any colour F in 0..255 to explain the crop, it is raised to the least that does.
+    The crop itself where the plate is the crop."""
+    crop = crop.astype(np.float32)
+    away = crop - plate                                    # [S, S, 3]
+    room = np.where(away > 0, 255.0 - plate, plate)        # how far F can go that way
+    needed = np.max(np.abs(away) / np.maximum(room, 1e-3), axis=-1)
+    mixed = (plate != crop).any(-1)
+    alpha = np.where(mixed, np.clip(np.maximum(matte, needed), SOLID, 1.0), matte)
+    solved = plate + away / np.maximum(alpha, SOLID)[..., None]
+    colours = np.where(mixed[..., None], np.clip(solved, 0.0, 255.0),
+                       crop)
+    return colours.astype(np.float32), alpha.astype(np.float32)

@@ -1,0 +1,54 @@
+"""The head's matte and the background plate (models.background) on real portraits."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import background
+from models import motion_space as ms
+from models.avatar import crop_box, crop_image, main_face, prepare_avatar, read_image
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def test_fill_keeps_known_pixels_and_continues_smooth_ones():
+    y, x = np.mgrid[0:96, 0:128].astype(np.float64)
+    image = np.stack([x, y, 0.5 * x + y], -1)               # planes: exact for bilinear fills
+    known = np.ones((96, 128), bool)
+    known[30:60, 40:90] = False
+    filled = background.fill(np.where(known[..., None], image, 0.0), known)
+    np.testing.assert_array_equal(filled[known], image[known])
+    hole = ~known
+    assert np.abs(filled[hole] - image[hole]).mean() < 2.0          # a gradient, continued
+    flat = background.fill(np.full((64, 64, 3), 90.0), ~np.eye(64, dtype=bool))
+    np.testing.assert_allclose(flat, 90.0)
+
+
+@pytest.fixture(scope="module", params=["astronaut.png", "grace_hopper.jpg"])
+def avatar(request):
+    return prepare_avatar(ASSETS / request.param, 512, cache=False)
+
+
+def test_the_matte_covers_the_head_not_the_background(avatar):
+    matte = avatar.matte[0].numpy()
+    lm = avatar.landmarks.numpy()
+    eyes_nose_mouth = np.round(lm[[30, 36, 45, 51, 57]]).astype(int)
+    assert (matte[eyes_nose_mouth[:, 1], eyes_nose_mouth[:, 0]] > 0.99).all()
+    assert matte[:8, :8].max() < 0.01 and matte[:8, -8:].max() < 0.01     # top corners
+    assert matte[-8:].max() < 0.01                  # the torso stays out (the neck fades)
+
+
+def test_the_plate_takes_the_head_out_and_the_crop_comes_back(avatar, request):
+    matte = avatar.matte[0].numpy()
+    image, plate = avatar.image.numpy(), avatar.plate.numpy()
+    head = matte > 0.99
+    assert np.abs(plate[:, head] - image[:, head]).mean() > 20.0   # no face left in the plate
+    outside = matte < background.SOLID
+    np.testing.assert_array_equal(plate[:, outside], image[:, outside])
+    # the head's colours over the plate give back the aligned photo (to rounding)
+    photo = read_image(ASSETS / request.node.callspec.params["avatar"])
+    face, _ = main_face(photo)
+    crop = crop_image(photo, crop_box(face, photo.shape[1], photo.shape[0]), 512).astype(int)
+    error = np.abs(avatar.crop().astype(int) - crop)
+    assert error.max() <= 1
