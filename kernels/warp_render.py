@@ -6,7 +6,7 @@ For every output pixel x of frame n (models/render.py `compose` is the torch ref
     d      = bilinear(offset[n], x)                     coarse backward displacement, upsampled
     colour = bilinear(image, x + d)                     the warped portrait...
     colour = plate(x) + (colour - plate(x)) * bilinear(matte, x + d)
-                                                        ...as the head over the still plate
+                                                        ...the person over the still plate
     eyes   in each eye's window: eyelid and gaze (models/eyes.py) move the sampling point,
            the shut lid blends to smooth skin (smooth image), the lash line darkens
     mouth  in the mouth's window: cavity, teeth and tongue (models/mouth.py) over the colour,
@@ -14,7 +14,7 @@ For every output pixel x of frame n (models/render.py `compose` is the torch ref
     out    = colour rounded to uint8 [N, S, S, 3] (or float, for tests)
 
 Inputs (all float32, contiguous):
-    portrait           [4, S, S]       the portrait (0..255) and the head's matte (0..1)
+    portrait           [4, S, S]       the portrait (0..255) and the person's matte (0..1)
     layers             [6, S, S]       the portrait blurred and the background plate, 0..255
     offset             [N, 2, h, w]    backward displacement on the coarse grid, pixels
     params, tables     per-frame overlay parameters and curve tables: the layout is in
@@ -281,7 +281,7 @@ def warp_render_kernel(
     params = Params + n * 3 * GROUP
     tables = Tables + n * TABLES * CURVE
 
-    # the warped portrait, as the head over the still background plate
+    # the warped portrait, as the person over the still background plate
     dx, dy = _displacement(offset, x, y, size, coarse)
     r, g, b = _rgb(Portrait, x + dx, y + dy, size)
     plane = size * size

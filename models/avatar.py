@@ -7,7 +7,7 @@ Runs once per portrait and is cached by the hash of the decoded pixels:
     -> crop and align to the working square (eyes level, face width 30% of the square,
        up to 40% when the photo is too small, padded with a blurred edge beyond that)
     -> landmarks on the crop, the personal landmark basis, the expression flow fields,
-       the head depth map and mask, skin / lip / teeth colours, the head's matte and the
+       the head depth map and mask, skin / lip / teeth colours, the person's matte and the
        background plate behind it (models.background).
 
 The result is an `Avatar`: a dataclass of tensors, so one renderer graph serves any avatar.
@@ -64,8 +64,8 @@ class SeveralFacesWarning(UserWarning):
 class Avatar:
     """A prepared portrait. Pixel coordinates are in the working square (x right, y down,
     pixel centres at integers); E = len(motion_space.EXPRESSION), h = w = warp.COARSE."""
-    image: torch.Tensor            # [3, S, S] float32, 0..255: the aligned crop's head colours
-                                   #   (the crop, but where the head's matte is soft its
+    image: torch.Tensor            # [3, S, S] float32, 0..255: the aligned crop's person
+                                   #   (the crop, but where the person's matte is soft its
                                    #   own colour without the background's share)
     landmarks: torch.Tensor        # [68, 2] neutral landmarks
     landmark_depth: torch.Tensor   # [68] depth towards the camera, pixels
@@ -81,9 +81,9 @@ class Avatar:
     colors: torch.Tensor           # [3, 3] RGB 0..255 of skin, lips, teeth
     lid_skin: torch.Tensor         # [2] height of each eyelid's skin strip, eye half-widths
     smooth_image: torch.Tensor     # [3, S, S] the crop blurred (texture of stretched eyelids)
-    plate: torch.Tensor            # [3, S, S] the crop with the head taken out and filled in,
-                                   #   what a moving head uncovers (models.background)
-    matte: torch.Tensor            # [1, S, S] 0..1, the head over that plate
+    plate: torch.Tensor            # [3, S, S] the crop with the person taken out and the
+                                   #   background filled in: what a moving head uncovers
+    matte: torch.Tensor            # [1, S, S] 0..1, the person over that plate
 
     @property
     def size(self) -> int:
@@ -321,9 +321,9 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
     colors = face_colors(crop, landmarks, placement.scale)
     c, s = np.cos(placement.angle), np.sin(placement.angle)
     blur = (SMOOTH_IMAGE_BLUR * placement.scale,) * 2 + (0,)
-    matte = background.head_matte(background.person_matte(crop), placement)
-    plate = background.background_plate(crop, matte, placement)
-    colours, matte = background.unmix(crop, plate, matte)
+    person = background.person_matte(crop)
+    plate = background.background_plate(crop, person, placement.scale)
+    colours, matte = background.unmix(crop, plate, person)
     arrays = dict(
         image=colours.transpose(2, 0, 1),
         landmarks=landmarks.astype(np.float32),
@@ -332,7 +332,8 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
         flow=flow,
         flow_jacobian=jacobian,
         depth=head.depth_map(face, placement, size)[None],
-        head_mask=head.head_mask(crop, placement, size)[None, None],
+        head_mask=head.head_mask(background.head_matte(person, placement), placement,
+                                 size)[None, None],
         face_rotation=np.array([[c, -s], [s, c]], dtype=np.float32),
         pivot=np.array([pivot_xy[0], pivot_xy[1], ms.PIVOT[2] * placement.scale], np.float32),
         face_width=np.array(placement.scale, dtype=np.float32),

@@ -1,22 +1,24 @@
 """The head's matte and the background behind it: what a moving head uncovers.
 
 The renderer does not stretch the background next to a moving head; it composites the warped
-head over a still plate of the background with the head taken out (models/render.py compose):
+person over a still plate of the background with the person taken out (models/render.py
+compose):
 
     frame(x) = matte(s) * portrait(s) + (1 - matte(s)) * plate(x),   s = x + d(x)
 
-where s is the backward map of the warp. Pixels the head leaves show the plate, pixels away
-from the head show the plate too (which is the portrait itself there), and the torso stays
-where it was. Prepared once per avatar (numpy):
+where s is the backward map of the warp: the head moves, the neck bends, the torso stays
+(its motion is zero, so it is the portrait itself), and background pixels show the plate,
+which away from the person is the portrait too; only what the head uncovers is new.
+Prepared once per avatar (numpy):
 
     person  MediaPipe's selfie segmentation (assets/mediapipe, Apache-2.0) of the crop, 256 px,
             upsampled: a soft person/background matte with hair-level edges
-    matte   the person inside the head region (face, hair, hat, the neck; the same region as
-            models.head's motion mask), fading out down the neck as the head's motion does
-    plate   the crop with the head region filled from its surroundings (push-pull: a
+    head    the person inside the head region (face, hair, hat, the neck), fading out down
+            the neck: which pixels move with the head (models.head.head_mask)
+    plate   the crop with the person filled in from the background around it (push-pull: a
             pyramid of weighted means, known pixels kept exactly)
-    colours the head's own colours where the matte is soft (the crop with the plate's share
-            taken out), so that the head over the unmoved plate is the crop again
+    colours the person's own colours where the matte is soft (the crop with the plate's share
+            taken out), so that the person over the unmoved plate is the crop again
 """
 
 import numpy as np
@@ -28,8 +30,8 @@ from models.head import HEAD_REGION, NECK
 from models.warp import ellipse_radius, smoothstep
 
 PERSON_INPUT = 256         # side of the image the selfie segmentation takes
-HOLE_MATTE = 0.02          # matte above this is head: the fill does not trust the pixel
-SOLID = 0.3                # matte from this up is head enough that the plate replaces it
+HOLE_MATTE = 0.02          # matte above this is person: the fill does not trust the pixel
+SOLID = 0.05               # matte from this up is person enough that the plate replaces it
 HOLE_GROW = 0.04           # the hole grows by this (face widths), past the hair's soft edge
 
 
@@ -100,30 +102,29 @@ def _upsample(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return image
 
 
-def background_plate(crop: np.ndarray, matte: np.ndarray, placement: ms.Placement) -> np.ndarray:
-    """The crop [S, S, 3] uint8 with the head (matte [S, S]) taken out and filled from its
-    surroundings: [S, S, 3] float32. The fill does not trust the pixels just outside the
-    matte (hair's halo) and replaces only the head itself (matte >= SOLID: where the matte
-    is fainter, the pixel is mostly background and stays), and only the rigid head, not the
-    neck where the matte fades (there the plate stays the portrait)."""
+def background_plate(crop: np.ndarray, person: np.ndarray, face_width: float) -> np.ndarray:
+    """The crop [S, S, 3] uint8 with the person (matte [S, S]) taken out and the background
+    filled in from the rest: [S, S, 3] float32. The fill takes nothing of the person nor of
+    the pixels just outside the matte (hair's halo); it replaces the person where the matte
+    is at least SOLID (fainter, the pixel is mostly background and stays)."""
     from scipy import ndimage
 
-    rigid = _canonical_pixels(crop.shape[0], placement)[..., 1] < NECK[1]
-    untrusted = ndimage.binary_dilation((matte > HOLE_MATTE) & rigid,
-                                        iterations=max(1, round(HOLE_GROW * placement.scale)))
+    untrusted = ndimage.binary_dilation(person > HOLE_MATTE,
+                                        iterations=max(1, round(HOLE_GROW * face_width)))
     filled = fill(crop.astype(np.float64), ~untrusted)
-    return np.where(((matte >= SOLID) & rigid)[..., None], filled, crop).astype(np.float32)
+    return np.where((person >= SOLID)[..., None], filled, crop).astype(np.float32)
 
 
 def unmix(crop: np.ndarray, plate: np.ndarray, matte: np.ndarray
           ) -> tuple[np.ndarray, np.ndarray]:
-    """The head's own colours [S, S, 3] float32 and its matte [S, S], consistent with the crop.
+    """The person's own colours [S, S, 3] float32 and matte [S, S], consistent with the crop.
 
     Where the matte is soft (hair, the outline) a pixel of the crop is a mix,
-    crop = matte * F + (1 - matte) * plate; F is solved for, so a still frame (the head over
-    the plate, unmoved) is the crop again and a moving head does not carry the old background
-    along its edge. The segmentation's soft edge is not an exact alpha: where it is too low
-    for any colour F in 0..255 to explain the crop, it is raised to the least that does.
+    crop = matte * F + (1 - matte) * plate; F is solved for, so a still frame (the person
+    over the plate, unmoved) is the crop again and a moving head does not carry the old
+    background along its edge. The segmentation's soft edge is not an exact alpha: where it
+    is too low for any colour F in 0..255 to explain the crop, it is raised to the least
+    that does.
     The crop itself where the plate is the crop."""
     crop = crop.astype(np.float32)
     away = crop - plate                                    # [S, S, 3]

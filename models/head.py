@@ -4,11 +4,9 @@ Pose (render time, torch): a 3D rotation of the head about a pivot in the neck, 
 translation, applied to points with a depth; its inverse for the backward warp is a few
 Newton steps on the depth map. Depth and mask (prep time, numpy, once per avatar): the
 head's depth is the canonical face's landmark depths blended into an ellipsoid; the head
-mask comes from a random-walk segmentation of the portrait (face, hair, hat), limited to the
-region around the face and the neck, and feathered outwards over the background.
+mask is the head's matte (models.background: face, hair, hat, neck) on the coarse grid,
+feathered outwards over the background and faded out down the neck.
 """
-
-import warnings
 
 import numpy as np
 import torch
@@ -24,6 +22,7 @@ HEAD_ELLIPSE = ((0.0, -0.08), (0.72, 1.02))
 HEAD_REGION = ((0.0, -0.15), (1.0, 1.3))
 NECK = (0.45, 0.75, 1.45)
 HEAD_FEATHER = 0.35
+HEAD_MATTE = 0.02          # matte above this is head (models.background.HOLE_MATTE)
 DEPTH_SMOOTHING = 1e-2
 DEPTH_STEPS = 3
 
@@ -32,52 +31,26 @@ DEPTH_STEPS = 3
 # Prep time (numpy)
 # ---------------------------------------------------------------------------------------------
 
-def head_mask(crop: np.ndarray, placement: ms.Placement, size: int) -> np.ndarray:
+def head_mask(matte: np.ndarray, placement: ms.Placement, size: int) -> np.ndarray:
     """How much each coarse node moves with the head, 0..1: [h, w].
 
-    The head (face, hair, hat) is segmented by a random walk on colour from seeds: the face
-    and forehead are head, the top edge and the upper side edges of the crop are
-    background. It is limited to a generous region around the face plus the neck, whose
-    weight fades towards the shoulders, and feathered outwards (never inwards), so that a
-    moving head stretches the background next to it rather than its own hair.
+    A node moves with the head when any pixel of its cell is head in `matte`
+    (models.background.head_matte, full resolution: face, hair, hat and the neck, from the
+    person segmentation), so that the whole head, hair tips included, moves as one. Feathered
+    outwards (never inwards) over the background, which the renderer does not show there
+    (the plate is drawn instead), and faded out down the neck towards the still torso.
     """
     from scipy import ndimage
-    from skimage.color import rgb2lab
-    from skimage.draw import polygon
-    from skimage.segmentation import random_walker
-    from skimage.transform import resize
 
     h = warp.COARSE
+    cell = size // h
+    head = (matte > HEAD_MATTE).reshape(h, cell, h, cell).any(axis=(1, 3))
     nodes_c = placement.to_canonical(warp.grid_points(size).reshape(-1, 2)).reshape(h, h, 2)
-    small = resize(crop, (h, h), anti_aliasing=True)
-    lab = rgb2lab(small) / np.array([100.0, 128.0, 128.0])
-
-    seeds = np.zeros((h, h), dtype=np.int32)
-    border = np.zeros((h, h), dtype=bool)
-    border[0, :] = True                      # top edge, except right above the head
-    border[0, np.abs(nodes_c[0, :, 0]) < 0.75] = False
-    border[: int(h * 0.6), [0, -1]] = True   # upper side edges
-    seeds[border] = 2
-    face = placement.to_image(ms.CANONICAL[:, :2]) * (h / size)
-    outline = np.concatenate([face[0:17], face[26:16:-1]])
-    rows, cols = polygon(outline[:, 1], outline[:, 0], (h, h))
-    seeds[rows, cols] = 1
-    forehead = (np.abs(nodes_c[..., 0]) < 0.3) & (nodes_c[..., 1] > -0.45) & (nodes_c[..., 1] < 0)
-    seeds[forehead] = 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        head = random_walker(lab, seeds, beta=1500, mode="bf", channel_axis=-1) == 1
-    head = ndimage.binary_fill_holes(ndimage.binary_closing(head, iterations=2))
-
-    x, y = nodes_c[..., 0], nodes_c[..., 1]
-    region = warp.ellipse_radius(nodes_c, HEAD_REGION) <= 1.0
-    half, full, zero = NECK
-    neck = (np.abs(x) < half) & (y > 0.3)
-    head = head & (region | neck)
+    _, full, zero = NECK
     # feather outwards: full weight on the head, falling to zero HEAD_FEATHER outside it
-    outside = ndimage.distance_transform_edt(~head) * (size / h) / placement.scale
+    outside = ndimage.distance_transform_edt(~head) * cell / placement.scale
     weight = 1.0 - warp.smoothstep(0.0, HEAD_FEATHER, outside)
-    weight = weight * (1.0 - warp.smoothstep(full, zero, y))                  # neck fades out
+    weight = weight * (1.0 - warp.smoothstep(full, zero, nodes_c[..., 1]))   # neck fades out
     return ndimage.gaussian_filter(weight, 1.0).astype(np.float32)
 
 

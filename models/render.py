@@ -4,8 +4,8 @@
     warp        backward map on a coarse grid (models.warp, models.head): the head turns,
                 nods and moves over a still background, the expression field is inverted
                 by Newton steps, the lips may part; upsampled to full resolution
-    sample      one grid_sample of the portrait and the head's matte for the whole frame,
-                the head put over the still background plate (models.background)
+    sample      one grid_sample of the portrait and the person's matte for the whole frame,
+                the person put over the still background plate (models.background)
     eyes        a small window per eye, sampled again with eyelid and gaze offsets
     mouth       a window over the mouth: cavity, teeth and tongue where the lips part
 
@@ -129,16 +129,16 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
 def compose(image, smooth_image, plate, matte, offset, eye_points, expression, scale, face_width,
             lid_skin, lips, rest_lips, jaw_lips, colors) -> torch.Tensor:
     """Everything per output pixel, once the motion is known: upsample the coarse backward
-    displacement offset [N, 2, h, w] (pixels), sample the portrait and the head's matte,
-    put the head over the still background plate (models.background), draw the eyes and the
+    displacement offset [N, 2, h, w] (pixels), sample the portrait and the person's matte,
+    put the person over the still background plate (models.background), draw the eyes and the
     mouth. eye_points [N, 12, 2], expression [N, E], scale [N] (head pose), lips, rest_lips,
     jaw_lips [N, 8, 2] (see _landmarks); the rest are the avatar's fields. Returns the frames
     planar, [3, N*S*S] float (0..255). kernels/warp_render.py does this in one fused pass."""
     n, size = offset.shape[0], image.shape[-1]
     device = image.device
-    # Full resolution: upsample the displacement and sample the portrait and the head's
-    # matte once for all frames; the head goes over the plate where the matte says (away
-    # from the head the plate is the portrait: the border is exact).
+    # Full resolution: upsample the displacement and sample the portrait and the person's
+    # matte once for all frames; the person goes over the plate where the matte says (away
+    # from the person the plate is the portrait, and the torso does not move: both exact).
     fine = F.interpolate(offset * (2.0 / size), size=(size, size), mode="bilinear",
                          align_corners=False)                              # [N, 2, S, S]
     pixels = (2.0 * torch.arange(size, dtype=image.dtype, device=device) + 1.0) / size - 1.0

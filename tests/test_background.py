@@ -30,13 +30,22 @@ def avatar(request):
     return prepare_avatar(ASSETS / request.param, 512, cache=False)
 
 
-def test_the_matte_covers_the_head_not_the_background(avatar):
+def test_the_matte_covers_the_person_not_the_background(avatar):
     matte = avatar.matte[0].numpy()
     lm = avatar.landmarks.numpy()
     eyes_nose_mouth = np.round(lm[[30, 36, 45, 51, 57]]).astype(int)
     assert (matte[eyes_nose_mouth[:, 1], eyes_nose_mouth[:, 0]] > 0.99).all()
     assert matte[:8, :8].max() < 0.01 and matte[:8, -8:].max() < 0.01     # top corners
-    assert matte[-8:].max() < 0.01                  # the torso stays out (the neck fades)
+    assert np.median(matte[-8:, 200:312]) > 0.99                          # the chest
+
+
+def test_the_head_matte_fades_down_the_neck(avatar):
+    person = background.person_matte(avatar.crop())
+    placement = ms.place(avatar.landmarks.numpy())
+    head = background.head_matte(person, placement)
+    x, y = placement.to_image(np.array([[0.0, 0.5], [0.0, 1.6]])).round().astype(int).T
+    assert head[y[0], x[0]] > 0.99 and head[y[1], x[1]] == 0.0     # chin in, chest out
+    assert head[:8, :8].max() < 0.01 and head[:8, -8:].max() < 0.01
 
 
 def test_the_plate_takes_the_head_out_and_the_crop_comes_back(avatar, request):

