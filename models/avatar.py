@@ -90,7 +90,7 @@ class Avatar:
         return int(self.image.shape[-1])
 
     def crop(self) -> np.ndarray:
-        """The aligned crop as an image [S, S, 3] uint8 (the head over the plate)."""
+        """The aligned crop as an image [S, S, 3] uint8 (the person over the plate)."""
         crop = self.plate + (self.image - self.plate) * self.matte
         return crop.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 

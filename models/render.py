@@ -147,9 +147,9 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
     layers = torch.cat([image, matte])[None]                               # [1, 4, S, S]
     sampled = warp.grid_sample(layers, grid.reshape(1, n * size, size, 2))  # [1, 4, N*S, S]
     sampled = sampled.reshape(4, n, size * size)
-    head, alpha = sampled[:3], sampled[3:]                                 # [3|1, N, S*S]
+    person, alpha = sampled[:3], sampled[3:]                               # [3|1, N, S*S]
     still = plate.reshape(3, 1, size * size)
-    frame = (still + (head - still) * alpha).reshape(3, n * size * size)   # planar
+    frame = (still + (person - still) * alpha).reshape(3, n * size * size)  # planar
 
     # Eyes: sample again with lid and gaze offsets, darken the closing lid margin.
     textures = torch.cat([image, smooth_image])[None]                      # [1, 6, S, S]
