@@ -5,6 +5,8 @@ avatars from several threads; the models are small (a few ms a call), so one loc
 them costs nothing worth a pool of interpreters.
 """
 
+import os
+import sys
 import threading
 from pathlib import Path
 
@@ -29,12 +31,30 @@ def run(name: str, image: np.ndarray) -> list[np.ndarray]:
     with _lock:
         interpreter = _interpreters.get(name)
         if interpreter is None:
-            from ai_edge_litert.interpreter import Interpreter
-
-            interpreter = Interpreter(model_path=str(ASSETS / file), num_threads=1)
-            interpreter.allocate_tensors()
+            interpreter = _load(ASSETS / file)
             _interpreters[name] = interpreter
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
         interpreter.invoke()
         index = {d["name"]: d["index"] for d in interpreter.get_output_details()}
         return [interpreter.get_tensor(index[n]) for n in outputs]
+
+
+def _load(path: Path):
+    """An interpreter for one model file, its tensors allocated. LiteRT's C++ runtime prints
+    an INFO line on the process's stderr when it attaches its CPU delegate: that line would
+    reach the users of command-line tools (whose errors are one line), so file descriptor 2
+    is pointed at /dev/null meanwhile (the lock above keeps other threads out of LiteRT, not
+    out of stderr: a line another thread writes in that moment is lost)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            interpreter.allocate_tensors()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return interpreter

