@@ -1,4 +1,4 @@
-"""The head's matte and the background behind it: what a moving head uncovers.
+"""The person's matte and the background behind it: what a moving head uncovers.
 
 The renderer does not stretch the background next to a moving head; it composites the warped
 person over a still plate of the background with the person taken out (models/render.py
@@ -40,7 +40,7 @@ def person_matte(crop: np.ndarray) -> np.ndarray:
     size = crop.shape[0]
     small = Image.fromarray(crop).resize((PERSON_INPUT, PERSON_INPUT), Image.BILINEAR)
     (person,) = litert.run("selfie", np.asarray(small, np.float32) / 255)
-    person = Image.fromarray(person[0, :, :, 0].astype(np.float32), mode="F")
+    person = Image.fromarray(np.ascontiguousarray(person[0, :, :, 0], dtype=np.float32))
     return np.clip(np.asarray(person.resize((size, size), Image.BILINEAR)), 0.0, 1.0)
 
 
