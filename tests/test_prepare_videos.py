@@ -14,8 +14,8 @@ import pytest
 import skimage.data
 import torch
 
+from models import face_track as ft
 from models import motion_space as ms
-from train import face_track as ft
 from train import prepare_videos as pv
 from train import synth, tts, visemes
 from train.tts import SILENCE, Phone

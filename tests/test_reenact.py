@@ -16,6 +16,7 @@ from PIL import Image
 from benchmarks import reenact
 from models import motion_space as ms
 from models.face import FaceTooSmallError
+from models.recording import RecordingError
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS, SIZE = 4, 256
@@ -141,13 +142,13 @@ def test_picker_skips_shut_eyes_and_open_mouths():
 
 
 def test_picker_refusals_say_why():
-    with pytest.raises(reenact.ReenactInputError, match="eyes are closed"):
+    with pytest.raises(RecordingError, match="eyes are closed"):
         reenact.pick_source_frame(pose(6, blink_left=1.0, blink_right=1.0))
-    with pytest.raises(reenact.ReenactInputError, match="profile"):
+    with pytest.raises(RecordingError, match="profile"):
         reenact.pick_source_frame(pose(6, head_yaw=30.0))
     with pytest.raises(FaceTooSmallError, match="too small"):
         reenact.pick_source_frame(pose(6) * 0.3)
-    with pytest.raises(reenact.ReenactInputError, match="no face"):
+    with pytest.raises(RecordingError, match="no face"):
         reenact.pick_source_frame(np.full((3, 68, 2), np.nan))
 
 

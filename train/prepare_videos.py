@@ -5,7 +5,7 @@
 Every video under DIR (mp4, mov, webm, mkv, m4v, avi; decoded with av) goes through:
 
 1. its own audio track, decoded to 16 kHz mono (models.audio_io.load_audio);
-2. a face track (train.face_track): the largest face, landmarks on every frame (detector to
+2. a face track (models.face_track): the largest face, landmarks on every frame (detector to
    find and confirm it, the landmark predictor alone in between);
 3. resampling onto the motion frame rate from the frames' timestamps (any rate, variable
    too): motion frame k is the face at (k + 0.5) / 25 s after the audio starts, linear
@@ -59,8 +59,7 @@ import numpy as np
 
 from models import motion_space as ms
 from models.audio_io import AudioInputError, load_audio
-from train import synth, visemes
-from train.face_track import (
+from models.face_track import (
     OBSERVED,
     TrackConfig,
     VideoInputError,
@@ -70,13 +69,14 @@ from train.face_track import (
     segments,
     track_faces,
 )
+from models.recording import FIT_CHUNK, SMOOTH_FRAMES, SMOOTH_ORDER, face_measures, smooth
+from train import synth, visemes
 
 FORMAT_VERSION = 1
 FPS = visemes.FPS                                   # 25 motion frames a second
 RATE = synth.RATE                                   # 16 kHz audio
 SAMPLES_PER_FRAME = visemes.SAMPLES_PER_FRAME       # 640
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".m4v", ".avi")
-FIT_CHUNK = 500                                     # frames per fit_motion call (memory)
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ class PrepareConfig:
     max_example_seconds: float = 20.0   # longer runs are cut into equal pieces
     max_gap_seconds: float = 0.3        # longest stretch without a face that is bridged
     shard_seconds: float = 600.0        # audio per shard (a video's examples fill >= 1 shard)
-    smooth_frames: int = 5              # Savitzky-Golay window (motion frames); 1: none
-    smooth_order: int = 2
+    smooth_frames: int = SMOOTH_FRAMES  # Savitzky-Golay window (motion frames); 1: none
+    smooth_order: int = SMOOTH_ORDER
     silent_db: float = -60.0            # audio whose loudest 40 ms is below this: no sound
     track: TrackConfig = field(default_factory=TrackConfig)
 
@@ -99,23 +99,6 @@ class PrepareConfig:
 
 def _rank(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
-
-
-def face_measures(canonical: np.ndarray) -> dict[str, np.ndarray]:
-    """Per frame, from landmarks in canonical units [T, 68, 2] (in-plane pose removed):
-    mouth gap, eye opening (aspect ratio), yaw and pitch proxies. Each [T]."""
-    c = canonical
-    gap = np.mean([np.linalg.norm(c[:, a] - c[:, b], axis=-1)
-                   for a, b in ((61, 67), (62, 66), (63, 65))], axis=0)
-    eyes = []
-    for s in (36, 42):
-        p = c[:, s:s + 6]
-        eyes.append((np.linalg.norm(p[:, 1] - p[:, 5], axis=-1)
-                     + np.linalg.norm(p[:, 2] - p[:, 4], axis=-1))
-                    / (2 * np.linalg.norm(p[:, 0] - p[:, 3], axis=-1)))
-    yaw = c[:, 30, 0] - 0.5 * (c[:, 0, 0] + c[:, 16, 0])     # nose tip off the jaw's middle
-    pitch = c[:, 30, 1] - 0.5 * (c[:, 27, 1] + c[:, 8, 1])   # nose tip against brow-chin line
-    return {"mouth_gap": gap, "eye_opening": np.mean(eyes, axis=0), "yaw": yaw, "pitch": pitch}
 
 
 def neutral_face(landmarks: np.ndarray) -> np.ndarray:
@@ -156,26 +139,6 @@ def fit_example(landmarks: np.ndarray, config: PrepareConfig) -> tuple[np.ndarra
     motion = np.concatenate([ms.fit_motion(landmarks[i:i + FIT_CHUNK], neutral)
                              for i in range(0, len(landmarks), FIT_CHUNK)])
     return smooth(motion, config.smooth_frames, config.smooth_order), neutral
-
-
-def smooth(motion: np.ndarray, frames: int = 5, order: int = 2) -> np.ndarray:
-    """Savitzky-Golay filter over `frames` (odd) along time, then clipped to the documented
-    ranges. Each output is a least-squares polynomial of degree `order` through the window
-    around it, evaluated at its own frame: centred, so no lag, and peaks such as blinks keep
-    far more of their depth than under a moving average. The first and last frames use the
-    first and last full window (scipy's mode="interp")."""
-    motion = np.asarray(motion, np.float64)                        # [T, D]
-    T = len(motion)
-    if frames <= order or frames < 3 or T < frames:
-        return ms.clip(motion.astype(np.float32))
-    half = frames // 2
-    offsets = np.arange(frames, dtype=np.float64)
-    vander = offsets[:, None] ** np.arange(order + 1)             # [frames, order + 1]
-    fit = vander @ np.linalg.pinv(vander)                          # [frames, frames]: row j
-    starts = np.clip(np.arange(T) - half, 0, T - frames)           #   evaluates at offset j
-    windows = motion[starts[:, None] + np.arange(frames)]          # [T, frames, D]
-    rows = fit[np.arange(T) - starts]                              # [T, frames]
-    return ms.clip(np.einsum("tf,tfd->td", rows, windows).astype(np.float32))
 
 
 def count_blinks(motion: np.ndarray, threshold: float = 0.5) -> int:
