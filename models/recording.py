@@ -213,26 +213,36 @@ LOOK_GRID = np.stack([_LOOK_X, _LOOK_Y], -1).reshape(-1, 2)          # [2304, 2]
 THUMBNAIL_SIDE = 256       # frames are looked at this small for appearance_deviation
 
 
-def appearance_deviation(images: list[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
-    """Per frame [T]: how far the picture in and around the face departs from its usual look
-    in these frames. Grey values on LOOK_GRID (fixed to the face, so head motion does not
-    count; bilinear, mean removed, so light changes do not either), mean absolute difference
-    from their per-point median over the frames. Large where something passes in front of or
-    beside the face (a raised hand, an object, hair blown across) that is not there most of
-    the time. images: [H, W, 3] uint8 each; landmarks [T, 68, 2] in their pixels, NaN where
-    no face (NaN out)."""
+def appearance_samples(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Grey values [G] of image [H, W, 3] uint8 on LOOK_GRID placed on its face (landmarks
+    [68, 2] in its pixels), bilinear, mean removed (so light changes do not count)."""
     from scipy import ndimage
 
-    samples = np.full((len(images), len(LOOK_GRID)), np.nan)
+    points = ms.place(landmarks).to_image(LOOK_GRID)
+    grey = image.astype(np.float32) @ LUMA.astype(np.float32)
+    values = ndimage.map_coordinates(grey, [points[:, 1], points[:, 0]], order=1, mode="nearest")
+    return (values - values.mean()).astype(np.float32)
+
+
+def appearance_deviation(images: list[np.ndarray], landmarks: np.ndarray) -> np.ndarray:
+    """Per frame [T]: how far the picture in and around the face departs from its usual look
+    in these frames. appearance_samples (fixed to the face, so head motion does not count),
+    mean absolute difference from their per-point median over the frames. Large where
+    something passes in front of or beside the face (a raised hand, an object, hair blown
+    across) that is not there most of the time. images: [H, W, 3] uint8 each; landmarks
+    [T, 68, 2] in their pixels, NaN where no face (NaN out)."""
+    samples = np.full((len(images), len(LOOK_GRID)), np.nan, np.float32)
     for i, (image, lm) in enumerate(zip(images, landmarks, strict=True)):
         if np.isfinite(lm).all():
-            points = ms.place(lm).to_image(LOOK_GRID)
-            grey = image.astype(np.float32) @ LUMA.astype(np.float32)
-            values = ndimage.map_coordinates(grey, [points[:, 1], points[:, 0]], order=1,
-                                             mode="nearest")
-            samples[i] = values - values.mean()
+            samples[i] = appearance_samples(image, lm)
+    return deviation_from_usual(samples)
+
+
+def deviation_from_usual(samples: np.ndarray) -> np.ndarray:
+    """[T] mean absolute difference of appearance_samples [T, G] (NaN rows: no face) from
+    their per-point median."""
     found = np.isfinite(samples).all(axis=1)
-    out = np.full(len(images), np.nan)
+    out = np.full(len(samples), np.nan)
     if found.any():
         usual = np.median(samples[found], axis=0)
         out[found] = np.abs(samples[found] - usual).mean(axis=1)

@@ -1,14 +1,15 @@
 """Render an audio file through the streaming path into an mp4.
 
-    python -m stream.render_file --avatar IMG --audio FILE --out OUT.mp4
+    python -m stream.render_file --avatar IMG|CLIP --audio FILE --out OUT.mp4
                                  [--motion-out M.npz] [--engine torch|onnx|trt] [--seed S]
                                  [--size 512] [--checkpoint CKPT] [--preview DEMO.webp]
 
 The file is decoded at its own rate and fed to a Session in 20 ms pieces, as fast as the
 pipeline takes them (the same code path as a live stream, only not paced by a clock). The mp4
 has H.264 video and AAC audio; frame t carries the audio of frame t, so they are in sync.
---motion-out writes the motion as npz: motion [T, D], names [D], fps. --preview also writes an
-animated WebP (no sound, 256 px) for a README.
+--avatar takes a photo or a short recording of the person (models.video_avatar: its frames
+play, the mouth follows the speech). --motion-out writes the motion as npz: motion [T, D],
+names [D], fps. --preview also writes an animated WebP (no sound, 256 px) for a README.
 """
 
 import argparse
@@ -84,7 +85,8 @@ def save_preview(path: str | Path, frames: list[np.ndarray], size: int = 256,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stream.render_file", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--avatar", help="portrait image (default: the bundled avatar)")
+    parser.add_argument("--avatar", help="portrait image, or a short video of the person "
+                        "(.mp4, .mov, .webm, ...; default: the bundled portrait)")
     parser.add_argument("--audio", required=True, help="speech audio, any format av decodes")
     parser.add_argument("--out", required=True, help="output mp4")
     parser.add_argument("--motion-out", help="also write the motion as npz")
@@ -96,15 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from models.audio_io import AudioInputError, decode_audio
-    from models.avatar import DEFAULT_AVATAR, prepare_avatar
+    from models.avatar import DEFAULT_AVATAR
     from models.face import PortraitError
+    from models.video_avatar import prepare_any_avatar, print_progress
     from stream.engine import DEFAULT_CHECKPOINT, EngineError, make_engine
     from stream.mp4 import Mp4Writer
     from stream.session import Session
 
     try:
         audio, rate = decode_audio(args.audio)
-        avatar = prepare_avatar(args.avatar or DEFAULT_AVATAR, size=args.size)
+        avatar = prepare_any_avatar(args.avatar or DEFAULT_AVATAR, size=args.size,
+                                    progress=print_progress)
         engine = make_engine(args.engine, args.checkpoint or DEFAULT_CHECKPOINT)
     except (AudioInputError, PortraitError, EngineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

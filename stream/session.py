@@ -56,6 +56,7 @@ import numpy as np
 
 from models import motion_space
 from models.avatar import Avatar
+from models.video_avatar import VideoAvatar, VideoPlayback
 from stream.audio import PLAYBACK_RATE, RATE, AudioInput
 from stream.engine import Engine
 
@@ -112,11 +113,14 @@ class SessionStats:
 
 
 class Session:
-    def __init__(self, engine: Engine, avatar: Avatar, *, seed: int = 0,
+    def __init__(self, engine: Engine, avatar: Avatar | VideoAvatar, *, seed: int = 0,
                  style: dict | None = None, chunk: int | None = None,
                  first_chunk: int | None = None, realtime: bool = False,
                  jitter_ms: float = 100.0, max_frames_queued: int = 250):
         self.engine, self.avatar, self.realtime = engine, avatar, realtime
+        # a photo: every frame rendered from the portrait; a recording: its frames played,
+        # the mouth brought to the generated motion (models.video_avatar)
+        self._playback = VideoPlayback(avatar) if isinstance(avatar, VideoAvatar) else None
         c = engine.feature_config
         self.block = c.block_frames
         # chunk = one feature block (80 ms) by default: the latency floor on a CPU; a GPU
@@ -486,7 +490,12 @@ class Session:
                         continue
                 t0 = time.perf_counter()
                 motion = np.concatenate([c.motion for c in batch])           # [sum n, D]
-                images = self.engine.render(self.avatar, motion)
+                if self._playback is None:
+                    images = self.engine.render(self.avatar, motion)
+                else:
+                    index = np.concatenate([np.arange(c.start, c.start + len(c.motion))
+                                            for c in batch])
+                    images = self._playback.frames(self.engine, index, motion)
                 done = time.perf_counter()
                 self.stats.add("render", (done - t0) * 1000, len(images))
                 with self._lock:

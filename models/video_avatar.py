@@ -1,0 +1,602 @@
+"""Video avatars: a person's own short recording as the avatar.
+
+Real head motion, blinks, hair and shoulders come from the recording; only the mouth is
+generated. Preparation runs once per clip and is cached by the file's content hash:
+
+    probe            a readable video, within the limits (seconds, pixels, bytes)
+    track            the face on every frame (models.face_track), onto 25 fps ticks
+    play range       the longest run of ticks that show the face (at least MIN_SECONDS)
+    crop             one square box for the whole clip (axis-aligned: the camera stands
+                     still, the head moves inside it), every tick's frame cropped to
+                     size x size and kept as JPEG in one file (random access, bounded memory)
+    reference        the tick an avatar is made from (models.recording.pick_source_frame)
+                     and its full Avatar (models.avatar.build_avatar)
+    motion           every tick's motion against the reference (fit_clip_motion)
+    turning points   ping-pong playback between two still ticks near the range's ends
+
+Playback (VideoPlayback, one per session): session frame t shows the recorded tick
+`tick_at(t)`, going back and forth between the turning points (the head slows to a stop
+there, so reversing is not seen as a jump). Its mouth is brought to the generated state:
+the tick's own crop and landmarks become an Avatar (the reference's expression fields and
+depth carried over by the similarity between the two faces, models.video_avatar.frame_avatar)
+rendered with a motion that changes only the mouth, by (generated - recorded). A mouth that
+is open in the recording is closed that way; where the two already agree the recorded crop
+is shown as it is. The recording's own sound is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import motion_space as ms
+from models.avatar import (
+    EYE_LINE,
+    FACE_FRACTION,
+    MIN_FACE_WIDTH,
+    SIZES,
+    Avatar,
+    build_avatar,
+    cache_root,
+)
+from models.face import PortraitError, detect_faces
+from models.face_track import (
+    LOST,
+    TrackConfig,
+    VideoInputError,
+    on_ticks,
+    probe,
+    read_frames,
+    track_faces,
+)
+from models.recording import (
+    FPS,
+    RecordingError,
+    appearance_samples,
+    deviation_from_usual,
+    fit_clip_motion,
+    pick_source_frame,
+    source_measures,
+    ticks_onto_frames,
+)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".m4v", ".avi")
+MIN_SECONDS = 2.0              # the face must be seen this long in a row (10 s+ recommended)
+MAX_SECONDS = 300.0            # default limit on a clip's length
+MAX_PIXELS = 3840 * 2160       # default limit on a frame's size
+MAX_BYTES = 500 << 20          # default limit on the file's size
+JPEG_QUALITY = 95
+MAX_GAP = 0.3                  # seconds without a face that are bridged (as the training data)
+TURN_SEARCH = 0.15             # turning points are searched in this share at each end
+MAX_FACE_SHARE = 0.5           # face width / crop side at most (the renderer's mouth window);
+                               #   a closer recording is refused, never padded
+SECOND_FACE = 0.6              # another face this large (share of the main face's width):
+                               #   two people
+MOUTH = [ms.index(n) for n in ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise",
+                               "lower_lip_depress")]
+UNCHANGED = 0.02               # a mouth change below this (every parameter): no render
+PREP_VERSION = 1               # bump when preparation changes: old cache entries are ignored
+
+
+class VideoAvatarError(PortraitError):
+    """A clip that cannot be made into an avatar; the message says why, in plain words."""
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    max_seconds: float = MAX_SECONDS
+    max_pixels: int = MAX_PIXELS
+    max_bytes: int = MAX_BYTES
+    min_seconds: float = MIN_SECONDS
+
+
+def is_video(path) -> bool:
+    """Whether a path names a video avatar (by its suffix)."""
+    return isinstance(path, (str, Path)) and Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+# ---------------------------------------------------------------------------------------------
+# The prepared clip
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class VideoAvatar:
+    """A prepared recording. Ticks are 25 fps frames of the play range, 0..F-1."""
+    folder: Path                 # the cache entry: frames.jpg, ticks.npz, reference.npz
+    reference: Avatar            # the avatar of the reference tick (its crop, fields)
+    reference_tick: int
+    landmarks: np.ndarray        # [F, 68, 2] crop pixels, smoothed over time
+    motion: np.ndarray           # [F, D] fitted against the reference's landmarks
+    offsets: np.ndarray          # [F + 1] byte offsets of each tick's JPEG in frames.jpg
+    turns: tuple[int, int]       # ping-pong between these ticks
+    info: dict                   # what preparation found (for people: clip, range, timings)
+
+    @property
+    def size(self) -> int:
+        return self.reference.size
+
+    @property
+    def ticks(self) -> int:
+        return len(self.motion)
+
+    def tick_at(self, frame: int) -> int:
+        """The recorded tick shown at session frame `frame` (ping-pong between the turns)."""
+        a, b = self.turns
+        span = b - a
+        if span <= 0:
+            return a
+        u = frame % (2 * span)
+        return a + u if u < span else b - (u - span)
+
+    def tick_crop(self, tick: int) -> np.ndarray:
+        """A tick's crop [S, S, 3] uint8."""
+        return _read_jpeg(self.folder / "frames.jpg", self.offsets, tick)
+
+    def crop(self) -> np.ndarray:
+        """The reference tick's crop (what a list of avatars shows, as Avatar.crop)."""
+        return self.tick_crop(self.reference_tick)
+
+
+def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
+    """The render state of one recorded frame: its crop [S, S, 3] uint8 and landmarks [68, 2],
+    the reference's expression fields, depth and head mask carried over by the similarity
+    that maps the reference's face onto this one (fields on the coarse grid are looked up
+    at the pulled-back nodes; vectors turned and scaled by it, slopes turned). Building the
+    fields again costs ~80 ms a frame; this ~2 ms. The eyes are left as recorded (blinks
+    come from the recording), so the eyelid textures are the crop itself; matte 1 and the
+    crop as plate: with no head motion the frame is the crop wherever the mouth does not
+    change."""
+    size = crop.shape[0]
+    ref_place = ms.place(reference.landmarks.numpy())
+    place = ms.place(landmarks)
+    a = place.matrix() @ np.linalg.inv(ref_place.matrix())                # ref -> this, [2, 2]
+    c = place.offset - a @ ref_place.offset
+    coarse = reference.flow.shape[-1]
+    centres = (np.arange(coarse) + 0.5) * (size / coarse) - 0.5
+    gx, gy = np.meshgrid(centres, centres)
+    nodes = np.stack([gx, gy], -1).reshape(-1, 2)                          # [Q, 2]
+    pulled = torch.from_numpy(((nodes - c) @ np.linalg.inv(a).T).astype(np.float32))
+
+    from models import warp
+
+    def carry(field: torch.Tensor) -> torch.Tensor:
+        """field [..., h, w] looked up at the pulled-back nodes -> [..., h, w]."""
+        shape = field.shape
+        flat = field.reshape(1, -1, coarse, coarse)
+        out = warp.sample(flat, pulled[None], size)                        # [1, C, Q]
+        return out.reshape(shape)
+
+    turn = torch.from_numpy(a.astype(np.float32))                          # [2, 2]
+    scale = float(np.sqrt(abs(np.linalg.det(a))))
+    rotation = turn / scale
+    flow = torch.einsum("ij,lejhw->leihw", turn, carry(reference.flow))     # [2, E, 2, h, w]
+    jac = carry(reference.flow_jacobian)                                   # [2, E, 4, h, w]
+    jm = jac.reshape(*jac.shape[:2], 2, 2, coarse, coarse)                 # d f_i / d x_j
+    jm = torch.einsum("ik,lekmhw,jm->leijhw", rotation, jm, rotation)      # R J R^T
+    depth = carry(reference.depth)                                         # [1, 3, h, w]
+    slopes = torch.einsum("ij,njhw->nihw", rotation, depth[:, 1:])
+    depth = torch.cat([depth[:, :1] * scale, slopes], 1)
+    image = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float()
+    c_, s_ = np.cos(place.angle), np.sin(place.angle)
+    pivot_xy = place.to_image(ms.PIVOT[:2])
+    return Avatar(
+        image=image,
+        landmarks=torch.from_numpy(landmarks.astype(np.float32)),
+        landmark_depth=reference.landmark_depth * scale,
+        basis=torch.einsum("ij,ekj->eki", turn, reference.basis),
+        flow=flow.contiguous(),
+        flow_jacobian=jm.reshape(jac.shape).contiguous(),
+        depth=depth.contiguous(),
+        head_mask=carry(reference.head_mask),
+        face_rotation=torch.tensor([[c_, -s_], [s_, c_]], dtype=torch.float32),
+        pivot=torch.tensor([pivot_xy[0], pivot_xy[1], ms.PIVOT[2] * place.scale],
+                           dtype=torch.float32),
+        face_width=torch.tensor(place.scale, dtype=torch.float32),
+        colors=reference.colors,
+        lid_skin=reference.lid_skin,
+        smooth_image=image,
+        plate=image,
+        matte=torch.ones(1, size, size),
+    )
+
+
+def mouth_change(generated: np.ndarray, recorded: np.ndarray) -> np.ndarray:
+    """The motion [N, D] that brings recorded frames' mouths (their fitted motion [N, D]) to
+    the generated ones [N, D]: the mouth parameters' difference, everything else zero (head
+    and eyes stay as recorded)."""
+    change = np.zeros_like(generated, dtype=np.float32)
+    change[:, MOUTH] = generated[:, MOUTH] - recorded[:, MOUTH]
+    return change
+
+
+class VideoPlayback:
+    """One session's view of a video avatar (see the module doc)."""
+
+    def __init__(self, avatar: VideoAvatar):
+        self.avatar = avatar
+        self.rendered = 0          # frames that needed the renderer (the rest: the crop)
+
+    def frames(self, engine, index: np.ndarray, motion: np.ndarray) -> np.ndarray:
+        """Frames [N, S, S, 3] uint8 for session frames index [N] with the generated motion
+        [N, D]; engine.render(avatar, motion) draws the ones whose mouth changes."""
+        v = self.avatar
+        ticks = [v.tick_at(int(k)) for k in index]
+        change = mouth_change(np.asarray(motion, np.float32), v.motion[ticks])
+        out = np.empty((len(motion), v.size, v.size, 3), np.uint8)
+        for k, tick in enumerate(ticks):
+            crop = v.tick_crop(tick)
+            if np.abs(change[k]).max() < UNCHANGED:
+                out[k] = crop
+                continue
+            avatar = frame_avatar(v.reference, crop, v.landmarks[tick])
+            out[k] = engine.render(avatar, change[k:k + 1])[0]
+            self.rendered += 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation
+# ---------------------------------------------------------------------------------------------
+
+Progress = Callable[[str, float], None]    # (stage, fraction of the whole preparation 0..1)
+
+
+@dataclass(frozen=True)
+class ClipBox:
+    """An axis-aligned square of the (working-size) frames: left, top, side in pixels."""
+    left: float
+    top: float
+    side: float
+
+    def to_crop(self, points: np.ndarray, size: int) -> np.ndarray:
+        """Frame pixels (centres at integers) -> crop pixels."""
+        origin = np.array([self.left, self.top])
+        return (np.asarray(points, np.float64) + 0.5 - origin) * (size / self.side) - 0.5
+
+    def cut(self, image: np.ndarray, size: int) -> np.ndarray:
+        """The box resampled to [size, size, 3] uint8 (bicubic, box-filtered when shrinking);
+        beyond the frame's edge its edge pixels are repeated."""
+        from PIL import Image
+
+        h, w = image.shape[:2]
+        pad = int(np.ceil(max(0.0, -self.left, -self.top, self.left + self.side - w,
+                              self.top + self.side - h)))
+        if pad:
+            image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        box = (self.left + pad, self.top + pad, self.left + pad + self.side,
+               self.top + pad + self.side)
+        return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC, box=box,
+                                                        reducing_gap=2.0))
+
+
+def clip_box(landmarks: np.ndarray, width: int, height: int) -> ClipBox:
+    """One box for the whole clip from its ticks' landmarks [T, 68, 2] (frame pixels): the
+    face's median width FACE_FRACTION of the side, or as much of it as the frame holds (the
+    box never leaves the frame: padding would show as smears below a moving head), the
+    eyes' median midpoint at EYE_LINE height, kept inside the frame. Raises VideoAvatarError
+    when the face fills more than MAX_FACE_SHARE of the largest square the frame holds."""
+    places = [ms.place(lm) for lm in landmarks]
+    scale = float(np.median([p.scale for p in places]))
+    eyes = np.median([p.offset for p in places], axis=0)
+    side = min(scale / FACE_FRACTION, float(min(width, height)))
+    if scale / side > MAX_FACE_SHARE:
+        raise VideoAvatarError(
+            f"the face fills the frame ({scale / side:.0%} of its height): record from a little "
+            "further away, with the shoulders in the picture")
+    centre = eyes + np.array([0.0, (0.5 - EYE_LINE) * side])
+    left = float(np.clip(centre[0] - side / 2, 0.0, width - side))
+    top = float(np.clip(centre[1] - side / 2, 0.0, height - side))
+    return ClipBox(left, top, side)
+
+
+def longest_run(status: np.ndarray, track: np.ndarray) -> tuple[int, int]:
+    """[start, stop) of the longest run of ticks with the one face (not LOST, same track)."""
+    best, k, T = (0, 0), 0, len(status)
+    while k < T:
+        if status[k] == LOST:
+            k += 1
+            continue
+        start = k
+        while k < T and status[k] != LOST and track[k] == track[start]:
+            k += 1
+        if k - start > best[1] - best[0]:
+            best = (start, k)
+    return best
+
+
+def turning_points(landmarks: np.ndarray, measures: dict) -> tuple[int, int]:
+    """Two ticks of [0, T) to play back and forth between: in the first and the last
+    TURN_SEARCH of the range, where the face is stillest with its eyes open (a turn in mid
+    blink or mid movement would show)."""
+    T = len(landmarks)
+    if T < 4:
+        return 0, T - 1
+    reach = max(1, int(TURN_SEARCH * T))
+    eyes = np.minimum(measures["eye_left"], measures["eye_right"])
+    shut = np.maximum(np.nanpercentile(eyes, 90) - eyes, 0.0)
+    cost = np.nan_to_num(measures["speed"] / 0.01 + shut / 0.05, nan=1e9)
+    a = int(np.argmin(cost[:reach]))
+    b = T - reach + int(np.argmin(cost[T - reach:]))
+    return a, b
+
+
+def _file_key(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(repr((size, PREP_VERSION)).encode() + ms.BASIS.tobytes()
+                  + ms.CANONICAL.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def video_cache_dir() -> Path:
+    """Where prepared video avatars are kept: cache_root()/videos."""
+    return cache_root() / "videos"
+
+
+def prepare_video_avatar(path, size: int = 512, *, limits: VideoLimits = VideoLimits(),
+                         progress: Progress | None = None) -> VideoAvatar:
+    """A recording (path) -> VideoAvatar at size x size (512 or 256); see the module doc.
+    Raises VideoAvatarError (a PortraitError) with a plain message; nothing half-written
+    stays in the cache."""
+    if size not in SIZES:
+        raise ValueError(f"working size must be one of {SIZES}, got {size}")
+    path = Path(path)
+    if path.is_dir():
+        raise VideoAvatarError(f"{path.name}: is a folder, not a video")
+    if not path.is_file():
+        raise VideoAvatarError(f"{path.name}: no such file")
+    if path.stat().st_size > limits.max_bytes:
+        raise VideoAvatarError(
+            f"the video is {path.stat().st_size / 2**20:.0f} MB; the limit is "
+            f"{limits.max_bytes / 2**20:.0f} MB")
+    key = _file_key(path, size)
+    folder = video_cache_dir() / key
+    loaded = load_video_avatar(folder)
+    if loaded is not None:
+        return loaded
+    video_cache_dir().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=video_cache_dir()))
+    try:
+        _prepare(path, size, limits, work, progress or (lambda stage, done: None))
+        try:
+            os.replace(work, folder)
+        except OSError:                   # another process prepared it meanwhile
+            shutil.rmtree(work, ignore_errors=True)
+        avatar = load_video_avatar(folder)
+        if avatar is None:
+            raise VideoAvatarError("the prepared video avatar could not be read back")
+        return avatar
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: Progress) -> dict:
+    import time
+
+    started = time.perf_counter()
+    try:
+        clip = probe(path)
+    except VideoInputError as e:
+        raise VideoAvatarError(str(e)) from None
+    if clip.width * clip.height > limits.max_pixels:
+        raise VideoAvatarError(
+            f"the video is {clip.width}x{clip.height}; the limit is "
+            f"{limits.max_pixels / 1e6:.1f} megapixels")
+    if clip.duration > limits.max_seconds + 1.0:
+        raise VideoAvatarError(
+            f"the video is {clip.duration:.0f} s long; the limit is {limits.max_seconds:.0f} s: "
+            "use a shorter clip (10 s to a few minutes is plenty)")
+    duration = clip.duration or limits.max_seconds
+    config = TrackConfig(max_side=960)
+
+    # 1. track the face (frames read at the tracker's working size)
+    problems: list[str] = []
+    count = [0]
+    first_frame = None
+
+    def frames():
+        nonlocal first_frame
+        for frame in read_frames(path, config, problems):
+            first_frame = first_frame or frame
+            if frame.time > limits.max_seconds + 1.0:
+                raise VideoAvatarError(f"the video is longer than the limit of "
+                                       f"{limits.max_seconds:.0f} s")
+            count[0] += 1
+            yield frame
+
+    def tracked(seconds: float) -> None:
+        progress("tracking the face", 0.6 * min(1.0, tracked.done / duration))
+        tracked.done += seconds
+    tracked.done = 0.0
+    try:
+        track = track_faces(frames(), config, fps=clip.fps or FPS, progress=tracked)
+    except VideoInputError as e:
+        raise VideoAvatarError(str(e)) from None
+    if problems:
+        raise VideoAvatarError(f"the video is damaged or truncated: {problems[0]}")
+    if count[0] < 2:
+        raise VideoAvatarError("the file holds a single picture, not a video: use it as a "
+                               "photo avatar, or give a recording")
+    if not track.found.any():
+        raise VideoAvatarError(f"no face found in any of the {count[0]} frames: use a clip of "
+                               "one person facing the camera")
+    frame_times = track.times - track.frame_interval / 2
+    end = frame_times[-1] + track.frame_interval
+    tick_frames = ticks_onto_frames(frame_times, 0.0, end)
+    ticks = on_ticks(track, track.times[tick_frames], MAX_GAP)
+    start, stop = longest_run(ticks.status, ticks.track)
+    if (stop - start) / FPS < limits.min_seconds:
+        seen = (stop - start) / FPS
+        raise VideoAvatarError(
+            f"the face is seen for at most {seen:.1f} s in a row (it leaves the frame, is "
+            f"hidden, or the clip is short); at least {limits.min_seconds:g} s is needed")
+    tick_frames, tick_landmarks = tick_frames[start:stop], ticks.landmarks[start:stop]
+    scale = first_frame.scale                       # working pixels per source pixel
+    height, width = first_frame.image.shape[:2]
+    box = clip_box(tick_landmarks * scale, width, height)
+    landmarks = box.to_crop(tick_landmarks * scale, size).astype(np.float64)   # [F, 68, 2]
+    measures = source_measures(landmarks)
+    if np.nanmedian(measures["width"]) * box.side / size < MIN_FACE_WIDTH:
+        raise VideoAvatarError(
+            f"the face is too small: {np.nanmedian(measures['width']) * box.side / size:.0f} px "
+            f"wide, at least {MIN_FACE_WIDTH} px is needed: use a closer or larger video")
+
+    # 2. crop every tick, look for a second person, note the appearance near the face
+    progress("cropping", 0.6)
+    offsets = [0]
+    every = 5                                       # appearance on every 5th tick
+    samples = np.full((len(tick_frames), len(_look_grid())), np.nan, np.float32)
+    people = []
+    check = set(np.linspace(0, len(tick_frames) - 1, 5).round().astype(int).tolist())
+    wanted = {}
+    for k, f in enumerate(tick_frames):
+        wanted.setdefault(int(f), []).append(k)
+    with open(work / "frames.jpg", "wb") as out:
+        from PIL import Image
+
+        for index, frame in enumerate(read_frames(path, config)):
+            if index > tick_frames[-1]:
+                break
+            for k in wanted.get(index, ()):
+                crop = box.cut(frame.image, size)
+                data = io.BytesIO()
+                Image.fromarray(crop).save(data, "JPEG", quality=JPEG_QUALITY)
+                out.write(data.getvalue())
+                offsets.append(offsets[-1] + len(data.getvalue()))
+                if k % every == 0:
+                    samples[k] = appearance_samples(crop, landmarks[k])
+                if k in check:
+                    people.append(_second_face(frame.image, tick_landmarks[k] * scale))
+                if k % 25 == 0:
+                    progress("cropping", 0.6 + 0.3 * k / len(tick_frames))
+    if len(offsets) != len(tick_frames) + 1:
+        raise VideoAvatarError("the video changed while it was read")
+    second = [p for p in people if p is not None]
+    if len(second) > len(people) // 2:
+        raise VideoAvatarError(
+            f"two people are in the clip (another face {max(second):.0%} as wide as the main "
+            "one): use a clip of one person")
+
+    # 3. the reference tick and its avatar, motion of every tick against it
+    progress("building the avatar", 0.9)
+    appearance = deviation_from_usual(samples)
+    try:
+        pick = pick_source_frame(landmarks, np.flatnonzero(np.isfinite(appearance)),
+                                 appearance=appearance)
+    except (RecordingError, PortraitError):
+        try:
+            pick = pick_source_frame(landmarks)
+        except RecordingError as e:
+            raise VideoAvatarError(str(e)) from None
+    offsets = np.array(offsets, np.int64)
+    reference_crop = _read_jpeg(work / "frames.jpg", offsets, pick.index)
+    reference = build_avatar(reference_crop, landmarks[pick.index].astype(np.float32))
+    motion = fit_clip_motion(landmarks, landmarks[pick.index])
+    smoothed = _smooth_landmarks(landmarks)
+    turns = turning_points(landmarks, measures)
+    info = {
+        "clip": path.name, "size": size, "width": clip.width, "height": clip.height,
+        "fps": clip.fps, "duration_s": round(float(clip.duration), 2),
+        "range_s": [round(float(frame_times[tick_frames[0]]), 2),
+                    round(float(frame_times[tick_frames[-1]]), 2)],
+        "ticks": int(len(tick_frames)), "reference_tick": int(pick.index),
+        "turns": [int(turns[0]), int(turns[1])],
+        "box": [box.left / scale, box.top / scale, box.side / scale],
+        "prepare_s": round(time.perf_counter() - started, 2),
+    }
+    np.savez(work / "ticks.npz", landmarks=smoothed.astype(np.float32),
+             motion=motion.astype(np.float32), offsets=offsets,
+             turns=np.array(turns), reference_tick=np.array(pick.index))
+    np.savez(work / "reference.npz", **{k: v.numpy() for k, v in vars(reference).items()})
+    (work / "info.json").write_text(json.dumps(info, indent=1))
+    progress("done", 1.0)
+    return info
+
+
+def _look_grid():
+    from models.recording import LOOK_GRID
+
+    return LOOK_GRID
+
+
+def _second_face(image: np.ndarray, main: np.ndarray) -> float | None:
+    """The width of the largest other face in image, as a share of the main face's
+    (landmarks main [68, 2] in its pixels), if it is at least SECOND_FACE of it; else None."""
+    width = float(np.linalg.norm(main[16] - main[0]))
+    centre = ms.place(main).offset
+    others = [f for f in detect_faces(image)
+              if np.linalg.norm(ms.place(f.landmarks).offset - centre) > 0.5 * width]
+    shares = [f.width / width for f in others]
+    best = max(shares, default=0.0)
+    return best if best >= SECOND_FACE else None
+
+
+def _smooth_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """Landmarks [T, 68, 2] through the same 5-tick Savitzky-Golay filter as the motion."""
+    from scipy.signal import savgol_filter
+
+    if len(landmarks) < 5:
+        return landmarks
+    return savgol_filter(landmarks, 5, 2, axis=0, mode="interp")
+
+
+def _read_jpeg(file: Path, offsets: np.ndarray, tick: int) -> np.ndarray:
+    from PIL import Image
+
+    with open(file, "rb") as f:
+        f.seek(int(offsets[tick]))
+        data = f.read(int(offsets[tick + 1] - offsets[tick]))
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def load_video_avatar(folder: Path, info: dict | None = None) -> VideoAvatar | None:
+    """A prepared clip from its folder, or None when it is missing or unreadable."""
+    try:
+        with np.load(folder / "ticks.npz") as t, np.load(folder / "reference.npz") as r:
+            reference = Avatar(**{k: torch.from_numpy(r[k].copy()) for k in r.files})
+            if info is None:
+                info = json.loads((folder / "info.json").read_text())
+            if not (folder / "frames.jpg").is_file():
+                return None
+            return VideoAvatar(folder=folder, reference=reference,
+                               reference_tick=int(t["reference_tick"]),
+                               landmarks=t["landmarks"], motion=t["motion"],
+                               offsets=t["offsets"], turns=tuple(int(x) for x in t["turns"]),
+                               info=info)
+    except (OSError, KeyError, ValueError, EOFError, TypeError):
+        return None
+
+
+def print_progress(stage: str, done: float) -> None:
+    """A one-line bar on stderr (for the command lines)."""
+    import sys
+
+    bar = "#" * int(30 * done)
+    end = "\n" if done >= 1.0 else ""
+    sys.stderr.write(f"\rpreparing the video avatar [{bar:<30}] {100 * done:3.0f}% {stage:<22}"
+                     + end)
+    sys.stderr.flush()
+
+
+
+def prepare_any_avatar(source, size: int = 512, *, limits: VideoLimits = VideoLimits(),
+                       progress: Progress | None = None) -> Avatar | VideoAvatar:
+    """A photo or a recording (chosen by the path's suffix, VIDEO_SUFFIXES) -> its avatar."""
+    from models.avatar import prepare_avatar
+
+    if is_video(source):
+        return prepare_video_avatar(source, size, limits=limits, progress=progress)
+    return prepare_avatar(source, size)
