@@ -508,13 +508,14 @@ class Bench:
             log = ROOT / "out" / "benchmarks" / f"latency_server_{time.strftime('%H%M%S')}.log"
             self.server = start_server(log, *extra)
         else:
-            from models.avatar import prepare_avatar
+            from models.avatar import DEFAULT_AVATAR
+            from models.video_avatar import prepare_any_avatar, print_progress
             from stream.engine import DEFAULT_CHECKPOINT, make_engine
 
             self.engine = make_engine(args.engine, args.checkpoint or DEFAULT_CHECKPOINT,
                                       args.device)
-            self.avatar = (prepare_avatar(args.avatar, size=args.size) if args.avatar
-                           else prepare_avatar(size=args.size))
+            self.avatar = prepare_any_avatar(args.avatar or DEFAULT_AVATAR, args.size,
+                                             progress=print_progress)
             warm_up(self.engine, self.avatar)
 
     def run(self, clip, streams: int) -> dict:
@@ -614,7 +615,8 @@ def parser() -> argparse.ArgumentParser:
                    help="default: the server's (onnx on cpu, torch on cuda)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--audio", help="speech to feed (default: alsa-utils' recordings)")
-    p.add_argument("--avatar", help="portrait (default: the bundled one)")
+    p.add_argument("--avatar", help="portrait, or a short recording of the person (default: "
+                   "the bundled portrait)")
     p.add_argument("--size", type=int, default=512, choices=[256, 512])
     p.add_argument("--streams", type=int, default=1)
     p.add_argument("--webrtc", action="store_true",
@@ -644,6 +646,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     if args.streams < 1 or args.max_streams < 1:
         raise SystemExit("--streams and --max-streams must be at least 1")
+    from models.face import PortraitError
     from stream.engine import EngineError, default_engine
 
     args.engine = args.engine or default_engine(args.device)
@@ -661,7 +664,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{' '.join(map(str, loadavg()))}", flush=True)
     try:
         bench = Bench(args, args.max_streams if args.sweep_streams else args.streams)
-    except EngineError as e:
+    except (EngineError, PortraitError) as e:
         raise SystemExit(f"error: {e}") from None
     try:
         if args.sweep_streams:

@@ -17,9 +17,9 @@ generated. Preparation runs once per clip and is cached by the file's content ha
 Playback (VideoPlayback, one per session): session frame t shows the recorded tick
 `tick_at(t)`, going back and forth between the turning points (the head slows to a stop
 there, so reversing is not seen as a jump). Its mouth is brought to the generated state:
-the tick's own crop and landmarks become an Avatar (the reference's expression fields and
-depth carried over by the similarity between the two faces, models.video_avatar.frame_avatar)
-rendered with a motion that changes only the mouth, by (generated - recorded). A mouth that
+the tick's own crop and landmarks become an Avatar (frame_avatar: its own expression
+fields, the reference's colours) rendered with a motion that changes only the mouth, by
+(generated - recorded). A mouth that
 is open in the recording is closed that way; where the two already agree the recorded crop
 is shown as it is. The recording's own sound is never used.
 """
@@ -77,8 +77,10 @@ MAX_PIXELS = 3840 * 2160       # default limit on a frame's size
 MAX_BYTES = 500 << 20          # default limit on the file's size
 JPEG_QUALITY = 95
 MAX_GAP = 0.3                  # seconds without a face that are bridged (as the training data)
+TRACK_MIN_FACE = 24.0          # faces down to this width are tracked (working pixels), so that
+                               #   a clip of small faces is refused as such, not as "no face"
 TURN_SEARCH = 0.15             # turning points are searched in this share at each end
-MAX_FACE_SHARE = 0.5           # face width / crop side at most (the renderer's mouth window);
+MAX_FACE_SHARE = 0.6           # face width / crop side at most (the renderer's mouth window);
                                #   a closer recording is refused, never padded
 SECOND_FACE = 0.6              # another face this large (share of the main face's width):
                                #   two people
@@ -148,59 +150,54 @@ class VideoAvatar:
 
 
 def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
-    """The render state of one recorded frame: its crop [S, S, 3] uint8 and landmarks [68, 2],
-    the reference's expression fields, depth and head mask carried over by the similarity
-    that maps the reference's face onto this one (fields on the coarse grid are looked up
-    at the pulled-back nodes; vectors turned and scaled by it, slopes turned). Building the
-    fields again costs ~80 ms a frame; this ~2 ms. The eyes are left as recorded (blinks
-    come from the recording), so the eyelid textures are the crop itself; matte 1 and the
-    crop as plate: with no head motion the frame is the crop wherever the mouth does not
-    change."""
+    """The render state of one recorded frame: its crop [S, S, 3] uint8 and landmarks [68, 2].
+    Its own landmark basis and expression fields (~11 ms: they must sit on this frame's
+    lips; the reference's carried over by the similarity between the faces were 15-45 %
+    off on the development clip); the reference's depth and head mask carried over by that
+    similarity (the head does not move here, so they only have to be plausible); colours
+    and lid heights the reference's. The eyes are left as recorded (blinks come from the
+    recording), so the eyelid textures are the crop itself; matte 1 and the crop as plate:
+    with no head motion the frame is the crop wherever the mouth does not change."""
+    from models import warp
+
     size = crop.shape[0]
-    ref_place = ms.place(reference.landmarks.numpy())
     place = ms.place(landmarks)
+    face = np.concatenate([place.to_canonical(landmarks), ms.CANONICAL[:, 2:]], 1)
+    basis = ms.personal_basis(face)
+    flow, jacobian = warp.expression_fields(face, basis, place, size)
+    expression = [ms.index(n) for n in ms.EXPRESSION]
+
+    ref_place = ms.place(reference.landmarks.numpy())
     a = place.matrix() @ np.linalg.inv(ref_place.matrix())                # ref -> this, [2, 2]
     c = place.offset - a @ ref_place.offset
-    coarse = reference.flow.shape[-1]
+    coarse = reference.depth.shape[-1]
     centres = (np.arange(coarse) + 0.5) * (size / coarse) - 0.5
     gx, gy = np.meshgrid(centres, centres)
     nodes = np.stack([gx, gy], -1).reshape(-1, 2)                          # [Q, 2]
     pulled = torch.from_numpy(((nodes - c) @ np.linalg.inv(a).T).astype(np.float32))
 
-    from models import warp
-
     def carry(field: torch.Tensor) -> torch.Tensor:
-        """field [..., h, w] looked up at the pulled-back nodes -> [..., h, w]."""
-        shape = field.shape
-        flat = field.reshape(1, -1, coarse, coarse)
-        out = warp.sample(flat, pulled[None], size)                        # [1, C, Q]
-        return out.reshape(shape)
+        """field [1, C, h, w] looked up at the pulled-back nodes -> [1, C, h, w]."""
+        return warp.sample(field, pulled[None], size).reshape(field.shape)
 
-    turn = torch.from_numpy(a.astype(np.float32))                          # [2, 2]
     scale = float(np.sqrt(abs(np.linalg.det(a))))
-    rotation = turn / scale
-    flow = torch.einsum("ij,lejhw->leihw", turn, carry(reference.flow))     # [2, E, 2, h, w]
-    jac = carry(reference.flow_jacobian)                                   # [2, E, 4, h, w]
-    jm = jac.reshape(*jac.shape[:2], 2, 2, coarse, coarse)                 # d f_i / d x_j
-    jm = torch.einsum("ik,lekmhw,jm->leijhw", rotation, jm, rotation)      # R J R^T
+    rotation = torch.from_numpy((a / scale).astype(np.float32))
     depth = carry(reference.depth)                                         # [1, 3, h, w]
-    slopes = torch.einsum("ij,njhw->nihw", rotation, depth[:, 1:])
-    depth = torch.cat([depth[:, :1] * scale, slopes], 1)
+    slopes = torch.einsum("ij,njhw->nihw", rotation, depth[:, 1:])         # turned with it
     image = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float()
-    c_, s_ = np.cos(place.angle), np.sin(place.angle)
-    pivot_xy = place.to_image(ms.PIVOT[:2])
+    cos, sin = np.cos(place.angle), np.sin(place.angle)
+    pivot = place.to_image(ms.PIVOT[:2])
     return Avatar(
         image=image,
         landmarks=torch.from_numpy(landmarks.astype(np.float32)),
-        landmark_depth=reference.landmark_depth * scale,
-        basis=torch.einsum("ij,ekj->eki", turn, reference.basis),
-        flow=flow.contiguous(),
-        flow_jacobian=jm.reshape(jac.shape).contiguous(),
-        depth=depth.contiguous(),
+        landmark_depth=torch.from_numpy((ms.CANONICAL[:, 2] * place.scale).astype(np.float32)),
+        basis=torch.from_numpy((basis[expression, :, :2] @ place.matrix().T).astype(np.float32)),
+        flow=torch.from_numpy(flow),
+        flow_jacobian=torch.from_numpy(jacobian),
+        depth=torch.cat([depth[:, :1] * scale, slopes], 1).contiguous(),
         head_mask=carry(reference.head_mask),
-        face_rotation=torch.tensor([[c_, -s_], [s_, c_]], dtype=torch.float32),
-        pivot=torch.tensor([pivot_xy[0], pivot_xy[1], ms.PIVOT[2] * place.scale],
-                           dtype=torch.float32),
+        face_rotation=torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float32),
+        pivot=torch.tensor([pivot[0], pivot[1], ms.PIVOT[2] * place.scale], dtype=torch.float32),
         face_width=torch.tensor(place.scale, dtype=torch.float32),
         colors=reference.colors,
         lid_skin=reference.lid_skin,
@@ -400,7 +397,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
             f"the video is {clip.duration:.0f} s long; the limit is {limits.max_seconds:.0f} s: "
             "use a shorter clip (10 s to a few minutes is plenty)")
     duration = clip.duration or limits.max_seconds
-    config = TrackConfig(max_side=960)
+    config = TrackConfig(max_side=960, min_face=TRACK_MIN_FACE)
 
     # 1. track the face (frames read at the tracker's working size)
     problems: list[str] = []

@@ -44,9 +44,11 @@ def grid_points(size: int) -> np.ndarray:
     return np.stack([xs, ys], -1)
 
 
-def _tps_kernel(r: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(r > 0, r * r * np.log(np.maximum(r, 1e-12)), 0.0)
+def _tps_kernel(points: np.ndarray, controls: np.ndarray) -> np.ndarray:
+    """r^2 log r between points [Q, 2] and controls [K, 2] -> [Q, K] (0 at r = 0), computed
+    as r^2 log(r^2) / 2 from squared distances (no square roots)."""
+    r2 = ((points[:, None, :] - controls[None]) ** 2).sum(-1)
+    return 0.5 * r2 * np.log(np.maximum(r2, 1e-300))
 
 
 def tps_interpolator(controls: np.ndarray, queries: np.ndarray,
@@ -55,14 +57,14 @@ def tps_interpolator(controls: np.ndarray, queries: np.ndarray,
     [K, 2] at Q query points [Q, 2] with a (lightly smoothed) thin-plate spline. Use
     coordinates in face widths so `smoothing` has a fixed meaning."""
     k = len(controls)
-    kernel = _tps_kernel(np.linalg.norm(controls[:, None] - controls[None], axis=-1))
+    kernel = _tps_kernel(controls, controls)
     affine = np.concatenate([np.ones((k, 1)), controls], 1)                # [K, 3]
     system = np.zeros((k + 3, k + 3))
     system[:k, :k] = kernel + smoothing * np.eye(k)
     system[:k, k:] = affine
     system[k:, :k] = affine.T
     inverse = np.linalg.inv(system)[:, :k]                                 # [K+3, K]
-    q_kernel = _tps_kernel(np.linalg.norm(queries[:, None] - controls[None], axis=-1))
+    q_kernel = _tps_kernel(queries, controls)
     q_affine = np.concatenate([np.ones((len(queries), 1)), queries], 1)
     return np.concatenate([q_kernel, q_affine], 1) @ inverse               # [Q, K]
 
@@ -119,11 +121,16 @@ def expression_fields(face: np.ndarray, basis: np.ndarray, placement: ms.Placeme
     h, w = nodes.shape[:2]
     nodes_c = placement.to_canonical(nodes.reshape(-1, 2))                 # [Q, 2]
     inside = 1.0 - smoothstep(0.85, 1.0, ellipse_radius(nodes_c, FACE_ELLIPSE))
+    near = inside > 0              # the fields vanish outside the face ellipse
+    interp = None                  # both layers have the same control points, other moves
     all_fields, all_jacobians = [], []
     for layer in LAYERS:
         controls, moves = expression_controls(face, basis, layer)
-        interp = tps_interpolator(controls, nodes_c)                       # [Q, K]
-        fields_c = np.einsum("qk,ekc->eqc", interp, moves) * inside[None, :, None]
+        if interp is None:
+            interp = tps_interpolator(controls, nodes_c[near])             # [Q', K]
+        fields_c = np.zeros((len(moves), len(nodes_c), 2))                 # [E, Q, 2]
+        fields_c[:, near] = np.tensordot(interp, moves, axes=([1], [1])).transpose(1, 0, 2)
+        fields_c *= inside[None, :, None]
         fields = fields_c @ placement.matrix().T                           # [E, Q, 2] px
         fields = fields.reshape(len(moves), h, w, 2).transpose(0, 3, 1, 2)  # [E, 2, h, w]
         spacing = size / h

@@ -117,10 +117,8 @@ class Session:
                  style: dict | None = None, chunk: int | None = None,
                  first_chunk: int | None = None, realtime: bool = False,
                  jitter_ms: float = 100.0, max_frames_queued: int = 250):
-        self.engine, self.avatar, self.realtime = engine, avatar, realtime
-        # a photo: every frame rendered from the portrait; a recording: its frames played,
-        # the mouth brought to the generated motion (models.video_avatar)
-        self._playback = VideoPlayback(avatar) if isinstance(avatar, VideoAvatar) else None
+        self.engine, self.realtime = engine, realtime
+        self.avatar = avatar
         c = engine.feature_config
         self.block = c.block_frames
         # chunk = one feature block (80 ms) by default: the latency floor on a CPU; a GPU
@@ -162,6 +160,18 @@ class Session:
                          threading.Thread(target=self._render_loop, daemon=True, name="render")]
         for t in self._threads:
             t.start()
+
+    @property
+    def avatar(self) -> Avatar | VideoAvatar:
+        return self._avatar
+
+    @avatar.setter
+    def avatar(self, avatar: Avatar | VideoAvatar) -> None:
+        """Switch avatars; the next chunk rendered shows the new one. A photo: every frame
+        rendered from the portrait; a recording: its frames played, the mouth brought to the
+        generated motion (models.video_avatar)."""
+        playback = VideoPlayback(avatar) if isinstance(avatar, VideoAvatar) else None
+        self._avatar, self._playback = avatar, playback
 
     # ------------------------------------------------------------------ audio side
 
@@ -490,12 +500,13 @@ class Session:
                         continue
                 t0 = time.perf_counter()
                 motion = np.concatenate([c.motion for c in batch])           # [sum n, D]
-                if self._playback is None:
-                    images = self.engine.render(self.avatar, motion)
+                avatar, playback = self._avatar, self._playback
+                if playback is None:
+                    images = self.engine.render(avatar, motion)
                 else:
                     index = np.concatenate([np.arange(c.start, c.start + len(c.motion))
                                             for c in batch])
-                    images = self._playback.frames(self.engine, index, motion)
+                    images = playback.frames(self.engine, index, motion)
                 done = time.perf_counter()
                 self.stats.add("render", (done - t0) * 1000, len(images))
                 with self._lock:
