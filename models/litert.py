@@ -19,6 +19,9 @@ MODELS = {
     "mesh": ("face_landmark.tflite", ("conv2d_21", "conv2d_31")),
     "iris": ("iris_landmark.tflite", ("output_eyes_contours_and_brows", "output_iris")),
     "selfie": ("selfie_segmentation.tflite", ("activation_10",)),
+    "palm": ("palm_detection_lite.tflite", ("Identity", "Identity_1")),       # boxes, scores
+    # landmarks, hand presence, handedness, world landmarks
+    "hand": ("hand_landmark_lite.tflite", ("Identity", "Identity_1", "Identity_2", "Identity_3")),
 }
 
 _lock = threading.Lock()
