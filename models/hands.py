@@ -112,6 +112,15 @@ class Hand:
         grown = (self.points[:, None, :] + disc[None]).reshape(-1, 2)         # [21 * 16, 2]
         return grown[ConvexHull(grown).vertices].astype(np.float32)
 
+    def reach(self) -> float:
+        """How far the fingers reach: the fingertips' (index to little finger) mean distance
+        from the wrist in palm lengths, in the image plane. About 2-2.7 for an open hand or
+        fingers over a mouth, 1.0-1.25 where the models took a face looking down for a hand
+        (the development clip, 2026-12-03); a fist is that low too."""
+        palm = max(float(np.linalg.norm(self.points[9] - self.points[0])), 1e-6)
+        tips = np.linalg.norm(self.points[[8, 12, 16, 20]] - self.points[0], axis=1)
+        return float(tips.mean() / palm)
+
 
 @dataclass(frozen=True)
 class Palm:

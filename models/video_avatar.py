@@ -6,6 +6,7 @@ generated. Preparation runs once per clip and is cached by the file's content ha
     probe            a readable video, within the limits (seconds, pixels, bytes)
     track            the face on every frame (models.face_track), onto 25 fps ticks
     play range       the longest run of ticks that show the face (at least MIN_SECONDS)
+                     with no hand over its mouth and jaw (models.hands)
     crop             one square box for the whole clip (axis-aligned: the camera stands
                      still, the head moves inside it), every tick's frame cropped to
                      size x size and kept as JPEG in one file (random access, bounded memory)
@@ -59,6 +60,7 @@ from models.face_track import (
     read_frames,
     track_faces,
 )
+from models.hands import covered, find_hands
 from models.recording import (
     FPS,
     RecordingError,
@@ -82,12 +84,22 @@ TRACK_MIN_FACE = 24.0          # faces down to this width are tracked (working p
 TURN_SEARCH = 0.15             # turning points are searched in this share at each end
 MAX_FACE_SHARE = 0.6           # face width / crop side at most (the renderer's mouth window);
                                #   a closer recording is refused, never padded
+HAND_EVERY = 2                 # ticks between looks for a hand (a hand takes longer to pass)
+HAND_COVERS = 0.1              # share of the lower face under a hand: that tick is hidden
+HAND_REACH = 1.5               # models.hands.Hand.reach: fingers out; below it the hand model
+                               #   mostly sees a face looking down as a hand (a fist over the
+                               #   mouth is missed: said in the README)
+HAND_MARGIN = 3                # ticks either side of a hidden one are left out too
+HAND_BRIDGE = 25               # hidden ticks this close: the ones between are hidden too (the
+                               #   hand detector misses a hand in some frames)
+LOWER_FACE = (*range(4, 13), 35, 33, 31)   # the jaw line and the nose's base: what the mouth
+                                           #   moves (68-point layout)
 SECOND_FACE = 0.6              # another face this large (share of the main face's width):
                                #   two people
 MOUTH = [ms.index(n) for n in ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise",
                                "lower_lip_depress")]
 UNCHANGED = 0.02               # a mouth change below this (every parameter): no render
-PREP_VERSION = 1               # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 4               # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -311,20 +323,40 @@ def longest_run(status: np.ndarray, track: np.ndarray) -> tuple[int, int]:
     return best
 
 
-def turning_points(landmarks: np.ndarray, measures: dict) -> tuple[int, int]:
-    """Two ticks of [0, T) to play back and forth between: in the first and the last
-    TURN_SEARCH of the range, where the face is stillest with its eyes open (a turn in mid
-    blink or mid movement would show)."""
-    T = len(landmarks)
+def turning_points(measures: dict, start: int, stop: int) -> tuple[int, int]:
+    """Two ticks of the run [start, stop) to play back and forth between: in its first and
+    last TURN_SEARCH, where the face is stillest with its eyes open (a turn in mid blink or
+    mid movement would show). measures: models.recording.source_measures of all ticks."""
+    T = stop - start
     if T < 4:
-        return 0, T - 1
+        return start, stop - 1
     reach = max(1, int(TURN_SEARCH * T))
-    eyes = np.minimum(measures["eye_left"], measures["eye_right"])
+    eyes = np.minimum(measures["eye_left"], measures["eye_right"])[start:stop]
     shut = np.maximum(np.nanpercentile(eyes, 90) - eyes, 0.0)
-    cost = np.nan_to_num(measures["speed"] / 0.01 + shut / 0.05, nan=1e9)
+    cost = np.nan_to_num(measures["speed"][start:stop] / 0.01 + shut / 0.05, nan=1e9)
     a = int(np.argmin(cost[:reach]))
     b = T - reach + int(np.argmin(cost[T - reach:]))
-    return a, b
+    return start + a, start + b
+
+
+def hidden_mouths(shares: np.ndarray, looked: np.ndarray) -> np.ndarray:
+    """Ticks [T] bool whose mouth a hand hides: the share of the lower face under a hand,
+    shares [T], known where `looked` [T] (every HAND_EVERY-th tick), above HAND_COVERS at
+    the nearest look, gaps of up to HAND_BRIDGE ticks between such ticks filled, widened by
+    HAND_MARGIN ticks either side."""
+    seen = np.flatnonzero(looked)
+    nearest = seen[np.clip(np.searchsorted(seen, np.arange(len(shares))), 0, len(seen) - 1)]
+    before = seen[np.clip(np.searchsorted(seen, np.arange(len(shares))) - 1, 0, len(seen) - 1)]
+    hidden = (shares[nearest] > HAND_COVERS) | (shares[before] > HAND_COVERS)
+    at = np.flatnonzero(hidden)
+    for a, b in zip(at[:-1], at[1:], strict=True):     # the hand was there in between too
+        if b - a <= HAND_BRIDGE:
+            hidden[a:b] = True
+    widened = hidden.copy()
+    for shift in range(1, HAND_MARGIN + 1):
+        widened[shift:] |= hidden[:-shift]
+        widened[:-shift] |= hidden[shift:]
+    return widened
 
 
 def _file_key(path: Path, size: int) -> str:
@@ -456,6 +488,8 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     offsets = [0]
     every = 5                                       # appearance on every 5th tick
     samples = np.full((len(tick_frames), len(_look_grid())), np.nan, np.float32)
+    shares = np.zeros(len(tick_frames))                 # lower face under a hand
+    looked = np.arange(len(tick_frames)) % HAND_EVERY == 0
     people = []
     check = set(np.linspace(0, len(tick_frames) - 1, 5).round().astype(int).tolist())
     wanted = {}
@@ -475,6 +509,10 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
                 offsets.append(offsets[-1] + len(data.getvalue()))
                 if k % every == 0:
                     samples[k] = appearance_samples(crop, landmarks[k])
+                if looked[k]:       # in the whole frame: a hand cut off by the crop is
+                    hands = [box.to_crop(h.hull(), size) for h in find_hands(frame.image)
+                             if h.reach() >= HAND_REACH]
+                    shares[k] = covered(hands, landmarks[k][list(LOWER_FACE)])  # missed
                 if k in check:
                     people.append(_second_face(frame.image, tick_landmarks[k] * scale))
                 if k % 25 == 0:
@@ -487,15 +525,24 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
             f"two people are in the clip (another face {max(second):.0%} as wide as the main "
             "one): use a clip of one person")
 
-    # 3. the reference tick and its avatar, motion of every tick against it
+    # 3. playback stays where no hand hides the mouth
+    hidden = hidden_mouths(shares, looked)
+    play = longest_run(np.where(hidden, LOST, 0), np.zeros(len(hidden), int))
+    if (play[1] - play[0]) / FPS < limits.min_seconds:
+        raise VideoAvatarError(
+            f"a hand covers the mouth too often: the longest stretch without is "
+            f"{(play[1] - play[0]) / FPS:.1f} s; at least {limits.min_seconds:g} s is needed")
+
+    # 4. the reference tick and its avatar, motion of every tick against it
     progress("building the avatar", 0.9)
     appearance = deviation_from_usual(samples)
+    playable = np.arange(*play)
     try:
-        pick = pick_source_frame(landmarks, np.flatnonzero(np.isfinite(appearance)),
+        pick = pick_source_frame(landmarks, playable[np.isfinite(appearance[playable])],
                                  appearance=appearance)
     except (RecordingError, PortraitError):
         try:
-            pick = pick_source_frame(landmarks)
+            pick = pick_source_frame(landmarks, playable)
         except RecordingError as e:
             raise VideoAvatarError(str(e)) from None
     offsets = np.array(offsets, np.int64)
@@ -503,7 +550,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     reference = build_avatar(reference_crop, landmarks[pick.index].astype(np.float32))
     motion = fit_clip_motion(landmarks, landmarks[pick.index])
     smoothed = _smooth_landmarks(landmarks)
-    turns = turning_points(landmarks, measures)
+    turns = turning_points(measures, *play)
     info = {
         "clip": path.name, "size": size, "width": clip.width, "height": clip.height,
         "fps": clip.fps, "duration_s": round(float(clip.duration), 2),
@@ -511,6 +558,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
                     round(float(frame_times[tick_frames[-1]]), 2)],
         "ticks": int(len(tick_frames)), "reference_tick": int(pick.index),
         "turns": [int(turns[0]), int(turns[1])],
+        "hand_over_mouth_ticks": int(hidden.sum()),
         "box": [box.left / scale, box.top / scale, box.side / scale],
         "prepare_s": round(time.perf_counter() - started, 2),
     }

