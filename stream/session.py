@@ -165,11 +165,6 @@ class Session:
     def avatar(self) -> Avatar | VideoAvatar:
         return self._avatar
 
-    @property
-    def playback(self) -> VideoPlayback | None:
-        """A video avatar's playback (what it rendered), None for a photo."""
-        return self._playback
-
     @avatar.setter
     def avatar(self, avatar: Avatar | VideoAvatar) -> None:
         """Switch avatars; the next chunk rendered shows the new one. A photo: every frame
@@ -177,6 +172,11 @@ class Session:
         generated motion (models.video_avatar)."""
         playback = VideoPlayback(avatar) if isinstance(avatar, VideoAvatar) else None
         self._avatar, self._playback = avatar, playback
+
+    @property
+    def playback(self) -> VideoPlayback | None:
+        """A video avatar's playback (what it rendered), None for a photo."""
+        return self._playback
 
     # ------------------------------------------------------------------ audio side
 
