@@ -13,16 +13,17 @@ generated. Preparation runs once per clip and is cached by the file's content ha
     reference        the tick an avatar is made from (models.recording.pick_source_frame)
                      and its full Avatar (models.avatar.build_avatar)
     motion           every tick's motion against the reference (fit_clip_motion)
-    turning points   ping-pong playback between two still ticks near the range's ends
+    turning points   ping-pong playback over the calmest PLAY_SECONDS of the range (the
+                     least mouth activity), between two still ticks near its ends
 
 Playback (VideoPlayback, one per session): session frame t shows the recorded tick
 `tick_at(t)`, going back and forth between the turning points (the head slows to a stop
 there, so reversing is not seen as a jump). Its mouth is brought to the generated state:
 the tick's own crop and landmarks become an Avatar (frame_avatar: its own expression
 fields, the reference's colours) rendered with a motion that changes only the mouth, by
-(generated - recorded). A mouth that
-is open in the recording is closed that way; where the two already agree the recorded crop
-is shown as it is. The recording's own sound is never used.
+(generated - recorded). A mouth that is open in the recording is closed that way; where the
+two already agree the recorded crop is shown as it is. The recording's own sound is never
+used.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ MAX_GAP = 0.3                  # seconds without a face that are bridged (as the
 TRACK_MIN_FACE = 24.0          # faces down to this width are tracked (working pixels), so that
                                #   a clip of small faces is refused as such, not as "no face"
 TURN_SEARCH = 0.15             # turning points are searched in this share at each end
+PLAY_SECONDS = 30.0            # playback goes back and forth over the calmest stretch this long
 MAX_FACE_SHARE = 0.6           # face width / crop side at most (the renderer's mouth window);
                                #   a closer recording is refused, never padded
 HAND_EVERY = 2                 # ticks between looks for a hand (a hand takes longer to pass)
@@ -99,7 +101,7 @@ SECOND_FACE = 0.6              # another face this large (share of the main face
 MOUTH = [ms.index(n) for n in ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise",
                                "lower_lip_depress")]
 UNCHANGED = 0.02               # a mouth change below this (every parameter): no render
-PREP_VERSION = 4               # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 5               # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -339,6 +341,19 @@ def turning_points(measures: dict, start: int, stop: int) -> tuple[int, int]:
     return start + a, start + b
 
 
+def calmest(motion: np.ndarray, start: int, stop: int) -> tuple[int, int]:
+    """The stretch of PLAY_SECONDS (or all of [start, stop) if shorter) whose mouth is
+    calmest: the least mean |mouth parameters| of the fitted motion [T, D] (the reference
+    frame's mouth is 0). What the recording's mouth does is undone frame by frame, but
+    what comes with it (a laugh's cheeks, a smile's creases) is not, so playback keeps to
+    the part where the person is quietest."""
+    length = min(stop - start, int(PLAY_SECONDS * FPS))
+    busy = np.abs(motion[start:stop][:, MOUTH]).sum(1)
+    window = np.convolve(busy, np.ones(length), mode="valid")             # [T - length + 1]
+    first = start + int(np.argmin(window))
+    return first, first + length
+
+
 def hidden_mouths(shares: np.ndarray, looked: np.ndarray) -> np.ndarray:
     """Ticks [T] bool whose mouth a hand hides: the share of the lower face under a hand,
     shares [T], known where `looked` [T] (every HAND_EVERY-th tick), above HAND_COVERS at
@@ -550,7 +565,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     reference = build_avatar(reference_crop, landmarks[pick.index].astype(np.float32))
     motion = fit_clip_motion(landmarks, landmarks[pick.index])
     smoothed = _smooth_landmarks(landmarks)
-    turns = turning_points(measures, *play)
+    turns = turning_points(measures, *calmest(motion, *play))
     info = {
         "clip": path.name, "size": size, "width": clip.width, "height": clip.height,
         "fps": clip.fps, "duration_s": round(float(clip.duration), 2),

