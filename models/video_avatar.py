@@ -101,7 +101,7 @@ SECOND_FACE = 0.6              # another face this large (share of the main face
 MOUTH = [ms.index(n) for n in ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise",
                                "lower_lip_depress")]
 UNCHANGED = 0.02               # a mouth change below this (every parameter): no render
-PREP_VERSION = 5               # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 7               # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -564,6 +564,8 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     reference_crop = _read_jpeg(work / "frames.jpg", offsets, pick.index)
     reference = build_avatar(reference_crop, landmarks[pick.index].astype(np.float32))
     motion = fit_clip_motion(landmarks, landmarks[pick.index])
+    reference.colors[2] = torch.from_numpy(own_teeth(work / "frames.jpg", offsets, landmarks,
+                                                     motion, playable, reference))
     smoothed = _smooth_landmarks(landmarks)
     turns = turning_points(measures, *calmest(motion, *play))
     info = {
@@ -584,6 +586,30 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     (work / "info.json").write_text(json.dumps(info, indent=1))
     progress("done", 1.0)
     return info
+
+
+def own_teeth(frames: Path, offsets: np.ndarray, landmarks: np.ndarray, motion: np.ndarray,
+              ticks: np.ndarray, reference: Avatar) -> np.ndarray:
+    """The teeth colour [3] the renderer paints an opening with: the person's own, from the
+    tick of `ticks` whose mouth is open widest (jaw_open > 0.1), as the mean of the whitest
+    15 % of the pixels between the inner lips (luminance minus saturation: the lips' edge
+    is as bright but redder); else the reference's (an off-white matched to the light on
+    the face)."""
+    from skimage.draw import polygon
+
+    widest = int(ticks[np.argmax(motion[ticks, ms.index("jaw_open")])])
+    if motion[widest, ms.index("jaw_open")] <= 0.1:
+        return reference.colors[2].numpy()
+    crop = _read_jpeg(frames, offsets, widest)
+    inner = landmarks[widest][60:68]
+    rows, cols = polygon(inner[:, 1], inner[:, 0], crop.shape[:2])
+    pixels = crop[rows, cols].astype(np.float64)
+    if len(pixels) < 20:
+        return reference.colors[2].numpy()
+    luminance = pixels @ np.array([0.299, 0.587, 0.114]) / 255.0
+    saturation = (pixels.max(1) - pixels.min(1)) / np.maximum(pixels.max(1), 1.0)
+    white = luminance - saturation
+    return pixels[white >= np.percentile(white, 85)].mean(0).astype(np.float32)
 
 
 def _look_grid():
