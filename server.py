@@ -1,6 +1,6 @@
 """The talking-head server: a web page, WebRTC sessions, and a websocket per session.
 
-    python server.py [--engine torch|onnx|trt] [--device cpu|cuda] [--avatar IMG]
+    python server.py [--engine torch|onnx|trt] [--device cpu|cuda] [--avatar IMG|VIDEO]
                      [--host 127.0.0.1] [--port 8080] [--token TOKEN] [--size 512|256]
                      [--checkpoint CKPT] [--threads N] [limits: see --help]
 
@@ -12,11 +12,19 @@ the token from its own URL on to every request it makes).
 
 HTTP
     GET    /                    the browser client (web/)
-    GET    /avatars             the bundled portraits: [{"id", "name", "preview"}]
-    POST   /avatars             upload a portrait (raw image bytes, or multipart field "image")
-                                -> {"avatar", "name", "preview"}; the id is random and
+    GET    /avatars             the bundled avatars: [{"id", "name", "kind", "preview"}]
+    POST   /avatars             upload a photo or a recording of the person (raw bytes, or
+                                multipart field "image" or "video"; a video is one by its
+                                field, content type or file suffix, else by its first bytes)
+                                -> 200 {"avatar", "name", "kind", "preview"}: a photo, or a
+                                video whose bytes were prepared before; the id is random and
                                 unguessable, known only to the uploader, never listed
-    GET    /avatars/{id}.jpg    a prepared (aligned) portrait
+                                -> 202 {"job", "state", "stage", "progress"}: a video being
+                                prepared (seconds to minutes) in a child process
+    GET    /avatars/jobs/{id}   that job: {"state": "queued" | "preparing", "stage",
+                                "progress": 0..1}, then {"state": "done", "avatar", ...}, or
+                                {"state": "failed", "error"} with the upload's 4xx/5xx status
+    GET    /avatars/{id}.jpg    a prepared (aligned) portrait; a video's reference frame
     POST   /offer               {"sdp", "type": "offer"[, "avatar"]}
                                 -> {"sdp", "type": "answer", "session"}
     POST   /sessions/{id}/audio an audio file to speak (any format FFmpeg reads)
@@ -34,7 +42,7 @@ Websocket  GET /ws/{session}
       {"type": "speak", "text": "...", "voice": "espeak/en-us"}    local TTS
       {"type": "interrupt"}                                         barge-in
       {"type": "style", "values": {"head_amplitude": 1.2, "mouth_amplitude": 0.8}}
-      {"type": "avatar", "id": "grace_hopper"}
+      {"type": "avatar", "id": "grace_hopper"}                     photo or video avatar
     server -> client
       {"type": "ready", "session", "styles", "voices", "avatar"}      once, on connect
       {"type": "ok", "for": TYPE, ...}          a control message was carried out
@@ -46,11 +54,17 @@ Websocket  GET /ws/{session}
     messages in a row), 1009 (a message over --max-ws-message), 1011 (the session failed),
     1013 (too many websockets on the session). A client that stops reading is dropped.
 
-Limits (each a flag, see --help): upload bytes and pixels, audio file bytes and seconds,
-queued audio, websocket message bytes, SDP bytes, TTS text length, sessions, websockets per
-session, idle time, connect and peer timeouts. Errors inside one session end that session
-(with a message to its client); the others go on. SIGTERM/SIGINT: stop listening, end every
-session (its client is told), exit.
+Avatars are photos or recordings of the person (models.video_avatar: the recording plays
+back and forth, only the mouth is generated; its own sound is never played). Uploads are
+prepared in child processes, one for photos and one for videos, so a long or hostile file
+holds up no session and no photo.
+
+Limits (each a flag, see --help): upload bytes and pixels; video bytes, seconds and pixels,
+and the time to prepare one (per second of it); audio file bytes and seconds, queued audio,
+websocket message bytes, SDP bytes, TTS text length, sessions, websockets per session, idle
+time, connect and peer timeouts. Errors inside one session end that session (with a message
+to its client); the others go on. SIGTERM/SIGINT: stop listening, end every session (its
+client is told), exit.
 
 Each session: a Session (shared engine, its own avatar and state) + an AudioFeed (microphone,
 websocket PCM, TTS, files) + a MediaClock (one clock paces its video and audio tracks).
@@ -59,6 +73,7 @@ websocket PCM, TTS, files) + a MediaClock (one clock paces its video and audio t
 import argparse
 import asyncio
 import dataclasses
+import errno
 import functools
 import hashlib
 import hmac
@@ -68,8 +83,10 @@ import logging
 import multiprocessing
 import os
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -90,6 +107,16 @@ from PIL import Image
 from models.audio_io import MAX_RATE, MIN_RATE, AudioInputError, check_rate
 from models.avatar import DEFAULT_AVATAR, Avatar, prepare_avatar
 from models.face import PortraitError
+from models.video_avatar import (
+    VideoAvatar,
+    VideoAvatarError,
+    VideoLimits,
+    VideoTooLargeError,
+    is_video,
+    load_video_avatar,
+    prepare_video_avatar,
+    print_progress,
+)
 from stream.engine import (
     DEFAULT_CHECKPOINT,
     ENGINES,
@@ -111,6 +138,9 @@ WEB = ROOT / "web"
 BUNDLED_AVATARS = {"astronaut": DEFAULT_AVATAR,
                    "grace_hopper": ROOT / "assets" / "grace_hopper.jpg"}
 MAX_UPLOADED_AVATARS = 64
+MAX_VIDEO_JOBS = 256           # video uploads followed at once (GET /avatars/jobs/{id})
+JOB_KEPT_SECONDS = 600.0       # a finished job is reported on this long
+SNIFF_BYTES = 16               # an upload's first bytes, which tell a video from a photo
 MAX_BAD_MESSAGES = 20
 WS_SEND_BUFFER = 64 * 1024     # kernel send buffer of a websocket
 MAX_SDP_SECTIONS = 16          # m= sections in an offer (a browser sends 2 or 3)
@@ -127,6 +157,9 @@ class Limits:
     max_sessions: int = 4
     max_upload_bytes: int = 10 * 2**20       # a portrait upload
     max_pixels: int = 25_000_000             # a portrait's width x height (decompression bombs)
+    max_video_bytes: int = 200 * 2**20       # a video avatar upload (kept on disk, not in memory)
+    max_video_seconds: float = 300.0         # a video avatar's length
+    max_video_pixels: int = 3840 * 2160      # a video avatar's frame size
     max_audio_file_bytes: int = 20 * 2**20   # POST /sessions/{id}/audio
     max_queued_seconds: float = 120.0        # audio waiting to be spoken, per session
     min_rate: int = MIN_RATE                 # PCM sample rates accepted, Hz
@@ -139,9 +172,16 @@ class Limits:
     connect_timeout: float = 15.0            # an answered offer must connect within this
     peer_timeout: float = 10.0               # the peer's RTCP silent this long: end
     max_sockets_per_session: int = 4
-    max_pending_uploads: int = 4             # portraits waiting to be prepared
+    max_pending_uploads: int = 4             # portraits waiting to be prepared (and videos)
     portrait_timeout: float = 60.0           # preparing one portrait
+    video_timeout_per_second: float = 5.0    # preparing a video: this per second of it, plus
+                                             #   portrait_timeout
     send_timeout: float = 5.0                # a websocket send stalled this long: drop it
+
+
+def video_limits(limits: Limits) -> VideoLimits:
+    return VideoLimits(max_seconds=limits.max_video_seconds, max_pixels=limits.max_video_pixels,
+                       max_bytes=limits.max_video_bytes)
 
 
 class ClientError(Exception):
@@ -156,8 +196,78 @@ class ClientError(Exception):
 class AvatarEntry:
     id: str
     name: str
-    avatar: Avatar
-    preview: bytes             # JPEG of the aligned crop
+    avatar: Avatar | VideoAvatar
+    preview: bytes             # JPEG of the aligned crop (a video: its reference frame)
+
+    @property
+    def kind(self) -> str:
+        return "video" if isinstance(self.avatar, VideoAvatar) else "photo"
+
+    def reply(self) -> dict:
+        return {"avatar": self.id, "name": self.name, "kind": self.kind,
+                "preview": f"/avatars/{self.id}.jpg"}
+
+
+@dataclass
+class Upload:
+    """The body of one POST /avatars, hashed as it arrives: a photo in memory, a video in a
+    temporary folder of its own (the video process reads it from there; the server's memory
+    stays small whatever the video's size)."""
+    kind: str                  # "photo" | "video"
+    name: str
+    data: bytearray = field(default_factory=bytearray)    # a photo
+    folder: Path | None = None                            # a video: holds `clip`
+    clip: Path | None = None
+    file: io.BufferedWriter | None = None
+    size: int = 0
+    digest: object = field(default_factory=hashlib.sha256)
+
+    @property
+    def key(self) -> str:
+        """What the server remembers prepared avatars by (the same bytes: the same avatar)."""
+        return f"{self.kind}:{self.digest.hexdigest()}"
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class Preparation:
+    """One uploaded video being prepared in the video process; uploads of the same bytes
+    meanwhile wait for it too (each with a job of its own)."""
+    key: str
+    folder: Path               # the upload's temporary folder: the clip, progress.json
+    clip: Path
+    jobs: list = field(default_factory=list)
+    stage: str = "waiting for the videos before it"
+    progress: float = 0.0
+    seconds: float | None = None       # the clip's length, once the video process has read it
+    started: float | None = None       # when the video process took it up (monotonic)
+    task: asyncio.Task | None = None
+
+
+@dataclass
+class VideoJob:
+    """What GET /avatars/jobs/{id} reports on one video upload."""
+    id: str                    # secret, like an avatar id: it leads to the avatar
+    name: str
+    preparation: Preparation
+    entry: AvatarEntry | None = None
+    error: ClientError | None = None
+    finished: float | None = None
+
+    def reply(self) -> dict:
+        reply = {"job": self.id, "name": self.name, "kind": "video"}
+        if self.entry is not None:
+            return {**reply, **self.entry.reply(), "state": "done", "progress": 1.0}
+        if self.error is not None:
+            return {**reply, "state": "failed", "error": str(self.error)}
+        p = self.preparation
+        return {**reply, "state": "preparing" if p.started else "queued", "stage": p.stage,
+                "progress": round(p.progress, 3)}
 
 
 @dataclass
@@ -188,7 +298,9 @@ class Server:
         self.token, self.fault_injection = token, fault_injection
         self.avatars: OrderedDict[str, AvatarEntry] = OrderedDict()
         self.bundled: set[str] = set()
-        self.prepared: OrderedDict[str, Avatar] = OrderedDict()   # upload hash -> avatar
+        self.prepared: OrderedDict[str, Avatar | VideoAvatar] = OrderedDict()   # Upload.key ->
+        self.preparing: dict[str, Preparation] = {}       # videos being prepared, by Upload.key
+        self.jobs: OrderedDict[str, VideoJob] = OrderedDict()
         self.default_avatar = "astronaut"
         self.sessions: dict[str, LiveSession] = {}
         self.starting = 0                                  # offers being answered now
@@ -198,6 +310,7 @@ class Server:
         self.ending: set[asyncio.Task] = set()            # sessions being ended by the watch
         self.metrics = Metrics()
         self.portraits: ProcessPoolExecutor | None = None     # started by the first upload
+        self.videos: ProcessPoolExecutor | None = None        # by the first video upload
         # what clients ask for (speech synthesis, audio decoding) runs on threads of its
         # own: a flood of it queues there, never in front of sessions starting and ending
         self.work = ThreadPoolExecutor(2, thread_name_prefix="client-work")
@@ -208,16 +321,30 @@ class Server:
 
     # ---------------------------------------------------------------- avatars
 
-    def add_avatar(self, avatar_id: str, name: str, avatar: Avatar, bundled: bool = False) -> None:
+    def add_avatar(self, avatar_id: str, name: str, avatar: Avatar | VideoAvatar,
+                   bundled: bool = False) -> AvatarEntry:
         preview = io.BytesIO()
         Image.fromarray(avatar.crop()).save(preview, "JPEG", quality=88)
-        self.avatars[avatar_id] = AvatarEntry(avatar_id, name, avatar, preview.getvalue())
+        entry = AvatarEntry(avatar_id, name, avatar, preview.getvalue())
+        self.avatars[avatar_id] = entry
         self.avatars.move_to_end(avatar_id)
         if bundled:
             self.bundled.add(avatar_id)
         uploads = [k for k in self.avatars if k not in self.bundled]
         for old in uploads[:-MAX_UPLOADED_AVATARS]:
             del self.avatars[old]                          # sessions keep their own reference
+        return entry
+
+    def add_upload(self, name: str, avatar: Avatar | VideoAvatar) -> AvatarEntry:
+        """An uploaded avatar under a new random id: an id says nothing about the upload,
+        and one uploader cannot find another's."""
+        return self.add_avatar("u" + secrets.token_urlsafe(16), name, avatar)
+
+    def remember(self, key: str, avatar: Avatar | VideoAvatar) -> None:
+        self.prepared[key] = avatar
+        self.prepared.move_to_end(key)
+        while len(self.prepared) > MAX_UPLOADED_AVATARS:
+            self.prepared.popitem(last=False)
 
     def avatar(self, avatar_id) -> AvatarEntry:
         if avatar_id is None:
@@ -229,19 +356,13 @@ class Server:
 
     async def upload(self, data: bytes, name: str) -> AvatarEntry:
         """A new portrait under a new random id. The same picture uploaded twice is
-        prepared once, but each upload gets an id of its own: an id says nothing about the
-        picture, and one uploader cannot find another's."""
-        key = hashlib.sha256(data).hexdigest()
+        prepared once, but each upload gets an id of its own."""
+        key = f"photo:{hashlib.sha256(data).hexdigest()}"
         avatar = self.prepared.get(key)
         if avatar is None:
             avatar = await self.prepare_upload(data)
-            self.prepared[key] = avatar
-            while len(self.prepared) > MAX_UPLOADED_AVATARS:
-                self.prepared.popitem(last=False)
-        self.prepared.move_to_end(key)
-        avatar_id = "u" + secrets.token_urlsafe(16)
-        self.add_avatar(avatar_id, name, avatar)
-        return self.avatars[avatar_id]
+        self.remember(key, avatar)
+        return self.add_upload(name, avatar)
 
     async def prepare_upload(self, data: bytes) -> Avatar:
         """Uploaded portraits are prepared in a child process: face detection holds the GIL
@@ -265,10 +386,10 @@ class Server:
             raise ClientError(413 if "megapixels" in str(e) or "too large" in str(e) else 422,
                               str(e)) from None
         except BrokenProcessPool:                      # the child died on this image
-            self._drop_portrait_pool(pool)
+            self._drop_pool(pool)
             raise ClientError(422, "this image could not be processed") from None
         except TimeoutError:                   # a picture that never finishes
-            self._drop_portrait_pool(pool)
+            self._drop_pool(pool)
             raise ClientError(422, "this image took too long to process") from None
         except ClientError:
             raise
@@ -279,12 +400,146 @@ class Server:
             self.uploads -= 1
         return Avatar(**{k: torch.from_numpy(v) for k, v in arrays.items()})
 
-    def _drop_portrait_pool(self, pool: ProcessPoolExecutor) -> None:
+    def _drop_pool(self, pool: ProcessPoolExecutor) -> None:
         if self.portraits is pool:
             self.portraits = None
+        if self.videos is pool:
+            self.videos = None
         for process in list(getattr(pool, "_processes", {}).values()):
             process.kill()                             # a hung child: nothing else stops it
         pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- video avatars
+
+    def upload_video(self, upload: Upload) -> AvatarEntry | VideoJob:
+        """A received video: its avatar at once when the same bytes were prepared before;
+        else a job (GET /avatars/jobs/{id}) that follows its preparation, which takes over
+        the upload's temporary folder. Uploads of the same bytes share one preparation."""
+        key = upload.key
+        avatar = self.prepared.get(key)
+        if avatar is not None:
+            self.remember(key, avatar)
+            return self.add_upload(upload.name, avatar)
+        self._forget_old_jobs()
+        if len(self.jobs) >= MAX_VIDEO_JOBS:
+            raise ClientError(503, "too many video uploads are being followed; try again in a "
+                                   "few minutes")
+        preparation = self.preparing.get(key)
+        if preparation is None:
+            if self.stopping:
+                raise ClientError(503, "the server is stopping")
+            if len(self.preparing) >= self.limits.max_pending_uploads:
+                raise ClientError(503, f"{self.limits.max_pending_uploads} videos are being "
+                                       "prepared already; try again in a few minutes")
+            preparation = Preparation(key, upload.folder, upload.clip)
+            upload.folder = None                           # the preparation removes it
+            self.preparing[key] = preparation
+            preparation.task = asyncio.ensure_future(self._prepare_video(preparation))
+        job = VideoJob("j" + secrets.token_urlsafe(16), upload.name, preparation)
+        preparation.jobs.append(job)
+        self.jobs[job.id] = job
+        return job
+
+    def job(self, job_id: str) -> VideoJob:
+        self._forget_old_jobs()
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise ClientError(404, "no video upload with this id (it finished more than "
+                                   f"{JOB_KEPT_SECONDS / 60:.0f} minutes ago, or never existed)")
+        return job
+
+    def _forget_old_jobs(self) -> None:
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if job.finished is not None and now - job.finished > JOB_KEPT_SECONDS:
+                del self.jobs[job.id]
+
+    async def _prepare_video(self, p: Preparation) -> None:
+        """The task behind a Preparation: the clip prepared in the video process, then each
+        job waiting for it given its avatar (an id of its own) or the error."""
+        try:
+            try:
+                avatar = await self._prepared_video(p)
+            finally:
+                shutil.rmtree(p.folder, ignore_errors=True)
+                self.preparing.pop(p.key, None)
+        except ClientError as e:
+            error = e
+        except Exception:                   # a fault here must not leave its jobs waiting
+            log.exception("preparing a video avatar")
+            error = ClientError(500, "internal server error")
+        else:
+            error = None
+            self.remember(p.key, avatar)
+            self.metrics.count("video_avatars_prepared_total")
+        if error is not None:
+            self.metrics.count("video_avatars_refused_total")
+            log.info("video avatar refused (%d): %s", error.status, error)
+        for job in p.jobs:
+            if error is None:
+                job.entry = self.add_upload(job.name, avatar)
+            job.error, job.finished = error, time.monotonic()
+
+    async def _prepared_video(self, p: Preparation) -> VideoAvatar:
+        """Videos are prepared in a child process of their own, for the reasons photos are
+        (prepare_upload), and apart from photos: a long video must not hold up a portrait."""
+        loop = asyncio.get_running_loop()
+        try:
+            for attempt in range(2):
+                if self.videos is None:
+                    self.videos = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(
+                        "spawn"), initializer=_portrait_process_start)
+                pool = self.videos
+                work = loop.run_in_executor(pool, _prepare_video_file, str(p.clip), self.size,
+                                            video_limits(self.limits))
+                try:
+                    folder = await self._follow(p, pool, work)
+                    break
+                except BrokenProcessPool:       # the process died: on this clip, or on
+                    self._drop_pool(pool)       # another one before this one's turn
+                    if p.started is not None or attempt:
+                        raise ClientError(422, "this video could not be processed") from None
+        except VideoAvatarError as e:
+            raise ClientError(413 if isinstance(e, VideoTooLargeError) else 422, str(e)) from None
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ClientError(507, "the server's disk is full: the video cannot be "
+                                       "prepared now") from None
+            log.warning("video refused: %s: %s", e.__class__.__name__, _short(e))
+            raise ClientError(422, "this video could not be processed") from None
+        except (ClientError, asyncio.CancelledError):
+            raise
+        except Exception as e:                 # the decoder broke on this clip
+            log.warning("video refused: %s: %s", e.__class__.__name__, _short(e))
+            raise ClientError(422, "this video could not be processed") from None
+        avatar = await loop.run_in_executor(self.work, load_video_avatar, Path(folder))
+        if avatar is None:
+            raise ClientError(500, "the prepared video avatar could not be read back")
+        return avatar
+
+    async def _follow(self, p: Preparation, pool: ProcessPoolExecutor,
+                      work: asyncio.Future) -> str:
+        """The video process's answer, with its progress read meanwhile. From when it takes
+        the clip up, it has --portrait-timeout to read it, and then that plus
+        --video-timeout-per-second for every second of the clip; past that it is stopped."""
+        work.add_done_callback(_retrieved)
+        limits = self.limits
+        while True:
+            await asyncio.wait([work], timeout=0.5)
+            _read_progress(p)
+            if work.done():
+                if work.cancelled():            # its pool was shut down before it began
+                    raise BrokenProcessPool("cancelled")
+                return work.result()
+            if p.started is None:
+                continue
+            allowed = limits.portrait_timeout
+            if p.seconds is not None:
+                allowed += limits.video_timeout_per_second * p.seconds
+            if time.monotonic() - p.started > allowed:
+                self._drop_pool(pool)
+                raise ClientError(422, f"this video took too long to prepare (over "
+                                       f"{allowed:.0f} s)")
 
     def live(self, session_id: str) -> LiveSession:
         live = self.sessions.get(session_id)
@@ -498,8 +753,13 @@ class Server:
         await asyncio.gather(*(self.end_session(live, "server stopping")
                                for live in list(self.sessions.values())), *self.ending,
                              return_exceptions=True)
-        if self.portraits is not None:
-            self._drop_portrait_pool(self.portraits)
+        for pool in (self.portraits, self.videos):
+            if pool is not None:
+                self._drop_pool(pool)
+        preparations = [p.task for p in self.preparing.values() if p.task is not None]
+        for task in preparations:
+            task.cancel()                      # each removes its upload's temporary folder
+        await asyncio.gather(*preparations, return_exceptions=True)
         self.work.shutdown(wait=False, cancel_futures=True)
         left = await asyncio.get_running_loop().run_in_executor(None, join_session_threads,
                                                                 20.0)
@@ -745,37 +1005,173 @@ async def offer(request):
 async def list_avatars(request):
     server = server_of(request)
     return web.json_response([{"id": a.id, "name": a.name, "preview": f"/avatars/{a.id}.jpg",
-                               "default": a.id == server.default_avatar}
+                               "kind": a.kind, "default": a.id == server.default_avatar}
                               for a in server.avatars.values() if a.id in server.bundled])
 
 
 @routes.post("/avatars")
 async def upload_avatar(request):
+    """A photo or a video (see read_upload). A photo, or a video whose bytes were prepared
+    before: 200 and the avatar. Else 202 and a job to follow (GET /avatars/jobs/{id})."""
     server = server_of(request)
-    limit = server.limits.max_upload_bytes
-    name = "upload"
-    if request.content_type.startswith("multipart/"):
-        if request.content_length is not None and request.content_length > limit + 4096:
-            raise ClientError(413, f"the upload is too large: at most {_mib(limit)}")
-        data = None
-        try:
-            async for part in await request.multipart():
-                if part.name == "image" and data is None:
-                    name = Path(part.filename or name).stem[:40] or name
-                    data = await _read_part(part, limit)
-                else:
-                    await _read_part(part, 65536)          # other fields: small, ignored
-        except (ValueError, AssertionError, RuntimeError) as e:   # a malformed multipart body
-            raise ClientError(400, f"malformed multipart upload: {_short(e)}") from None
-        if data is None:
-            raise ClientError(400, 'the multipart upload has no "image" field')
+    upload = await read_upload(request, server.limits)
+    try:
+        if upload.kind == "photo":
+            result = await server.upload(bytes(upload.data), upload.name)
+        else:
+            result = server.upload_video(upload)
+    finally:
+        upload.discard()                       # (a video being prepared: no longer its own)
+    if isinstance(result, VideoJob):
+        return web.json_response(result.reply(), status=202,
+                                 headers={"Location": f"/avatars/jobs/{result.id}"})
+    return web.json_response(result.reply())
+
+
+@routes.get("/avatars/jobs/{id}")
+async def avatar_job(request):
+    """A video upload's progress: {"state": "queued" | "preparing", "stage", "progress"},
+    then {"state": "done", "avatar", "preview", ...}, or the upload's error (its 4xx/5xx
+    status, {"state": "failed", "error"})."""
+    job = server_of(request).job(request.match_info["id"])
+    return web.json_response(job.reply(), status=job.error.status if job.error else 200)
+
+
+async def read_upload(request, limits: Limits) -> Upload:
+    """The body of POST /avatars: raw bytes, or a multipart field "image" or "video".
+    Photo or video: as declared (the multipart field "video"; a video/* or image/* content
+    type; a file name with a video suffix), else by the first bytes (a video container's
+    signature: MP4/QuickTime, Matroska/WebM, AVI). The video process then finds out whether
+    it really holds a video (nothing is decoded in this process). Refused with 413 as soon
+    as it runs past its kind's limit, whatever Content-Length claims."""
+    biggest = max(limits.max_upload_bytes, limits.max_video_bytes)
+    if not request.content_type.startswith("multipart/"):
+        kind = _declared_kind(request.content_type, "")
+        limit = {"photo": limits.max_upload_bytes, "video": limits.max_video_bytes}.get(
+            kind, biggest)
+        if request.content_length is not None and request.content_length > limit:
+            raise _too_large(kind, limit)
+        upload = await receive_upload(request.content.iter_chunked(65536), kind, "upload", "",
+                                      limits)
+        if not upload.size:
+            upload.discard()
+            raise ClientError(400, "the upload is empty: send the image or video bytes as the "
+                                   "body")
+        return upload
+    if request.content_length is not None and request.content_length > biggest + 4096:
+        raise _too_large(None, biggest)
+    upload = None
+    try:
+        async for part in await request.multipart():
+            if part.name in ("image", "video") and upload is None:
+                filename = part.filename or "upload"
+                kind = "video" if part.name == "video" else _declared_kind(
+                    part.headers.get("Content-Type", ""), filename)
+                upload = await receive_upload(_chunks_of(part), kind,
+                                              Path(filename).stem[:40] or "upload",
+                                              Path(filename).suffix.lower(), limits)
+            else:
+                await _read_part(part, 65536)          # other fields: small, ignored
+    except (ValueError, AssertionError, RuntimeError) as e:   # a malformed multipart body
+        if upload is not None:
+            upload.discard()
+        raise ClientError(400, f"malformed multipart upload: {_short(e)}") from None
+    except BaseException:
+        if upload is not None:
+            upload.discard()
+        raise
+    if upload is None:
+        raise ClientError(400, 'the multipart upload has no "image" or "video" field')
+    if not upload.size:
+        upload.discard()
+        raise ClientError(400, f'the "{"video" if upload.kind == "video" else "image"}" field '
+                               "is empty")
+    return upload
+
+
+def _too_large(kind: str | None, limit: int) -> ClientError:
+    what = {"photo": "the image", "video": "the video"}.get(kind, "the upload")
+    return ClientError(413, f"{what} is too large: at most {_mib(limit)}")
+
+
+def _declared_kind(content_type: str, filename: str) -> str | None:
+    content_type = content_type.lower()
+    if content_type.startswith("video/") or is_video(filename):
+        return "video"
+    if content_type.startswith("image/"):
+        return "photo"
+    return None
+
+
+def sniff_kind(head: bytes) -> str:
+    """"video" when an upload's first bytes are a video container's, else "photo" (the photo
+    path says what is wrong with anything else)."""
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "photo" if head[8:12] in (b"avif", b"heic", b"heix", b"mif1") else "video"
+    if head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
+        return "video"
+    return "photo"
+
+
+async def _chunks_of(part):
+    while chunk := await part.read_chunk(65536):
+        yield chunk
+
+
+async def receive_upload(chunks, kind: str | None, name: str, suffix: str,
+                         limits: Limits) -> Upload:
+    """An Upload from `chunks` (bytes, as they arrive); `kind` None: told by the first
+    bytes. A video goes into a new temporary folder as `clip` (+ its name's suffix)."""
+    upload, head = None, b""
+    try:
+        async for chunk in chunks:
+            if upload is None:
+                head += chunk
+                if kind is None and len(head) < SNIFF_BYTES:
+                    continue
+                upload = _start_upload(kind or sniff_kind(head), name, suffix)
+                chunk, head = head, b""
+            _add_to_upload(upload, chunk, limits)
+        if upload is None:                             # shorter than SNIFF_BYTES
+            upload = _start_upload(kind or sniff_kind(head), name, suffix)
+            _add_to_upload(upload, head, limits)
+        if upload.file is not None:
+            upload.file.close()
+        return upload
+    except OSError as e:
+        if upload is not None:
+            upload.discard()
+        if isinstance(e, ConnectionError):
+            raise
+        log.warning("a video upload could not be stored: %s", _short(e))
+        raise ClientError(507, "the server has no room for this video now (its disk is "
+                               "full)") from None
+    except BaseException:
+        if upload is not None:
+            upload.discard()
+        raise
+
+
+def _start_upload(kind: str, name: str, suffix: str) -> Upload:
+    upload = Upload(kind, name)
+    if kind == "video":
+        upload.folder = Path(tempfile.mkdtemp(prefix="talking-head-upload-"))
+        name = "clip" + suffix
+        upload.clip = upload.folder / (name if is_video(name) else "clip")
+        upload.file = open(upload.clip, "wb")
+    return upload
+
+
+def _add_to_upload(upload: Upload, chunk: bytes, limits: Limits) -> None:
+    limit = limits.max_video_bytes if upload.kind == "video" else limits.max_upload_bytes
+    upload.size += len(chunk)
+    if upload.size > limit:
+        raise _too_large(upload.kind, limit)
+    upload.digest.update(chunk)
+    if upload.file is not None:
+        upload.file.write(chunk)
     else:
-        data = await read_body(request, limit, "the upload")
-    if not data:
-        raise ClientError(400, "the upload is empty: send the image bytes as the body")
-    entry = await server.upload(data, name)
-    return web.json_response({"avatar": entry.id, "name": entry.name,
-                              "preview": f"/avatars/{entry.id}.jpg"})
+        upload.data += chunk
 
 
 async def _read_part(part, limit: int) -> bytes:
@@ -802,6 +1198,25 @@ def _prepare(source, size: int) -> Avatar:
     return avatar
 
 
+def _prepare_default(source: str, size: int, limits: Limits) -> Avatar | VideoAvatar:
+    """--avatar: a photo, or a recording prepared here with a progress bar on the terminal
+    (a bad one: the bar ends, and main says why in one line)."""
+    if not is_video(source):
+        return _prepare(source, size)
+    bar = {"done": None}
+
+    def progress(stage: str, done: float) -> None:
+        bar["done"] = done
+        print_progress(stage, done)
+
+    try:
+        return prepare_video_avatar(source, size, limits=video_limits(limits),
+                                    progress=progress)
+    finally:
+        if bar["done"] is not None and bar["done"] < 1.0:
+            sys.stderr.write("\n")                       # the bar stopped part-way
+
+
 def _prepare_arrays(source: bytes, size: int, max_pixels: int) -> dict[str, np.ndarray]:
     """In the portrait process: an avatar as plain arrays (cheap to send back). The pixel
     count is checked from the header before anything is decoded."""
@@ -826,6 +1241,53 @@ def _prepare_arrays(source: bytes, size: int, max_pixels: int) -> dict[str, np.n
 
 def _portrait_process_start() -> None:
     os.nice(COMPUTE_NICE)
+
+
+def _prepare_video_file(clip: str, size: int, limits: VideoLimits) -> str:
+    """In the video process: a clip (in its upload folder) -> the prepared avatar's folder in
+    the video cache. What it is doing goes to progress.json beside the clip, a file the
+    server reads (not a queue: a process killed mid-write leaves no lock behind)."""
+    from models.face_track import VideoInputError, probe
+
+    clip = Path(clip)
+    state = {"stage": "reading the video", "progress": 0.0, "seconds": None}
+    written = [0.0]
+
+    def report(stage: str, done: float) -> None:
+        if stage == state["stage"] and time.monotonic() - written[0] < 0.25 and done < 1.0:
+            return
+        state.update(stage=stage, progress=float(done))
+        (clip.parent / "progress.tmp").write_text(json.dumps(state))
+        os.replace(clip.parent / "progress.tmp", clip.parent / "progress.json")
+        written[0] = time.monotonic()
+
+    report("reading the video", 0.0)            # the server's clock for this clip starts
+    try:
+        seconds = probe(clip).duration or limits.max_seconds
+    except VideoInputError:
+        seconds = 0.0                            # prepare_video_avatar says what is wrong
+    state["seconds"] = min(seconds, limits.max_seconds)
+    report("tracking the face", 0.0)
+    return str(prepare_video_avatar(clip, size, limits=limits, progress=report).folder)
+
+
+def _read_progress(p: Preparation) -> None:
+    """What the video process last wrote about a preparation (see _prepare_video_file)."""
+    try:
+        state = json.loads((p.folder / "progress.json").read_text())
+        stage, progress, seconds = str(state["stage"]), float(state["progress"]), state["seconds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return                                 # not begun yet
+    if p.started is None:
+        p.started = time.monotonic()
+    p.stage, p.progress = stage[:60], min(max(progress, 0.0), 1.0)
+    p.seconds = float(seconds) if isinstance(seconds, (int, float)) else None
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """(A future nobody may wait for any more: its error is not logged as never retrieved.)"""
+    if not future.cancelled():
+        future.exception()
 
 
 @routes.get("/avatars/{id}.jpg")
@@ -880,7 +1342,7 @@ async def metrics(request):
     rates = {live.label: live.clock.rates() for live in server.sessions.values()}
     text = server.metrics.render(
         gauges={"sessions": len(server.sessions), "sessions_max": server.max_sessions,
-                **process_stats()},
+                "video_avatars_preparing": len(server.preparing), **process_stats()},
         labelled={"session_fps": {k: round(v[0], 2) for k, v in rates.items()},
                   "session_slots_per_second": {k: round(v[1], 2) for k, v in rates.items()}})
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
@@ -1097,7 +1559,11 @@ class ControlChannel:
         """--fault-injection only (tests): break this one session on purpose."""
         if fault == "engine":       # a corrupt avatar: the engine raises inside this session
             avatar = self.live.session.avatar
-            self.live.session.avatar = dataclasses.replace(avatar, basis=avatar.basis[:0, :1])
+            if isinstance(avatar, VideoAvatar):
+                self.live.session.avatar = dataclasses.replace(avatar, motion=avatar.motion[:0])
+            else:
+                self.live.session.avatar = dataclasses.replace(avatar,
+                                                               basis=avatar.basis[:0, :1])
         elif fault == "handler":    # an unexpected exception in this websocket's handler
             raise RuntimeError("injected fault")
         else:
@@ -1197,6 +1663,10 @@ def limit_flags(parser: argparse.ArgumentParser) -> None:
             ("max_sessions", int, "sessions at once"),
             ("max_upload_bytes", int, "bytes of one portrait upload"),
             ("max_pixels", int, "pixels (width x height) of one portrait: decompression bombs"),
+            ("max_video_bytes", int, "bytes of one video avatar (uploaded or --avatar)"),
+            ("max_video_seconds", float, "seconds of one video avatar (uploaded or --avatar)"),
+            ("max_video_pixels", int, "pixels (width x height) of a video avatar's frames "
+                                        "(uploaded or --avatar)"),
             ("max_audio_file_bytes", int, "bytes of one audio file (POST .../audio)"),
             ("max_queued_seconds", float, "seconds of audio waiting to be spoken, per session"),
             ("min_rate", int, f"lowest PCM sample rate, Hz (>= {MIN_RATE})"),
@@ -1210,8 +1680,11 @@ def limit_flags(parser: argparse.ArgumentParser) -> None:
             ("connect_timeout", float, "an answered offer must connect within this, s"),
             ("peer_timeout", float, "end a session when its peer sends nothing for this long, s"),
             ("max_sockets_per_session", int, "websockets open on one session"),
-            ("max_pending_uploads", int, "portraits waiting to be prepared"),
+            ("max_pending_uploads", int, "portraits waiting to be prepared (and, apart from "
+                                         "them, videos)"),
             ("portrait_timeout", float, "seconds to prepare one portrait"),
+            ("video_timeout_per_second", float, "seconds to prepare each second of an uploaded "
+                                                "video (plus --portrait-timeout)"),
             ("send_timeout", float, "drop a websocket whose client stops reading for this long, s"),
     ]:
         group.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
@@ -1233,7 +1706,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="motion checkpoint (default: assets/motion_student.pt)")
-    parser.add_argument("--avatar", help="default portrait (default: the bundled astronaut)")
+    parser.add_argument("--avatar", help="default avatar: a portrait photo or a recording of "
+                                         "the person (.mp4 .mov .webm .mkv .m4v .avi; prepared "
+                                         "once and cached; its sound is not used) (default: the "
+                                         "bundled astronaut)")
     parser.add_argument("--size", type=int, default=512, choices=[256, 512],
                         help="working size of the avatar, pixels")
     parser.add_argument("--host", default="127.0.0.1",
@@ -1272,6 +1748,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        default = None
+        if args.avatar:                 # first: a bad one is said before the engine loads
+            default = _prepare_default(args.avatar, args.size, limits)
         engine = make_engine(args.engine or default_engine(args.device), args.checkpoint,
                              args.device)
         server = Server(engine, args.size, limits, token=token,
@@ -1279,16 +1758,19 @@ def main(argv: list[str] | None = None) -> int:
         for avatar_id, path in BUNDLED_AVATARS.items():
             server.add_avatar(avatar_id, avatar_id.replace("_", " "), _prepare(path, args.size),
                               bundled=True)
-        if args.avatar:
-            server.add_avatar("default", Path(args.avatar).stem, _prepare(args.avatar, args.size),
-                              bundled=True)
+        if default is not None:
+            server.add_avatar("default", Path(args.avatar).stem, default, bundled=True)
             server.default_avatar = "default"
         # warm up (the onnx engine exports its renderer on first use): no first-session stall
-        engine.render(server.avatars[server.default_avatar].avatar,
+        avatar = server.avatars[server.default_avatar].avatar
+        engine.render(avatar.reference if isinstance(avatar, VideoAvatar) else avatar,
                       np.zeros((2, engine.motion.config.motion_dim), np.float32))
     except (EngineError, PortraitError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     if loopback:
         use_loopback_for_media()
     print(f"serving http://{args.host}:{args.port} ({engine.name} engine, {args.size} px, "

@@ -108,6 +108,10 @@ class VideoAvatarError(PortraitError):
     """A clip that cannot be made into an avatar; the message says why, in plain words."""
 
 
+class VideoTooLargeError(VideoAvatarError):
+    """A clip over one of the limits (bytes, pixels, seconds)."""
+
+
 @dataclass(frozen=True)
 class VideoLimits:
     max_seconds: float = MAX_SECONDS
@@ -402,7 +406,7 @@ def prepare_video_avatar(path, size: int = 512, *, limits: VideoLimits = VideoLi
     if not path.is_file():
         raise VideoAvatarError(f"{path.name}: no such file")
     if path.stat().st_size > limits.max_bytes:
-        raise VideoAvatarError(
+        raise VideoTooLargeError(
             f"the video is {path.stat().st_size / 2**20:.0f} MB; the limit is "
             f"{limits.max_bytes / 2**20:.0f} MB")
     key = _file_key(path, size)
@@ -436,11 +440,11 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     except VideoInputError as e:
         raise VideoAvatarError(str(e)) from None
     if clip.width * clip.height > limits.max_pixels:
-        raise VideoAvatarError(
+        raise VideoTooLargeError(
             f"the video is {clip.width}x{clip.height}; the limit is "
             f"{limits.max_pixels / 1e6:.1f} megapixels")
     if clip.duration > limits.max_seconds + 1.0:
-        raise VideoAvatarError(
+        raise VideoTooLargeError(
             f"the video is {clip.duration:.0f} s long; the limit is {limits.max_seconds:.0f} s: "
             "use a shorter clip (10 s to a few minutes is plenty)")
     duration = clip.duration or limits.max_seconds
@@ -456,7 +460,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
         for frame in read_frames(path, config, problems):
             first_frame = first_frame or frame
             if frame.time > limits.max_seconds + 1.0:
-                raise VideoAvatarError(f"the video is longer than the limit of "
+                raise VideoTooLargeError(f"the video is longer than the limit of "
                                        f"{limits.max_seconds:.0f} s")
             count[0] += 1
             yield frame

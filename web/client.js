@@ -1,5 +1,5 @@
 // The browser client: one WebRTC peer connection (microphone up, avatar video + audio down)
-// and one websocket to the same session (text, files, interrupt, style, portrait, stats).
+// and one websocket to the same session (text, files, interrupt, style, avatar, stats).
 // Plain JavaScript, no build step. State is kept in `app` (also window.talkingHead, which
 // the browser test reads).
 "use strict";
@@ -8,7 +8,7 @@ const app = {
   pc: null,
   ws: null,
   session: null,
-  avatar: null,            // chosen portrait id
+  avatar: null,            // chosen avatar id (a photo or a video)
   mic: null,               // the microphone MediaStreamTrack while it is on
   audioSender: null,
   server: {},              // the last {"type": "stats"} message from the server
@@ -26,7 +26,7 @@ const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
 const withToken = (url) =>
   token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
-const uploaded = [];       // portraits this page uploaded (the server lists only its own)
+const uploaded = [];       // avatars this page uploaded (the server lists only its own)
 
 function say(text, error = false) {
   $("message").textContent = text;
@@ -42,7 +42,7 @@ async function requestJSON(url, options = {}) {
   return body;
 }
 
-// ------------------------------------------------------------------ portraits
+// ------------------------------------------------------------------ avatars
 
 async function loadAvatars(select) {
   const avatars = [...(await requestJSON("/avatars")), ...uploaded];
@@ -50,8 +50,9 @@ async function loadAvatars(select) {
   box.replaceChildren();
   for (const a of avatars) {
     const button = document.createElement("button");
-    button.title = a.name;
+    button.title = a.kind === "video" ? `${a.name} (video)` : a.name;
     button.dataset.id = a.id;
+    button.classList.toggle("video", a.kind === "video");
     const img = document.createElement("img");
     img.src = withToken(a.preview);
     img.alt = a.name;
@@ -69,18 +70,48 @@ function chooseAvatar(id) {
   if (app.ws && app.ws.readyState === WebSocket.OPEN) send({ type: "avatar", id });
 }
 
+const VIDEO_NAME = /\.(mp4|mov|webm|mkv|m4v|avi)$/i;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 async function uploadAvatar(file) {
-  const preview = $("upload-preview");
-  preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
-  say(`Preparing ${file.name}…`);
+  // A photo is ready when the upload answers; a video is prepared on the server (seconds to
+  // minutes): the answer is a job, followed here until its avatar is ready or it fails.
+  const video = file.type.startsWith("video/") || VIDEO_NAME.test(file.name);
+  const picture = $("upload-preview"), clip = $("upload-video");
+  URL.revokeObjectURL(picture.src);
+  URL.revokeObjectURL(clip.src);
+  picture.hidden = video;
+  clip.hidden = !video;
+  (video ? clip : picture).src = URL.createObjectURL(file);   // (the clip plays muted)
+  say(`Uploading ${file.name}…`);
+  const form = new FormData();
+  form.append(video ? "video" : "image", file);
   try {
-    const result = await requestJSON("/avatars", { method: "POST", body: file });
-    uploaded.push({ id: result.avatar, name: result.name, preview: result.preview });
+    let result = await requestJSON("/avatars", { method: "POST", body: form });
+    if (result.job) result = await followJob(result, file.name);
+    uploaded.push({ id: result.avatar, name: result.name, kind: result.kind,
+                    preview: result.preview });
     await loadAvatars(result.avatar);
-    say(`Portrait ready: ${file.name}`);
+    say(`${result.kind === "video" ? "Video avatar" : "Portrait"} ready: ${file.name}`);
   } catch (e) {
-    say(`Portrait refused: ${e.message}`, true);
+    say(`${file.name} refused: ${e.message}`, true);
+  } finally {
+    $("upload-progress").hidden = true;
+  }
+}
+
+async function followJob(job, name) {
+  // GET /avatars/jobs/{id} twice a second; a failed job answers with its error (thrown)
+  const box = $("upload-progress");
+  box.hidden = false;
+  for (;;) {
+    box.querySelector("progress").value = job.progress || 0;
+    const step = job.state === "queued" ? "waiting for other videos" : job.stage;
+    box.querySelector("span").textContent = `${step} ${Math.round(100 * (job.progress || 0))}%`;
+    say(`Preparing ${name}: ${step}…`);
+    if (job.state === "done") return job;
+    await sleep(500);
+    job = await requestJSON(`/avatars/jobs/${job.job}`);
   }
 }
 
@@ -315,4 +346,4 @@ window.addEventListener("pagehide", () => {
   if (app.session) navigator.sendBeacon(withToken(`/sessions/${app.session}/close`));
 });
 
-loadAvatars().catch((e) => say(`Cannot list portraits: ${e.message}`, true));
+loadAvatars().catch((e) => say(`Cannot list avatars: ${e.message}`, true));
