@@ -369,12 +369,15 @@ def prepare(video: str | None, seconds: float | None, size: int, out: Path) -> d
                    fps=_rate(path))
     cache = out / "cache"                    # a cache of its own: every run prepares
     env = dict(os.environ, TALKING_HEAD_CACHE=str(cache))
-    code = ("import json, resource, sys, time\n"
+    # the child's own peak: VmHWM (getrusage's ru_maxrss keeps the parent's peak at fork)
+    code = ("import json, time\n"
             "from models.video_avatar import prepare_video_avatar\n"
             "t = time.perf_counter()\n"
             f"v = prepare_video_avatar({str(clip)!r}, {size})\n"
-            "print(json.dumps({'wall_s': time.perf_counter() - t, 'ticks': v.ticks,\n"
-            "  'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+            "wall = time.perf_counter() - t\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "print(json.dumps({'wall_s': wall, 'ticks': v.ticks,\n"
+            "  'peak_rss_mb': int(hwm.split()[1]) / 1024}))\n")
     import shutil
 
     shutil.rmtree(cache, ignore_errors=True)

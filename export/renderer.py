@@ -74,13 +74,13 @@ class OnnxRenderer:
                                             providers=providers or ["CPUExecutionProvider"],
                                             disabled_optimizers=KEEP_LAYOUT)
         self.input_names = INPUT_NAMES
-        self._avatar_id: int | None = None
+        self._avatar: Avatar | None = None     # held: a freed avatar's id can come back
         self._feed: dict[str, np.ndarray] = {}
 
     def __call__(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
-        if self._avatar_id != id(avatar):          # convert the avatar's tensors once
+        if self._avatar is not avatar:             # convert the avatar's tensors once
             self._feed = {name: t.numpy() for name, t in
                           zip(self.input_names[:-1], avatar.tensors(), strict=True)}
-            self._avatar_id = id(avatar)
+            self._avatar = avatar
         feed = dict(self._feed, motion=np.ascontiguousarray(motion, np.float32))
         return self.session.run(["frames"], feed)[0]

@@ -374,15 +374,15 @@ class TrtRenderer:
         from models.render import INPUT_NAMES
 
         self.runner, self.input_names = runner, INPUT_NAMES
-        self._avatar_id: int | None = None
+        self._avatar = None                    # held: a freed avatar's id can come back
         self._feed: dict = {}
 
     def __call__(self, avatar, motion: np.ndarray) -> np.ndarray:
-        if self._avatar_id != id(avatar):
+        if self._avatar is not avatar:
             device = self.runner.device
             self._feed = {name: t.to(device) for name, t in
                           zip(self.input_names[:-1], avatar.tensors(), strict=True)}
-            self._avatar_id = id(avatar)
+            self._avatar = avatar
         frames = []
         for i in range(0, len(motion), MAX_FRAMES):
             feed = dict(self._feed, motion=np.ascontiguousarray(motion[i:i + MAX_FRAMES],
