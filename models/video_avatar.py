@@ -15,6 +15,8 @@ generated. Preparation runs once per clip and is cached by the file's content ha
     motion           every tick's motion against the reference (fit_clip_motion)
     turning points   ping-pong playback over the calmest PLAY_SECONDS of the range (the
                      least mouth activity), between two still ticks near its ends
+    mouth fields     each played tick's own expression fields for the mouth (stored, float16:
+                     playback then needs ~5 ms a frame besides the render, not ~20)
 
 Playback (VideoPlayback, one per session): session frame t shows the recorded tick
 `tick_at(t)`, going back and forth between the turning points (the head slows to a stop
@@ -100,8 +102,9 @@ SECOND_FACE = 0.6              # another face this large (share of the main face
                                #   two people
 MOUTH = [ms.index(n) for n in ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise",
                                "lower_lip_depress")]
+MOUTH_FIELDS = [ms.EXPRESSION.index(ms.NAMES[i]) for i in MOUTH]   # their expression rows
 UNCHANGED = 0.02               # a mouth change below this (every parameter): no render
-PREP_VERSION = 7               # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 8               # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -139,6 +142,8 @@ class VideoAvatar:
     motion: np.ndarray           # [F, D] fitted against the reference's landmarks
     offsets: np.ndarray          # [F + 1] byte offsets of each tick's JPEG in frames.jpg
     turns: tuple[int, int]       # ping-pong between these ticks
+    fields: np.ndarray           # [turns[1] - turns[0] + 1, 2, M, 2, h, w] float16, memory-
+                                 #   mapped: mouth_fields of the ticks between the turns
     info: dict                   # what preparation found (for people: clip, range, timings)
 
     @property
@@ -166,29 +171,55 @@ class VideoAvatar:
         """The reference tick's crop (what a list of avatars shows, as Avatar.crop)."""
         return self.tick_crop(self.reference_tick)
 
+    def mouth_flow(self, tick: int) -> np.ndarray | None:
+        """The tick's stored mouth_fields (every tick between the turns), else None."""
+        k = tick - self.turns[0]
+        if not 0 <= k < len(self.fields):
+            return None
+        return np.asarray(self.fields[k], np.float32)
 
-def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
+
+def mouth_fields(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The expression fields of a recorded frame (landmarks [68, 2]) for the mouth's
+    parameters only: [2, M, 2, h, w] float16 (models.warp.expression_fields' layout; the
+    frame's own: they must sit on its lips, the reference's carried over by the similarity
+    between the faces were 15-45 % off on the development clip). ~11 ms at 512 px, so
+    preparation stores them for the ticks playback uses (VideoAvatar.mouth_flow)."""
+    from models import warp
+
+    place = ms.place(landmarks)
+    face = np.concatenate([place.to_canonical(landmarks), ms.CANONICAL[:, 2:]], 1)
+    flow, _ = warp.expression_fields(face, ms.personal_basis(face), place, size)
+    return flow[:, MOUTH_FIELDS].astype(np.float16)
+
+
+def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray,
+                 mouth_flow: np.ndarray | None = None) -> Avatar:
     """The render state of one recorded frame: its crop [S, S, 3] uint8 and landmarks [68, 2].
-    Its own landmark basis and expression fields (~11 ms: they must sit on this frame's
-    lips; the reference's carried over by the similarity between the faces were 15-45 %
-    off on the development clip); the reference's depth and head mask carried over by that
-    similarity (the head does not move here, so they only have to be plausible); colours
-    and lid heights the reference's. The eyes are left as recorded (blinks come from the
-    recording), so the eyelid textures are the crop itself; matte 1 and the crop as plate:
-    with no head motion the frame is the crop wherever the mouth does not change."""
+    Its own landmark basis and mouth fields (mouth_fields, or `mouth_flow` stored by
+    preparation; every other expression field zero: only the mouth changes); the reference's
+    depth and head mask carried over by the similarity between the faces (the head does not
+    move here, so they only have to be plausible); colours and lid heights the reference's.
+    The eyes are left as recorded (blinks come from the recording), so the eyelid textures
+    are the crop itself; matte 1 and the crop as plate: with no head motion the frame is the
+    crop wherever the mouth does not change."""
     from models import warp
 
     size = crop.shape[0]
     place = ms.place(landmarks)
     face = np.concatenate([place.to_canonical(landmarks), ms.CANONICAL[:, 2:]], 1)
     basis = ms.personal_basis(face)
-    flow, jacobian = warp.expression_fields(face, basis, place, size)
+    if mouth_flow is None:
+        mouth_flow = mouth_fields(landmarks, size)
+    coarse = reference.flow.shape[-1]
+    flow = np.zeros((2, len(ms.EXPRESSION), 2, coarse, coarse), np.float32)
+    flow[:, MOUTH_FIELDS] = mouth_flow
+    jacobian = warp.field_jacobian(flow, size).astype(np.float32)
     expression = [ms.index(n) for n in ms.EXPRESSION]
 
     ref_place = ms.place(reference.landmarks.numpy())
     a = place.matrix() @ np.linalg.inv(ref_place.matrix())                # ref -> this, [2, 2]
     c = place.offset - a @ ref_place.offset
-    coarse = reference.depth.shape[-1]
     centres = (np.arange(coarse) + 0.5) * (size / coarse) - 0.5
     gx, gy = np.meshgrid(centres, centres)
     nodes = np.stack([gx, gy], -1).reshape(-1, 2)                          # [Q, 2]
@@ -221,8 +252,18 @@ def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray) -> 
         lid_skin=reference.lid_skin,
         smooth_image=image,
         plate=image,
-        matte=torch.ones(1, size, size),
+        matte=_ones(size),
     )
+
+
+_ONES: dict[int, torch.Tensor] = {}
+
+
+def _ones(size: int) -> torch.Tensor:
+    """A matte of ones [1, S, S], made once per size (never written to)."""
+    if size not in _ONES:
+        _ONES[size] = torch.ones(1, size, size)
+    return _ONES[size]
 
 
 def mouth_change(generated: np.ndarray, recorded: np.ndarray) -> np.ndarray:
@@ -253,7 +294,7 @@ class VideoPlayback:
             if np.abs(change[k]).max() < UNCHANGED:
                 out[k] = crop
                 continue
-            avatar = frame_avatar(v.reference, crop, v.landmarks[tick])
+            avatar = frame_avatar(v.reference, crop, v.landmarks[tick], v.mouth_flow(tick))
             out[k] = engine.render(avatar, change[k:k + 1])[0]
             self.rendered += 1
         return out
@@ -583,6 +624,14 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
         "box": [box.left / scale, box.top / scale, box.side / scale],
         "prepare_s": round(time.perf_counter() - started, 2),
     }
+    progress("the mouth's fields", 0.93)
+    played = range(turns[0], turns[1] + 1)
+    fields = np.lib.format.open_memmap(work / "fields.npy", "w+", np.float16,
+                                       (len(played), 2, len(MOUTH), 2, *reference.flow.shape[-2:]))
+    for k, tick in enumerate(played):
+        fields[k] = mouth_fields(smoothed[tick], size)
+    fields.flush()
+    del fields
     np.savez(work / "ticks.npz", landmarks=smoothed.astype(np.float32),
              motion=motion.astype(np.float32), offsets=offsets,
              turns=np.array(turns), reference_tick=np.array(pick.index))
@@ -665,7 +714,7 @@ def load_video_avatar(folder: Path, info: dict | None = None) -> VideoAvatar | N
                                reference_tick=int(t["reference_tick"]),
                                landmarks=t["landmarks"], motion=t["motion"],
                                offsets=t["offsets"], turns=tuple(int(x) for x in t["turns"]),
-                               info=info)
+                               fields=np.load(folder / "fields.npy", mmap_mode="r"), info=info)
     except (OSError, KeyError, ValueError, EOFError, TypeError):
         return None
 

@@ -133,12 +133,18 @@ def expression_fields(face: np.ndarray, basis: np.ndarray, placement: ms.Placeme
         fields_c *= inside[None, :, None]
         fields = fields_c @ placement.matrix().T                           # [E, Q, 2] px
         fields = fields.reshape(len(moves), h, w, 2).transpose(0, 3, 1, 2)  # [E, 2, h, w]
-        spacing = size / h
-        dfx_dy, dfx_dx = np.gradient(fields[:, 0], spacing, axis=(1, 2))
-        dfy_dy, dfy_dx = np.gradient(fields[:, 1], spacing, axis=(1, 2))
         all_fields.append(fields)
-        all_jacobians.append(np.stack([dfx_dx, dfx_dy, dfy_dx, dfy_dy], 1))
+        all_jacobians.append(field_jacobian(fields, size))
     return np.stack(all_fields).astype(np.float32), np.stack(all_jacobians).astype(np.float32)
+
+
+def field_jacobian(fields: np.ndarray, size: int) -> np.ndarray:
+    """Spatial derivatives [..., 4, h, w] (dfx/dx, dfx/dy, dfy/dx, dfy/dy) of displacement
+    fields [..., 2, h, w] on the coarse grid of a size x size image."""
+    spacing = size / fields.shape[-1]
+    dfx_dy, dfx_dx = np.gradient(fields[..., 0, :, :], spacing, axis=(-2, -1))
+    dfy_dy, dfy_dx = np.gradient(fields[..., 1, :, :], spacing, axis=(-2, -1))
+    return np.stack([dfx_dx, dfx_dy, dfy_dx, dfy_dy], -3)
 
 
 # ---------------------------------------------------------------------------------------------
