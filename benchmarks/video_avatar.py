@@ -289,6 +289,9 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                 render_file(session, audio, 16000, _keep_images(frames))
             finally:
                 session.close()
+            if session.stats.errors or not frames:
+                raise RuntimeError(f"{rec['name']}, {name}: {len(frames)} frames, "
+                                   f"errors {session.stats.errors}")
             n = min(len(frames), len(reference))
             gaps, identity = np.full(n, np.nan), []
             for k in range(n):
@@ -306,7 +309,8 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                 "mouth_vs_reference": pearson(list(zip(gaps[ok], reference[:n][ok],
                                                        strict=True))),
                 "mouth_vs_energy": pearson(list(zip(gaps[ok], energy[:n][ok], strict=True))),
-                "identity_mean": float(np.mean(identity)), "identity_max": float(np.max(identity)),
+                "identity_mean": float(np.mean(identity)) if identity else None,
+                "identity_max": float(np.max(identity)) if identity else None,
                 "largest_change_over_p99": float(changes.max() / own_p99),
             }
             if name == "video_avatar":

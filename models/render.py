@@ -258,7 +258,10 @@ def export_onnx(avatar: Avatar, path: str | Path, opset: int = 20, optimize: boo
     optimize=False skips onnxscript's graph optimiser (much faster to export; onnxruntime
     optimises the graph itself when it loads it)."""
     path = Path(path)
-    example = (*avatar.tensors(), torch.zeros(2, ms.D))
+    # distinct copies: the exporter makes one graph input of tensors passed twice (a video
+    # frame's avatar uses its crop as image, smooth_image and plate), and such a graph would
+    # ignore the others for every avatar after
+    example = (*(t.clone() for t in avatar.tensors()), torch.zeros(2, ms.D))
     frames = torch.export.Dim("frames", min=1, max=256)
     dynamic = tuple({0: frames} if name == "motion" else None for name in INPUT_NAMES)
     with warnings.catch_warnings():

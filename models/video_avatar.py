@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ from models.face_track import (
 from models.hands import covered, find_hands
 from models.recording import (
     FPS,
+    LOOK_GRID,
     RecordingError,
     appearance_samples,
     deviation_from_usual,
@@ -134,8 +136,10 @@ def is_video(path) -> bool:
 
 @dataclass
 class VideoAvatar:
-    """A prepared recording. Ticks are 25 fps frames of the play range, 0..F-1."""
-    folder: Path                 # the cache entry: frames.jpg, ticks.npz, reference.npz
+    """A prepared recording. Ticks are the 25 fps frames of the longest stretch that shows
+    the face, 0..F-1; playback uses those between the turns."""
+    folder: Path                 # the cache entry: frames.jpg, ticks.npz, fields.npy,
+                                 #   reference.npz, info.json
     reference: Avatar            # the avatar of the reference tick (its crop, fields)
     reference_tick: int
     landmarks: np.ndarray        # [F, 68, 2] crop pixels, smoothed over time
@@ -473,8 +477,7 @@ def prepare_video_avatar(path, size: int = 512, *, limits: VideoLimits = VideoLi
 
 
 def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: Progress) -> dict:
-    import time
-
+    """The preparation itself (see the module doc), written into the folder `work`."""
     started = time.perf_counter()
     try:
         clip = probe(path)
@@ -547,7 +550,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     progress("cropping", 0.6)
     offsets = [0]
     every = 5                                       # appearance on every 5th tick
-    samples = np.full((len(tick_frames), len(_look_grid())), np.nan, np.float32)
+    samples = np.full((len(tick_frames), len(LOOK_GRID)), np.nan, np.float32)
     shares = np.zeros(len(tick_frames))                 # lower face under a hand
     looked = np.arange(len(tick_frames)) % HAND_EVERY == 0
     people = []
@@ -663,12 +666,6 @@ def own_teeth(frames: Path, offsets: np.ndarray, landmarks: np.ndarray, motion: 
     saturation = (pixels.max(1) - pixels.min(1)) / np.maximum(pixels.max(1), 1.0)
     white = luminance - saturation
     return pixels[white >= np.percentile(white, 85)].mean(0).astype(np.float32)
-
-
-def _look_grid():
-    from models.recording import LOOK_GRID
-
-    return LOOK_GRID
 
 
 def _second_face(image: np.ndarray, main: np.ndarray) -> float | None:

@@ -70,3 +70,27 @@ def test_export_command_writes_three_checked_graphs(tmp_path, capsys):
         graph = onnx.load(str(tmp_path / manifest["files"][file])).graph
         dim = next(i for i in graph.input if i.name == name).type.tensor_type.shape.dim[0]
         assert dim.dim_param, (file, dim)
+
+
+def test_export_from_an_avatar_with_shared_tensors_serves_every_avatar(tmp_path):
+    """A video frame's avatar passes one tensor as image, smooth_image and plate; a graph
+    exported from it (whoever renders first after a change exports) must still take them
+    as separate inputs and render a photo avatar as torch does."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from models.avatar import prepare_avatar
+    from models.render import INPUT_NAMES, export_onnx, render
+
+    photo = prepare_avatar(size=256)
+    shared = dataclasses.replace(photo, plate=photo.image, smooth_image=photo.image)
+    export_onnx(shared, tmp_path / "renderer.onnx", optimize=False)
+    session = ort.InferenceSession(str(tmp_path / "renderer.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(INPUT_NAMES)
+    motion = np.zeros((1, 17), np.float32)
+    motion[0, 0] = 20.0                                        # a head turn uncovers the plate
+    feed = {name: t.numpy() for name, t in zip(INPUT_NAMES[:-1], photo.tensors(), strict=True)}
+    frames = session.run(["frames"], {**feed, "motion": motion})[0]
+    assert np.abs(frames.astype(int) - render(photo, motion).numpy()).max() <= 1
