@@ -42,6 +42,7 @@ Websocket  GET /ws/{session}
       {"type": "speak", "text": "...", "voice": "espeak/en-us"}    local TTS
       {"type": "interrupt"}                                         barge-in
       {"type": "style", "values": {"head_amplitude": 1.2, "mouth_amplitude": 0.8}}
+                                          (a video avatar also "video_head_motion": 0..1)
       {"type": "avatar", "id": "grace_hopper"}                     photo or video avatar
     server -> client
       {"type": "ready", "session", "styles", "voices", "avatar"}      once, on connect

@@ -104,6 +104,8 @@ SECOND_FACE = 0.6              # another face this large (share of the main face
                                #   two people
 MOUTH = [ms.index(n) for n in ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise",
                                "lower_lip_depress")]
+POSE = [ms.index(n) for n in ms.POSE]
+HEAD_MOTION_STYLE = "video_head_motion"    # a session style control: see VideoPlayback
 MOUTH_FIELDS = [ms.EXPRESSION.index(ms.NAMES[i]) for i in MOUTH]   # their expression rows
 UNCHANGED = 0.02               # a mouth change below this (every parameter): no render
 PREP_VERSION = 8               # bump when preparation changes: old cache entries are ignored
@@ -273,17 +275,21 @@ def _ones(size: int) -> torch.Tensor:
 def mouth_change(generated: np.ndarray, recorded: np.ndarray) -> np.ndarray:
     """The motion [N, D] that brings recorded frames' mouths (their fitted motion [N, D]) to
     the generated ones [N, D]: the mouth parameters' difference, everything else zero (head
-    and eyes stay as recorded)."""
+    and eyes stay as recorded; VideoPlayback may add some generated head motion)."""
     change = np.zeros_like(generated, dtype=np.float32)
     change[:, MOUTH] = generated[:, MOUTH] - recorded[:, MOUTH]
     return change
 
 
 class VideoPlayback:
-    """One session's view of a video avatar (see the module doc)."""
+    """One session's view of a video avatar (see the module doc). `head_motion` (0..1, the
+    session's style control HEAD_MOTION_STYLE) adds that share of the generated head motion
+    to the recording's own (the background then moves with the head: a recorded frame has
+    no plate behind the person)."""
 
-    def __init__(self, avatar: VideoAvatar):
+    def __init__(self, avatar: VideoAvatar, head_motion: float = 0.0):
         self.avatar = avatar
+        self.head_motion = head_motion
         self.rendered = 0          # frames that needed the renderer (the rest: the crop)
 
     def frames(self, engine, index: np.ndarray, motion: np.ndarray) -> np.ndarray:
@@ -292,6 +298,7 @@ class VideoPlayback:
         v = self.avatar
         ticks = [v.tick_at(int(k)) for k in index]
         change = mouth_change(np.asarray(motion, np.float32), v.motion[ticks])
+        change[:, POSE] = self.head_motion * np.asarray(motion, np.float32)[:, POSE]
         out = np.empty((len(motion), v.size, v.size, 3), np.uint8)
         for k, tick in enumerate(ticks):
             crop = v.tick_crop(tick)

@@ -56,7 +56,7 @@ import numpy as np
 
 from models import motion_space
 from models.avatar import Avatar
-from models.video_avatar import VideoAvatar, VideoPlayback
+from models.video_avatar import HEAD_MOTION_STYLE, VideoAvatar, VideoPlayback
 from stream.audio import PLAYBACK_RATE, RATE, AudioInput
 from stream.engine import Engine
 
@@ -118,6 +118,7 @@ class Session:
                  first_chunk: int | None = None, realtime: bool = False,
                  jitter_ms: float = 100.0, max_frames_queued: int = 250):
         self.engine, self.realtime = engine, realtime
+        self._video_head_motion = 0.0      # HEAD_MOTION_STYLE: see set_style
         self.avatar = avatar
         c = engine.feature_config
         self.block = c.block_frames
@@ -170,7 +171,8 @@ class Session:
         """Switch avatars; the next chunk rendered shows the new one. A photo: every frame
         rendered from the portrait; a recording: its frames played, the mouth brought to the
         generated motion (models.video_avatar)."""
-        playback = VideoPlayback(avatar) if isinstance(avatar, VideoAvatar) else None
+        playback = (VideoPlayback(avatar, self._video_head_motion)
+                    if isinstance(avatar, VideoAvatar) else None)
         self._avatar, self._playback = avatar, playback
 
     @property
@@ -212,6 +214,18 @@ class Session:
                 self._lock.notify_all()
 
     def set_style(self, style: dict) -> None:
+        """The model's style controls (each message sets them all; a missing one is 1.0),
+        and HEAD_MOTION_STYLE (0..1: how much generated head motion a video avatar adds to
+        its recording's; kept for video avatars to come; alone in a message it changes
+        nothing else)."""
+        style = dict(style)
+        head = style.pop(HEAD_MOTION_STYLE, None)
+        if head is not None:
+            self._video_head_motion = float(np.clip(head, 0.0, 1.0))
+            if self._playback is not None:
+                self._playback.head_motion = self._video_head_motion
+            if not style:
+                return
         with self._motion_lock:
             self.generator.set_style(style)
 

@@ -264,3 +264,29 @@ def test_bad_clips(franck_frames, tmp_path, cache):
 
     small = [np.asarray(Pil.fromarray(f).resize((120, 96))) for f in franck_frames[:72]]
     _refused(write_clip(small, tmp_path / "small.mp4", fps=24), "too small")
+
+
+def test_generated_head_motion_mixed_in_by_a_style_control(franck):
+    """Session style `video_head_motion` adds that share of the generated head motion to the
+    recording's: 0 (the default) keeps the recorded head, 1 turns it as generated."""
+    from stream.engine import TorchEngine
+    from stream.session import Session
+
+    v = franck
+    session = Session(TorchEngine(), v, seed=0)
+    try:
+        tick = v.tick_at(0)
+        wanted = v.motion[[tick]].copy()
+        wanted[0, ms.index("head_yaw")] = 15.0
+        still = session.playback.frames(Renderer(), np.array([0]), wanted)[0]
+        session.set_style({"video_head_motion": 1.0})
+        assert session.playback.head_motion == 1.0
+        turned = session.playback.frames(Renderer(), np.array([0]), wanted)[0]
+        session.avatar = v                                  # kept across avatar switches
+        assert session.playback.head_motion == 1.0
+    finally:
+        session.close()
+    np.testing.assert_array_equal(still, v.tick_crop(tick))
+    nose = v.landmarks[tick][30]
+    found = face.detect_faces(turned, landmarker="dlib")[0].landmarks
+    assert abs(found[30, 0] - nose[0]) > 0.03 * np.linalg.norm(found[16] - found[0])
