@@ -16,7 +16,7 @@ from PIL import Image
 from benchmarks import reenact
 from models import motion_space as ms
 from models.face import FaceTooSmallError
-from models.recording import RecordingError
+from models.recording import EYES_OPEN, RecordingError
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS, SIZE = 4, 256
@@ -81,7 +81,7 @@ def test_renderer_beats_the_frozen_frame(run):
     assert frozen["mouth_correlation"] is None            # the frozen mouth never moves
     assert renderer["identity_distance_max"] < 0.6        # still the same person
     source = metrics["source"]
-    assert min(source["eye_aspect"]) >= reenact.EYES_OPEN and source["mouth_gap"] < 0.03
+    assert min(source["eye_aspect"]) >= EYES_OPEN and source["mouth_gap"] < 0.03
 
 
 def _refusal(args: list[str]) -> tuple[int, list[str]]:
