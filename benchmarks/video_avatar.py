@@ -68,29 +68,30 @@ def write_clip(frames, path: Path, fps=25, crf: int = 12) -> Path:
 
 def clip_frames(path: Path, start: float = 0.0, end: float = np.inf, loop_to: float = 0.0):
     """Decoded frames (RGB) shown in [start, end); with loop_to beyond the clip, played on
-    backwards, then forwards, ... up to loop_to seconds (frames counted at the clip's rate)."""
+    backwards, then forwards, ... up to loop_to seconds (frames counted at the clip's rate;
+    the clip is then held in memory)."""
     import av
 
+    kept = []
     with av.open(str(path)) as container:
         rate = float(container.streams.video[0].average_rate or 25)
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            t = frame.time if frame.time is not None else len(frames) / rate
+        for k, frame in enumerate(container.decode(video=0)):
+            t = frame.time if frame.time is not None else k / rate
             if t >= end:
                 break
-            if t >= start:
-                if loop_to:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                else:
-                    yield frame.to_ndarray(format="rgb24")
-    if loop_to:
-        wanted, k, step = int(loop_to * rate), 0, 1
-        for _ in range(wanted):
-            yield frames[k]
-            if not 0 <= k + step < len(frames):
-                step = -step
-            k += step
+            if t < start:
+                continue
+            image = frame.to_ndarray(format="rgb24")
+            if loop_to:
+                kept.append(image)
+            else:
+                yield image
+    k, step = 0, 1
+    for _ in range(int(loop_to * rate)):
+        yield kept[k]
+        if not 0 <= k + step < len(kept):
+            step = -step
+        k += step
 
 
 def _rate(path: Path):
