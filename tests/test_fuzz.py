@@ -214,7 +214,7 @@ def check_reply(status: int, body, allowed=(200,)) -> None:
 @FUZZ
 @given(st.one_of(st.text(max_size=400), mutated_sdp()))
 def test_sdp_check_never_crashes(sdp):
-    from server import check_sdp
+    from serve.signalling import check_sdp
 
     try:
         check_sdp(sdp)
@@ -227,7 +227,7 @@ def test_sdp_check_never_crashes(sdp):
                  st.integers(1, 200000).map(lambda n: b"[" * n),
                  JSON_VALUES.map(lambda v: json.dumps(v).encode())))
 def test_json_parser_never_crashes(data):
-    from server import ClientError, parse_json
+    from serve.http import ClientError, parse_json
 
     try:
         parse_json(data)
@@ -268,10 +268,10 @@ def test_audio_file_decoder_never_crashes(data):
 def test_portrait_preparation_never_crashes(data):
     """What the portrait process runs on an upload: a PortraitError, or an avatar."""
     from models.face import PortraitError
-    from server import _prepare_arrays
+    from serve.preparation import prepare_arrays
 
     try:
-        _prepare_arrays(data, 256, 25_000_000)
+        prepare_arrays(data, 256, 25_000_000)
     except PortraitError as e:
         assert str(e)
 
