@@ -348,6 +348,16 @@ LANDMARK_WEIGHTS = np.ones(68, dtype=np.float64)
 LANDMARK_WEIGHTS[list(REGIONS["jaw"])] = 0.5
 LANDMARK_WEIGHTS[list(REGIONS["inner_lips"])] = 1.5
 
+# The openings viewers watch, the inner lips and the eyelids (each pair: lower minus upper
+# point), are fitted as residuals of their own besides the points. Without them the points'
+# least squares trades an opening for the outline around it: a lower outer lip that sits lower
+# than the neutral face's was explained by lower_lip_depress, which parts the inner lips (an
+# open mouth where the real lips were closed), and the lids followed head scale and brows.
+LIP_PAIRS = np.array([(61, 67), (62, 66), (63, 65)])
+LID_PAIRS = np.array([(37, 41), (38, 40), (43, 47), (44, 46)])
+OPENING_PAIRS = np.concatenate([LIP_PAIRS, LID_PAIRS])
+OPENING_WEIGHT = 8.0
+
 # Relative ridge strength per parameter in fit_motion: gaze is not observable from 68 points.
 _PRIOR_SCALE = np.array([1e4 if n.startswith("gaze_") else 1.0 for n in NAMES])
 
@@ -360,10 +370,11 @@ def fit_motion(observed: np.ndarray, neutral: np.ndarray | None = None, *,
     `neutral` is the same person's neutral landmarks [68, 2] (e.g. a calm frame or the
     avatar's own); without it the canonical face stands in and identity leaks into the
     expression parameters. Gauss-Newton on the exact model (expression blendshapes + head
-    pose), a small ridge `prior` towards neutral, parameters kept inside their documented
-    ranges. Gaze has no landmark of its own among the 68 points (no pupils), so it gets a
-    strong prior and stays near zero. Coordinates are normalised by the face width, so
-    `prior` does not depend on image size.
+    pose) over the points and the openings of lips and lids (OPENING_PAIRS), a small ridge
+    `prior` towards neutral, parameters kept inside their documented ranges (each step a
+    bounded least-squares solve, _bounded_step). Gaze has no landmark of its own among the
+    68 points (no pupils), so it gets a strong prior and stays near zero. Coordinates are
+    normalised by the face width, so `prior` does not depend on image size.
     """
     observed = np.asarray(observed, dtype=np.float64)
     if observed.shape[-2:] != (68, 2):
@@ -375,22 +386,53 @@ def fit_motion(observed: np.ndarray, neutral: np.ndarray | None = None, *,
     target = placement.to_canonical(frames)                                # canonical units
     unit = Placement(1.0, 0.0, np.zeros(2))
     w = np.sqrt(np.repeat(LANDMARK_WEIGHTS if weights is None else weights, 2))  # [136]
+    w = np.concatenate([w, np.full(2 * len(OPENING_PAIRS), np.sqrt(OPENING_WEIGHT))])  # [R]
 
+    def observations(points):                              # [..., 68, 2] -> [..., R] weighted
+        gaps = points[..., OPENING_PAIRS[:, 1], :] - points[..., OPENING_PAIRS[:, 0], :]
+        flat = points.shape[:-2] + (-1,)
+        return np.concatenate([points.reshape(flat), gaps.reshape(flat)], -1) * w
+
+    wanted = observations(target)                                          # [T, R]
     motion = np.zeros((frames.shape[0], D))
     step = 1e-4
     eye = np.eye(D)
     for _ in range(iterations):
-        current = _model(face, basis, unit, motion)                        # [T, 68, 2]
-        residual = (current - target).reshape(-1, 136) * w
+        current = observations(_model(face, basis, unit, motion))          # [T, R]
+        residual = current - wanted
         probes = motion[:, None, :] + step * eye                           # [T, D, D]
-        jac = (_model(face, basis, unit, probes) - current[:, None]) / step  # [T, D, 68, 2]
-        jac = jac.reshape(-1, D, 136).transpose(0, 2, 1) * w[:, None]      # [T, 136, D]
+        jac = (observations(_model(face, basis, unit, probes)) - current[:, None]) / step
+        jac = jac.transpose(0, 2, 1)                                       # [T, R, D]
         # scale the problem per parameter so the prior treats every range alike
         span = (HIGH - LOW).astype(np.float64)
         js = jac * span
         ridge = prior * _PRIOR_SCALE
         lhs = js.transpose(0, 2, 1) @ js + np.diag(ridge)
         rhs = -(js.transpose(0, 2, 1) @ residual[..., None])[..., 0] - ridge * motion / span
-        delta = np.linalg.solve(lhs, rhs[..., None])[..., 0]
-        motion = np.clip(motion + delta * span, LOW, HIGH)
+        motion = _bounded_step(lhs, rhs, motion, span)
     return motion.reshape(batch + (D,)).astype(np.float32)
+
+
+def _bounded_step(lhs: np.ndarray, rhs: np.ndarray, motion: np.ndarray, span: np.ndarray,
+                  rounds: int = 4) -> np.ndarray:
+    """One Gauss-Newton step lhs [T, D, D] @ delta = rhs [T, D] (delta in units of span)
+    from motion [T, D], kept inside the documented ranges by an active set: a parameter the
+    step would push past its bound is held at the bound and the others are solved again
+    without it. Clipping alone leaves the others where they were solved for the unclipped
+    value: a jaw_open that wanted to go below 0 left a lower lip pushed down by
+    lower_lip_depress, a mouth opened where the real lips were closed."""
+    low, high = (LOW - motion) / span, (HIGH - motion) / span             # delta's bounds
+    held = np.zeros(motion.shape, dtype=bool)                              # [T, D]
+    at = np.zeros(motion.shape)                                            # held deltas
+    for _ in range(rounds):
+        free = ~held
+        both = free[:, :, None] & free[:, None, :]
+        system = np.where(both, lhs, 0.0) + held[:, :, None] * np.eye(D)
+        wanted = np.where(free, rhs - (lhs @ (at * held)[..., None])[..., 0], at)
+        delta = np.linalg.solve(system, wanted[..., None])[..., 0]
+        outside = free & ((delta < low) | (delta > high))
+        if not outside.any():
+            break
+        held |= outside
+        at = np.where(held, np.clip(delta, low, high), at)
+    return np.clip(motion + delta * span, LOW, HIGH)

@@ -144,3 +144,41 @@ def test_fit_shapes_ranges_and_no_neutral(neutral_face):
         ms.fit_motion(np.zeros((5, 2)))
     with pytest.raises(KeyError, match="unknown motion parameter"):
         ms.index("smile")
+
+
+
+def fit_residual(observed, neutral, motion):
+    """fit_motion's weighted residuals [R] in pixels, from the public model: the points and
+    the openings (lips, lids; the prior left out: the fits compared use a tiny one)."""
+    model = ms.landmarks(neutral, motion)
+    lower, upper = ms.OPENING_PAIRS[:, 1], ms.OPENING_PAIRS[:, 0]
+    gap = (model[lower] - model[upper]) - (observed[lower] - observed[upper])
+    points = (model - observed) * np.sqrt(ms.LANDMARK_WEIGHTS)[:, None]
+    return np.concatenate([points.ravel(), np.sqrt(ms.OPENING_WEIGHT) * gap.ravel()])
+
+
+def test_fit_with_parameters_at_their_bounds_finds_the_bounded_optimum(neutral_face):
+    """Lips pressed together more than in the neutral face and a lower outer lip sitting a
+    little lower: the unbounded best fit wants jaw_open below 0. The fit must still find the
+    best motion inside the ranges (checked against scipy's bounded least squares), not clip
+    jaw_open and keep the lower lip pushed down (which opened a closed mouth)."""
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(4)
+    motion = random_motion(rng, 12, scale=0.3)
+    motion[:, [ms.index(n) for n in ("jaw_open", "lower_lip_depress", "upper_lip_raise")]] = 0.0
+    observed = ms.landmarks(neutral_face, motion)
+    observed[:, 65:68, 1] -= 2.0                       # lower inner lip pressed up
+    observed[:, 55:60, 1] += 3.0                       # lower outer lip a little lower
+    observed += rng.normal(0, 0.3, observed.shape)
+    fitted = ms.fit_motion(observed, neutral_face, prior=1e-9)
+    pairs = ms.LIP_PAIRS
+    opening = lambda p: (p[pairs[:, 1], 1] - p[pairs[:, 0], 1]).mean()   # noqa: E731
+    for frame, ours in zip(observed, fitted, strict=True):
+        cost = lambda m, frame=frame: (fit_residual(frame, neutral_face, m) ** 2).sum()  # noqa: E731
+        start = np.clip(ours, ms.LOW + 1e-3, ms.HIGH - 1e-3)
+        best = least_squares(lambda m, frame=frame: fit_residual(frame, neutral_face, m), start,
+                             bounds=(ms.LOW, ms.HIGH), x_scale=ms.HIGH - ms.LOW).x
+        assert cost(ours) <= 1.02 * cost(best) + 1e-3
+        # the pressed lips stay closed: no opening beyond the neutral face's
+        assert opening(ms.landmarks(neutral_face, ours)) <= opening(neutral_face) + 0.5
