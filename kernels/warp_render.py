@@ -128,19 +128,23 @@ def _eye(image, smooth, offset, p, top_table, bottom_table, x, y, size, coarse,
     opening = tl.maximum(bottom - top, 0.0)
     across = tl.maximum(1.0 - u * u, 0.0)                   # 1 mid-eye, 0 at the corners
 
-    # the upper lid slides down, the lower lid rises to meet it
+    # the upper lid slides down (its margin and lashes rigidly), the lower lid rises to
+    # meet it
     closure = opening + overshoot * tl.sqrt(across + 0.05)
     margin = top + close_upper * closure
     margin_below = bottom - close_lower * closure
+    lash_band = tl.load(p + 28)
     slide = margin - top
-    lid = slide + skin
+    lid = slide + skin - lash_band
     t = _clamp01((v - top + skin) / lid)
     on_strip = v > top - skin
     lid_shift = -slide * _smoothstep(t)
-    closed = slide / lid
+    closed = slide / (slide + skin)
     on_lid = _sigmoid((margin - v) / edge)
     ramp = _clamp01(t / tl.load(p + 25))
-    smoothing = tl.minimum(closed / tl.load(p + 26), 1.0) * _smoothstep(ramp)
+    in_band = _clamp01((v - margin + lash_band) / (tl.load(p + 29) * lash_band + 1e-3) + 0.5)
+    smoothing = (tl.minimum(closed / tl.load(p + 26), 1.0) * _smoothstep(ramp)
+                 * (1.0 - in_band))
     lid_weight = on_lid * tl.where(on_strip, smoothing, 0.0)
     rise = bottom - margin_below
     t_below = _clamp01((bottom + skin_below - v) / (rise + skin_below))

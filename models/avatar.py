@@ -44,7 +44,7 @@ MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room arou
 EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
 TEETH_VISIBLE_AREA = 0.008     # parted lips' area (face widths squared) that shows teeth
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 15              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 17              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -79,7 +79,8 @@ class Avatar:
     pivot: torch.Tensor            # [3] head rotation centre (x, y, z), pixels
     face_width: torch.Tensor       # [] pixels per face width
     colors: torch.Tensor           # [3, 3] RGB 0..255 of skin, lips, teeth
-    lid_skin: torch.Tensor         # [2] height of each eyelid's skin strip, eye half-widths
+    lid_skin: torch.Tensor         # [2, 2] per eye: its eyelid's skin strip and the lash band
+                                   #   at its foot, heights in eye half-widths
     smooth_image: torch.Tensor     # [3, S, S] the crop blurred (texture of stretched eyelids)
     plate: torch.Tensor            # [3, S, S] the crop with the person taken out and the
                                    #   background filled in: what a moving head uncovers

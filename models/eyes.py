@@ -1,15 +1,16 @@
 """Eyelids and gaze, computed for the pixels of a small window around each eye.
 
 A blink is not a squeeze of the eye: the upper lid slides down over the eyeball and the
-lower lid rises a little to meet it. The pixels between the start of the lid skin (a strip
-above the upper lid, shorter when a brow or a glasses frame is close) and the moving lid
-margin sample the portrait higher up, so the skin above the eye slides down smoothly and
-brings its own lash line with it; the eyeball below stays unsquashed until it is covered.
-As the lid stretches it is blended into smooth skin tone (taken above the lid and below the
-eye from a blurred copy of the portrait) so it reads as skin, not streaks, and a darker
-lash line marks the margin. Gaze slides the eyeball's texture inside the visible opening,
-most in the middle, none at the corners. Everything is an offset added to the output
-position before the warp's backward map is looked up, plus colour weights.
+lower lid rises a little to meet it. Above the upper lid is a strip of lid skin (up to a
+brow or a glasses frame, past the lashes). Its lower part, the lid margin with the lashes,
+slides down rigidly with the margin: the lashes go with the lid, unstretched, and no lash
+stays behind where the open eye had it. The rest of the strip stretches smoothly to follow
+and is blended into smooth skin tone (taken above the lid and below the eye from a blurred
+copy of the portrait), so a shut lid reads as skin, not streaks; the eyeball below stays
+unsquashed until it is covered, and a darker lash line marks the margin. Gaze slides the
+eyeball's texture inside the visible opening, most in the middle, none at the corners.
+Everything is an offset added to the output position before the warp's backward map is
+looked up, plus colour weights.
 """
 
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ EYE_STARTS = (36, 42)    # image-left eye, image-right eye
 
 # Sizes in eye half-widths (half the corner-to-corner distance) unless noted.
 LID_SKIN = (0.4, 0.8)    # range of the height of the skin strip that slides down
+LASH_BAND = (0.15, 0.6)  # range of the height of the lash band (margin and lashes) that
+                         #   slides down rigidly with the margin ...
+LASH_SHARE = 0.7         # ... and at most this share of the strip
 LOWER_LID_SKIN = 0.35    # the same for the rising lower lid
 MEET = 0.8               # where the shut lids meet, from the upper lid line (0..1)
 LID_OVERSHOOT = 0.10     # a shut lid reaches this far past the lower lid line
@@ -37,6 +41,8 @@ LASH_WIDTH = 0.06        # dark band along a closing lid margin
 LASH_DARKEN = 0.75
 GAZE_X = 0.30            # iris travel at gaze_x = +-1
 GAZE_Y = 0.12            # iris travel at gaze_y = +-1
+LASHES_END = 0.8         # lashes end below this, above the lid (eye half-widths)
+BAND_FADE = 0.3          # share of that band over which the lid's smoothing fades out
 EDGE = 0.4               # anti-aliasing width of the lid margin, pixels
 
 
@@ -54,8 +60,8 @@ class EyeLook:
 def eyelid(points: torch.Tensor, eye: torch.Tensor, blink: torch.Tensor, gaze: torch.Tensor,
            lid_skin: torch.Tensor) -> EyeLook:
     """One eye. points [N, P, 2] output pixels; eye [N, 6, 2] its landmarks without the
-    blink; blink [N, 1] 0..1; gaze [N, 2] (x, y) -1..1; lid_skin [] the height of its
-    lid-skin strip in eye half-widths (see lid_skin_heights)."""
+    blink; blink [N, 1] 0..1; gaze [N, 2] (x, y) -1..1; lid_skin [2] the height of its
+    lid-skin strip and of the lash band at its foot, in eye half-widths (lid_skin_heights)."""
     left, upper, right, lower = EYE
     u, v, half, frame = feature_frame(points, eye[:, left], eye[:, right])
     _, axis, normal = frame
@@ -68,24 +74,28 @@ def eyelid(points: torch.Tensor, eye: torch.Tensor, blink: torch.Tensor, gaze: t
     hw = half[:, None]
 
     # The lids: the skin above the eye slides down over the eyeball, and the lower lid
-    # rises a little to meet it (at MEET of the opening). Pixels from (top - skin) to the
-    # upper margin sample the portrait (margin - top) * h(t) higher, with t = 0..1 down
-    # that span and h a smoothstep: no seam where the sliding starts (h' = 0), and at the
-    # margin the original lash line arrives unstretched (h' = 0 again). The lower lid is
-    # the mirror image, from (bottom + skin_below) up to its margin.
+    # rises a little to meet it (at MEET of the opening). The band of the strip right above
+    # the margin (lashes) samples the portrait (margin - top) higher: it moves rigidly with
+    # the margin. Pixels from (top - skin) to that band sample (margin - top) * h(t) higher,
+    # with t = 0..1 down that span and h a smoothstep: no seam where the sliding starts
+    # (h' = 0), none where the band starts (h' = 0 again). The lower lid is the mirror
+    # image, from (bottom + skin_below) up to its margin.
     closure = opening + LID_OVERSHOOT * hw * torch.sqrt(across + 0.05)
     margin = top + blink * MEET * closure
     margin_below = bottom - blink * (1.0 - MEET) * closure
-    skin = lid_skin * hw
+    skin = lid_skin[0] * hw
+    band = lid_skin[1] * hw                                                # margin + lashes
     slide = margin - top                                                   # [N, P], >= 0
-    lid = slide + skin
+    lid = slide + skin - band                                              # the stretching part
     t = torch.clamp((v - top + skin) / lid, 0.0, 1.0)
     on_strip = v > top - skin
     lid_shift = -slide * t * t * (3.0 - 2.0 * t)
-    closed = slide / lid                                                   # 0 open .. ~0.6 shut
+    closed = slide / (slide + skin)                                        # 0 open .. ~0.6 shut
     on_lid = torch.sigmoid((margin - v) / EDGE)
     ramp = torch.clamp(t / LID_RAMP, 0.0, 1.0)                            # sharp at the lid's top
-    smoothing = torch.clamp(closed / LID_MAX_CLOSED, max=1.0) * ramp * ramp * (3 - 2 * ramp)
+    in_band = torch.clamp((v - margin + band) / (BAND_FADE * band + 1e-3) + 0.5, 0.0, 1.0)
+    smoothing = (torch.clamp(closed / LID_MAX_CLOSED, max=1.0) * ramp * ramp * (3 - 2 * ramp)
+                 * (1.0 - in_band))
     lid_weight = on_lid * torch.where(on_strip, smoothing, torch.zeros_like(v))
     rise = bottom - margin_below
     skin_below = LOWER_LID_SKIN * hw
@@ -113,10 +123,12 @@ def eyelid(points: torch.Tensor, eye: torch.Tensor, blink: torch.Tensor, gaze: t
 
 
 def lid_skin_heights(image: np.ndarray, landmarks: np.ndarray, skin: np.ndarray) -> np.ndarray:
-    """Per eye, how tall a strip of skin above the upper lid can make the closing lid, in
-    eye half-widths: up to LID_SKIN[1], stopping short of anything much darker than the
-    skin colour `skin` [3] above the lash line (a brow, a glasses frame).
-    image [S, S, 3] uint8, landmarks [68, 2] -> [2]."""
+    """Per eye, how tall a strip of skin above the upper lid can make the closing lid, and
+    how tall the band of margin and lashes at its foot is, in eye half-widths. The lashes
+    are the dark right above the lid, up to where the skin colour `skin` [3] first shows
+    (within LASHES_END); the strip reaches up to LID_SKIN[1], stopping short of anything
+    much darker than the skin beyond them (a brow, a glasses frame).
+    image [S, S, 3] uint8, landmarks [68, 2] -> [2 eyes, (strip, band)]."""
     luminance = np.array([0.299, 0.587, 0.114])
     gray = image.astype(np.float64) @ luminance
     skin_gray = float(np.asarray(skin, np.float64) @ luminance)
@@ -130,8 +142,14 @@ def lid_skin_heights(image: np.ndarray, landmarks: np.ndarray, skin: np.ndarray)
         reach = np.arange(1, int(LID_SKIN[1] * half) + 2)
         ys = np.clip(np.round(top[1] - reach), 0, gray.shape[0] - 1)
         profile = np.median(gray[ys.astype(int)[:, None], xs.astype(int)[None, :]], 1)
-        beyond_lashes = reach >= 0.3 * half
-        dark = beyond_lashes & (profile < 0.72 * skin_gray)
+        # the lashes: dark right above the lid, up to where the skin shows; then skin up to
+        # the next dark (a brow, a glasses frame)
+        bright = profile >= 0.72 * skin_gray
+        within = reach <= LASHES_END * half
+        lashes_end = reach[bright & within][0] if (bright & within).any() else 0.3 * half
+        dark = (reach >= max(lashes_end, 0.3 * half)) & ~bright
         height = reach[dark][0] - 1 if dark.any() else reach[-1]
-        heights.append(np.clip(height / half, *LID_SKIN))
+        strip = float(np.clip(height / half, *LID_SKIN))
+        band = min(float(np.clip(lashes_end / half, *LASH_BAND)), LASH_SHARE * strip)
+        heights.append((strip, band))
     return np.array(heights, dtype=np.float32)

@@ -67,12 +67,13 @@ def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size):
         top_start=top_u[:, 0], top_stop=top_u[:, -1],
         bottom_start=bottom_u[:, 0], bottom_stop=bottom_u[:, -1],
         close_upper=blink * eyes.MEET, close_lower=blink * (1.0 - eyes.MEET),
-        overshoot=eyes.LID_OVERSHOOT * half, skin=lid_skin * half,
+        overshoot=eyes.LID_OVERSHOOT * half, skin=lid_skin[0] * half,
         skin_below=eyes.LOWER_LID_SKIN * half, lid_below=eyes.LID_BELOW * half,
         gaze_along=-gaze[:, 0] * eyes.GAZE_X * half, gaze_down=-gaze[:, 1] * eyes.GAZE_Y * half,
         lash=torch.clamp(eyes.LASH_WIDTH * half, min=0.6), lash_dark=eyes.LASH_DARKEN * closing,
         open_full=0.15 * half, edge=eyes.EDGE, lid_ramp=eyes.LID_RAMP,
-        lid_max_closed=eyes.LID_MAX_CLOSED, lid_mix=eyes.LID_MIX)
+        lid_max_closed=eyes.LID_MAX_CLOSED, lid_mix=eyes.LID_MIX, lash_band=lid_skin[1] * half,
+        band_fade=eyes.BAND_FADE)
     return _pack(fields, EYE_FIELDS, eye.shape[0], half), torch.stack([top, bottom], 1)
 
 
