@@ -17,6 +17,8 @@ generated. Preparation runs once per clip and is cached by the file's content ha
                      least mouth activity), between two still ticks near its ends
     mouth fields     each played tick's own expression fields for the mouth (stored, float16:
                      playback then needs ~5 ms a frame besides the render, not ~20)
+    mouth bank       a few frontal ticks with the mouth open, from barely to widest
+                     (models.mouth_bank): the person's own teeth, tongue and dark
 
 Playback (VideoPlayback, one per session): session frame t shows the recorded tick
 `tick_at(t)`, going back and forth between the turning points (the head slows to a stop
@@ -24,8 +26,9 @@ there, so reversing is not seen as a jump). Its mouth is brought to the generate
 the tick's own crop and landmarks become an Avatar (frame_avatar: its own expression
 fields, the reference's colours) rendered with a motion that changes only the mouth, by
 (generated - recorded). A mouth that is open in the recording is closed that way; where the
-two already agree the recorded crop is shown as it is. The recording's own sound is never
-used.
+two already agree the recorded crop is shown as it is. Where the generated lips part, the
+opening is filled from the mouth bank entry that parts them most alike. The recording's own
+sound is never used.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from models.face_track import (
     track_faces,
 )
 from models.hands import covered, find_hands
+from models.mouth_bank import MouthBank, build_bank, choose_entries, fill_opening
 from models.recording import (
     FPS,
     LOOK_GRID,
@@ -108,7 +112,7 @@ POSE = [ms.index(n) for n in ms.POSE]
 HEAD_MOTION_STYLE = "video_head_motion"    # a session style control: see VideoPlayback
 MOUTH_FIELDS = [ms.EXPRESSION.index(ms.NAMES[i]) for i in MOUTH]   # their expression rows
 UNCHANGED = 0.02               # a mouth change below this (every parameter): no render
-PREP_VERSION = 8               # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 10              # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -151,6 +155,7 @@ class VideoAvatar:
     fields: np.ndarray           # [turns[1] - turns[0] + 1, 2, M, 2, h, w] float16, memory-
                                  #   mapped: mouth_fields of the ticks between the turns
     info: dict                   # what preparation found (for people: clip, range, timings)
+    bank: MouthBank | None = None  # the person's own open mouths (models.mouth_bank)
 
     @property
     def size(self) -> int:
@@ -307,6 +312,9 @@ class VideoPlayback:
                 continue
             avatar = frame_avatar(v.reference, crop, v.landmarks[tick], v.mouth_flow(tick))
             out[k] = engine.render(avatar, change[k:k + 1])[0]
+            if v.bank is not None:
+                lips = ms.landmarks(v.landmarks[tick], change[k])[60:68]
+                fill_opening(out[k], lips, v.bank)
             self.rendered += 1
         return out
 
@@ -621,6 +629,9 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     motion = fit_clip_motion(landmarks, landmarks[pick.index])
     reference.colors[2] = torch.from_numpy(own_teeth(work / "frames.jpg", offsets, landmarks,
                                                      motion, playable, reference))
+    banked = choose_entries(landmarks, motion, playable)
+    bank = build_bank((_read_jpeg(work / "frames.jpg", offsets, t) for t in banked),
+                      landmarks[banked])
     smoothed = _smooth_landmarks(landmarks)
     turns = turning_points(measures, *calmest(motion, *play))
     info = {
@@ -631,6 +642,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
         "ticks": int(len(tick_frames)), "reference_tick": int(pick.index),
         "turns": [int(turns[0]), int(turns[1])],
         "hand_over_mouth_ticks": int(hidden.sum()),
+        "mouth_bank_ticks": banked.tolist(),
         "box": [box.left / scale, box.top / scale, box.side / scale],
         "prepare_s": round(time.perf_counter() - started, 2),
     }
@@ -644,7 +656,8 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     del fields
     np.savez(work / "ticks.npz", landmarks=smoothed.astype(np.float32),
              motion=motion.astype(np.float32), offsets=offsets,
-             turns=np.array(turns), reference_tick=np.array(pick.index))
+             turns=np.array(turns), reference_tick=np.array(pick.index),
+             **(bank.arrays() if bank is not None else {}))
     np.savez(work / "reference.npz", **{k: v.numpy() for k, v in vars(reference).items()})
     (work / "info.json").write_text(json.dumps(info, indent=1))
     progress("done", 1.0)
@@ -718,7 +731,8 @@ def load_video_avatar(folder: Path, info: dict | None = None) -> VideoAvatar | N
                                reference_tick=int(t["reference_tick"]),
                                landmarks=t["landmarks"], motion=t["motion"],
                                offsets=t["offsets"], turns=tuple(int(x) for x in t["turns"]),
-                               fields=np.load(folder / "fields.npy", mmap_mode="r"), info=info)
+                               fields=np.load(folder / "fields.npy", mmap_mode="r"), info=info,
+                               bank=MouthBank.from_arrays(t))
     except (OSError, KeyError, ValueError, EOFError, TypeError):
         return None
 

@@ -156,6 +156,54 @@ def test_an_open_recorded_mouth_is_closed(franck):
     assert mouth_gap(image) < 0.6 * mouth_gap(recorded)
 
 
+def opening_pixels(image: np.ndarray) -> np.ndarray:
+    """The pixels [P, 3] between the inner lips, as dlib finds them."""
+    from skimage.draw import polygon
+
+    lips = face.detect_faces(image, landmarker="dlib")[0].landmarks[60:68]
+    rows, cols = polygon(lips[:, 1], lips[:, 0], image.shape[:2])
+    return image[rows, cols].astype(np.float64)
+
+
+def test_mouth_bank_keeps_the_persons_own_open_mouths(franck):
+    v = franck
+    ticks = v.info["mouth_bank_ticks"]
+    assert v.bank is not None and len(v.bank) == len(ticks) >= 3
+    gaps = [mouth_gap(v.tick_crop(t)) for t in ticks]
+    assert min(gaps) > 0.015                               # open, as dlib sees them
+    assert np.corrcoef(gaps, np.arange(len(gaps)))[0, 1] > 0.8   # from barely to widest
+    # each entry is the recorded frame's own pixels around its lips
+    for tick, patch, lips in zip(ticks, v.bank.patches, v.bank.lips, strict=True):
+        crop = v.tick_crop(tick)
+        corner = np.round(v.landmarks[tick][60:68].min(0) - lips.min(0)).astype(int)
+        corner = np.clip(corner, 0, None)
+        window = crop[corner[1]:corner[1] + 20, corner[0]:corner[0] + 20]
+        np.testing.assert_allclose(patch[:window.shape[0], :window.shape[1]], window, atol=0)
+
+
+def test_an_opened_mouth_shows_the_persons_own_teeth(franck):
+    """A closed recorded mouth opened by the generated motion: the opening's colours are
+    those of the person's own open mouths in the recording (dlib finds the lips on both),
+    not the renderer's painted teeth and dark."""
+    import dataclasses
+
+    v = franck
+    real = np.concatenate([opening_pixels(v.tick_crop(t)) for t in v.info["mouth_bank_ticks"]])
+    closed = v.turns[0]
+    frame_of = {v.tick_at(k): k for k in range(2 * v.ticks)}
+    wanted = v.motion[[closed]].copy()
+    wanted[0, ms.index("jaw_open")] = 0.3
+    difference = {}
+    for name, bank in (("painted", None), ("own", v.bank)):
+        playback = VideoPlayback(dataclasses.replace(v, bank=bank))
+        image = playback.frames(Renderer(), np.array([frame_of[closed]]), wanted)[0]
+        shown = opening_pixels(image)
+        assert len(shown) > 50
+        quantiles = np.percentile(shown, [10, 50, 90], axis=0)
+        difference[name] = np.abs(quantiles - np.percentile(real, [10, 50, 90], axis=0)).mean()
+    assert difference["own"] < 0.4 * difference["painted"], difference
+
+
 def test_speech_through_a_session(franck, real_speech):
     """The session path: frames follow the recording above the brows (to the last levels of
     the jaw's fading field) and the mouth moves
