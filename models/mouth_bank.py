@@ -40,17 +40,20 @@ MIDDLE_FADE = 0.3                # share of an entry's opening over which it fad
 class MouthBank:
     """Openings of the recorded mouth: patches [B, H, W, 3] uint8 (zero padded to the
     largest) and their inner lips [B, 8, 2] in patch pixels, ordered by how far the lips
-    part."""
+    part. Each entry's lip curves (lip_tables) and opening are worked out once, here."""
     patches: np.ndarray
     lips: np.ndarray
+
+    def __post_init__(self):
+        self.tables = [lip_tables(lips.astype(np.float64)) for lips in self.lips]
+        self.openings = np.array([relative_gap(lips) for lips in self.lips])
 
     def __len__(self) -> int:
         return len(self.lips)
 
     def nearest(self, lips: np.ndarray) -> int:
         """The entry whose lips part most like lips [8, 2] (relative to the mouth's width)."""
-        wanted = relative_gap(lips)
-        return int(np.argmin([abs(relative_gap(b) - wanted) for b in self.lips]))
+        return int(np.argmin(np.abs(self.openings - relative_gap(lips))))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"bank_patches": self.patches, "bank_lips": self.lips}
@@ -134,11 +137,11 @@ def _frame(lips: np.ndarray):
     return centre, axis, np.array([-axis[1], axis[0]]), half
 
 
-def _lip_lines(lips: np.ndarray, u: np.ndarray):
-    """The upper and lower inner lip at u (corner -1 to corner +1), across-distances from
-    the corners' line in pixels (the renderer's smooth curves through the landmarks,
-    models.curves.curve_table, looked up linearly as the renderer does, so the fill meets
-    the lips the renderer drew): two arrays shaped as u."""
+def lip_tables(lips: np.ndarray):
+    """The upper and lower inner lip of lips [8, 2] as curves over u (corner -1 to corner
+    +1) in the mouth's own frame: the renderer's smooth curves through the landmarks
+    (models.curves.curve_table, both in one call), so the fill meets the lips the renderer
+    drew. Returns ((u samples, across-distances in pixels) for the upper, for the lower)."""
     import torch
 
     from models.curves import CURVE_SAMPLES, curve_table
@@ -146,15 +149,18 @@ def _lip_lines(lips: np.ndarray, u: np.ndarray):
     centre, axis, normal, half = _frame(lips)
     d = lips - centre
     ku, kv = d @ axis / half, d @ normal
-    lines = []
-    for side in (UPPER, LOWER):
-        order = np.argsort(ku[list(side)])
-        knots_u, knots_v = ku[list(side)][order], kv[list(side)][order]
-        start, stop = knots_u[:1], knots_u[-1:]
-        table = curve_table(*(torch.from_numpy(a[None]) for a in (knots_u, knots_v, start, stop)))
-        at = np.linspace(start[0], stop[0], CURVE_SAMPLES)
-        lines.append(np.interp(u, at, table[0].numpy()))
-    return lines
+    knots = [(ku[list(side)], kv[list(side)]) for side in (UPPER, LOWER)]
+    knots = [(u[np.argsort(u)], v[np.argsort(u)]) for u, v in knots]
+    knot_u = torch.from_numpy(np.stack([u for u, _ in knots]))                   # [2, 5]
+    knot_v = torch.from_numpy(np.stack([v for _, v in knots]))
+    table = curve_table(knot_u, knot_v, knot_u[:, :1], knot_u[:, -1:]).numpy()  # [2, C]
+    at = [np.linspace(u[0], u[-1], CURVE_SAMPLES) for u, _ in knots]
+    return (at[0], table[0]), (at[1], table[1])
+
+
+def _lip_lines(tables, u: np.ndarray):
+    """The upper and lower lip (lip_tables) at u: two arrays shaped as u."""
+    return [np.interp(u, at, line) for at, line in tables]
 
 
 def fill_opening(frame: np.ndarray, lips: np.ndarray, bank: MouthBank) -> None:
@@ -172,7 +178,7 @@ def fill_opening(frame: np.ndarray, lips: np.ndarray, bank: MouthBank) -> None:
     d = np.stack([xs, ys], -1).astype(np.float64) - centre                 # [h, w, 2]
     # below, arrays [h, w] over the lips' box, then [P] for the pixels of the opening
     u, v = d @ axis / half, d @ normal
-    upper, lower = _lip_lines(lips, u)
+    upper, lower = _lip_lines(lip_tables(lips), u)
     gap = lower - upper
     inside = ((np.abs(u) < 1.0) & (gap > 0.0)).astype(np.float64)
     weight = inside * _soft(v - upper) * _soft(lower - v) * _soft((1.0 - np.abs(u)) * half)
@@ -189,7 +195,7 @@ def fill_opening(frame: np.ndarray, lips: np.ndarray, bank: MouthBank) -> None:
     entry = bank.nearest(lips)
     source_lips = bank.lips[entry].astype(np.float64)
     b_centre, b_axis, b_normal, b_half = _frame(source_lips)
-    b_upper, b_lower = _lip_lines(source_lips, u)
+    b_upper, b_lower = _lip_lines(bank.tables[entry], u)
     b_gap = np.maximum(b_lower - b_upper, 0.0)
     k = b_half / half                                                      # bank px per px
     from_upper, from_lower = (v - upper) * k, (lower - v) * k
