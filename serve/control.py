@@ -47,12 +47,18 @@ OVERSIZE_READ = 4          # messages up to this many times --max-ws-message are
 
 
 async def websocket(request):
+    return await serve_channel(request, ControlChannel)
+
+
+async def serve_channel(request, make_channel):
+    """Run one websocket of a session with a channel made by make_channel(server, live, ws,
+    transport): this module's ControlChannel, or one built on it (serve/headless.py)."""
     server = server_of(request)
     limits = server.limits
     # A message over the limit is read whole (up to OVERSIZE_READ times the limit) and then
     # refused with 1009: had aiohttp cut the connection at the frame header, the unread rest
     # would reset it and the client would see 1006 instead of the close frame.
-    ws = web.WebSocketResponse(heartbeat=20.0,
+    ws = web.WebSocketResponse(heartbeat=20.0, compress=make_channel.compress,
                                max_msg_size=OVERSIZE_READ * limits.max_ws_message)
     if not ws.can_prepare(request).ok:
         raise ClientError(400, "this is a websocket endpoint")
@@ -66,25 +72,23 @@ async def websocket(request):
                        message=f"at most {limits.max_sockets_per_session} websockets per "
                                "session".encode())
         return ws
+    refused = make_channel.refuse(live)
+    if refused:
+        await ws.close(code=refused[0], message=refused[1].encode())
+        return ws
     sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is not None:     # replies and stats are small: a client that stops reading is
-        try:                 # noticed after 64 KiB, not after megabytes of kernel buffer
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SEND_BUFFER)
+    if sock is not None:     # a client that stops reading is noticed after this much kernel
+        try:                 # buffer, not after megabytes of it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, make_channel.send_buffer)
         except OSError:
             pass
-    channel = ControlChannel(server, live, ws, request.transport)
+    channel = make_channel(server, live, ws, request.transport)
     live.channels.add(channel)
     live.active = time.monotonic()
-    stats = asyncio.ensure_future(channel.send_stats())
+    tasks = []
     try:
-        await channel.send({"type": "ready", "session": live.id, "avatar": live.avatar_id,
-                            "styles": list(server.engine.motion.config.style_names),
-                            "voices": [DEFAULT_VOICE, "espeak/en-gb", "espeak/en-us+f3"]
-                            + [f"festival/{v}" for v in FESTIVAL_VOICES],
-                            "limits": {"max_ws_message": limits.max_ws_message,
-                                       "max_queued_seconds": limits.max_queued_seconds,
-                                       "max_text_chars": limits.max_text_chars,
-                                       "rates": [limits.min_rate, limits.max_rate]}})
+        await channel.send(channel.ready())              # first, before anything else
+        tasks = [asyncio.ensure_future(task) for task in channel.background()]
         async for msg in ws:
             if channel.dropped or live.closed:
                 break
@@ -106,8 +110,10 @@ async def websocket(request):
         log.warning("websocket of session %s: %s", live.label, short(e))
         await channel.close(WSCloseCode.INTERNAL_ERROR, "internal error")
     finally:
-        stats.cancel()
+        for task in tasks:
+            task.cancel()
         live.channels.discard(channel)
+        channel.closed()
     return ws
 
 
@@ -115,18 +121,50 @@ class ControlChannel:
     """One websocket of one session: PCM in, control messages in, stats out. A client that
     stops reading (its sends stall for --send-timeout) is dropped, never waited for."""
 
+    send_buffer = WS_SEND_BUFFER        # replies and stats are small
+    compress = True                     # permessage-deflate when the client offers it
+
     def __init__(self, server: Server, live: LiveSession, ws, transport):
         self.server, self.live, self.ws, self.transport = server, live, ws, transport
         self.format: tuple[int, int, np.dtype] | None = None    # rate, channels, sample type
         self.bad_in_a_row = 0
         self.dropped = False
 
+    @staticmethod
+    def refuse(live: LiveSession) -> tuple[int, str] | None:
+        """(close code, reason) when this kind of channel may not open on `live`."""
+        return None
+
+    def ready(self) -> dict:
+        """The first message: the session and what it accepts."""
+        server, live, limits = self.server, self.live, self.server.limits
+        return {"type": "ready", "session": live.id, "avatar": live.avatar_id,
+                "styles": list(server.engine.motion.config.style_names),
+                "voices": [DEFAULT_VOICE, "espeak/en-gb", "espeak/en-us+f3"]
+                + [f"festival/{v}" for v in FESTIVAL_VOICES],
+                "limits": {"max_ws_message": limits.max_ws_message,
+                           "max_queued_seconds": limits.max_queued_seconds,
+                           "max_text_chars": limits.max_text_chars,
+                           "rates": [limits.min_rate, limits.max_rate]}}
+
+    def background(self) -> list:
+        """Coroutines that run while the websocket is open."""
+        return [self.send_stats()]
+
+    def closed(self) -> None:
+        """The websocket is gone."""
+
     async def send(self, message: dict) -> None:
+        await self._send(self.ws.send_json, message)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send(self.ws.send_bytes, data)
+
+    async def _send(self, method, payload) -> None:
         if self.ws.closed or self.dropped:
             return
         try:
-            await asyncio.wait_for(self.ws.send_json(message),
-                                   self.server.limits.send_timeout)
+            await asyncio.wait_for(method(payload), self.server.limits.send_timeout)
         except TimeoutError:
             self.server.metrics.count("websockets_stalled_total")
             log.info("session %s: a websocket client stopped reading; dropped",

@@ -37,6 +37,8 @@ class Limits:
     video_timeout_per_second: float = 5.0    # preparing a video: this per second of it, plus
                                              #   portrait_timeout
     send_timeout: float = 5.0                # a websocket send stalled this long: drop it
+    max_output_rate: int = 48000             # a headless session's audio out, Hz
+    max_raw_frame_bytes: int = 2**20         # a headless session's raw RGB frame, bytes
 
 
 def video_limits(limits: Limits) -> VideoLimits:
@@ -74,6 +76,9 @@ def limit_flags(parser: argparse.ArgumentParser) -> None:
             ("video_timeout_per_second", float, "seconds to prepare each second of an uploaded "
                                                 "video (plus --portrait-timeout)"),
             ("send_timeout", float, "drop a websocket whose client stops reading for this long, s"),
+            ("max_output_rate", int, "highest audio rate a headless session may ask for, Hz"),
+            ("max_raw_frame_bytes", int, "bytes of one raw RGB frame a headless session may ask "
+                                         "for (else JPEG only)"),
     ]:
         group.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
                            help=f"{help_text} (default {getattr(d, name)})")

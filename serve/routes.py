@@ -16,6 +16,19 @@
     GET    /avatars/{id}.jpg    a prepared (aligned) portrait; a video's reference frame
     POST   /offer               {"sdp", "type": "offer"[, "avatar"]}
                                 -> {"sdp", "type": "answer", "session"}
+    POST   /sessions            a headless session (no WebRTC; serve/headless.py):
+                                {"avatar", "rate": 8000..48000, "format": "jpeg" | "rgb",
+                                "quality": 1..95, "pacing": "realtime" | "fast"}, all optional
+                                -> {"session", "websocket": "/sessions/{id}/media", "control",
+                                "media": {...}}
+    GET    /sessions/{id}/media its media websocket: in, what /ws/{id} takes (PCM, speak,
+                                interrupt, style, avatar); out, per 40 ms slot one binary
+                                message: uint32 LE header length H, H bytes of JSON header
+                                {"slot", "frame", "pts", "time", "speech", "format", "width",
+                                "height", "image_bytes", "rate", "samples"}, the image (JPEG or
+                                raw RGB), the slot's own 40 ms of int16 LE mono PCM; and JSON
+                                events "speech_started", "speech_ended" (sent after the last
+                                slot of the utterance left), "interrupted"
     POST   /sessions/{id}/audio an audio file to speak (any format FFmpeg reads)
     DELETE /sessions/{id}       end a session (also POST /sessions/{id}/close)
     GET    /health              {"status": "ok", "sessions", "max_sessions", ...}
@@ -33,6 +46,7 @@ from aiohttp import web
 from models.audio_io import AudioInputError
 from serve.avatars import VideoJob
 from serve.control import websocket
+from serve.headless import create_session, media_websocket
 from serve.http import ClientError, guard, loop_exception, read_body, server_of
 from serve.sessions import Server
 from serve.signalling import offer
@@ -55,6 +69,8 @@ def make_app(server: Server) -> web.Application:
         web.post("/avatars", upload_avatar),
         web.get("/avatars/jobs/{id}", avatar_job),
         web.get("/avatars/{id}.jpg", avatar_preview),
+        web.post("/sessions", create_session),              # serve.headless
+        web.get("/sessions/{id}/media", media_websocket),   # serve.headless
         web.post("/sessions/{id}/audio", session_audio),
         web.post("/sessions/{id}/close", delete_session),  # navigator.sendBeacon: a page closes
         web.delete("/sessions/{id}", delete_session),

@@ -2,10 +2,13 @@
 
 Each session: a Session (shared engine, its own avatar and state) + an AudioFeed (microphone,
 websocket PCM, TTS, files) + a MediaClock (one clock paces its video and audio tracks), held
-in a LiveSession with its peer connection and websockets. Errors inside one session end that
-session (with a message to its client); the others go on. Once a second the watch collects
-metrics and ends sessions that failed, lost their peer or went idle. A session's compute
-threads run below the media path, and the memory they free is given back to the system.
+in a LiveSession with its peer connection and websockets. A headless session (serve/headless.py)
+has no peer connection: its clock (stream/headless.py) sends whole slots down one media
+websocket, and that websocket stands for the peer (connect and peer timeouts alike). Errors
+inside one session end that session (with a message to its client); the others go on. Once a
+second the watch collects metrics and ends sessions that failed, lost their peer or went idle.
+A session's compute threads run below the media path, and the memory they free is given back
+to the system.
 """
 
 import asyncio
@@ -28,6 +31,7 @@ from serve.limits import Limits
 from serve.preparation import COMPUTE_NICE
 from serve.signalling import answer, apply_offer, close_peer, peer_connection, receive_tracks
 from stream.engine import Engine
+from stream.headless import FastClock, HeadlessClock
 from stream.metrics import Metrics
 from stream.session import Session
 from stream.sources import AudioFeed
@@ -43,7 +47,7 @@ SESSION_THREADS = ("motion", "render", "media-clock")
 class LiveSession:
     id: str                    # secret: whoever knows it controls the session
     label: str                 # public: names the session in metrics and logs
-    pc: RTCPeerConnection
+    pc: RTCPeerConnection | None       # None: a headless session
     session: Session
     feed: AudioFeed
     clock: MediaClock
@@ -57,6 +61,9 @@ class LiveSession:
     recent_latency: list = field(default_factory=list)   # seconds, the last second's frames
     speaking: bool = False                           # a text is being synthesised
     closed: bool = False
+    headless: dict | None = None                     # a headless session's media options
+    media: object = None                             # ... its media websocket (one at most)
+    media_left: float | None = None                  # ... when that websocket last closed
 
 
 class Server:
@@ -89,13 +96,23 @@ class Server:
             raise ClientError(404, "no session with this id (it ended or never existed)")
         return live
 
-    async def start_session(self, sdp: str, avatar: AvatarEntry) -> tuple[LiveSession, str]:
+    def _admit(self) -> None:
         if self.stopping:
             raise ClientError(503, "the server is stopping")
         if len(self.sessions) + self.starting >= self.max_sessions:
             self.metrics.count("sessions_rejected_total")
             raise ClientError(503, f"the server is full: {self.max_sessions} sessions at once "
                                    "(--max-sessions); try again later")
+
+    def _started(self, live: LiveSession, avatar: AvatarEntry) -> None:
+        self.sessions[live.id] = live
+        live.clock.start()
+        self.metrics.count("sessions_started_total")
+        log.info("session %s started (avatar %s%s); %d live", live.label, avatar.id[:8],
+                 ", headless" if live.headless else "", len(self.sessions))
+
+    async def start_session(self, sdp: str, avatar: AvatarEntry) -> tuple[LiveSession, str]:
+        self._admit()
         self.starting += 1
         loop = asyncio.get_running_loop()
         pc, remote_tracks = peer_connection()
@@ -119,12 +136,33 @@ class Server:
             raise
         finally:
             self.starting -= 1
-        self.sessions[live.id] = live
-        clock.start()
-        self.metrics.count("sessions_started_total")
-        log.info("session %s started (avatar %s); %d live", live.label, avatar.id[:8],
-                 len(self.sessions))
+        self._started(live, avatar)
         return live, answer_sdp
+
+    async def start_headless(self, avatar: AvatarEntry, options: dict) -> LiveSession:
+        """A session without WebRTC (serve/headless.py): `options` are its media options,
+        checked ("rate": output Hz, "pacing": "realtime" | "fast", ...)."""
+        self._admit()
+        self.starting += 1
+        loop = asyncio.get_running_loop()
+        session = None
+        try:
+            session = await loop.run_in_executor(None, at_lower_priority, lambda: Session(
+                self.engine, avatar.avatar, realtime=True))
+            feed = AudioFeed(session, max_queued_seconds=self.limits.max_queued_seconds)
+            make_clock = FastClock if options["pacing"] == "fast" else HeadlessClock
+            clock = make_clock(session, feed, loop, rate=options["rate"])
+            self.serial += 1
+            live = LiveSession(secrets.token_urlsafe(16), f"s{self.serial}", None, session,
+                               feed, clock, avatar.id, headless=options)
+        except BaseException:
+            if session is not None:
+                await loop.run_in_executor(None, session.close)
+            raise
+        finally:
+            self.starting -= 1
+        self._started(live, avatar)
+        return live
 
     def _watch_connection(self, live: LiveSession) -> None:
         pc = live.pc
@@ -166,7 +204,8 @@ class Server:
         await asyncio.gather(*(channel.close(code, close_text, note)
                                for channel in list(live.channels)), return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(None, _stop_threads, live)
-        await close_peer(live.pc)
+        if live.pc is not None:
+            await close_peer(live.pc)
 
     async def watch(self) -> None:
         """Once a second: collect metrics and end sessions that failed, whose peer is gone,
@@ -220,6 +259,13 @@ class Server:
         now, limits = time.monotonic(), self.limits
         if now - live.active > limits.idle_timeout:
             return f"idle for {now - live.active:.0f} s (--idle-timeout)"
+        if live.headless is not None:             # the media websocket stands for the peer
+            if live.connected is None:
+                return ("media websocket never opened"
+                        if now - live.created > limits.connect_timeout else None)
+            if live.media is None and now - live.media_left > limits.peer_timeout:
+                return f"media websocket closed for {now - live.media_left:.0f} s"
+            return None
         if live.connected is None:
             return "never connected" if now - live.created > limits.connect_timeout else None
         if live.clock.first_sent is None:

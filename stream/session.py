@@ -182,14 +182,32 @@ class Session:
 
     # ------------------------------------------------------------------ audio side
 
-    def push_audio(self, pcm: np.ndarray, rate: int, channels: int = 1) -> None:
+    def push_audio(self, pcm: np.ndarray, rate: int, channels: int = 1) -> tuple[int, int]:
         """Add a piece of audio from any source. Raises AudioInputError on bad input (the
-        session stays usable)."""
+        session stays usable). Returns the stretch of the 16 kHz timeline it filled."""
         with self._lock:
             self._check_open()
+            start = self.audio.end
             self.audio.push(pcm, rate, channels)
             self._arrivals.append((self.audio.end, time.perf_counter()))
             self._lock.notify_all()
+            return start, self.audio.end
+
+    def pad_after_cut(self, samples: int) -> None:
+        """Real time, right after interrupt(): `samples` of silence (16 kHz) that keep the
+        output delay, counted as on time: the clock's silence fill (tick) goes on from their
+        end, not from the cut (else the delay would collapse once they have played)."""
+        with self._lock:
+            self.audio.push_silence(samples / RATE)
+            self._arrivals.append((self.audio.end, time.perf_counter()))
+            self._started -= samples / RATE
+            self._lock.notify_all()
+
+    @property
+    def audio_end(self) -> int:
+        """16 kHz samples on the session's timeline so far."""
+        with self._lock:
+            return self.audio.end
 
     def end_audio(self) -> None:
         """The current source finished: release the resamplers' tail. Offline (not

@@ -5,7 +5,12 @@
                                 at real-time pace (with a small lead), however fast it arrived
     feed(now)                   called by the media clock every 20 ms: pushes what is due into
                                 the session, then session.tick() fills silence if nothing came
+    feed(now, budget=s)         "fast" pacing (stream/headless.py): up to s seconds of queued
+                                audio now, whatever the wall clock
     interrupt()                 barge-in: drops queued audio and cuts the session's timeline
+    queued_in(start, end)       whether queued audio (an utterance) fills most of that stretch
+                                of the session's 16 kHz timeline (what was pushed where is kept
+                                as spans, cut with the timeline)
 
 While queued audio is being spoken the microphone is ducked (its audio is dropped), so the
 microphone never waits behind a long utterance and its latency never grows. Feeding queued
@@ -31,6 +36,7 @@ MAX_QUEUED_SECONDS = 120.0    # queued audio not yet spoken
 MAX_QUEUED_PIECES = 20000     # pieces queued (1-sample messages must not cost 100 B each)
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_DECODE_SECONDS = 30.0     # wall time to decode one uploaded file
+SPAN_GAP = 320                # 16 kHz samples (20 ms) between queued pieces of one utterance
 
 
 class AudioFeed:
@@ -45,6 +51,7 @@ class AudioFeed:
         self._live: list[tuple[np.ndarray, int]] = []
         self._spoken_until: float | None = None   # wall time up to which queued audio was fed
         self.ducked_seconds = 0.0                 # microphone audio dropped while speaking
+        self._spans: deque[list[int]] = deque()   # [start, end): 16 kHz timeline of queued audio
 
     # ---------------------------------------------------------------- sources (event loop)
 
@@ -84,26 +91,60 @@ class AudioFeed:
 
     # ---------------------------------------------------------------- the clock side
 
-    def feed(self, now: float) -> None:
+    def feed(self, now: float, budget: float | None = None) -> None:
         with self._feeding:
             with self._lock:                     # short: the event loop takes it too
                 live, self._live = self._live, []
                 pieces = []
-                if self._queued:
+                if self._queued and budget is not None:      # fast: what the budget allows
+                    self._spoken_until = max(self._spoken_until or now, now)
+                    while self._queued and budget > 0:
+                        piece, rate = self._take_queued(budget)
+                        pieces.append((piece, rate))
+                        budget -= piece.size / rate
+                        self._spoken_until += piece.size / rate
+                elif self._queued:
                     if self._spoken_until is None or self._spoken_until < now:
                         self._spoken_until = now
                     while self._queued and self._spoken_until < now + LEAD_SECONDS:
                         piece, rate = self._take_queued(now + LEAD_SECONDS - self._spoken_until)
                         pieces.append((piece, rate))
                         self._spoken_until += piece.size / rate
+                queued = bool(pieces)
                 if self.speaking(now):              # queued audio speaks: duck the mic
                     self.ducked_seconds += sum(a.size / r for a, r in live)
                 else:
                     self._spoken_until = None
-                    pieces = live
+                    pieces, queued = live, False
+                waiting = bool(self._queued)
             for audio, rate in pieces:           # may wait for the session's lock
-                self.session.push_audio(audio, rate)
-            self.session.tick(now)
+                span = self.session.push_audio(audio, rate)
+                if queued:
+                    self._add_span(*span)
+            if budget is None or not waiting:    # fast: no silence between queued pieces
+                self.session.tick(now)
+
+    def _add_span(self, start: int, end: int) -> None:
+        with self._lock:
+            if self._spans and start - self._spans[-1][1] <= SPAN_GAP:
+                self._spans[-1][1] = end             # one utterance goes on
+            elif end > start:
+                self._spans.append([start, end])
+
+    def queued_in(self, start: int, end: int) -> bool:
+        """Whether queued audio fills at least half of 16 kHz samples [start, end) of the
+        session's timeline. Asked in increasing order: spans before `start` are forgotten."""
+        with self._lock:
+            while self._spans and self._spans[0][1] <= start:
+                self._spans.popleft()
+            covered = sum(max(min(e, end) - max(s, start), 0) for s, e in self._spans)
+            return 2 * covered >= end - start
+
+    @property
+    def spoken_end(self) -> int:
+        """16 kHz timeline index where the last queued audio pushed ends (0: none)."""
+        with self._lock:
+            return self._spans[-1][1] if self._spans else 0
 
     def _take_queued(self, seconds: float) -> tuple[np.ndarray, int]:
         """Up to `seconds` of the queue head (under the lock)."""
@@ -128,7 +169,14 @@ class AudioFeed:
                 self._queued_seconds = 0.0
                 self._live = []
                 self._spoken_until = None
-        return self.session.interrupt()
+        cut = self.session.interrupt()
+        end = cut * self.session.engine.feature_config.samples_per_frame
+        with self._lock:                         # queued audio after the cut is gone too
+            while self._spans and self._spans[-1][0] >= end:
+                self._spans.pop()
+            if self._spans:
+                self._spans[-1][1] = min(self._spans[-1][1], end)
+        return cut
 
 
 def decode_audio_bytes(data: bytes, max_bytes: int = MAX_FILE_BYTES,

@@ -216,8 +216,8 @@ class MediaClock:
         if not slots:
             self._send(self._held)                  # the second half of the last slot's sound
             self._held = []
-        for _, image, audio in slots:
-            self._emit(image, audio)
+        for k, image, audio in slots:
+            self._emit(image, audio, k)
         if self._holding_until is not None:         # the output goes on while the player waits
             if now >= self._holding_until:
                 self._holding_until = None
@@ -249,7 +249,7 @@ class MediaClock:
         with self._step:
             pad = ahead - (s.audio.end - self.player.next_slot * spf)
             if self.player.start is not None and pad > 0:
-                s.push_audio(np.zeros(pad, np.float32), 16000)
+                s.pad_after_cut(pad)
             self._recent_frames.clear()
         return cut
 
@@ -313,17 +313,27 @@ class MediaClock:
         while self._recent and self._recent[0][0] < now - 5.0:
             self._recent.popleft()
 
-    def _emit(self, image: np.ndarray | None, audio: np.ndarray) -> None:
-        """The next output slot n: its picture and first 20 ms of sound now, the second 20 ms
-        at the next tick (each audio frame leaves at its own time, as a microphone's would).
-        Timestamps count output slots: continuous whatever the player skipped or waited."""
+    def _emit(self, image: np.ndarray | None, audio: np.ndarray,
+              frame: int | None = None) -> None:
+        """The next output slot n: `image`, 48 kHz `audio` [1920], `frame` the session frame
+        whose audio it plays (None while the output holds). Timestamps count output slots:
+        continuous whatever the player skipped or waited."""
         n = self._out_slots
         if n == 0:
             self._out_start = time.perf_counter()
+            self.first_sent = time.monotonic()
         self._out_slots += 1
-        frames, self._held = self._held, []
         if image is not None:
             self._last_image = image
+        self._output(n, frame, image, audio)
+
+    def _output(self, n: int, frame: int | None, image: np.ndarray | None,
+                audio: np.ndarray) -> None:
+        """Slot n onto the tracks: its picture and first 20 ms of sound now, the second 20 ms
+        at the next tick (each audio frame leaves at its own time, as a microphone's would).
+        (stream/headless.py sends slots whole instead.)"""
+        frames, self._held = self._held, []
+        if image is not None:
             video = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             video.pts, video.time_base = n * (VIDEO_CLOCK // FPS), VIDEO_TIME_BASE
             frames.append((self.video, video))
