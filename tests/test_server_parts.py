@@ -1,5 +1,7 @@
 """The server's parts without a network: audio feed pacing and ducking, local TTS, metrics."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -10,16 +12,23 @@ from stream.tts import SpeechError, parse_wav, speak
 
 
 class FakeSession:
-    """What AudioFeed uses of a Session: the audio it was given, on a timeline."""
+    """What AudioFeed uses of a Session: the audio it was given, on a 16 kHz timeline (push_audio
+    returns the stretch it filled; the engine's samples per frame turn a cut frame into a
+    place on it)."""
+
+    engine = SimpleNamespace(feature_config=SimpleNamespace(samples_per_frame=640))
 
     def __init__(self):
         self.pushed: list[tuple[str, float]] = []        # (source tag, seconds)
         self.ticks = 0
         self.interrupts = 0
+        self.end = 0
 
     def push_audio(self, pcm, rate, channels=1):
         tag = "mic" if pcm.size and pcm[0] == 0.25 else "queued"
         self.pushed.append((tag, pcm.size / rate))
+        start, self.end = self.end, self.end + round(pcm.size * 16000 / rate)
+        return start, self.end
 
     def tick(self, now=None):
         self.ticks += 1
