@@ -46,7 +46,7 @@ def face_measures(canonical: np.ndarray) -> dict[str, np.ndarray]:
     mouth gap, eye opening (aspect ratio), yaw and pitch proxies. Each [T]."""
     c = canonical
     gap = np.mean([np.linalg.norm(c[:, a] - c[:, b], axis=-1)
-                   for a, b in ((61, 67), (62, 66), (63, 65))], axis=0)
+                   for a, b in ms.LIP_PAIRS], axis=0)
     eyes = []
     for s in (36, 42):
         p = c[:, s:s + 6]
