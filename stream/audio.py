@@ -15,7 +15,7 @@ import av
 import numpy as np
 
 from models.audio_io import AudioInputError, check_rate, to_float_mono
-from stream.vad import VoiceActivity
+from stream.vad import CONTEXT, FRAME, VoiceActivity
 
 RATE = 16000
 PLAYBACK_RATE = 48000
@@ -179,6 +179,8 @@ class AudioInput:
         the playback copy); what the resamplers hold is dropped. Later audio continues here."""
         index = max(index, self.start)
         self.samples = self.samples[: index - self.start]
+        if self.vad is not None:
+            self.vad.truncate(min(index, self.end), self.samples[-FRAME - CONTEXT:])
         self.playback = self.playback[: max(index * (PLAYBACK_RATE // RATE)
                                             - self.playback_start, 0)]
         if self.resampler is not None:

@@ -139,6 +139,8 @@ class HeadlessClock(MediaClock):
         self.utterance = 0                 # utterances started
         self._speaking = False             # the last slot out played queued audio
         self._interrupted = False          # ... and a barge-in came during its utterance
+        self._cutting = False              # a barge-in is being carried out ...
+        self._ended_while_cutting: dict | None = None   # ... and ended the utterance meanwhile
 
     def _dropped(self) -> None:
         self.video.dropped += 1
@@ -159,8 +161,12 @@ class HeadlessClock(MediaClock):
             items.append({"type": "speech_started", "slot": n, "frame": frame,
                           "utterance": self.utterance})
         elif self._speaking and not speech:
-            items.append({"type": "speech_ended", "slot": n - 1, "frame": frame,
-                          "utterance": self.utterance, "interrupted": self._interrupted})
+            ended = {"type": "speech_ended", "slot": n - 1, "frame": frame,
+                     "utterance": self.utterance, "interrupted": self._interrupted}
+            if self._cutting:              # the barge-in's doing: it follows "interrupted"
+                self._ended_while_cutting = {**ended, "interrupted": True}
+            else:
+                items.append(ended)
         self._speaking = speech
         items.append(Slot(n, frame, image, self.slot_audio(audio), speech, time.perf_counter()))
         self._post(items)
@@ -172,9 +178,24 @@ class HeadlessClock(MediaClock):
             self._stop.set()
 
     def interrupt(self) -> int:
-        cut = super().interrupt()
-        self._interrupted = self._speaking
-        self._post([{"type": "interrupted", "cut_frame": cut, "slot": self.slots_sent}])
+        """The queued audio stops being fed at once, while the cut may wait for the
+        session's workers: an utterance that runs out meanwhile ends as interrupted, and its
+        speech_ended follows the "interrupted" event."""
+        with self._step:
+            self._cutting = True
+        cut = None
+        try:
+            cut = super().interrupt()
+        finally:
+            with self._step:
+                self._cutting = False
+                items = [] if cut is None else [{"type": "interrupted", "cut_frame": cut,
+                                                 "slot": self.slots_sent}]
+                if self._ended_while_cutting is not None:
+                    items.append(self._ended_while_cutting)
+                    self._ended_while_cutting = None
+                self._interrupted = self._speaking
+                self._post(items)
         return cut
 
 

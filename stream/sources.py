@@ -10,7 +10,7 @@
     interrupt()                 barge-in: drops queued audio and cuts the session's timeline
     queued_in(start, end)       whether queued audio (an utterance) fills most of that stretch
                                 of the session's 16 kHz timeline (what was pushed where is kept
-                                as spans, cut with the timeline)
+                                as spans, cut with the timeline); queued_overlaps: any of it
 
 While queued audio is being spoken the microphone is ducked (its audio is dropped), so the
 microphone never waits behind a long utterance and its latency never grows. Feeding queued
@@ -139,6 +139,11 @@ class AudioFeed:
                 self._spans.popleft()
             covered = sum(max(min(e, end) - max(s, start), 0) for s, e in self._spans)
             return 2 * covered >= end - start
+
+    def queued_overlaps(self, start: int, end: int) -> bool:
+        """Whether any queued audio lies in 16 kHz samples [start, end) (changes nothing)."""
+        with self._lock:
+            return any(s < end and e > start for s, e in self._spans)
 
     @property
     def spoken_end(self) -> int:

@@ -96,6 +96,27 @@ class VoiceActivity:
         self.speech.append(self.in_speech)
         self.frames += 1
 
+    def truncate(self, sample: int, before: np.ndarray) -> None:
+        """Barge-in: forget the decisions from 16 kHz sample `sample` on, so that the audio
+        pushed next is classified where it lies on the cut timeline (not where the cut-away
+        audio ended). `before`: the samples kept just before `sample` (at least the part of
+        its frame, and the context, when they exist). The recurrent state is kept: it has
+        heard the audio before the cut, and a few frames of the new audio settle it."""
+        frame = sample // FRAME
+        if sample >= self.frames * FRAME + self.pending.size:
+            return                                    # nothing after the cut was pushed
+        for _ in range(min(max(self.frames - frame, 0), len(self.speech))):
+            self.speech.pop()
+            self.probabilities.pop()
+        self.frames = min(self.frames, frame)
+        part = sample - frame * FRAME                 # samples of the cut frame before it
+        self.pending = np.array(before[before.size - part:] if part else [], np.float32)
+        context = before[:before.size - part][-CONTEXT:]
+        self.context = np.concatenate([np.zeros(CONTEXT - context.size, np.float32),
+                                       context.astype(np.float32)])
+        self.in_speech = bool(self.speech[-1]) if self.speech else False
+        self.quiet_frames = 0
+
     def speech_at(self, sample: int) -> bool | None:
         """Speech decision for the frame holding 16 kHz sample `sample`; None if unknown."""
         i = sample // FRAME - (self.frames - len(self.speech))

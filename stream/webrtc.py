@@ -34,7 +34,8 @@ without bound (44 s after 22 minutes in a soak on a loaded machine), holding eve
 of it in memory. The other way round, when every frame of the last second waited long for its slot
 and voice activity detection hears nothing in the slots to skip, the clock skips that much
 silence (sound and picture), so a slow start does not cost latency for the rest of the
-session.
+session; never inside queued audio (an utterance's pauses are part of it, and its audio is
+played once, whole).
 
 Barge-in (interrupt()) cuts the session's timeline at the playing position, so audio after it
 would be due at once, before its frames can be rendered; the clock pads the new timeline
@@ -300,12 +301,14 @@ class MediaClock:
                  self.added_delay * 1000)
 
     def _silent(self, first: int, end: int) -> bool:
-        """Whether voice activity detection heard nothing in slots [first, end)."""
+        """Whether slots [first, end) are silence that may be skipped: voice activity
+        detection heard nothing there, and no queued audio (an utterance, whose pauses are
+        its own) lies there."""
         vad = self.session.audio.vad
         spf = self.session.engine.feature_config.samples_per_frame
         step = spf // 2
-        return vad is not None and all(vad.speech_at(i) is False
-                                       for i in range(first * spf, end * spf, step))
+        return (vad is not None and not self.feed.queued_overlaps(first * spf, end * spf)
+                and all(vad.speech_at(i) is False for i in range(first * spf, end * spf, step)))
 
     def _count(self, now: float, slots: int, fresh: int) -> None:
         for i in range(slots):

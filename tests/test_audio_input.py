@@ -81,6 +81,29 @@ def test_streaming_vad_marks_speaking(real_speech):
     assert not buf.speaking()
 
 
+def test_vad_after_a_cut_hears_the_new_audio_where_it_lies(real_speech):
+    """A barge-in cuts the timeline mid-speech and new audio follows at the cut: the voice
+    activity at each sample is that of the audio now there (as a VAD that never heard the
+    cut-away audio says), not of the cut-away audio's frames counted on from the old end
+    (which once let the media clock skip speech it took for silence)."""
+    cut = RATE + 300                           # mid-speech, mid-frame
+    new = np.concatenate([np.zeros(RATE // 2, np.float32), real_speech[:2 * RATE]])
+    buf = AudioInput()
+    buf.push(real_speech[:3 * RATE], RATE)
+    buf.truncate(cut)
+    buf.push(new, RATE)
+    reference = AudioInput()
+    reference.push(np.concatenate([real_speech[:cut], new]), RATE)
+    assert buf.end == reference.end == cut + new.size
+    at = range(cut + 3200, buf.end - 512, 256)  # (the first 200 ms: the kept state settles)
+    ours = [buf.vad.speech_at(i) for i in at]
+    assert None not in ours
+    agree = np.mean([a == reference.vad.speech_at(i) for a, i in zip(ours, at, strict=True)])
+    assert agree > 0.95, agree
+    assert not any(ours[:len(range(cut + 3200, cut + RATE // 2, 256)) - 4])   # the pause
+    assert np.mean(ours) > 0.3                                               # the speech
+
+
 @pytest.mark.parametrize("pcm, rate, channels, message", [
     (np.zeros(0, np.float32), 16000, 1, "empty"),
     (np.array([0.1, np.nan, 0.2], np.float32), 16000, 1, "NaN"),
