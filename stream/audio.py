@@ -46,6 +46,11 @@ class Resampler:
         self._swr = self._new()
         return out
 
+    def close(self) -> None:
+        """Free FFmpeg's resampler now (its filter graph holds a thread pool), whoever still
+        holds this object; it must not be used after."""
+        self._swr = None
+
     @staticmethod
     def _collect(frames) -> np.ndarray:
         if not frames:
@@ -189,6 +194,13 @@ class AudioInput:
             self.playback_resampler = Resampler(self.playback_resampler.rate, PLAYBACK_RATE)
         if self.keep_playback:
             self._append_playback(np.zeros(self._playback_gap(index), np.float32))
+
+    def close(self) -> None:
+        """The session ended: free the resamplers' native resources (see Resampler.close)."""
+        for resampler in (self.resampler, self.playback_resampler):
+            if resampler is not None:
+                resampler.close()
+        self.resampler = self.playback_resampler = None
 
     def speaking(self) -> bool:
         """Whether the most recent audio is speech (False without VAD or before any frame)."""

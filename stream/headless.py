@@ -150,6 +150,11 @@ class HeadlessClock(MediaClock):
         super().end_tracks()
         self.out.put(None)
 
+    def stop(self) -> None:
+        super().stop()
+        if not self._thread.is_alive():            # (a step still running keeps its resampler)
+            self.slot_audio.resample.close()
+
     def _output(self, n: int, frame: int | None, image: np.ndarray | None,
                 audio: np.ndarray) -> None:
         speech = frame is not None and self.feed.queued_in(frame * self.spf,

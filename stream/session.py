@@ -364,6 +364,8 @@ class Session:
                     pass
         for t in self._threads:
             t.join(timeout=5)
+        with self._lock:
+            self.audio.close()
 
     def _check_open(self) -> None:
         if self._closed:
