@@ -110,19 +110,11 @@ async def connect_peer(connection: SmallWebRTCConnection) -> Client:
     benchmarks/webrtc_client.Client, signalled straight to Pipecat's SmallWebRTCConnection."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from benchmarks.webrtc_client import track_receiver
-
     client = Client("")
     client.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")
-
-    @pc.on("track")
-    def on_track(track):
-        receiver = next(r for r in pc.getReceivers() if r.track is track)
-        client.receivers[track.kind] = track_receiver(receiver)
-        client.tasks.append(asyncio.ensure_future(client._record(track)))
-
+    client.record_tracks()
     await pc.setLocalDescription(await pc.createOffer())
     await connection.initialize(sdp=pc.localDescription.sdp, type="offer")
     answer = connection.get_answer()

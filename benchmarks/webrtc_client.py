@@ -394,6 +394,16 @@ class Client:
     pc: object = None
     tasks: list = field(default_factory=list)
 
+    def record_tracks(self) -> None:
+        """Record every track self.pc receives, with its receiver's RTP timing."""
+        pc = self.pc
+
+        @pc.on("track")
+        def on_track(track):
+            receiver = next(r for r in pc.getReceivers() if r.track is track)
+            self.receivers[track.kind] = track_receiver(receiver)
+            self.tasks.append(asyncio.ensure_future(self._record(track)))
+
     async def connect(self, http, avatar: str | None = None) -> dict:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
@@ -411,13 +421,7 @@ class Client:
             if not first:
                 raise ValueError(f"aiortc has no {self.codec} video codec")
             video.setCodecPreferences(first + [c for c in codecs if c not in first])
-
-        @pc.on("track")
-        def on_track(track):
-            receiver = next(r for r in pc.getReceivers() if r.track is track)
-            self.receivers[track.kind] = track_receiver(receiver)
-            self.tasks.append(asyncio.ensure_future(self._record(track)))
-
+        self.record_tracks()
         await pc.setLocalDescription(await pc.createOffer())
         offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
         if avatar:
