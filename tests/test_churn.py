@@ -2,7 +2,8 @@
 end up where it started (threads, file descriptors, memory), and stop cleanly on SIGTERM.
 
 One server process (256 px, at most 16 sessions, 3 s peer and connect timeouts). Sessions
-come four at a time from aiortc peers in this process, in five kinds, round robin:
+come four at a time from aiortc peers and headless clients in this process, in seven kinds,
+round robin:
 - clean: connects, receives video, DELETE /sessions/{id}, closes its peer connection;
 - no goodbye: connects, receives video, closes its peer connection only;
 - never connects: the offer is answered but the answer never applied (the server's connect
@@ -10,7 +11,10 @@ come four at a time from aiortc peers in this process, in five kinds, round robi
 - websocket: connects, opens the session's websocket, pushes PCM, then drops both without
   a word;
 - killed: child processes open sessions that stream and are SIGKILLed (the server's peer
-  timeout ends them).
+  timeout ends them);
+- headless: a headless session (POST /sessions, its media websocket, integrations/client)
+  receives a slot, pushes PCM and closes; "headless vanishes" opens its media websocket by
+  hand, pushes PCM, and resets the connection without a close frame.
 The server's threads (/proc/PID/task), open file descriptors (/proc/PID/fd) and resident
 memory (/proc/PID/status) are read after a warm-up (the first sessions allocate what every
 later one reuses: codec contexts, the torch allocator's pools, the executor's threads) and
@@ -39,11 +43,14 @@ from benchmarks.webrtc_client import (
     speech_clip,
 )
 
+sys.path.insert(0, str(ROOT / "integrations" / "client"))
+from talking_head_client import ServerError, TalkingHeadClient  # noqa: E402
+
 TOTAL = 200
 WARMUP = 20                  # sessions before the baseline is read
 AT_ONCE = 4
 KILLED_CHILDREN, KILLED_EACH = 3, 2
-KINDS = ("clean", "no goodbye", "never connects", "websocket")
+KINDS = ("clean", "no goodbye", "never connects", "websocket", "headless", "headless vanishes")
 THREAD_SLACK = 4             # executor threads are made on demand, up to cores + 4
 FD_SLACK = 20
 RSS_SLACK_MB = 200
@@ -72,8 +79,36 @@ async def wait_for_no_sessions(http, url: str, timeout: float = 30.0) -> float:
     return time.monotonic() - started
 
 
+async def headless_session(url: str, pcm: bytes, vanish: bool) -> str:
+    """One headless session: a slot received, a second of PCM pushed, then closed; or, when
+    `vanish`, its media websocket opened by hand and reset without a close frame."""
+    async with TalkingHeadClient(url) as client:
+        try:
+            session = await client.create_session(rate=16000, connect=not vanish)
+        except ServerError as e:
+            return "full" if e.status == 503 else f"refused {e.status}"
+        if vanish:
+            sock = await asyncio.to_thread(raw_websocket, url, f"/sessions/{session.id}/media")
+            sock.sendall(ws_frame(json.dumps({"type": "format", "rate": 16000}).encode())
+                         + ws_frame(pcm[:32000], opcode=2))
+            got = await asyncio.to_thread(sock.recv, 4096)     # the "ready" message
+            await asyncio.sleep(0.3)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()                              # gone: a reset, no close frame
+            return "ok" if got else "no video"
+        item = await session.receive(timeout=60)
+        while item is not None and item.kind != "slot":
+            item = await session.receive(timeout=60)
+        await session.send_pcm(pcm[:32000], rate=16000)
+        await asyncio.sleep(0.3)
+        await session.close()
+        return "ok" if item is not None else "no video"
+
+
 async def one_session(http, url: str, kind: str, pcm: bytes) -> str:
     """Open and close one session of `kind`; returns what happened ("ok", "full", ...)."""
+    if kind.startswith("headless"):
+        return await headless_session(url, pcm, vanish=kind == "headless vanishes")
     client = Client(url)
     try:
         if kind == "never connects":
