@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from aiohttp import web
 
+from export.warm import ExportError, warm_onnx
 from models.face import PortraitError
 from models.video_avatar import VideoAvatar
 from serve.avatars import BUNDLED_AVATARS
@@ -106,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         default = None
         if args.avatar:                 # first: a bad one is said before the engine loads
             default = prepare_default(args.avatar, args.size, limits)
-        engine = make_engine(args.engine or default_engine(args.device), args.checkpoint,
-                             args.device)
+        engine_name = args.engine or default_engine(args.device)
+        if engine_name == "onnx":       # a first start exports the networks: say so, in parallel
+            warm_onnx(args.checkpoint, args.size, say=lambda line: print(line, flush=True))
+        engine = make_engine(engine_name, args.checkpoint, args.device)
         server = Server(engine, args.size, limits, token=token,
                         fault_injection=args.fault_injection)
         for avatar_id, path in BUNDLED_AVATARS.items():
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         avatar = server.avatars.entries[server.avatars.default].avatar
         engine.render(avatar.reference if isinstance(avatar, VideoAvatar) else avatar,
                       np.zeros((2, engine.motion.config.motion_dim), np.float32))
-    except (EngineError, PortraitError, OSError) as e:
+    except (EngineError, PortraitError, OSError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -49,12 +49,17 @@ class OnnxEncoder:
         return self.session.run(["features"], {"mel": np.ascontiguousarray(mel, np.float32)})[0]
 
 
-def cached_audio_encoder(config: FeatureConfig | None = None) -> Path:
-    """Export once per configuration into the user cache; reuse afterwards."""
+def audio_encoder_path(config: FeatureConfig) -> Path:
+    """Where cached_audio_encoder keeps the graph of this configuration."""
     from models.whisper_weights import cache_dir
 
+    return cache_dir() / "onnx" / f"audio_encoder_w{config.window_frames}_op{OPSET}.onnx"
+
+
+def cached_audio_encoder(config: FeatureConfig | None = None) -> Path:
+    """Export once per configuration into the user cache; reuse afterwards."""
     config = config or FeatureConfig()
-    path = cache_dir() / "onnx" / f"audio_encoder_w{config.window_frames}_op{OPSET}.onnx"
+    path = audio_encoder_path(config)
     if not path.is_file():
         tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")
         export_audio_encoder(tmp, config)

@@ -89,11 +89,16 @@ class OnnxMotionSampler:
         return self.session.run(["motion"], feed)[0]
 
 
-def cached_motion_export(model: MotionModel, checkpoint: str | Path) -> Path:
+def motion_export_path(model: MotionModel, checkpoint: str | Path) -> Path:
+    """Where cached_motion_export keeps the graph of this checkpoint's model."""
     from models.whisper_weights import cache_dir
 
     key = f"{checkpoint_hash(checkpoint)}-{model.kind}{model.steps}"
-    path = cache_dir() / "onnx" / f"motion-{key}-op{OPSET}.onnx"
+    return cache_dir() / "onnx" / f"motion-{key}-op{OPSET}.onnx"
+
+
+def cached_motion_export(model: MotionModel, checkpoint: str | Path) -> Path:
+    path = motion_export_path(model, checkpoint)
     if not path.is_file():
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
         export_motion(model, tmp)

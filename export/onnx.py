@@ -118,9 +118,7 @@ def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
     model = load_motion_model(checkpoint)
-    fields = {k: v for k, v in model.feature_config.items()
-              if k in FeatureConfig.__dataclass_fields__}
-    config = FeatureConfig(**fields)
+    config = FeatureConfig.of(model.feature_config)
     files = {"audio_encoder": "audio_encoder.onnx", "motion": "motion.onnx",
              "renderer": f"renderer{size}.onnx", "renderer_cpu": f"renderer{size}-cpu.onnx"}
     errors: dict[str, float] = {}

@@ -25,11 +25,24 @@ def _renderer_source_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def cached_renderer_export(avatar: Avatar) -> Path:
-    from models.render import export_onnx
+def renderer_export_path(size: int) -> Path:
+    """Where cached_renderer_export keeps the graph of this working size."""
     from models.whisper_weights import cache_dir
 
-    path = cache_dir() / "onnx" / f"renderer-{avatar.size}-{_renderer_source_hash()}-raw.onnx"
+    return cache_dir() / "onnx" / f"renderer-{size}-{_renderer_source_hash()}-raw.onnx"
+
+
+def cpu_renderer_path(size: int) -> Path:
+    """Where cached_cpu_renderer_export keeps the CPU graph of this working size."""
+    source = renderer_export_path(size)
+    rewrite = hashlib.sha256(Path(__file__).with_name("ort_cpu.py").read_bytes()).hexdigest()
+    return source.with_name(f"{source.stem}-cpu{rewrite[:8]}.onnx")
+
+
+def cached_renderer_export(avatar: Avatar) -> Path:
+    from models.render import export_onnx
+
+    path = renderer_export_path(avatar.size)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
@@ -45,10 +58,9 @@ def cached_cpu_renderer_export(avatar: Avatar) -> Path:
 
     from export.ort_cpu import fold_constants, rewrite_for_cpu
 
-    source = cached_renderer_export(avatar)
-    rewrite = hashlib.sha256(Path(__file__).with_name("ort_cpu.py").read_bytes()).hexdigest()
-    path = source.with_name(f"{source.stem}-cpu{rewrite[:8]}.onnx")
+    path = cpu_renderer_path(avatar.size)
     if not path.is_file():
+        source = cached_renderer_export(avatar)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
         onnx.save(rewrite_for_cpu(fold_constants(source)), str(tmp))
         tmp.replace(path)
@@ -70,6 +82,7 @@ class OnnxRenderer:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3          # errors only: not "Removing initializer ..."
         self.session = ort.InferenceSession(str(path), sess_options=opts,
                                             providers=providers or ["CPUExecutionProvider"],
                                             disabled_optimizers=KEEP_LAYOUT)

@@ -47,6 +47,11 @@ class FeatureConfig:
     lookahead_frames: int = 2   # L: audio after the block inside the window (80 ms)
     context_frames: int = 2     # m: +-m video frames of context stacked per frame
 
+    @classmethod
+    def of(cls, settings: dict) -> "FeatureConfig":
+        """The configuration stored with a motion model (its extra keys ignored)."""
+        return cls(**{k: v for k, v in settings.items() if k in cls.__dataclass_fields__})
+
     def __post_init__(self):
         if SAMPLE_RATE % self.fps:
             raise ValueError(f"fps {self.fps} must divide {SAMPLE_RATE}")

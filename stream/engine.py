@@ -46,9 +46,7 @@ class Engine:
             raise EngineError(f"motion checkpoint {checkpoint} not found (make weights builds it)")
         self.checkpoint = checkpoint
         self.motion = load_motion_model(checkpoint)
-        fields = {k: v for k, v in self.motion.feature_config.items()
-                  if k in FeatureConfig.__dataclass_fields__}
-        self.feature_config = FeatureConfig(**fields)
+        self.feature_config = FeatureConfig.of(self.motion.feature_config)
         self.features = AudioFeatureExtractor(self.feature_config, encoder=self._encoder())
         zeros = np.zeros(self.feature_config.window_samples, np.float32)
         self.silence_feature = self.features.features(zeros)[0]     # [stack, 384]

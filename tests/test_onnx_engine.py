@@ -94,3 +94,19 @@ def test_export_from_an_avatar_with_shared_tensors_serves_every_avatar(tmp_path)
     feed = {name: t.numpy() for name, t in zip(INPUT_NAMES[:-1], photo.tensors(), strict=True)}
     frames = session.run(["frames"], {**feed, "motion": motion})[0]
     assert np.abs(frames.astype(int) - render(photo, motion).numpy()).max() <= 1
+
+
+def test_warm_finds_what_the_engine_exported():
+    """export.warm's view of the cache (what a first start must export) is the engine's own:
+    after an onnx engine has served a 256 px frame nothing is missing at 256 px; at a size
+    never exported the renderer is."""
+    from export.warm import NETWORKS, RENDERER, missing_exports
+    from models.avatar import prepare_avatar
+    from stream.engine import DEFAULT_CHECKPOINT, make_engine
+
+    engine = make_engine("onnx")
+    engine.render(prepare_avatar(size=256), np.zeros((1, engine.motion.config.motion_dim),
+                                                     np.float32))
+    assert missing_exports(DEFAULT_CHECKPOINT, 256) == []
+    assert RENDERER in missing_exports(DEFAULT_CHECKPOINT, 320)
+    assert NETWORKS not in missing_exports(DEFAULT_CHECKPOINT, 320)

@@ -1,0 +1,127 @@
+"""The onnx engine's graphs exported before a server starts: in parallel, each with a line.
+
+    python -m export.warm [--size 512] [--checkpoint PATH]
+
+The onnx engine exports its three graphs (audio encoder, motion sampler, renderer at the
+working size) on first use and caches them (export/*.py, keyed by configuration, checkpoint
+and source). On a fresh machine that is the whole first start: ~40 s on 2 cores, and the
+exporters' own warnings were all a newcomer saw. `warm_onnx` (server.py calls it before it
+loads the engine) exports only what is missing, the renderer in one process and the encoder
+and the motion sampler in another (one exporter holds Python's lock: threads would not
+overlap), says what it does and how long each took, and keeps the exporters' output out of
+the log unless one fails (then its tail is shown).
+"""
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RENDERER, NETWORKS = "renderer", "audio encoder and motion sampler"
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def missing_exports(checkpoint: str | Path, size: int) -> list[str]:
+    """Which of the two export jobs (RENDERER, NETWORKS) have something to export."""
+    from export.audio_encoder import audio_encoder_path
+    from export.motion import motion_export_path
+    from export.renderer import cpu_renderer_path
+    from models.audio import FeatureConfig
+    from models.generator import load_motion_model
+
+    missing = [] if cpu_renderer_path(size).is_file() else [RENDERER]
+    model = load_motion_model(checkpoint)
+    if not (audio_encoder_path(FeatureConfig.of(model.feature_config)).is_file()
+            and motion_export_path(model, checkpoint).is_file()):
+        missing.append(NETWORKS)
+    return missing
+
+
+def _export(job: str, checkpoint: str, size: int, log: str) -> None:
+    """One job, in a child process whose output goes to `log`."""
+    import logging
+    import warnings
+
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+    if job == RENDERER:
+        from export.renderer import cached_cpu_renderer_export
+        from models.avatar import prepare_avatar
+
+        cached_cpu_renderer_export(prepare_avatar(size=size))
+    else:
+        from export.audio_encoder import cached_audio_encoder
+        from export.motion import cached_motion_export
+        from models.audio import FeatureConfig
+        from models.generator import load_motion_model
+
+        model = load_motion_model(checkpoint)
+        cached_audio_encoder(FeatureConfig.of(model.feature_config))
+        cached_motion_export(model, checkpoint)
+
+
+def warm_onnx(checkpoint: str | Path, size: int, say=print) -> list[str]:
+    """Export what the onnx engine lacks for `checkpoint` and `size` (see the module doc);
+    returns the jobs run. Raises ExportError (with the exporter's last lines) if one fails.
+    A missing checkpoint is left to the engine to report."""
+    if not Path(checkpoint).is_file():
+        return []
+    jobs = missing_exports(checkpoint, size)
+    if not jobs:
+        return []
+    say(f"first start with this model and size: exporting the networks to ONNX (about 40 s "
+        f"on 2 cores; cached for later starts): {', '.join(jobs)}")
+    spawn = multiprocessing.get_context("spawn")        # (no fork of a process with threads)
+    started = time.perf_counter()
+    running = []
+    for job in jobs:
+        log = tempfile.NamedTemporaryFile(prefix="export-", suffix=".log", delete=False).name
+        process = spawn.Process(target=_export, args=(job, str(checkpoint), size, log),
+                                daemon=True)
+        process.start()
+        running.append((job, process, log))
+    failed = None
+    while running:
+        for job, process, log in list(running):
+            process.join(timeout=0.2)
+            if process.exitcode is None:
+                continue
+            running.remove((job, process, log))
+            text = Path(log).read_text(errors="replace")
+            os.unlink(log)
+            if process.exitcode == 0:
+                say(f"  {job}: done after {time.perf_counter() - started:.0f} s")
+            elif failed is None:
+                failed = f"exporting the {job} to ONNX failed:\n{text[-3000:]}"
+    if failed:
+        raise ExportError(failed)
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stream.engine import DEFAULT_CHECKPOINT
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    args = parser.parse_args(argv)
+    try:
+        if not warm_onnx(args.checkpoint, args.size):
+            print("the onnx graphs for this model and size are cached already")
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
