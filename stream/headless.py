@@ -208,7 +208,9 @@ class FastClock(HeadlessClock):
     """"fast" pacing: frames leave as soon as they are rendered, each with its own audio;
     queued audio goes into the session FAST_LEAD_FRAMES ahead of the frames taken, and the
     clock takes no frame while FAST_QUEUE slots wait for the client. With nothing queued the
-    session idles at wall-clock pace, as in real time."""
+    session idles at wall-clock pace, as in real time; an utterance that comes then replaces
+    the idle silence not generated yet (Session.cut), so its first frame does not wait for
+    the idle frames of that silence."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, capacity=10**9, **kwargs)       # never drops: it waits
@@ -218,6 +220,9 @@ class FastClock(HeadlessClock):
     def _step_once(self, now: float) -> None:
         s, feed = self.session, self.feed
         end = s.audio_end
+        if feed.queued_seconds > 0 and feed.spoken_end <= self._next * self.spf < end:
+            s.cut()        # an utterance waits behind idle silence no frame was taken from:
+            end = s.audio_end   # it starts at the first block not generated yet, not after it
         feed.feed(now, budget=max((self._next + FAST_LEAD_FRAMES) * self.spf - end, 0) / RATE)
         if feed.queued_seconds > 0 or s.audio_end > end:
             self._empty_since = None

@@ -249,9 +249,17 @@ class Session:
 
     def interrupt(self) -> int:
         """Barge-in. Returns the frame index where the timeline was cut."""
+        with self._lock:
+            self.stats.interrupts += 1
+        return self.cut()
+
+    def cut(self) -> int:
+        """Cut the timeline at the first block not yet handed to the motion stage: the audio,
+        features and frames after it are forgotten, and the next audio continues there.
+        Returns that frame index. A barge-in; and, in fast pacing, the idle silence not yet
+        generated giving way to an utterance (stream/headless.py)."""
         with self._feature_lock, self._motion_lock, self._lock:
             self._epoch += 1
-            self.stats.interrupts += 1
             # the first block boundary not yet handed out (and not beyond what was sampled)
             cut = -(-self._delivered // self.block) * self.block
             if cut > self._next_frame:
