@@ -168,20 +168,23 @@ class Preparer:
                 raise ClientError(422, f"this video took too long to prepare (over "
                                        f"{allowed:.0f} s)")
 
-    def _drop_pool(self, pool: ProcessPoolExecutor) -> None:
+    def _drop_pool(self, pool: ProcessPoolExecutor, wait: bool = False) -> None:
         if self.portraits is pool:
             self.portraits = None
         if self.videos is pool:
             self.videos = None
         for process in list(getattr(pool, "_processes", {}).values()):
             process.kill()                             # a hung child: nothing else stops it
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=wait, cancel_futures=True)
 
     def stop(self) -> None:
-        """Kill both child processes (the server is stopping)."""
+        """Kill both child processes (the server is stopping), and wait for each pool's
+        manager thread to see them gone: one still closing its wake-up pipe while the
+        interpreter exits made Python 3.11's exit hook write to the closed pipe (a traceback
+        in the log, EBADF, once in a CI run)."""
         for pool in (self.portraits, self.videos):
             if pool is not None:
-                self._drop_pool(pool)
+                self._drop_pool(pool, wait=True)
 
 
 def prepare_photo(source, size: int) -> Avatar:
