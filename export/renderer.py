@@ -1,6 +1,7 @@
 """The renderer as ONNX (one graph per working size, the avatar's tensors as inputs) and its
 onnxruntime runner. The graph itself is written by models.render.export_onnx; here it is
-cached by working size and renderer source hash, and run. onnxruntime's CPU provider runs
+cached by working size (and frame size, for an AvatarWindow) and renderer source hash, and
+run. onnxruntime's CPU provider runs
 the graph rewritten by export.ort_cpu (planar layout, GridSample as gathers): as exported,
 it is about 3x slower than torch on a CPU; rewritten, it is not slower.
 """
@@ -25,16 +26,18 @@ def _renderer_source_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def renderer_export_path(size: int) -> Path:
-    """Where cached_renderer_export keeps the graph of this working size."""
+def renderer_export_path(size: int, frame_size: int | None = None) -> Path:
+    """Where cached_renderer_export keeps the graph of this working size (and, for windows
+    of larger frames, frame size: Avatar.frame_size)."""
     from models.whisper_weights import cache_dir
 
-    return cache_dir() / "onnx" / f"renderer-{size}-{_renderer_source_hash()}-raw.onnx"
+    shape = str(size) if frame_size in (None, size) else f"{size}in{frame_size}"
+    return cache_dir() / "onnx" / f"renderer-{shape}-{_renderer_source_hash()}-raw.onnx"
 
 
-def cpu_renderer_path(size: int) -> Path:
+def cpu_renderer_path(size: int, frame_size: int | None = None) -> Path:
     """Where cached_cpu_renderer_export keeps the CPU graph of this working size."""
-    source = renderer_export_path(size)
+    source = renderer_export_path(size, frame_size)
     rewrite = hashlib.sha256(Path(__file__).with_name("ort_cpu.py").read_bytes()).hexdigest()
     return source.with_name(f"{source.stem}-cpu{rewrite[:8]}.onnx")
 
@@ -42,7 +45,7 @@ def cpu_renderer_path(size: int) -> Path:
 def cached_renderer_export(avatar: Avatar) -> Path:
     from models.render import export_onnx
 
-    path = renderer_export_path(avatar.size)
+    path = renderer_export_path(avatar.size, avatar.frame_size)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
@@ -58,7 +61,7 @@ def cached_cpu_renderer_export(avatar: Avatar) -> Path:
 
     from export.ort_cpu import fold_constants, rewrite_for_cpu
 
-    path = cpu_renderer_path(avatar.size)
+    path = cpu_renderer_path(avatar.size, avatar.frame_size)
     if not path.is_file():
         source = cached_renderer_export(avatar)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")

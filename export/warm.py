@@ -1,6 +1,6 @@
 """The onnx engine's graphs exported before a server starts: in parallel, each with a line.
 
-    python -m export.warm [--size 512] [--checkpoint PATH]
+    python -m export.warm [--size 512] [--checkpoint PATH] [--windows]
 
 The onnx engine exports its three graphs (audio encoder, motion sampler, renderer at the
 working size) on first use and caches them (export/*.py, keyed by configuration, checkpoint
@@ -9,7 +9,10 @@ exporters' own warnings were all a newcomer saw. `warm_onnx` (server.py calls it
 loads the engine) exports only what is missing, the renderer in one process and the encoder
 and the motion sampler in another (one exporter holds Python's lock: threads would not
 overlap), says what it does and how long each took, and keeps the exporters' output out of
-the log unless one fails (then its tail is shown).
+the log unless one fails (then its tail is shown). A fourth graph, the renderer of video
+avatars' mouth windows (models.video_avatar.mouth_window), is exported in the background the
+first time a video avatar needs it (OnnxEngine.draws_windows; video frames are drawn whole
+until then), or here with --windows.
 """
 
 import argparse
@@ -21,14 +24,16 @@ import time
 from pathlib import Path
 
 RENDERER, NETWORKS = "renderer", "audio encoder and motion sampler"
+WINDOWS = "renderer of video avatars' mouth windows"     # exported when first needed
 
 
 class ExportError(RuntimeError):
     pass
 
 
-def missing_exports(checkpoint: str | Path, size: int) -> list[str]:
-    """Which of the two export jobs (RENDERER, NETWORKS) have something to export."""
+def missing_exports(checkpoint: str | Path, size: int, windows: bool = False) -> list[str]:
+    """Which of the export jobs (RENDERER, NETWORKS, and WINDOWS if asked for) have something
+    to export."""
     from export.audio_encoder import audio_encoder_path
     from export.motion import motion_export_path
     from export.renderer import cpu_renderer_path
@@ -36,11 +41,21 @@ def missing_exports(checkpoint: str | Path, size: int) -> list[str]:
     from models.generator import load_motion_model
 
     missing = [] if cpu_renderer_path(size).is_file() else [RENDERER]
+    if windows and not window_renderer_ready(size):
+        missing.append(WINDOWS)
     model = load_motion_model(checkpoint)
     if not (audio_encoder_path(FeatureConfig.of(model.feature_config)).is_file()
             and motion_export_path(model, checkpoint).is_file()):
         missing.append(NETWORKS)
     return missing
+
+
+def window_renderer_ready(size: int) -> bool:
+    """Whether the renderer graph of mouth windows in frames of `size` is cached."""
+    from export.renderer import cpu_renderer_path
+    from models.video_avatar import WINDOW
+
+    return cpu_renderer_path(WINDOW[size], size).is_file()
 
 
 def _export(job: str, checkpoint: str, size: int, log: str) -> None:
@@ -58,6 +73,14 @@ def _export(job: str, checkpoint: str, size: int, log: str) -> None:
         from models.avatar import prepare_avatar
 
         cached_cpu_renderer_export(prepare_avatar(size=size))
+    elif job == WINDOWS:
+        from export.renderer import cached_cpu_renderer_export
+        from models.avatar import prepare_avatar
+        from models.video_avatar import frame_avatar
+
+        photo = prepare_avatar(size=size)          # any avatar: a window of its frame
+        cached_cpu_renderer_export(frame_avatar(photo, photo.crop(), photo.landmarks.numpy(),
+                                                window=(0, 0)))
     else:
         from export.audio_encoder import cached_audio_encoder
         from export.motion import cached_motion_export
@@ -69,39 +92,53 @@ def _export(job: str, checkpoint: str, size: int, log: str) -> None:
         cached_motion_export(model, checkpoint)
 
 
-def warm_onnx(checkpoint: str | Path, size: int, say=print) -> list[str]:
+def start_export(job: str, checkpoint: str | Path, size: int):
+    """Run one export job in a child process of its own (spawned: no fork of a process with
+    threads; one exporter holds Python's lock, so threads would not overlap). Returns the
+    process and the file its output goes to."""
+    log = tempfile.NamedTemporaryFile(prefix="export-", suffix=".log", delete=False).name
+    process = multiprocessing.get_context("spawn").Process(
+        target=_export, args=(job, str(checkpoint), size, log), daemon=True)
+    process.start()
+    return process, log
+
+
+def finished(process, log: str) -> str | None:
+    """A started export's outcome once it has ended: "" when it succeeded, else the tail of
+    its output; None while it runs. The log file is removed once read."""
+    process.join(timeout=0)
+    if process.exitcode is None:
+        return None
+    text = Path(log).read_text(errors="replace")
+    os.unlink(log)
+    return "" if process.exitcode == 0 else text[-3000:] or f"exit code {process.exitcode}"
+
+
+def warm_onnx(checkpoint: str | Path, size: int, say=print, windows: bool = False) -> list[str]:
     """Export what the onnx engine lacks for `checkpoint` and `size` (see the module doc);
     returns the jobs run. Raises ExportError (with the exporter's last lines) if one fails.
     A missing checkpoint is left to the engine to report."""
     if not Path(checkpoint).is_file():
         return []
-    jobs = missing_exports(checkpoint, size)
+    jobs = missing_exports(checkpoint, size, windows)
     if not jobs:
         return []
     say(f"first start with this model and size: exporting the networks to ONNX (about 40 s "
         f"on 2 cores; cached for later starts): {', '.join(jobs)}")
-    spawn = multiprocessing.get_context("spawn")        # (no fork of a process with threads)
     started = time.perf_counter()
-    running = []
-    for job in jobs:
-        log = tempfile.NamedTemporaryFile(prefix="export-", suffix=".log", delete=False).name
-        process = spawn.Process(target=_export, args=(job, str(checkpoint), size, log),
-                                daemon=True)
-        process.start()
-        running.append((job, process, log))
+    running = [(job, *start_export(job, checkpoint, size)) for job in jobs]
     failed = None
     while running:
+        time.sleep(0.2)
         for job, process, log in list(running):
-            process.join(timeout=0.2)
-            if process.exitcode is None:
+            outcome = finished(process, log)
+            if outcome is None:
                 continue
             running.remove((job, process, log))
-            text = Path(log).read_text(errors="replace")
-            os.unlink(log)
-            if process.exitcode == 0:
+            if outcome == "":
                 say(f"  {job}: done after {time.perf_counter() - started:.0f} s")
             elif failed is None:
-                failed = f"exporting the {job} to ONNX failed:\n{text[-3000:]}"
+                failed = f"exporting the {job} to ONNX failed:\n{outcome}"
     if failed:
         raise ExportError(failed)
     return jobs
@@ -113,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--windows", action="store_true",
+                        help="also the renderer of video avatars' mouth windows")
     args = parser.parse_args(argv)
     try:
-        if not warm_onnx(args.checkpoint, args.size):
+        if not warm_onnx(args.checkpoint, args.size, windows=args.windows):
             print("the onnx graphs for this model and size are cached already")
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

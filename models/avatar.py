@@ -90,6 +90,13 @@ class Avatar:
     def size(self) -> int:
         return int(self.image.shape[-1])
 
+    @property
+    def frame_size(self) -> int:
+        """The side of the frame this avatar is rendered into: its own size (AvatarWindow:
+        the larger frame it is a window of). The renderer sizes its eye and mouth windows
+        for it."""
+        return self.size
+
     def crop(self) -> np.ndarray:
         """The aligned crop as an image [S, S, 3] uint8 (the person over the plate)."""
         crop = self.plate + (self.image - self.plate) * self.matte
@@ -97,6 +104,22 @@ class Avatar:
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
+
+
+class AvatarWindow(Avatar):
+    """A square window of a larger frame's avatar, rendered on its own and pasted back at
+    `origin` (x, y) (models.video_avatar: only the mouth changes, so only the region it
+    moves is drawn). Its fields are the frame's, cut to the window; the overlays keep the
+    frame's sizes (frame_size)."""
+
+    def __init__(self, frame_size: int, origin: tuple[int, int], **tensors):
+        super().__init__(**tensors)
+        self._frame_size = frame_size
+        self.origin = origin
+
+    @property
+    def frame_size(self) -> int:
+        return self._frame_size
 
 
 # ---------------------------------------------------------------------------------------------

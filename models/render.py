@@ -49,6 +49,8 @@ _BLINKS = [_E["blink_left"], _E["blink_right"]]
 
 
 def window_size(size: int, window: tuple[float, float]) -> tuple[int, int]:
+    """An overlay window's (height, width) in pixels for frames of this size (the largest
+    face they can hold: MAX_FACE_FRACTION of the side)."""
     face = MAX_FACE_FRACTION * size
     return int(round(window[0] * face)), int(round(window[1] * face))
 
@@ -127,14 +129,18 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
 
 
 def compose(image, smooth_image, plate, matte, offset, eye_points, expression, scale, face_width,
-            lid_skin, lips, rest_lips, jaw_lips, colors) -> torch.Tensor:
+            lid_skin, lips, rest_lips, jaw_lips, colors, frame_size: int | None = None
+            ) -> torch.Tensor:
     """Everything per output pixel, once the motion is known: upsample the coarse backward
     displacement offset [N, 2, h, w] (pixels), sample the portrait and the person's matte,
     put the person over the still background plate (models.background), draw the eyes and the
     mouth. eye_points [N, 12, 2], expression [N, E], scale [N] (head pose), lips, rest_lips,
-    jaw_lips [N, 8, 2] (see _landmarks); the rest are the avatar's fields. Returns the frames
-    planar, [3, N*S*S] float (0..255). kernels/warp_render.py does this in one fused pass."""
+    jaw_lips [N, 8, 2] (see _landmarks); the rest are the avatar's fields; frame_size: the
+    frame the image is a window of (Avatar.frame_size: it sizes the overlay windows; None:
+    the image's own size). Returns the frames planar, [3, N*S*S] float (0..255).
+    kernels/warp_render.py does this in one fused pass."""
     n, size = offset.shape[0], image.shape[-1]
+    frame_size = frame_size or size
     device = image.device
     # Full resolution: upsample the displacement and sample the portrait and the person's
     # matte once for all frames; the person goes over the plate where the matte says (away
@@ -153,7 +159,7 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
 
     # Eyes: sample again with lid and gaze offsets, darken the closing lid margin.
     textures = torch.cat([image, smooth_image])[None]                      # [1, 6, S, S]
-    height, width = window_size(size, EYE_WINDOW)
+    height, width = window_size(frame_size, EYE_WINDOW)
     gaze = expression[:, [_E["gaze_x"], _E["gaze_y"]]]
     for side in range(2):
         eye = eye_points[:, side * 6:(side + 1) * 6]
@@ -173,7 +179,7 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
         frame.scatter_(1, index.reshape(1, -1).expand(3, -1), color)
 
     # Mouth: paint the interior where the lips part.
-    height, width = window_size(size, MOUTH_WINDOW)
+    height, width = window_size(frame_size, MOUTH_WINDOW)
     points, index = _window(lips.mean(1), height, width, size)
     index3 = index.reshape(1, -1).expand(3, -1)
     patch = frame.gather(1, index3).reshape(3, n, -1).permute(1, 2, 0)    # [N, P, 3]
@@ -206,8 +212,10 @@ def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, d
 
 def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
                    head_mask, face_rotation, pivot, face_width, colors, lid_skin,
-                   smooth_image, plate, matte, motion: torch.Tensor) -> torch.Tensor:
-    """The renderer on explicit tensors (the fields of Avatar, in order, then motion [N, D]).
+                   smooth_image, plate, matte, motion: torch.Tensor,
+                   frame_size: int | None = None) -> torch.Tensor:
+    """The renderer on explicit tensors (the fields of Avatar, in order, then motion [N, D];
+    frame_size as Avatar.frame_size when the image is a window of a larger frame).
     Returns frames [N, S, S, 3] uint8."""
     n, size = motion.shape[0], image.shape[-1]
     offset, overlays = frame_layers(image, landmarks, landmark_depth, basis, flow,
@@ -217,8 +225,10 @@ def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
     if dispatch.fused(image):
         from models.render_fused import render_fused
 
-        return render_fused(image, smooth_image, plate, matte, offset, *overlays)  # uint8
-    frame = compose(image, smooth_image, plate, matte, offset, *overlays)  # [3, N*S*S]
+        return render_fused(image, smooth_image, plate, matte, offset, *overlays,  # uint8
+                            frame_size=frame_size)
+    frame = compose(image, smooth_image, plate, matte, offset, *overlays,
+                    frame_size=frame_size)                                 # [3, N*S*S]
     frame = frame.add_(0.5).to(torch.uint8)                                # values in 0..255
     return frame.t().reshape(n, size, size, 3)
 
@@ -231,19 +241,25 @@ def render(avatar: Avatar, motion) -> torch.Tensor:
     if motion.ndim != 2 or motion.shape[1] != ms.D:
         raise ValueError(f"motion must be [N, {ms.D}], got {tuple(motion.shape)}")
     with torch.no_grad():
-        return render_tensors(*avatar.tensors(), motion)
+        return render_tensors(*avatar.tensors(), motion, frame_size=avatar.frame_size)
 
 
 class Renderer(torch.nn.Module):
     """render_tensors as a module, for ONNX export: inputs are the avatar's tensors and the
-    motion, so one graph serves every avatar of the same working size."""
+    motion, so one graph serves every avatar of the same working size (and, for windows of
+    larger frames, the same frame size: Avatar.frame_size)."""
+
+    def __init__(self, frame_size: int | None = None):
+        super().__init__()
+        self.frame_size = frame_size
 
     def forward(self, image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
                 head_mask, face_rotation, pivot, face_width, colors, lid_skin, smooth_image,
                 plate, matte, motion):
         return render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
                               depth, head_mask, face_rotation, pivot, face_width, colors,
-                              lid_skin, smooth_image, plate, matte, motion)
+                              lid_skin, smooth_image, plate, matte, motion,
+                              frame_size=self.frame_size)
 
 
 INPUT_NAMES = ("image", "landmarks", "landmark_depth", "basis", "flow", "flow_jacobian",
@@ -254,7 +270,8 @@ INPUT_NAMES = ("image", "landmarks", "landmark_depth", "basis", "flow", "flow_ja
 def export_onnx(avatar: Avatar, path: str | Path, opset: int = 20, optimize: bool = True) -> Path:
     """Write the renderer for avatar.size as ONNX (dynamo exporter); the frame count is a
     dynamic axis. The avatar only provides example inputs: the graph takes any avatar of
-    the same working size (inputs named as INPUT_NAMES, output "frames" [N, S, S, 3] uint8).
+    the same working size and frame size (inputs named as INPUT_NAMES, output "frames"
+    [N, S, S, 3] uint8).
     optimize=False skips onnxscript's graph optimiser (much faster to export; onnxruntime
     optimises the graph itself when it loads it)."""
     path = Path(path)
@@ -266,9 +283,10 @@ def export_onnx(avatar: Avatar, path: str | Path, opset: int = 20, optimize: boo
     dynamic = tuple({0: frames} if name == "motion" else None for name in INPUT_NAMES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(Renderer(), example, dynamo=True, opset_version=opset,
-                                    input_names=list(INPUT_NAMES), output_names=["frames"],
-                                    dynamic_shapes=dynamic, verbose=False, optimize=optimize)
+        program = torch.onnx.export(Renderer(avatar.frame_size), example, dynamo=True,
+                                    opset_version=opset, input_names=list(INPUT_NAMES),
+                                    output_names=["frames"], dynamic_shapes=dynamic,
+                                    verbose=False, optimize=optimize)
     program.save(str(path))
     return path
 

@@ -50,9 +50,10 @@ def _window_fields(origin, height, width, centre, axis, half) -> dict:
                 axis_x=axis[:, 0], axis_y=axis[:, 1], half=half)
 
 
-def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size):
+def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size, frame_size):
     """One eye [N, 6, 2] (without the blink), blink [N], gaze [N, 2]: its parameters
-    [N, GROUP] and lid tables [N, 2, CURVE] (models/eyes.py eyelid, per frame)."""
+    [N, GROUP] and lid tables [N, 2, CURVE] (models/eyes.py eyelid, per frame). size: the
+    image's, frame_size: the frame's it is a window of (render.compose)."""
     left, upper, right, lower = eyes.EYE
     half, frame = _frame(eye[:, left], eye[:, right])
     centre, axis, _ = frame
@@ -60,7 +61,7 @@ def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size):
     bottom_u, bottom_v = project(eye[:, [left, *lower, right]], frame, half)
     top = curve_table(top_u, top_v, top_u[:, :1], top_u[:, -1:])
     bottom = curve_table(bottom_u, bottom_v, bottom_u[:, :1], bottom_u[:, -1:])
-    height, width = window_size(size, EYE_WINDOW)
+    height, width = window_size(frame_size, EYE_WINDOW)
     origin = window_origin(eye_window_centre(eye, face_width, scale), height, width, size)
     closing = torch.clamp((blink - 0.15) / 0.6, 0.0, 1.0)
     fields = _window_fields(origin, height, width, centre, axis, half) | dict(
@@ -77,7 +78,7 @@ def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size):
     return _pack(fields, EYE_FIELDS, eye.shape[0], half), torch.stack([top, bottom], 1)
 
 
-def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, size):
+def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, size, frame_size):
     """The mouth (inner lips [N, 8, 2] as moved, at rest, moved by the jaw only; face_size
     [N] pixels per face width; colors [3, 3]): its parameters [N, GROUP] and tables
     [N, 4, CURVE]: upper lip, lower lip, opening, teeth shade (models/mouth.py, per frame)."""
@@ -99,7 +100,7 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, size):
     opened = torch.clamp((lower_table - upper_table - rest_gap) / (0.008 * fs), 0.0, 1.0)
     shade = mouth_shape.teeth_shade().to(lips.device).expand(n, -1)
     _, jaw_v = project(jaw_lips, frame, half)
-    height, width = window_size(size, MOUTH_WINDOW)
+    height, width = window_size(frame_size, MOUTH_WINDOW)
     origin = window_origin(lips.mean(1), height, width, size)
     lip_color, teeth_color = colors[1], colors[2]
     tongue = (lip_color[0] * 0.62, lip_color[1] * 0.36, lip_color[2] * 0.36)
@@ -121,30 +122,33 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, size):
 
 
 def overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin, lips,
-                   rest_lips, jaw_lips, colors):
+                   rest_lips, jaw_lips, colors, frame_size: int | None = None):
     """The kernel's params [N, 3, GROUP] and tables [N, 8, CURVE] from compose's arguments."""
     size = image.shape[-1]
+    frame_size = frame_size or size
     gaze = expression[:, [_E["gaze_x"], _E["gaze_y"]]]
     rows, tables = [], []
     for side in range(2):
         row, table = eye_inputs(eye_points[:, side * 6:(side + 1) * 6],
                                 expression[:, _BLINKS[side]], gaze, lid_skin[side],
-                                face_width, scale, size)
+                                face_width, scale, size, frame_size)
         rows.append(row)
         tables.append(table)
-    row, table = mouth_inputs(lips, rest_lips, jaw_lips, face_width * scale, colors, size)
+    row, table = mouth_inputs(lips, rest_lips, jaw_lips, face_width * scale, colors, size,
+                              frame_size)
     rows.append(row)
     tables.append(table)
     return torch.stack(rows, 1), torch.cat(tables, 1)
 
 
 def render_fused(image, smooth_image, plate, matte, offset, eye_points, expression, scale,
-                 face_width, lid_skin, lips, rest_lips, jaw_lips, colors, **kernel_options):
+                 face_width, lid_skin, lips, rest_lips, jaw_lips, colors,
+                 frame_size: int | None = None, **kernel_options):
     """render.compose + rounding in one kernel: frames [N, S, S, 3] uint8 (float32 0..255
     with out_float=True). In a plugin export, the TensorRT plugin node instead.
     kernel_options go to kernels.warp_render.warp_render (out_float, block)."""
     params, tables = overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin,
-                                    lips, rest_lips, jaw_lips, colors)
+                                    lips, rest_lips, jaw_lips, colors, frame_size)
     portrait = torch.cat([image, matte])                                   # [4, S, S]
     layers = torch.cat([smooth_image, plate])                              # [6, S, S]
     if dispatch.exporting_plugins():

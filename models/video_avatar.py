@@ -26,9 +26,10 @@ there, so reversing is not seen as a jump). Its mouth is brought to the generate
 the tick's own crop and landmarks become an Avatar (frame_avatar: its own expression
 fields, the reference's colours) rendered with a motion that changes only the mouth, by
 (generated - recorded). A mouth that is open in the recording is closed that way; where the
-two already agree the recorded crop is shown as it is. Where the generated lips part, the
-opening is filled from the mouth bank entry that parts them most alike. The recording's own
-sound is never used.
+two already agree the recorded crop is shown as it is. With the head as recorded, only a
+window around the mouth is drawn (mouth_window) and pasted into the crop. Where the
+generated lips part, the opening is filled from the mouth bank entry that parts them most
+alike. The recording's own sound is never used.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ import numpy as np
 import torch
 
 from models import motion_space as ms
+from models import warp
 from models.avatar import (
     EYE_LINE,
     FACE_FRACTION,
     MIN_FACE_WIDTH,
     SIZES,
     Avatar,
+    AvatarWindow,
     build_avatar,
     cache_root,
 )
@@ -112,6 +115,13 @@ POSE = [ms.index(n) for n in ms.POSE]
 HEAD_MOTION_STYLE = "video_head_motion"    # a session style control: see VideoPlayback
 MOUTH_FIELDS = [ms.EXPRESSION.index(ms.NAMES[i]) for i in MOUTH]   # their expression rows
 UNCHANGED = 0.02               # a mouth change below this (every parameter): no render
+WINDOW = {512: 384, 256: 192}  # side of the window drawn around the mouth (mouth_window): a
+                               #   multiple of the coarse grid's step, ~0.56 of the frame
+WINDOW_REACH = 1.5             # face widths the window must span: the mouth fields move pixels
+                               #   > 0.5 px up to 0.7 face widths either side of the mouth,
+                               #   0.4 above and 0.65 below it (franck.mp4, full amplitude)
+WINDOW_DROP = 0.11             # the window's centre this far below the mouth's (face widths)
+WINDOW_FADE = 3                # coarse nodes over which the mouth fields fade out at its edges
 PREP_VERSION = 10              # bump when preparation changes: old cache entries are ignored
 
 
@@ -196,16 +206,41 @@ def mouth_fields(landmarks: np.ndarray, size: int) -> np.ndarray:
     frame's own: they must sit on its lips, the reference's carried over by the similarity
     between the faces were 15-45 % off on the development clip). ~11 ms at 512 px, so
     preparation stores them for the ticks playback uses (VideoAvatar.mouth_flow)."""
-    from models import warp
-
     place = ms.place(landmarks)
     face = np.concatenate([place.to_canonical(landmarks), ms.CANONICAL[:, 2:]], 1)
     flow, _ = warp.expression_fields(face, ms.personal_basis(face), place, size)
     return flow[:, MOUTH_FIELDS].astype(np.float16)
 
 
+def mouth_window(landmarks: np.ndarray, size: int) -> tuple[int, int] | None:
+    """Where the window drawn around a recorded frame's mouth (landmarks [68, 2]) lies: its
+    top-left pixel (x, y), on the coarse grid, inside the frame; None when the face is too
+    large for it (the whole frame is drawn then)."""
+    side = WINDOW.get(size)
+    width = ms.place(landmarks).scale
+    if side is None or WINDOW_REACH * width > side:
+        return None
+    step = size // warp.COARSE
+    centre = landmarks[60:68].mean(0) + np.array([0.0, WINDOW_DROP * width])
+    origin = np.clip(np.round((centre - side / 2) / step) * step, 0, size - side)
+    return int(origin[0]), int(origin[1])
+
+
+def _fade(start: int, cells: int, coarse: int) -> np.ndarray:
+    """Weights [cells] along one axis of a window starting at coarse node `start`: 0 at an
+    edge inside the frame, rising to 1 over WINDOW_FADE nodes (1 at the frame's own edge)."""
+    ramp = np.ones(cells, np.float32)
+    rise = warp.smoothstep(0.0, float(WINDOW_FADE), np.arange(WINDOW_FADE, dtype=np.float32))
+    if start > 0:
+        ramp[:WINDOW_FADE] = rise
+    if start + cells < coarse:
+        ramp[-WINDOW_FADE:] = np.minimum(ramp[-WINDOW_FADE:], rise[::-1])
+    return ramp
+
+
 def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray,
-                 mouth_flow: np.ndarray | None = None) -> Avatar:
+                 mouth_flow: np.ndarray | None = None,
+                 window: tuple[int, int] | None = None) -> Avatar:
     """The render state of one recorded frame: its crop [S, S, 3] uint8 and landmarks [68, 2].
     Its own landmark basis and mouth fields (mouth_fields, or `mouth_flow` stored by
     preparation; every other expression field zero: only the mouth changes); the reference's
@@ -213,9 +248,12 @@ def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray,
     move here, so they only have to be plausible); colours and lid heights the reference's.
     The eyes are left as recorded (blinks come from the recording), so the eyelid textures
     are the crop itself; matte 1 and the crop as plate: with no head motion the frame is the
-    crop wherever the mouth does not change."""
-    from models import warp
+    crop wherever the mouth does not change.
 
+    With `window` (mouth_window's origin) it is an AvatarWindow of WINDOW[S] pixels around
+    the mouth: the fields cut to it and faded out towards its edges inside the frame, so that
+    the drawn window, pasted back into the crop, meets it without a seam (~2x less to draw
+    at 512 px)."""
     size = crop.shape[0]
     place = ms.place(landmarks)
     face = np.concatenate([place.to_canonical(landmarks), ms.CANONICAL[:, 2:]], 1)
@@ -223,33 +261,42 @@ def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray,
     if mouth_flow is None:
         mouth_flow = mouth_fields(landmarks, size)
     coarse = reference.flow.shape[-1]
-    flow = np.zeros((2, len(ms.EXPRESSION), 2, coarse, coarse), np.float32)
-    flow[:, MOUTH_FIELDS] = mouth_flow
-    jacobian = warp.field_jacobian(flow, size).astype(np.float32)
+    step = size // coarse
+    x0, y0 = window or (0, 0)
+    side = WINDOW[size] if window else size
+    cells = side // step
+    cx, cy = x0 // step, y0 // step
+    flow = np.zeros((2, len(ms.EXPRESSION), 2, cells, cells), np.float32)
+    flow[:, MOUTH_FIELDS] = mouth_flow[..., cy:cy + cells, cx:cx + cells]
+    if window:
+        flow *= _fade(cy, cells, coarse)[:, None] * _fade(cx, cells, coarse)[None, :]
+    jacobian = warp.field_jacobian(flow, side).astype(np.float32)
     expression = [ms.index(n) for n in ms.EXPRESSION]
 
     ref_place = ms.place(reference.landmarks.numpy())
     a = place.matrix() @ np.linalg.inv(ref_place.matrix())                # ref -> this, [2, 2]
     c = place.offset - a @ ref_place.offset
-    centres = (np.arange(coarse) + 0.5) * (size / coarse) - 0.5
-    gx, gy = np.meshgrid(centres, centres)
-    nodes = np.stack([gx, gy], -1).reshape(-1, 2)                          # [Q, 2]
+    centres = (np.arange(cells) + 0.5) * step - 0.5
+    gx, gy = np.meshgrid(centres + x0, centres + y0)
+    nodes = np.stack([gx, gy], -1).reshape(-1, 2)                          # [Q, 2] frame px
     pulled = torch.from_numpy(((nodes - c) @ np.linalg.inv(a).T).astype(np.float32))
 
     def carry(field: torch.Tensor) -> torch.Tensor:
-        """field [1, C, h, w] looked up at the pulled-back nodes -> [1, C, h, w]."""
-        return warp.sample(field, pulled[None], size).reshape(field.shape)
+        """field [1, C, h, w] looked up at the pulled-back nodes -> [1, C, cells, cells]."""
+        return warp.sample(field, pulled[None], size).reshape(1, -1, cells, cells)
 
     scale = float(np.sqrt(abs(np.linalg.det(a))))
     rotation = torch.from_numpy((a / scale).astype(np.float32))
     depth = carry(reference.depth)                                         # [1, 3, h, w]
     slopes = torch.einsum("ij,njhw->nihw", rotation, depth[:, 1:])         # turned with it
-    image = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float()
+    cut = crop[y0:y0 + side, x0:x0 + side]
+    image = torch.from_numpy(np.ascontiguousarray(cut.transpose(2, 0, 1))).float()
+    shift = np.array([x0, y0], np.float32)
     cos, sin = np.cos(place.angle), np.sin(place.angle)
-    pivot = place.to_image(ms.PIVOT[:2])
-    return Avatar(
+    pivot = place.to_image(ms.PIVOT[:2]) - shift
+    tensors = dict(
         image=image,
-        landmarks=torch.from_numpy(landmarks.astype(np.float32)),
+        landmarks=torch.from_numpy((landmarks - shift).astype(np.float32)),
         landmark_depth=torch.from_numpy((ms.CANONICAL[:, 2] * place.scale).astype(np.float32)),
         basis=torch.from_numpy((basis[expression, :, :2] @ place.matrix().T).astype(np.float32)),
         flow=torch.from_numpy(flow),
@@ -263,8 +310,11 @@ def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray,
         lid_skin=reference.lid_skin,
         smooth_image=image,
         plate=image,
-        matte=_ones(size),
+        matte=_ones(side),
     )
+    if window:
+        return AvatarWindow(size, (x0, y0), **tensors)
+    return Avatar(**tensors)
 
 
 _ONES: dict[int, torch.Tensor] = {}
@@ -299,19 +349,26 @@ class VideoPlayback:
 
     def frames(self, engine, index: np.ndarray, motion: np.ndarray) -> np.ndarray:
         """Frames [N, S, S, 3] uint8 for session frames index [N] with the generated motion
-        [N, D]; engine.render(avatar, motion) draws the ones whose mouth changes."""
+        [N, D]; engine.render(avatar, motion) draws the ones whose mouth changes (the window
+        around the mouth where engine.draws_windows(size))."""
         v = self.avatar
         ticks = [v.tick_at(int(k)) for k in index]
         change = mouth_change(np.asarray(motion, np.float32), v.motion[ticks])
         change[:, POSE] = self.head_motion * np.asarray(motion, np.float32)[:, POSE]
         out = np.empty((len(motion), v.size, v.size, 3), np.uint8)
+        # the head as recorded: only a window around the mouth changes
+        windowed = not change[:, POSE].any() and engine.draws_windows(v.size)
         for k, tick in enumerate(ticks):
             crop = v.tick_crop(tick)
+            out[k] = crop
             if np.abs(change[k]).max() < UNCHANGED:
-                out[k] = crop
                 continue
-            avatar = frame_avatar(v.reference, crop, v.landmarks[tick], v.mouth_flow(tick))
-            out[k] = engine.render(avatar, change[k:k + 1])[0]
+            window = mouth_window(v.landmarks[tick], v.size) if windowed else None
+            avatar = frame_avatar(v.reference, crop, v.landmarks[tick], v.mouth_flow(tick),
+                                  window)
+            drawn = engine.render(avatar, change[k:k + 1])[0]
+            x0, y0 = window or (0, 0)
+            out[k, y0:y0 + drawn.shape[0], x0:x0 + drawn.shape[1]] = drawn
             if v.bank is not None:
                 lips = ms.landmarks(v.landmarks[tick], change[k])[60:68]
                 fill_opening(out[k], lips, v.bank)

@@ -12,6 +12,7 @@ An Engine gives a session
             run on CUDA streams; needs TensorRT 10.14+ or TensorRT-RTX and a CUDA GPU
 """
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 from models.audio import AudioFeatureExtractor, FeatureConfig
 from models.avatar import Avatar
 from models.generator import MotionGenerator, load_motion_model
+
+log = logging.getLogger("server")
 
 ENGINES = ("torch", "onnx", "trt")
 # the bundled checkpoint, unless TALKING_HEAD_CHECKPOINT names another
@@ -61,6 +64,11 @@ class Engine:
         return MotionGenerator(self.motion, self.silence_feature, seed=seed, style=style,
                                sampler=self._sampler())
 
+    def draws_windows(self, size: int) -> bool:
+        """Whether render() takes an AvatarWindow of a `size` frame now (video avatars draw
+        only the window around the mouth: models.video_avatar.mouth_window)."""
+        return True
+
 
 class TorchEngine(Engine):
     name = "torch"
@@ -89,12 +97,14 @@ class OnnxEngine(Engine):
         # one intra-op thread per network, as the torch engine: a session's stages already
         # run in parallel threads
         self.threads = threads
-        self._renderers: dict[int, object] = {}
+        self._renderers: dict[tuple[int, int], object] = {}   # by (size, frame size)
         super().__init__(checkpoint)
         from export.motion import OnnxMotionSampler, cached_motion_export
 
         self._motion_path = cached_motion_export(self.motion, checkpoint)
         self._motion_runner = OnnxMotionSampler(self._motion_path, threads=1)
+        self._window_exports: dict[int, tuple | None] = {}   # size -> running job, or None
+        self._lock = threading.Lock()
 
     def _encoder(self):
         from export.audio_encoder import OnnxEncoder, cached_audio_encoder
@@ -104,13 +114,43 @@ class OnnxEngine(Engine):
     def _sampler(self):
         return self._motion_runner
 
+    def draws_windows(self, size: int) -> bool:
+        """True once the window renderer of this size is cached. The first time it is not,
+        it is exported in a child process (~30 s on 2 cores; export.warm) while sessions go
+        on drawing video frames whole; an export that fails is reported once and not tried
+        again (frames stay whole)."""
+        from export import warm
+
+        with self._lock:
+            if size not in self._window_exports:
+                if warm.window_renderer_ready(size):
+                    return True
+                log.info("exporting the renderer of video avatars' mouth windows (%d px) "
+                         "in the background; video frames are drawn whole until then", size)
+                self._window_exports[size] = warm.start_export(warm.WINDOWS, self.checkpoint,
+                                                              size)
+            job = self._window_exports[size]
+            if job is None:
+                return False
+            outcome = warm.finished(*job)
+            if outcome is None:
+                return False
+            if outcome:
+                log.warning("exporting the window renderer failed; video frames stay whole:"
+                            "\n%s", outcome)
+                self._window_exports[size] = None
+                return False
+            del self._window_exports[size]                 # done: cached from now on
+            return True
+
     def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
         from export.renderer import OnnxRenderer, cached_cpu_renderer_export
 
-        runner = self._renderers.get(avatar.size)
+        shape = (avatar.size, avatar.frame_size)
+        runner = self._renderers.get(shape)
         if runner is None:
             runner = OnnxRenderer(cached_cpu_renderer_export(avatar), threads=self.threads)
-            self._renderers[avatar.size] = runner
+            self._renderers[shape] = runner
         return runner(avatar, np.asarray(motion, np.float32))
 
 
@@ -128,7 +168,7 @@ class TrtEngine(Engine):
             self.target = trt.Target.local()
         except trt.TensorRTUnavailable as e:
             raise EngineError(str(e)) from None
-        self._renderers: dict[int, object] = {}
+        self._renderers: dict[tuple[int, int], object] = {}   # by (size, frame size)
         self._lock = threading.Lock()
         super().__init__(checkpoint)
         from export.motion import cached_motion_export
@@ -146,6 +186,11 @@ class TrtEngine(Engine):
         except (trt.TensorRTUnavailable, RuntimeError) as e:
             raise EngineError(f"TensorRT engine {stem}: {e}") from None
 
+    def draws_windows(self, size: int) -> bool:
+        """No: a window renderer would be one more TensorRT build (minutes, inline), and a GPU
+        draws whole video frames with room to spare."""
+        return False
+
     def _encoder(self):
         from export import trt
         from export.audio_encoder import cached_audio_encoder
@@ -161,13 +206,16 @@ class TrtEngine(Engine):
         from export import trt
         from export.renderer import cached_renderer_export
 
+        shape = (avatar.size, avatar.frame_size)
         with self._lock:                      # one build per working size
-            runner = self._renderers.get(avatar.size)
+            runner = self._renderers.get(shape)
             if runner is None:
+                stem = f"renderer{avatar.size}" + (
+                    "" if avatar.frame_size == avatar.size else f"in{avatar.frame_size}")
                 runner = trt.TrtRenderer(self._runner(
                     cached_renderer_export(avatar), trt.renderer_profile(), fp16=False,
-                    stem=f"renderer{avatar.size}"))
-                self._renderers[avatar.size] = runner
+                    stem=stem))
+                self._renderers[shape] = runner
         return runner(avatar, np.asarray(motion, np.float32))
 
 

@@ -110,3 +110,49 @@ def test_warm_finds_what_the_engine_exported():
     assert missing_exports(DEFAULT_CHECKPOINT, 256) == []
     assert RENDERER in missing_exports(DEFAULT_CHECKPOINT, 320)
     assert NETWORKS not in missing_exports(DEFAULT_CHECKPOINT, 320)
+
+
+def test_window_renderer_is_exported_in_the_background(tmp_path, monkeypatch):
+    """A video avatar's mouth window needs a renderer graph of its own: the first time it is
+    asked for, the onnx engine says "not yet" at once and exports it in a child process (the
+    sessions meanwhile draw whole frames); then it renders windows as torch does."""
+    import time
+
+    from export.renderer import cpu_renderer_path, renderer_export_path
+    from models import motion_space as ms
+    from models.avatar import prepare_avatar
+    from models.render import render
+    from models.video_avatar import WINDOW, frame_avatar
+    from models.whisper_weights import cache_dir
+    from stream.engine import make_engine
+
+    photo = prepare_avatar(size=256)
+    # a cache of its own: everything of the real one but this graph
+    real = cache_dir()
+    (real / "onnx").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    own = cache_dir()
+    (own / "onnx").mkdir(parents=True)
+    for entry in real.iterdir():
+        if entry.name != "onnx":
+            (own / entry.name).symlink_to(entry)
+    window_graphs = {renderer_export_path(WINDOW[256], 256).name,
+                     cpu_renderer_path(WINDOW[256], 256).name}
+    for entry in (real / "onnx").iterdir():
+        if entry.name not in window_graphs:
+            (own / "onnx" / entry.name).symlink_to(entry)
+
+    engine = make_engine("onnx")
+    started = time.monotonic()
+    assert not engine.draws_windows(256)
+    assert time.monotonic() - started < 1.0, "the export must not hold the caller"
+    while not engine.draws_windows(256):
+        assert time.monotonic() - started < 240, "the window renderer was not exported"
+        time.sleep(0.5)
+    assert cpu_renderer_path(WINDOW[256], 256).is_file()
+
+    window = frame_avatar(photo, photo.crop(), photo.landmarks.numpy(), window=(32, 64))
+    motion = np.zeros((2, engine.motion.config.motion_dim), np.float32)
+    motion[:, ms.index("jaw_open")] = (0.3, 0.7)
+    assert np.abs(engine.render(window, motion).astype(int)
+                  - render(window, motion).numpy()).max() <= 3

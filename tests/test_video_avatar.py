@@ -82,6 +82,9 @@ class Renderer:
 
         return render(avatar, motion).numpy()
 
+    def draws_windows(self, size):
+        return True
+
 
 def test_preparation(franck, cache):
     v = franck
@@ -139,6 +142,43 @@ def test_mouth_follows_the_generated_motion(franck):
     other = wanted.copy()
     other[0, [ms.index("head_yaw"), ms.index("blink_left"), ms.index("gaze_x")]] = (20, 1, 1)
     np.testing.assert_array_equal(playback.frames(Renderer(), index, other)[0], opened)
+
+
+def test_mouth_window_draws_what_the_whole_frame_draws(franck):
+    """With the head as recorded only a window around the mouth is drawn and pasted into the
+    crop: it matches drawing the whole frame (the fields fade out at its edges inside the
+    frame, where it meets the crop exactly); a face too large for the window gets None."""
+    from models.render import render
+    from models.video_avatar import WINDOW, mouth_change, mouth_window
+
+    v = franck
+    for tick in (v.turns[0], (v.turns[0] + v.turns[1]) // 2):
+        crop, landmarks, flow = v.tick_crop(tick), v.landmarks[tick], v.mouth_flow(tick)
+        wanted = v.motion[[tick]].copy()
+        wanted[0, [ms.index("jaw_open"), ms.index("mouth_wide")]] = (0.6, 0.3)
+        change = mouth_change(wanted, v.motion[[tick]])
+        whole = render(frame_avatar(v.reference, crop, landmarks, flow), change).numpy()[0]
+        x0, y0 = mouth_window(landmarks, SIZE)
+        drawn = render(frame_avatar(v.reference, crop, landmarks, flow, (x0, y0)),
+                       change).numpy()[0].astype(int)
+        side = WINDOW[SIZE]
+        assert drawn.shape == (side, side, 3)
+        crop, whole = crop.astype(int), whole.astype(int)
+        pasted = crop.copy()
+        pasted[y0:y0 + side, x0:x0 + side] = drawn
+        difference = np.abs(pasted - whole)
+        changed = np.abs(whole - crop).max(-1) > 8
+        assert changed.sum() > 2000                   # the jaw moved a good part of the face
+        assert difference.mean() < 0.1 and np.percentile(difference, 99.9) <= 4
+        assert changed[y0:y0 + side, x0:x0 + side].sum() == changed.sum()
+        edges = [drawn[0] - crop[y0, x0:x0 + side] if y0 > 0 else None,
+                 drawn[:, 0] - crop[y0:y0 + side, x0] if x0 > 0 else None,
+                 drawn[:, -1] - crop[y0:y0 + side, x0 + side - 1] if x0 + side < SIZE else None]
+        for edge in edges:
+            if edge is not None:
+                assert np.abs(edge).max() <= 1, "a seam where the window meets the crop"
+    closer = (v.landmarks[tick] - 128) * 1.6 + 128                       # the face 1.6x wider
+    assert mouth_window(closer, SIZE) is None
 
 
 def test_an_open_recorded_mouth_is_closed(franck):
