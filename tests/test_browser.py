@@ -90,6 +90,8 @@ def test_page_in_headless_chromium(chromium, tmp_path):
             overlay = {k: page.inner_text(f"#stat-{k}")
                        for k in ("fps", "fresh", "latency", "offset", "decoded")}
             stats = page.evaluate("window.talkingHead.stats")
+            sliders = dict(page.evaluate("[...document.querySelectorAll('#styles label')]"
+                                         ".map((l) => [l.firstChild.textContent, l.hidden])"))
             page.click("#speak")                   # local TTS through the websocket
             page.wait_for_function("document.getElementById('message').textContent"
                                    ".startsWith('Speaking')", timeout=20_000)
@@ -105,3 +107,6 @@ def test_page_in_headless_chromium(chromium, tmp_path):
     assert (out / "page.png").stat().st_size > 10_000
     assert stats.get("latencyMs") is not None, f"the overlay has no latency: {stats}"
     assert sessions == 0, "the session outlived the page's disconnect"
+    # the style sliders, and the video avatars' head motion one hidden for a photo
+    assert sliders.pop("video head motion: 0.00") is True, sliders
+    assert sliders and not any(sliders.values()), sliders

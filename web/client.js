@@ -46,6 +46,7 @@ async function requestJSON(url, options = {}) {
 
 async function loadAvatars(select) {
   const avatars = [...(await requestJSON("/avatars")), ...uploaded];
+  app.kinds = Object.fromEntries(avatars.map((a) => [a.id, a.kind]));
   const box = $("avatars");
   box.replaceChildren();
   for (const a of avatars) {
@@ -67,6 +68,7 @@ async function loadAvatars(select) {
 function chooseAvatar(id) {
   app.avatar = id;
   for (const b of $("avatars").children) b.classList.toggle("selected", b.dataset.id === id);
+  showVideoControls();
   if (app.ws && app.ws.readyState === WebSocket.OPEN) send({ type: "avatar", id });
 }
 
@@ -250,25 +252,38 @@ function buildVoices(voices) {
   for (const v of voices || []) select.append(new Option(v, v));
 }
 
+// The model's style controls (0..2, 1 = as trained), and for a video avatar the share of
+// generated head motion added to its recording's (0..1, 0 = the recording's own alone).
 function buildStyles(names) {
   const box = $("styles");
   box.replaceChildren();
   const values = {};
-  for (const name of names || []) {
-    values[name] = 1.0;
-    const label = document.createElement("label");
-    const title = document.createElement("span");
-    const slider = Object.assign(document.createElement("input"),
-      { type: "range", min: "0", max: "2", step: "0.05", value: "1" });
-    title.textContent = `${name.replace(/_/g, " ")}: 1.00`;
-    slider.addEventListener("input", () => {
-      values[name] = Number(slider.value);
-      title.textContent = `${name.replace(/_/g, " ")}: ${values[name].toFixed(2)}`;
-      send({ type: "style", values });
-    });
-    label.append(title, slider);
-    box.append(label);
-  }
+  for (const name of names || []) box.append(slider(name, values, 0, 2, 1));
+  const head = slider("video_head_motion", values, 0, 1, 0);
+  head.classList.add("video-only");
+  box.append(head);
+  showVideoControls();
+}
+
+function slider(name, values, min, max, initial) {
+  values[name] = initial;
+  const label = document.createElement("label");
+  const title = document.createElement("span");
+  const input = Object.assign(document.createElement("input"),
+    { type: "range", min: String(min), max: String(max), step: "0.05", value: String(initial) });
+  title.textContent = `${name.replace(/_/g, " ")}: ${initial.toFixed(2)}`;
+  input.addEventListener("input", () => {
+    values[name] = Number(input.value);
+    title.textContent = `${name.replace(/_/g, " ")}: ${values[name].toFixed(2)}`;
+    send({ type: "style", values });
+  });
+  label.append(title, input);
+  return label;
+}
+
+function showVideoControls() {
+  const video = (app.kinds || {})[app.avatar] === "video";
+  for (const e of document.querySelectorAll(".video-only")) e.hidden = !video;
 }
 
 async function playFile(file) {
