@@ -11,10 +11,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# The last install: the voice-agent plugins (integrations/; the server never imports them,
-# tests/test_pipecat.py and tests/test_livekit.py do). pipecat-ai 1.14 moves protobuf 7 -> 6.33
-# and soxr 1.1 -> 1.0, both within what onnx, onnxruntime and this project ask for;
-# livekit-agents 1.8 only adds packages.
+# '.[ray]': Ray Serve for `server.py --ray` (the server imports it only then;
+# tests/test_ray_serve.py runs a real local cluster). The last install: the voice-agent
+# plugins (integrations/; the server never imports them, tests/test_pipecat.py and
+# tests/test_livekit.py do). pipecat-ai 1.14 moves protobuf 7 -> 6.33 and soxr 1.1 -> 1.0,
+# both within what onnx, onnxruntime and this project ask for; livekit-agents 1.8 only adds
+# packages.
 $(STAMP): pyproject.toml integrations/client/pyproject.toml integrations/pipecat/pyproject.toml \
 		integrations/livekit/pyproject.toml Makefile
 	$(MAKE) system-packages
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml integrations/client/pyproject.toml integrations/pipecat
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps openai-whisper==20250625
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	$(PY) -m pip install --quiet -e integrations/client -e 'integrations/pipecat[webrtc]' \
 		-e integrations/livekit
 	touch $(STAMP)

@@ -3,12 +3,17 @@
     python server.py [--engine torch|onnx|trt] [--device cpu|cuda] [--avatar IMG|VIDEO]
                      [--host 127.0.0.1] [--port 8080] [--token TOKEN] [--size 512|256]
                      [--checkpoint CKPT] [--threads N] [limits: see --help]
+    python server.py --ray [--replicas N | --autoscale MIN:MAX] [--ray-address auto] ...
 
 Access: the server listens on 127.0.0.1 unless told otherwise. On any other address it
 requires an access token (--token or $TALKING_HEAD_TOKEN; without one it makes one and
 prints it), sent as "Authorization: Bearer TOKEN" or "?token=TOKEN" on every route except
 the page itself (GET / and /static/: the same files for everyone, no data; the page passes
 the token from its own URL on to every request it makes).
+
+With --ray the same API is served from Ray Serve replicas, each one engine with up to
+--max-sessions sessions; a session stays on the replica that started it (serve/ray_app.py).
+Without it Ray is never imported.
 
 This file is the entry point: flags, the engine, the bundled avatars, then the app. The
 request path lives in serve/: the HTTP API and its route table in serve/routes.py, the
@@ -34,28 +39,22 @@ import secrets
 import sys
 import threading
 from dataclasses import fields
-from pathlib import Path
 
-import numpy as np
-import torch
 from aiohttp import web
 
-from export.warm import ExportError, warm_onnx
-from models.face import PortraitError
-from models.video_avatar import VideoAvatar
-from serve.avatars import BUNDLED_AVATARS
 from serve.http import QuietBadHttp
 from serve.limits import Limits, check_limits, limit_flags
-from serve.preparation import prepare_default, prepare_photo
 from serve.routes import make_app
-from serve.sessions import SESSION_THREADS, Server
-from stream.engine import DEFAULT_CHECKPOINT, ENGINES, EngineError, default_engine, make_engine
+from serve.sessions import SESSION_THREADS
+from serve.startup import STARTUP_ERRORS, build_server
+from stream.engine import DEFAULT_CHECKPOINT, ENGINES
 from stream.webrtc import is_loopback, use_loopback_for_media
 
 log = logging.getLogger("server")
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The server's flags (serve/ray_app.application reads their defaults too)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", choices=ENGINES,
                         help="how the networks run (default: onnx on cpu, torch on cuda)")
@@ -83,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="tests only: accept {\"type\": \"fault\"} websocket messages that "
                              "break one session on purpose (loopback only)")
     parser.add_argument("--verbose", action="store_true")
+    ray_flags(parser)
     limit_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -100,30 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         token = secrets.token_urlsafe(24)
     if args.fault_injection and not loopback:
         parser.error("--fault-injection is for tests on a loopback address only")
+    if not args.ray and (args.replicas or args.autoscale or args.ray_address):
+        parser.error("--replicas, --autoscale and --ray-address go with --ray")
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.ray:                        # the same API from Ray Serve replicas
+        from serve.ray_app import serve_on_ray  # Ray is imported only here
+
+        return serve_on_ray(args, limits, token)
     try:
-        default = None
-        if args.avatar:                 # first: a bad one is said before the engine loads
-            default = prepare_default(args.avatar, args.size, limits)
-        engine_name = args.engine or default_engine(args.device)
-        if engine_name == "onnx":       # a first start exports the networks: say so, in parallel
-            warm_onnx(args.checkpoint, args.size, say=lambda line: print(line, flush=True))
-        engine = make_engine(engine_name, args.checkpoint, args.device)
-        server = Server(engine, args.size, limits, token=token,
-                        fault_injection=args.fault_injection)
-        for avatar_id, path in BUNDLED_AVATARS.items():
-            server.avatars.add(avatar_id, avatar_id.replace("_", " "),
-                               prepare_photo(path, args.size), bundled=True)
-        if default is not None:
-            server.avatars.add("default", Path(args.avatar).stem, default, bundled=True)
-            server.avatars.default = "default"
-        # warm up (the onnx engine exports its renderer on first use): no first-session stall
-        avatar = server.avatars.entries[server.avatars.default].avatar
-        engine.render(avatar.reference if isinstance(avatar, VideoAvatar) else avatar,
-                      np.zeros((2, engine.motion.config.motion_dim), np.float32))
-    except (EngineError, PortraitError, OSError, ExportError) as e:
+        server = build_server(args, limits, token)
+    except STARTUP_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -131,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if loopback:
         use_loopback_for_media()
-    print(f"serving http://{args.host}:{args.port} ({engine.name} engine, {args.size} px, "
+    print(f"serving http://{args.host}:{args.port} ({server.engine.name} engine, {args.size} px, "
           f"up to {limits.max_sessions} sessions)", flush=True)
     if made_token:
         print(f"access token required (listening on {args.host}, not loopback); this run's "
@@ -155,6 +146,32 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()                 # it could crash in (native thread pools)
         os._exit(0)
     return 0
+
+
+def ray_flags(parser: argparse.ArgumentParser) -> None:
+    """Serving from Ray Serve replicas (serve/ray_app.py); every other flag keeps its meaning,
+    per replica."""
+    group = parser.add_argument_group("Ray Serve (pip install '.[ray]')")
+    group.add_argument("--ray", action="store_true",
+                       help="serve the same API from Ray Serve replicas, each one engine with "
+                            "up to --max-sessions sessions")
+    group.add_argument("--replicas", type=int, help="replicas, fixed (default 1)")
+    group.add_argument("--autoscale", metavar="MIN:MAX", type=replica_range,
+                       help="between MIN and MAX replicas, by sessions per replica; a "
+                            "replica is removed only once its sessions have ended")
+    group.add_argument("--ray-address", help="an existing cluster ('auto': the one `ray "
+                                             "start` made here; default: start one here)")
+    group.add_argument("--ray-cpus", type=int,
+                       help="CPUs of the cluster started here (default: this machine's)")
+    group.add_argument("--replica-cpus", type=float, default=1.0,
+                       help="CPUs reserved per replica (default 1)")
+
+
+def replica_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    if not (sep and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:MAX with 1 <= MIN <= MAX")
+    return int(low), int(high)
 
 
 if __name__ == "__main__":

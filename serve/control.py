@@ -17,7 +17,8 @@
       {"type": "stats", "fps", "slots_per_second", "latency_ms", "queued_seconds",
        "hearing_speech", ...}                    once a second
       {"type": "error", "fatal": true, "message": "..."}   the session failed; it ends
-    The server closes with 4404 (no such session), 1001 (session ended), 1008 (20 refused
+    The server closes with 4404 (no such session), 4410 (on Ray: the
+    replica that held the session is gone), 1001 (session ended), 1008 (20 refused
     messages in a row), 1009 (a message over --max-ws-message), 1011 (the session failed),
     1013 (too many websockets on the session). A client that stops reading is dropped.
 """
@@ -64,8 +65,9 @@ async def serve_channel(request, make_channel):
         raise ClientError(400, "this is a websocket endpoint")
     await ws.prepare(request)
     live = server.sessions.get(request.match_info["id"])
-    if live is None or live.closed:
-        await ws.close(code=4404, message=b"no such session (it ended or never existed)")
+    if live is None or live.closed:       # 4404 (no such session), 4410 (its replica is gone)
+        missing = server.ids.missing(request.match_info["id"])
+        await ws.close(code=4000 + missing.status, message=str(missing).encode())
         return ws
     if len(live.channels) >= limits.max_sockets_per_session:
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER,

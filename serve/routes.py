@@ -166,7 +166,7 @@ async def health(request):
                               "sessions": len(server.sessions),
                               "max_sessions": server.max_sessions, "engine": server.engine.name,
                               "size": server.size, "avatars": len(server.avatars.bundled),
-                              **process_stats()})
+                              **process_stats(), **server.ids.health()})
 
 
 async def metrics(request):
@@ -179,5 +179,19 @@ async def metrics(request):
                 "video_avatars_preparing": len(server.avatars.preparing), **process_stats()},
         labelled={"session_fps": {k: round(v[0], 2) for k, v in rates.items()},
                   "session_slots_per_second": {k: round(v[1], 2) for k, v in rates.items()}})
+    if server.ids.label:                     # a Ray replica: every sample says which one
+        text = with_label(text, "replica", server.ids.label)
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Version": "0.0.4"})
+
+
+def with_label(text: str, name: str, value: str) -> str:
+    """Prometheus text with the label name="value" added to every sample."""
+    out = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            metric, rest = line.split(" ", 1)
+            base, brace, labels = metric.partition("{")          # labels: 'le="0.1"}'
+            line = f'{base}{{{name}="{value}"{"," + labels if brace else "}"} {rest}'
+        out.append(line)
+    return "\n".join(out) + "\n"

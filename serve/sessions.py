@@ -66,13 +66,37 @@ class LiveSession:
     media_left: float | None = None                  # ... when that websocket last closed
 
 
+class SessionIds:
+    """How a server names its sessions and what it answers for an id it does not hold.
+    Here: a random secret, and 404. On Ray each replica names its sessions so that the
+    id itself says which replica holds it (serve/ray_sessions.py)."""
+
+    label = None                       # names this server in metrics (a Ray replica's id)
+
+    def new(self) -> str:
+        return secrets.token_urlsafe(16)
+
+    def missing(self, session_id: str) -> ClientError:
+        return ClientError(404, "no session with this id (it ended or never existed)")
+
+    def full(self, max_sessions: int) -> str:
+        return (f"the server is full: {max_sessions} sessions at once (--max-sessions); try "
+                "again later")
+
+    def health(self) -> dict:
+        """What GET /health adds: nothing here; a Ray replica's id and process."""
+        return {}
+
+
 class Server:
     """One process's sessions on one shared engine, its avatars and metrics: what every
     handler reaches through its app (serve.http.server_of)."""
 
     def __init__(self, engine: Engine, size: int, limits: Limits | None = None,
-                 token: str | None = None, fault_injection: bool = False):
+                 token: str | None = None, fault_injection: bool = False,
+                 ids: SessionIds | None = None):
         self.engine, self.size = engine, size
+        self.ids = ids or SessionIds()
         self.limits = limits or Limits()
         self.token, self.fault_injection = token, fault_injection
         self.sessions: dict[str, LiveSession] = {}
@@ -93,7 +117,7 @@ class Server:
     def live(self, session_id: str) -> LiveSession:
         live = self.sessions.get(session_id)
         if live is None:
-            raise ClientError(404, "no session with this id (it ended or never existed)")
+            raise self.ids.missing(session_id)
         return live
 
     def _admit(self) -> None:
@@ -101,8 +125,7 @@ class Server:
             raise ClientError(503, "the server is stopping")
         if len(self.sessions) + self.starting >= self.max_sessions:
             self.metrics.count("sessions_rejected_total")
-            raise ClientError(503, f"the server is full: {self.max_sessions} sessions at once "
-                                   "(--max-sessions); try again later")
+            raise ClientError(503, self.ids.full(self.max_sessions))
 
     def _started(self, live: LiveSession, avatar: AvatarEntry) -> None:
         self.sessions[live.id] = live
@@ -124,7 +147,7 @@ class Server:
             feed = AudioFeed(session, max_queued_seconds=self.limits.max_queued_seconds)
             clock = MediaClock(session, feed, loop)
             self.serial += 1
-            live = LiveSession(secrets.token_urlsafe(16), f"s{self.serial}", pc, session, feed,
+            live = LiveSession(self.ids.new(), f"s{self.serial}", pc, session, feed,
                                clock, avatar.id)
             receive_tracks(live, remote_tracks)
             self._watch_connection(live)
@@ -153,7 +176,7 @@ class Server:
             make_clock = FastClock if options["pacing"] == "fast" else HeadlessClock
             clock = make_clock(session, feed, loop, rate=options["rate"])
             self.serial += 1
-            live = LiveSession(secrets.token_urlsafe(16), f"s{self.serial}", None, session,
+            live = LiveSession(self.ids.new(), f"s{self.serial}", None, session,
                                feed, clock, avatar.id, headless=options)
         except BaseException:
             if session is not None:

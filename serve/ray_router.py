@@ -1,0 +1,59 @@
+"""The deployment's request router: a session's requests to the replica that holds it, a new
+session to the replica with the most free room.
+
+Ray Serve's own routers balance requests, not sessions: a session's websocket could land on
+a replica that never heard of it. This one (a RequestRouter, Ray's alpha API; it runs in every
+proxy and handle) reads the request's session id (the proxy copied it from the path:
+serve/ray_proxy.py):
+- an id: its replica, named in the id itself (serve/ray_sessions.py). When that replica is not
+  running, any replica: it answers 410 (the session ended with its replica) or 404 (forged);
+  never another replica's session, since each replica looks up only its own.
+- "new" (POST /offer, POST /sessions) or none: replicas in order of free room. Room is what
+  each replica last reported (record_routing_stats: sessions, starting, max, stopping; about
+  once a second) less the sessions this router sent it since, so that sessions started back
+  to back spread out before the next report. A replica that is stopping (draining before it
+  is removed) comes last. A full deployment: the emptiest replica answers 503 itself.
+"""
+
+import math
+import time
+from collections import defaultdict, deque
+
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+from serve.ray_sessions import NEW_SESSION, owner
+
+RECENT_SECONDS = 10.0          # sessions sent to a replica are counted until it reports them
+UNREPORTED_ROOM = 10**6        # the room of a replica that has not reported yet
+
+
+class SessionRouter(RequestRouter):
+    def initialize_state(self, **kwargs):
+        self.sent: dict[str, deque] = defaultdict(deque)   # replica -> times a session sent
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None
+                              ) -> list[list[RunningReplica]]:
+        session = pending_request.metadata.session_id if pending_request else ""
+        if session and session != NEW_SESSION:
+            replica = owner(session)
+            for r in candidate_replicas:
+                if r.replica_id.unique_id == replica:
+                    return [[r]]
+        ranked = sorted(candidate_replicas, key=self.room, reverse=True)
+        if session == NEW_SESSION and ranked:
+            self.sent[ranked[0].replica_id.unique_id].append(time.time())
+        return [[r] for r in ranked]
+
+    def room(self, replica: RunningReplica) -> float:
+        """Sessions the replica can still take, as far as this router knows."""
+        stats = replica.routing_stats or {}
+        if stats.get("stopping"):
+            return -math.inf
+        sent = self.sent[replica.replica_id.unique_id]
+        while sent and (sent[0] <= stats.get("time", 0.0)
+                        or sent[0] < time.time() - RECENT_SECONDS):
+            sent.popleft()                      # reported by now (or long ago)
+        if "max" not in stats:                  # not reported yet: a fresh replica, empty
+            return UNREPORTED_ROOM - len(sent)
+        return stats["max"] - stats["sessions"] - stats["starting"] - len(sent)

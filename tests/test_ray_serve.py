@@ -1,0 +1,277 @@
+"""`server.py --ray` on a real local Ray cluster, over loopback: two replicas, two WebRTC
+sessions, one replica killed.
+
+The server process (`python server.py --ray --replicas 2`, 256 px, 2 sessions per replica)
+starts its own single-node cluster on 127.0.0.1 (2 logical CPUs, no dashboard) and takes it
+down when it stops; every process of the cluster is a descendant of it, and whatever is still
+running at the end (a failed test, a stuck shutdown) is killed by pid. Clients are this
+process's aiortc peers (benchmarks/webrtc_client.py), offering only 127.0.0.1.
+
+Shown: a session on each replica (the session id names its replica), each decoding about
+25 fps with a mouth that moves while the microphone speaks; every websocket of a session
+lands on its owner (its "ready" names the session: only the owner knows it); one replica
+killed (SIGKILL, a crash): its session's websocket closes with 4410 and a reason within 2 s,
+the other session streams on without a gap over 200 ms, a new session starts within 10 s (on
+the replica left), and once that one is full the next goes to the replacement; a full
+deployment answers 503; the dead replica's ids answer 410, a forged id 404, a replica that is
+not running 410.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import webrtc_client
+from benchmarks.webrtc_client import Client, http_session, mouth_box, speech_clip, wav_microphone
+
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[ray]'")
+
+from serve.ray_sessions import owner  # noqa: E402  (needs no Ray; after the skip all the same)
+
+OUT = Path(os.environ.get("TEST_OUTPUT_DIR", webrtc_client.ROOT / "out" / "tests"))
+SIZE = 256
+STREAM_SECONDS = 7.0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` now (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_server():
+    from tests.test_server import checkpoint
+
+    server = webrtc_client.start_server(
+        OUT / "ray_server.log", "--ray", "--replicas", "2", "--ray-cpus", "2",
+        "--size", str(SIZE), "--checkpoint", str(checkpoint()), "--max-sessions", "2",
+        "--peer-timeout", "5", "--verbose", timeout=240.0)
+    try:
+        deadline = time.monotonic() + 120.0    # /health answers once one replica is up; the
+        while "serving http" not in server.log.read_text(errors="replace"):     # both: this
+            assert time.monotonic() < deadline and server.process.poll() is None, \
+                server.log_tail()
+            time.sleep(0.3)
+        yield server
+    finally:
+        cluster = descendants(server.process.pid)
+        server.stop()
+        time.sleep(1.0)
+        left = [pid for pid in cluster if Path(f"/proc/{pid}").exists()]
+        for pid in left:                    # a shutdown that did not finish: no leftovers
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        assert not left, f"Ray processes left after the server stopped: {left}"
+
+
+def mouth_signal(client: Client, avatar_box) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival time, contrast around the inner lips) of every received picture."""
+    rows, cols = avatar_box
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    times = np.array([t for t, _, _ in client.video])
+    signal_ = np.array([(f.to_ndarray(format="rgb24")[rows, cols].astype(np.float32)
+                         @ weights).std() for _, f, _ in client.video])
+    return times, signal_
+
+
+def mouth_change(times, signal_, start, end) -> float:
+    inside = (times >= start) & (times <= end)
+    both = inside[1:] & inside[:-1]
+    return float(np.abs(np.diff(signal_))[both].mean())
+
+
+async def ready_of(http, url: str, session: str) -> dict:
+    """The first message of a websocket of `session` (its "ready" names the session)."""
+    async with http.ws_connect(f"{url}/ws/{session}") as ws:
+        msg = await ws.receive(timeout=10)
+        return json.loads(msg.data) if msg.type.name == "TEXT" else {"closed": ws.close_code}
+
+
+async def media_slots(http, url: str, session: str, count: int) -> list[dict]:
+    """The headers of the first `count` slots of a headless session's media websocket."""
+    headers = []
+    async with http.ws_connect(f"{url}/sessions/{session}/media") as ws:
+        while len(headers) < count:
+            msg = await ws.receive(timeout=10)
+            if msg.type.name == "BINARY":
+                size = int.from_bytes(msg.data[:4], "little")
+                headers.append(json.loads(msg.data[4:4 + size]))
+            elif msg.type.name != "TEXT":
+                break
+    return headers
+
+
+async def new_session(http, url: str, deadline: float) -> Client:
+    """A WebRTC session, asked for again while the deployment is full (503) until
+    `deadline` (perf_counter)."""
+    while True:
+        client = Client(url)
+        try:
+            await client.connect(http)
+            return client
+        except webrtc_client.Refused as e:
+            await client.close()
+            if e.status != 503 or time.perf_counter() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def watch_close(http, url: str, session: str, closes: dict) -> None:
+    """Hold a websocket of `session` open; note when and how it closes."""
+    async with http.ws_connect(f"{url}/ws/{session}") as ws:
+        while True:
+            msg = await ws.receive()
+            if msg.type.name in ("CLOSE", "CLOSING", "CLOSED", "ERROR"):
+                break
+        closes[session] = (time.perf_counter(), ws.close_code,
+                           msg.extra if msg.type.name == "CLOSE" else None)
+
+
+def test_the_default_server_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, server; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=webrtc_client.ROOT, check=True)
+
+
+def test_two_replicas_affinity_and_a_replica_lost(ray_server):
+    from models.avatar import prepare_avatar
+
+    url = ray_server.url
+    clip = speech_clip()
+    box = mouth_box(prepare_avatar(size=SIZE))
+
+    async def run():
+        async with await http_session() as http:
+            a = Client(url, microphone=wav_microphone(clip.audio))
+            b = Client(url, microphone=wav_microphone(clip.audio))
+            await a.connect(http)
+            await b.connect(http)
+            readies = [await ready_of(http, url, s) for s in (a.session, b.session) * 2]
+            full = []                        # fill both replicas: the next one is refused
+            for _ in range(3):
+                async with http.post(f"{url}/sessions", json={}) as r:
+                    full.append((r.status, await r.json()))
+            headless_slots = await media_slots(http, url, full[0][1]["session"], 5)
+            for status, reply in full:
+                if status == 200:
+                    await http.delete(f"{url}/sessions/{reply['session']}")
+            closes: dict = {}
+            watchers = [asyncio.ensure_future(watch_close(http, url, c.session, closes))
+                        for c in (a, b)]
+            await a.wait_for_video()
+            await b.wait_for_video()
+            await asyncio.sleep(STREAM_SECONDS)
+            fps = {"a": a.fps(STREAM_SECONDS - 1), "b": b.fps(STREAM_SECONDS - 1)}
+
+            replica_a = owner(a.session)
+            async with http.get(f"{url}/replicas/{replica_a}/health") as r:
+                health_a = await r.json()
+            killed = time.perf_counter()
+            os.kill(health_a["pid"], signal.SIGKILL)        # a crash, not a clean stop
+            await asyncio.sleep(1.0)
+            c = await new_session(http, url, killed + 10.0)      # on the replica left
+            await c.wait_for_video(timeout=10)
+            new_session_s = time.perf_counter() - killed
+            d = await new_session(http, url, killed + 40.0)      # that one is full: waits
+            await d.wait_for_video(timeout=10)                   # for the replacement
+            replacement_s = time.perf_counter() - killed
+
+            bad = {}
+            for name, session in (("dead replica", a.session), ("forged", "forged-id"),
+                                  ("forged replica", "zz99zz99.12345678.secret")):
+                async with http.delete(f"{url}/sessions/{session}") as r:
+                    bad[name] = (r.status, (await r.json())["error"])
+                bad[name + " ws"] = (await ready_of(http, url, session)).get("closed")
+            async with http.get(f"{url}/replicas/{replica_a}/health") as r:
+                bad["dead replica health"] = (r.status, (await r.json())["error"])
+            for client in (a, b, c, d):
+                await client.close()
+            for w in watchers:
+                w.cancel()
+        return (a, b, c, d, readies, full, headless_slots, closes, fps, killed, new_session_s,
+                replacement_s, bad, health_a)
+
+    (a, b, c, d, readies, full, headless_slots, closes, fps, killed, new_session_s,
+     replacement_s, bad, health_a) = asyncio.run(run())
+
+    # one session on each replica; every websocket on its owner
+    assert owner(a.session) != owner(b.session), (a.session, b.session)
+    assert [r.get("session") for r in readies] == [a.session, b.session] * 2, readies
+    assert health_a["replica"] == owner(a.session), health_a
+    # a full deployment: 503 and why
+    assert [status for status, _ in full] == [200, 200, 503], full
+    assert "full" in full[2][1]["error"], full
+    # a headless session's media websocket through the proxy: whole slots, in order
+    assert [h["slot"] for h in headless_slots] == list(range(5)), headless_slots
+    assert {owner(full[0][1]["session"]), owner(full[1][1]["session"])} == {
+        owner(a.session), owner(b.session)}, full
+
+    # both streamed at about 25 fps, the mouth moving with the speech
+    first, last = clip.utterances[0]
+    mouths = {}
+    for name, client in (("a", a), ("b", b)):
+        times, signal_ = mouth_signal(client, box)
+        times = times[times < killed]
+        signal_ = signal_[:times.size]
+        sent = client.microphone.started
+        mouths[name] = (mouth_change(times, signal_, sent + first + 0.4, sent + last),
+                        mouth_change(times, signal_, times[0], sent + first + 0.1))
+    # the killed replica's session: closed with a code and a reason, at once
+    closed_at, code, reason = closes.get(a.session, (None, None, None))
+    # the other session: no gap
+    t_b = np.array([t for t, _, _ in b.video])
+    around = t_b[(t_b > killed - 1.0) & (t_b < killed + 5.0)]
+    gap = float(np.diff(around).max()) if around.size > 1 else float("inf")
+    result = {"fps": {k: round(v, 1) for k, v in fps.items()},
+              "mouth_change_speech_vs_idle": {k: [round(x, 3) for x in v]
+                                              for k, v in mouths.items()},
+              "close_after_kill_s": None if closed_at is None else round(closed_at - killed, 3),
+              "close_code": code, "close_reason": reason,
+              "other_session_max_gap_ms": round(1000 * gap),
+              "new_session_after_kill_s": round(new_session_s, 2),
+              "session_on_replacement_after_kill_s": round(replacement_s, 2),
+              "full": full[2], "bad_input": bad}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "ray_serve.json").write_text(json.dumps(result, indent=2))
+    print(f"\nray_serve: {json.dumps(result)}")
+
+    for name, value in fps.items():
+        assert value >= 22.0, f"session {name} decoded too few frames: {result}"
+    for name, (speech, idle) in mouths.items():
+        assert speech > 1.5 * idle, f"session {name}: the mouth does not move: {result}"
+    assert code == 4410 and reason, f"no clear close for the lost replica's session: {result}"
+    assert closed_at - killed < 2.0, result
+    assert b.session not in closes, f"the other session was closed: {result}"
+    assert gap < 0.2, f"the other session stalled when a replica died: {result}"
+    assert new_session_s < 10.0, result
+    assert owner(c.session) == owner(b.session), result
+    assert owner(d.session) not in (owner(a.session), owner(b.session)), result
+    assert bad["dead replica"][0] == 410 and "gone" in bad["dead replica"][1], result
+    assert bad["dead replica ws"] == 4410, result
+    assert bad["forged"][0] == 404 and bad["forged ws"] == 4404, result
+    assert bad["forged replica"][0] == 404 and bad["forged replica ws"] == 4404, result
+    assert bad["dead replica health"][0] == 410, result
