@@ -104,6 +104,7 @@ class OnnxEngine(Engine):
         self._motion_path = cached_motion_export(self.motion, checkpoint)
         self._motion_runner = OnnxMotionSampler(self._motion_path, threads=1)
         self._window_exports: dict[int, tuple | None] = {}   # size -> running job, or None
+        self._windows_ready: set[int] = set()
         self._lock = threading.Lock()
 
     def _encoder(self):
@@ -122,8 +123,11 @@ class OnnxEngine(Engine):
         from export import warm
 
         with self._lock:
+            if size in self._windows_ready:
+                return True
             if size not in self._window_exports:
                 if warm.window_renderer_ready(size):
+                    self._windows_ready.add(size)
                     return True
                 log.info("exporting the renderer of video avatars' mouth windows (%d px) "
                          "in the background; video frames are drawn whole until then", size)
@@ -141,6 +145,7 @@ class OnnxEngine(Engine):
                 self._window_exports[size] = None
                 return False
             del self._window_exports[size]                 # done: cached from now on
+            self._windows_ready.add(size)
             return True
 
     def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
