@@ -27,7 +27,8 @@ in-process (default)
     server stamped with the same sender time (RTP timestamps + RTCP sender reports: how a
     WebRTC player pairs them); which microphone audio that sound is comes from
     cross-correlating the received and the sent sound per utterance (5 ms grid), so
-    latencies are measured where there is speech.
+    latencies are measured where there is speech. Where each millisecond of it goes,
+    stage by stage, in this client and in Chromium: benchmarks/webrtc_budget.py.
 
 Definitions (per session; the JSON's top level pools or takes the worst session)
     first_frame_ms    first audio sample in (its packet pushed / handed to aiortc) -> the
@@ -343,12 +344,13 @@ def offline_fps(engine, avatar, audio: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- WebRTC
 
-async def _webrtc_session_run(url: str, clip, streams: int, codec: str, tail: float, pid: int):
+async def _webrtc_session_run(url: str, clip, streams: int, codec: str, tail: float, pid: int,
+                              trace: bool = False):
     from benchmarks.webrtc_client import Client, http_session, process_usage, wav_microphone
 
     async with await http_session() as http:
         clients = [Client(url, microphone=wav_microphone(clip.audio), codec=codec,
-                          keep_frames=False) for _ in range(streams)]
+                          keep_frames=False, trace=trace) for _ in range(streams)]
         try:
             await asyncio.gather(*(c.connect(http) for c in clients))
             watchers = [asyncio.ensure_future(c.watch_stats(http)) for c in clients]
@@ -370,16 +372,21 @@ async def _webrtc_session_run(url: str, clip, streams: int, codec: str, tail: fl
             await asyncio.gather(*(c.close() for c in clients))
     rows = [client_summary(c, clip, c.microphone.started,
                            c.microphone.started + clip.audio.size / RATE) for c in clients]
-    return {"sessions": rows, "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
-            "peak_memory_mb": round(peak),
-            "client_cpu_percent": round(100 * client_cpu / wall, 1),
-            "client_peak_memory_mb": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    out = {"sessions": rows, "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+           "peak_memory_mb": round(peak),
+           "client_cpu_percent": round(100 * client_cpu / wall, 1),
+           "client_peak_memory_mb": round(
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if trace:
+        out["clients"] = clients
+    return out
 
 
 def run_webrtc(url: str, pid: int, clip, streams: int, codec: str = "h264",
-               tail: float = 1.5) -> dict:
-    return asyncio.run(_webrtc_session_run(url, clip, streams, codec, tail, pid))
+               tail: float = 1.5, trace: bool = False) -> dict:
+    """The --webrtc run; `trace`: the clients keep every packet's and frame's times and
+    come back as "clients" (benchmarks/webrtc_budget.py reads them)."""
+    return asyncio.run(_webrtc_session_run(url, clip, streams, codec, tail, pid, trace))
 
 
 def client_summary(client, clip, started: float, ended: float) -> dict:

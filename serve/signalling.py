@@ -19,6 +19,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from models.audio_io import AudioInputError
 from serve.http import ClientError, read_json, server_of, short
+from stream.webrtc import receive_promptly
 
 log = logging.getLogger("server")
 
@@ -97,6 +98,9 @@ def receive_tracks(live, remote_tracks: list) -> None:
     a camera drained (not used)."""
     for track in remote_tracks:
         if track.kind == "audio":
+            for receiver in live.pc.getReceivers():
+                if receiver.track is track:
+                    receive_promptly(receiver)       # no 80 ms hold before the session
             live.tasks.append(asyncio.ensure_future(microphone(track, live)))
         else:                                 # a camera is not used: drain it
             sink = MediaBlackhole()

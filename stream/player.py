@@ -47,6 +47,12 @@ class Player:
         self.waiting: Frame | None = None
         self.stats = PlayerStats()
 
+    def first_frame(self) -> Frame | None:
+        """Before the clock starts: the first frame, if one is ready (kept for its slot)."""
+        if self.waiting is None:
+            self.waiting = self._take()
+        return self.waiting
+
     def due(self, now: float) -> int:
         """Slots due by `now` (0 before the first frame)."""
         if self.start is None:

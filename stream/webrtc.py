@@ -16,6 +16,14 @@ VideoStreamTrack would pace video at 30 fps on a clock of its own). When compute
 the Player repeats the last picture and the sound goes on; a sender that falls behind loses
 its oldest frames (counted), never the clock.
 
+Output delay: slot 0 is due the start margin after the first frame was rendered (beyond the
+head start of its shorter chunk): 80 ms until this process has measured what its frames need
+(ComputeJitter: the most any recent frame needed, + 15 ms, 30-80 ms). The 20 ms ticks are
+moved to fall just after slots are due, so a slot leaves when due, not up to a tick later.
+Per-slot times (audio in, rendered, due, out, taken by the sender) are kept for the latency
+budget (trace(); written to $TALKING_HEAD_TRACE_DIR at stop: benchmarks/webrtc_budget.py).
+PromptAudioBuffer/receive_promptly: a received microphone without aiortc's 80 ms hold.
+
 Keeping lips and sound together: the Player fixes the output delay from the first frame,
 which comes from a short first chunk (and a barge-in restarts the timeline at the playing
 position), so later frames can be due before they are rendered. When most frames of the last
@@ -44,7 +52,9 @@ with silence as long as the output delay, so new speech keeps lips and sound tog
 
 import asyncio
 import ipaddress
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -54,6 +64,7 @@ import aioice.ice
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from stream.player import FPS, Player
@@ -79,7 +90,15 @@ RESYNC_IN_SPEECH_SECONDS = 0.4         # lateness that cannot wait for a pause i
 MAX_RESYNC_SECONDS = 1.0               # largest single delay step
 MAX_ADDED_DELAY_SECONDS = 1.5          # most delay added in all (net of silence skipped)
 FULL_RATE = 0.95 * 25                  # frames per second that count as keeping up
-START_MARGIN_SECONDS = 0.08            # first frame -> its slot, beyond the chunk difference
+START_MARGIN_SECONDS = 0.08            # first frame -> its slot, beyond the chunk difference,
+#                                        until this process has measured its compute jitter
+MIN_START_MARGIN_SECONDS = 0.03        # ... the least it may then be
+JITTER_SAFETY_SECONDS = 0.015          # ... added to the most that frames needed
+JITTER_FRAMES = 25 * 60                # frames of the last sessions the estimate looks at
+JITTER_MIN_FRAMES = 25 * 4             # ... and the fewest it trusts
+TICK_LEAD_SECONDS = 0.001              # a tick falls this long after a slot is due
+TRACE_SLOTS = 25 * 600                 # per-slot timings kept (10 minutes)
+TRACE_DIR_ENV = "TALKING_HEAD_TRACE_DIR"   # set: each clock writes its timings there at stop
 
 
 def is_loopback(host: str) -> bool:
@@ -87,6 +106,38 @@ def is_loopback(host: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class PromptAudioBuffer:
+    """A received microphone's jitter buffer that lets every packet go as it comes.
+
+    aiortc's audio receiver holds each 20 ms packet until four more have come (prefetch 4:
+    80 ms, measured 80-85 ms by benchmarks.webrtc_budget's client-side twin) before it is
+    decoded. A session does not need that: its audio timeline already absorbs late and
+    bunched audio (Session's jitter allowance, fed at the media clock's tick), so the hold is
+    latency for nothing: it sits in front of every frame. Each Opus packet is a whole frame;
+    one older than the newest already let go (late or repeated) is dropped, a 20 ms gap."""
+
+    capacity = 1
+
+    def __init__(self):
+        self._newest: int | None = None
+
+    def add(self, packet) -> tuple[bool, JitterFrame | None]:
+        step = (packet.sequence_number - (self._newest or 0)) % 65536
+        if self._newest is not None and not 0 < step < 32768:
+            return False, None
+        self._newest = packet.sequence_number
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
+def receive_promptly(receiver) -> None:
+    """Give an audio RTCRtpReceiver (a peer's microphone) the PromptAudioBuffer: 80 ms less
+    between the peer speaking and the session hearing it."""
+    private = "_RTCRtpReceiver__jitter_buffer"      # aiortc 1.16's; another keeps its own
+    if (receiver.track is not None and receiver.track.kind == "audio"
+            and hasattr(receiver, private)):
+        setattr(receiver, private, PromptAudioBuffer())
 
 
 def use_loopback_for_media() -> None:
@@ -104,12 +155,18 @@ class ClockedTrack(MediaStreamTrack):
         self._frames: asyncio.Queue = asyncio.Queue()
         self.capacity = capacity
         self.dropped = 0                   # frames lost because the sender fell behind
+        # (pts, perf_counter()) of the last frames put on the event loop / taken by the
+        # sender (its encoder starts then): the latency budget's hand-off stage
+        self.queued: deque[tuple[int, float]] = deque(maxlen=TRACE_SLOTS)
+        self.taken: deque[tuple[int, float]] = deque(maxlen=TRACE_SLOTS)
 
     def put(self, frame) -> None:
         """On the event loop. None ends the track."""
         while frame is not None and self._frames.qsize() >= self.capacity:
             self._frames.get_nowait()
             self.dropped += 1
+        if frame is not None:
+            self.queued.append((frame.pts, time.perf_counter()))
         self._frames.put_nowait(frame)
 
     async def recv(self):
@@ -119,7 +176,40 @@ class ClockedTrack(MediaStreamTrack):
         if frame is None:
             self.stop()
             raise MediaStreamError
+        self.taken.append((frame.pts, time.perf_counter()))
         return frame
+
+
+class ComputeJitter:
+    """How much output delay this process's frames needed: the start margin of new sessions.
+
+    A frame's need is how long after its slot it was rendered, had the slot been fixed with
+    no margin at all (slot k due at the first frame's render + the chunk difference + k / 25
+    s): what the first chunk's head start does not cover (later chunks computing longer,
+    audio arriving in bursts, other sessions and processes taking the cores). The margin a
+    new session starts with is the most any of the last JITTER_FRAMES frames (across this
+    process's sessions) needed, plus JITTER_SAFETY_SECONDS, within [MIN_START_MARGIN_SECONDS,
+    START_MARGIN_SECONDS]; START_MARGIN_SECONDS until JITTER_MIN_FRAMES frames were measured.
+    A session whose frames later come late still resyncs (MediaClock._keep_in_sync)."""
+
+    def __init__(self):
+        self._needs: deque[float] = deque(maxlen=JITTER_FRAMES)
+        self._lock = threading.Lock()
+
+    def add(self, need: float) -> None:
+        with self._lock:
+            self._needs.append(need)
+
+    def margin(self) -> float:
+        with self._lock:
+            if len(self._needs) < JITTER_MIN_FRAMES:
+                return START_MARGIN_SECONDS
+            need = max(self._needs)
+        return float(np.clip(need + JITTER_SAFETY_SECONDS, MIN_START_MARGIN_SECONDS,
+                             START_MARGIN_SECONDS))
+
+
+COMPUTE_JITTER = ComputeJitter()       # one per process: its sessions share the cores
 
 
 class MediaClock:
@@ -142,9 +232,15 @@ class MediaClock:
         self._held: list = []                      # frames that leave at the next tick
         self._out_slots = 0                        # output slots sent (the timestamps' count)
         self._out_start = 0.0                      # perf_counter() of output slot 0
+        self._emitted = 0.0                        # perf_counter() of the last slot out
         self._last_image: np.ndarray | None = None
         self._holding_until: float | None = None   # the output holds the picture until then
         self.first_sent: float | None = None       # time.monotonic() of the first frame out
+        self.start_margin: float | None = None     # first frame rendered -> its slot, s
+        # per output slot: (n, frame index shown fresh or -1, its own audio in, its chunk's
+        # audio in, rendered, due, out), perf_counter() seconds: the latency budget
+        self.slot_times: deque[tuple] = deque(maxlen=TRACE_SLOTS)
+        self.needs: deque[float] = deque(maxlen=TRACE_SLOTS)   # see ComputeJitter, s
         self._step = threading.Lock()          # one clock step or interrupt at a time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="media-clock")
@@ -156,6 +252,29 @@ class MediaClock:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=2)
+        folder = os.environ.get(TRACE_DIR_ENV)
+        if folder and self.slot_times:
+            self.write_trace(folder)
+
+    def trace(self) -> dict:
+        """This clock's timings (what benchmarks/latency.py's budget reads): per output slot
+        (slot_times' fields), when each video frame was put on the track and taken by the
+        sender (its encoder starts then) by RTP pts, the start margin and every frame's need.
+        Times are perf_counter() seconds; `wall_minus_perf` converts them to time.time()."""
+        return {"wall_minus_perf": time.time() - time.perf_counter(),
+                "start_margin": self.start_margin, "added_delay": self.added_delay,
+                "slots": [list(row) for row in self.slot_times],
+                "queued": list(self.video.queued), "taken": list(self.video.taken),
+                "needs": list(self.needs)}
+
+    def write_trace(self, folder: str) -> None:
+        path = os.path.join(folder, f"clock-{os.getpid()}-{id(self):x}.json")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(self.trace(), f)
+        except OSError as e:
+            log.warning("could not write the clock's trace to %s: %s", path, e)
 
     def end_tracks(self) -> None:
         """On the event loop: make the tracks' recv() end."""
@@ -185,7 +304,7 @@ class MediaClock:
         next_tick = time.perf_counter()
         try:
             while not self._stop.is_set():
-                next_tick += TICK_SECONDS
+                next_tick = self._aligned(next_tick + TICK_SECONDS)
                 delay = next_tick - time.perf_counter()
                 if delay > 0:
                     self._stop.wait(delay)
@@ -205,13 +324,25 @@ class MediaClock:
         finally:
             self._stop.set()
 
+    def _aligned(self, tick: float) -> float:
+        """`tick` moved earlier (by less than a tick) to fall just after a slot is due: a
+        slot then leaves when it is due, not up to a tick (20 ms) later."""
+        start = self.player.start
+        if start is None:
+            return tick
+        phase = (tick - start - TICK_LEAD_SECONDS) % TICK_SECONDS
+        return tick - phase if 1e-4 < phase < TICK_SECONDS - 1e-4 else tick
+
     def _step_once(self, now: float) -> None:
         self.feed.feed(now)
         player = self.player
-        if player.start is None and not self.session.frames.empty():
-            # the first frame comes from a shorter chunk than the rest: leave them room
+        if player.start is None and (first := player.first_frame()) is not None:
+            # the first frame comes from a shorter chunk than the rest: leave them room,
+            # and the margin the compute jitter measured in this process needs
             s = self.session
-            player.start = now + (s.chunk - s.first_chunk) / FPS + START_MARGIN_SECONDS
+            self.start_margin = COMPUTE_JITTER.margin()
+            player.start = max(first.rendered + (s.chunk - s.first_chunk) / FPS
+                               + self.start_margin, now)
         shown, sent = player.stats.shown, self._out_slots
         slots = player.play(now)
         if not slots:
@@ -219,6 +350,14 @@ class MediaClock:
             self._held = []
         for k, image, audio in slots:
             self._emit(image, audio, k)
+            frame = player.current
+            if frame is not None and frame.index == k:
+                self.slot_times.append((self._out_slots - 1, k, frame.own_audio_arrived,
+                                        frame.audio_arrived, frame.rendered,
+                                        player.start + k / FPS, self._emitted))
+            else:
+                self.slot_times.append((self._out_slots - 1, -1, None, None, None,
+                                        player.start + k / FPS, self._emitted))
         if self._holding_until is not None:         # the output goes on while the player waits
             if now >= self._holding_until:
                 self._holding_until = None
@@ -262,6 +401,9 @@ class MediaClock:
             return
         self._last_frame = frame
         due = player.start + frame.index / FPS
+        need = frame.rendered - (due - self.added_delay - self.start_margin)
+        self.needs.append(need)
+        COMPUTE_JITTER.add(need)
         self._recent_frames.append((frame.index, frame.rendered, frame.rendered - due,
                                     frame.speech))
         recent = list(self._recent_frames)
@@ -322,8 +464,9 @@ class MediaClock:
         whose audio it plays (None while the output holds). Timestamps count output slots:
         continuous whatever the player skipped or waited."""
         n = self._out_slots
+        self._emitted = time.perf_counter()
         if n == 0:
-            self._out_start = time.perf_counter()
+            self._out_start = self._emitted
             self.first_sent = time.monotonic()
         self._out_slots += 1
         if image is not None:
