@@ -105,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         token = secrets.token_urlsafe(24)
     if args.fault_injection and not loopback:
         parser.error("--fault-injection is for tests on a loopback address only")
-    if not args.ray and (args.replicas or args.autoscale or args.ray_address):
+    if not args.ray and (args.replicas is not None or args.autoscale or args.ray_address):
         parser.error("--replicas, --autoscale and --ray-address go with --ray")
+    if args.replicas is not None and args.autoscale:
+        parser.error("--replicas N or --autoscale MIN:MAX, not both")
+    if args.replicas is not None and args.replicas < 1:
+        parser.error("--replicas must be at least 1")
 
     if args.ray:                        # the same API from Ray Serve replicas
         from serve.ray_app import serve_on_ray  # Ray is imported only here

@@ -25,32 +25,13 @@ from pathlib import Path
 
 from benchmarks.audio_features import cpu_name
 from benchmarks.latency import run_webrtc, speech
-from benchmarks.webrtc_client import ROOT, process_usage, start_server
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and every process below it now (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(
-                int(entry))
-    found, todo = [pid], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+from benchmarks.webrtc_client import ROOT, process_tree, process_usage, start_server
 
 
 def tree_usage(pid: int) -> tuple[float, float]:
     """(CPU seconds so far, resident MiB now) of `pid` and its descendants."""
     cpu = rss = 0.0
-    for p in tree(pid):
+    for p in process_tree(pid):
         try:
             cpu += process_usage(p)[0]
             status = Path(f"/proc/{p}/status").read_text()
@@ -78,7 +59,7 @@ def run_mode(name: str, args, clip) -> dict:
         status, health = server.get("/health")
         engine_pid = health.get("pid", server.process.pid)
         _, idle_mb = tree_usage(server.process.pid)
-        processes = len(tree(server.process.pid))
+        processes = len(process_tree(server.process.pid))
         cpu0, _ = tree_usage(server.process.pid)
         engine_cpu0 = process_usage(engine_pid)[0]
         wall0 = time.perf_counter()

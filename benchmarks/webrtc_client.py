@@ -15,6 +15,11 @@ Clocks. "arrival": when this process got a decoded frame (perf_counter). "sender
 server sent it, from the stream's RTP timestamps and RTCP sender reports (what a WebRTC
 player pairs sound and picture by), converted to this process's perf_counter clock (both
 processes share the machine's wall clock).
+
+Client(trace=True) also keeps, per received stream, what the latency budget needs
+(benchmarks/webrtc_budget.py): every RTP packet (arrival, timestamp, marker, the server's
+send time from its abs-send-time header extension), when aiortc's jitter buffer let each
+frame go, and when its decoder thread decoded it.
 """
 
 import asyncio
@@ -94,8 +99,9 @@ class ServerProcess:
 
 def start_server(log: Path, *args: str, timeout: float = 300.0, host: str = "127.0.0.1",
                  prefix: tuple[str, ...] = (), env: dict | None = None,
-                 token: str | None = None) -> ServerProcess:
-    """`python server.py --host HOST --port FREE *args`, its output to `log`, run under
+                 token: str | None = None, root: Path = ROOT) -> ServerProcess:
+    """`python server.py --host HOST --port FREE *args` (the server.py of checkout `root`:
+    this one unless told), its output to `log`, run under
     `prefix` (e.g. unshare) when given and with `env` added to the environment; returns once
     /health answers over 127.0.0.1. A server on a non-loopback host prints the access token
     it made: it is read from its output (else `token` is the one it was given). The first
@@ -103,10 +109,10 @@ def start_server(log: Path, *args: str, timeout: float = 300.0, host: str = "127
     cores here, more on a slower CPU), hence the long timeout."""
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [*prefix, sys.executable, str(ROOT / "server.py"), "--host", host, "--port",
+    command = [*prefix, sys.executable, str(root / "server.py"), "--host", host, "--port",
                str(port), *args]
     with open(log, "w") as f:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=root, stdout=f, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})})
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log, token)
     deadline = time.monotonic() + timeout
@@ -137,6 +143,25 @@ def process_usage(pid: int) -> tuple[float, float]:
         if line.startswith("VmHWM:"):
             peak = int(line.split()[1]) / 1024
     return cpu, peak
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it now (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def process_figures(pid: int) -> dict:
@@ -264,11 +289,58 @@ def loopback_only() -> None:
 RTP_TIMING: dict[int, dict] = {}
 
 
-def track_receiver(receiver) -> int:
+def track_receiver(receiver, trace: bool = False) -> int:
     """A new receiver's key in RTP_TIMING, its entry emptied: ids are reused once an earlier
-    receiver is gone, and its first timestamp and reports must not carry over."""
-    RTP_TIMING[id(receiver)] = {"first": None, "reports": []}
+    receiver is gone, and its first timestamp and reports must not carry over. `trace`: keep
+    its packets and frames too (see the module docstring)."""
+    RTP_TIMING[id(receiver)] = {"first": None, "reports": [],
+                                "packets": [] if trace else None, "frames": []}
     return id(receiver)
+
+
+def abs_send_time(value: int, wall: float) -> float:
+    """The sender's time.time() of an abs-send-time header extension (24 bits: NTP seconds
+    mod 64 in 6.18 fixed point) received at time.time() `wall` (less than 64 s later)."""
+    now = int((wall + 2208988800) * 2**18) & 0xFFFFFF
+    return wall - ((now - value) & 0xFFFFFF) / 2**18
+
+
+def watch_jitter_buffer(receiver, frames: list) -> None:
+    """Record when `receiver`'s jitter buffer lets each frame go: rows [time, RTP timestamp,
+    decode start, decode end] (perf_counter; the decode times are filled in by the decoder
+    thread, see watch_decoders)."""
+    buffer = receiver._RTCRtpReceiver__jitter_buffer          # aiortc keeps it private
+    add = buffer.add
+
+    def timed_add(packet):
+        pli, frame = add(packet)
+        if frame is not None:
+            frame.timing = [time.perf_counter(), frame.timestamp, None, None]
+            frames.append(frame.timing)
+        return pli, frame
+
+    buffer.add = timed_add
+
+
+def watch_decoders() -> None:
+    """Time every decode of aiortc's video and audio decoders (in their decoder threads)."""
+    from aiortc.codecs.h264 import H264Decoder
+    from aiortc.codecs.opus import OpusDecoder
+    from aiortc.codecs.vpx import Vp8Decoder
+
+    for cls in (H264Decoder, Vp8Decoder, OpusDecoder):
+        if getattr(cls, "timing_watched", False):
+            continue
+
+        def timed(self, encoded_frame, decode=cls.decode):
+            start = time.perf_counter()
+            frames = decode(self, encoded_frame)
+            timing = getattr(encoded_frame, "timing", None)
+            if timing is not None:
+                timing[2:] = [start, time.perf_counter()]
+            return frames
+
+        cls.decode, cls.timing_watched = timed, True
 
 
 def watch_rtp_timing() -> None:
@@ -282,9 +354,17 @@ def watch_rtp_timing() -> None:
     handle_rtp, handle_rtcp = RTCRtpReceiver._handle_rtp_packet, RTCRtpReceiver._handle_rtcp_packet
 
     async def on_rtp(self, packet, arrival_time_ms):
-        timing = RTP_TIMING.setdefault(id(self), {"first": None, "reports": []})
+        timing = RTP_TIMING.setdefault(id(self), {"first": None, "reports": [],
+                                                  "packets": None, "frames": []})
         if timing["first"] is None:
             timing["first"] = packet.timestamp
+            if timing["packets"] is not None:
+                watch_jitter_buffer(self, timing["frames"])
+        if timing["packets"] is not None:
+            now, wall = time.perf_counter(), time.time()
+            sent = packet.extensions.abs_send_time
+            timing["packets"].append((now, packet.timestamp, packet.marker, None if sent is None
+                                      else now - (wall - abs_send_time(sent, wall))))
         return await handle_rtp(self, packet, arrival_time_ms)
 
     async def on_rtcp(self, packet):
@@ -385,6 +465,7 @@ class Client:
     microphone: object = None
     codec: str | None = None
     keep_frames: bool = True
+    trace: bool = False                              # keep packets and frames' timings
     video: list = field(default_factory=list)        # (arrival, av.VideoFrame | None, pts)
     audio: list = field(default_factory=list)        # (arrival, float32 mono [960], pts)
     receivers: dict = field(default_factory=dict)    # kind -> id of its RTCRtpReceiver
@@ -401,7 +482,7 @@ class Client:
         @pc.on("track")
         def on_track(track):
             receiver = next(r for r in pc.getReceivers() if r.track is track)
-            self.receivers[track.kind] = track_receiver(receiver)
+            self.receivers[track.kind] = track_receiver(receiver, self.trace)
             self.tasks.append(asyncio.ensure_future(self._record(track)))
 
     async def connect(self, http, avatar: str | None = None) -> dict:
@@ -409,6 +490,8 @@ class Client:
 
         loopback_only()
         watch_rtp_timing()
+        if self.trace:
+            watch_decoders()
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         if self.microphone is not None:
             pc.addTransceiver(self.microphone, direction="sendrecv")

@@ -25,6 +25,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -136,12 +137,6 @@ def serve_on_ray(args, limits: Limits, token: str | None) -> int:
         print("error: --ray needs Ray Serve: pip install 'ray[serve]==2.60.0' (or the "
               "project's extra: pip install -e '.[ray]')", file=sys.stderr)
         return 2
-    if args.replicas is not None and args.autoscale:
-        print("error: --replicas and --autoscale: one or the other", file=sys.stderr)
-        return 2
-    if args.replicas is not None and args.replicas < 1:
-        print("error: --replicas must be at least 1", file=sys.stderr)
-        return 2
     try:
         prepare_files(args, limits)     # once, here: a bad --avatar is said before Ray starts
     except STARTUP_ERRORS as e:
@@ -151,7 +146,7 @@ def serve_on_ray(args, limits: Limits, token: str | None) -> int:
         start = time.monotonic()
         started_here = connect(args)
         print(f"ray: {'started a local cluster' if started_here else 'joined the cluster'} "
-              f"in {time.monotonic() - start:.1f} s", flush=True)
+              f"in {time.monotonic() - start:.1f} s (address {cluster_address()})", flush=True)
     except (ConnectionError, RuntimeError, ValueError) as e:
         print(f"error: cannot reach the Ray cluster ({args.ray_address or 'local'}): "
               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
@@ -203,6 +198,7 @@ def connect(args) -> bool:
     import ray
 
     if args.ray_address:
+        check_reachable(args.ray_address)
         ray.init(address=args.ray_address, namespace=APP, log_to_driver=args.verbose,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
         return False
@@ -210,6 +206,24 @@ def connect(args) -> bool:
              namespace=APP, log_to_driver=args.verbose,
              _node_ip_address="127.0.0.1" if is_loopback(args.host) else None)
     return True
+
+
+def check_reachable(address: str) -> None:
+    """ConnectionError at once when nothing listens at the cluster's address: ray.init would
+    retry for minutes instead. 'auto' is looked up as Ray does (the last `ray start` here, or
+    $RAY_ADDRESS; ConnectionError when there is none); a Ray Client address (ray://) is left
+    to ray.init."""
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    if "://" in address:
+        return
+    bootstrap = canonicalize_bootstrap_address_or_die(address)
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5.0).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {bootstrap} ({e.strerror or e}); is "
+                              "`ray start --head` running there?") from None
 
 
 def deployment(args, drain: bool):
@@ -273,6 +287,14 @@ def check_proxy(port: int) -> None:
             "the cluster's proxies do not pin sessions to their replicas: start Ray with "
             f"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH={PROXY_CALLBACK} and the project on "
             "PYTHONPATH on every node (see README, 'Many machines')")
+
+
+def cluster_address() -> str:
+    """The cluster's GCS address (host:port): `ray status --address` and other drivers
+    (benchmarks/ray_autoscale.py) join it there."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 def shutdown() -> None:

@@ -24,7 +24,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from serve.ray_sessions import NEW_SESSION, owner
 
 RECENT_SECONDS = 10.0          # sessions sent to a replica are counted until it reports them
-UNREPORTED_ROOM = 10**6        # the room of a replica that has not reported yet
+UNREPORTED_ROOM = 10**6        # the room of a fresh replica while none has reported
 
 
 class SessionRouter(RequestRouter):
@@ -40,13 +40,19 @@ class SessionRouter(RequestRouter):
             for r in candidate_replicas:
                 if r.replica_id.unique_id == replica:
                     return [[r]]
-        ranked = sorted(candidate_replicas, key=self.room, reverse=True)
+        # a replica that has not reported yet is taken for an empty one of the same size as
+        # the others (one deployment: one --max-sessions), not as boundless: else every
+        # session started before its first report (up to a second) would go to it
+        known = [(r.routing_stats or {}).get("max") for r in candidate_replicas]
+        size = max((m for m in known if m is not None), default=UNREPORTED_ROOM)
+        ranked = sorted(candidate_replicas, key=lambda r: self.room(r, size), reverse=True)
         if session == NEW_SESSION and ranked:
             self.sent[ranked[0].replica_id.unique_id].append(time.time())
         return [[r] for r in ranked]
 
-    def room(self, replica: RunningReplica) -> float:
-        """Sessions the replica can still take, as far as this router knows."""
+    def room(self, replica: RunningReplica, size: int) -> float:
+        """Sessions the replica can still take, as far as this router knows (`size`: the
+        sessions an empty one takes, for a replica that has not reported yet)."""
         stats = replica.routing_stats or {}
         if stats.get("stopping"):
             return -math.inf
@@ -55,5 +61,5 @@ class SessionRouter(RequestRouter):
                         or sent[0] < time.time() - RECENT_SECONDS):
             sent.popleft()                      # reported by now (or long ago)
         if "max" not in stats:                  # not reported yet: a fresh replica, empty
-            return UNREPORTED_ROOM - len(sent)
+            return size - len(sent)
         return stats["max"] - stats["sessions"] - stats["starting"] - len(sent)

@@ -39,25 +39,6 @@ SIZE = 256
 STREAM_SECONDS = 7.0
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` now (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat[stat.rindex(")") + 2:].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 @pytest.fixture(scope="module")
 def ray_server():
     from tests.test_server import checkpoint
@@ -74,7 +55,7 @@ def ray_server():
             time.sleep(0.3)
         yield server
     finally:
-        cluster = descendants(server.process.pid)
+        cluster = webrtc_client.process_tree(server.process.pid)[1:]
         server.stop()
         time.sleep(1.0)
         left = [pid for pid in cluster if Path(f"/proc/{pid}").exists()]
@@ -155,6 +136,59 @@ def test_the_default_server_does_not_import_ray():
 
     code = "import sys, server; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], cwd=webrtc_client.ROOT, check=True)
+
+
+def run_server(*args: str, env: dict | None = None) -> tuple[int, str, float]:
+    """`python server.py ARGS` to its end: (exit code, stderr, seconds)."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "server.py", *args], cwd=webrtc_client.ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+    return done.returncode, done.stderr, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--replicas", "2"], "go with --ray"),
+    (["--autoscale", "1:2"], "go with --ray"),
+    (["--ray-address", "auto"], "go with --ray"),
+    (["--ray", "--replicas", "2", "--autoscale", "1:2"], "not both"),
+    (["--ray", "--replicas", "0"], "at least 1"),
+    (["--ray", "--autoscale", "3:1"], "MIN:MAX"),
+])
+def test_ray_flags_refused(args, message, capsys):
+    """Flags that cannot go together: refused by the flag parser, before Ray or anything
+    else starts."""
+    import server
+
+    with pytest.raises(SystemExit) as exit_:
+        server.main(args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ray_cluster_not_reachable():
+    """--ray-address where nothing listens: a clear error and exit code 2 at once (ray.init
+    alone would retry for minutes), no traceback."""
+    code, err, seconds = run_server("--ray", "--ray-address", "127.0.0.1:1", "--size", "256")
+    assert code == 2, err
+    assert "cannot reach the Ray cluster" in err and "nothing answers" in err, err
+    assert "Traceback" not in err, err
+    assert seconds < 30, seconds
+
+
+def test_ray_not_installed(tmp_path):
+    """--ray where `import ray` fails (a package named ray on PYTHONPATH that raises
+    ImportError, as a missing one does): how to install it, exit code 2, no traceback."""
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text(
+        'raise ImportError("No module named \'ray\' (hidden by the test)")\n')
+    code, err, _ = run_server("--ray", "--size", "256", env={"PYTHONPATH": str(tmp_path)})
+    assert code == 2, err
+    assert "--ray needs Ray Serve: pip install" in err, err
+    assert "Traceback" not in err, err
 
 
 def test_two_replicas_affinity_and_a_replica_lost(ray_server):
