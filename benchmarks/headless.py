@@ -100,32 +100,59 @@ async def case(url: str, sending: str, pacing: str, utterances: int) -> dict:
 
 
 def summary(values: list[float]) -> dict:
-    v = np.array(values)
+    v = np.array(values, np.float64)
     return {"median": round(float(np.median(v)), 1), "min": round(float(v.min()), 1),
             "max": round(float(v.max()), 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def size_arguments(name: str, doc: str) -> argparse.Namespace:
+    """The options of the latency benchmarks of the headless API and the voice-agent plugins:
+    --size (one or more), --utterances, --json (default out/benchmarks/NAME.json)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--size", type=int, nargs="+", default=[256], choices=[256, 512])
     parser.add_argument("--utterances", type=int, default=10)
-    parser.add_argument("--json", default=str(ROOT / "out" / "benchmarks" / "headless.json"))
-    args = parser.parse_args()
+    parser.add_argument("--json", default=str(ROOT / "out" / "benchmarks" / f"{name}.json"))
+    return parser.parse_args()
+
+
+def per_size(name: str, sizes: list[int], measure) -> list[dict]:
+    """measure(url, size) -> rows, against a server started on 127.0.0.1 at each size (its
+    log: out/benchmarks/NAME_server_SIZE.log), stopped after."""
     rows = []
-    for size in args.size:
-        server = start_server(ROOT / "out" / "benchmarks" / f"headless_server_{size}.log",
+    for size in sizes:
+        server = start_server(ROOT / "out" / "benchmarks" / f"{name}_server_{size}.log",
                               "--size", str(size))
         try:
-            for sending, pacing in CASES:
-                row = asyncio.run(case(server.url, sending, pacing, args.utterances))
-                rows.append({"size": size, **row})
-                print(f"{size} px  {sending:9s} {pacing:8s}  first frame "
-                      f"{row['first_frame_ms']['median']:6.0f} ms (min "
-                      f"{row['first_frame_ms']['min']:.0f}, max "
-                      f"{row['first_frame_ms']['max']:.0f})  speech_ended "
-                      f"{row['ended_ms']['median']:+.0f} ms after the audio's end", flush=True)
+            rows += measure(server.url, size)
         finally:
             server.stop()
+    return rows
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows},
+                                     indent=1))
+    print(f"\nwrote {path}")
+
+
+def _cases(url: str, size: int, utterances: int) -> list[dict]:
+    rows = []
+    for sending, pacing in CASES:
+        row = {"size": size, **asyncio.run(case(url, sending, pacing, utterances))}
+        rows.append(row)
+        print(f"{size} px  {sending:9s} {pacing:8s}  first frame "
+              f"{row['first_frame_ms']['median']:6.0f} ms (min "
+              f"{row['first_frame_ms']['min']:.0f}, max "
+              f"{row['first_frame_ms']['max']:.0f})  speech_ended "
+              f"{row['ended_ms']['median']:+.0f} ms after the audio's end", flush=True)
+    return rows
+
+
+def main() -> None:
+    args = size_arguments("headless", __doc__)
+    rows = per_size("headless", args.size, lambda url, size: _cases(url, size,
+                                                                      args.utterances))
     print("\n| size | audio sent | pacing | first frame, median (min-max) ms | "
           "speech_ended after the audio's end, median ms |")
     print("|---|---|---|---|---|")
@@ -133,10 +160,7 @@ def main() -> None:
         f = r["first_frame_ms"]
         print(f"| {r['size']} | {r['sending']} | {r['pacing']} | {f['median']:.0f} "
               f"({f['min']:.0f}-{f['max']:.0f}) | {r['ended_ms']['median']:+.0f} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
-                                           "rows": rows}, indent=1))
-    print(f"\nwrote {args.json}")
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -25,18 +25,16 @@ its speech (SpeechHandle.interrupt()): the interrupt -> the last audible 10 ms h
 Median (min-max) of --utterances. Also used by tests/test_livekit.py (the rig).
 """
 
-import argparse
 import asyncio
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.signal import resample_poly
 
-from benchmarks.pipecat_latency import IDLE_SECONDS, RECORDINGS, summary, wait_until
-from benchmarks.webrtc_client import ALSA, ROOT, start_server
+from benchmarks.headless import per_size, size_arguments, summary, write_rows
+from benchmarks.pipecat_latency import IDLE_SECONDS, RECORDINGS, wait_until
+from benchmarks.webrtc_client import ALSA, ROOT
 
 for _package in ("client", "livekit"):
     sys.path.insert(0, str(ROOT / "integrations" / _package))
@@ -238,20 +236,9 @@ async def measure(url: str, size: int, utterances: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs="+", default=[256], choices=[256, 512])
-    parser.add_argument("--utterances", type=int, default=10)
-    parser.add_argument("--json", default=str(ROOT / "out" / "benchmarks" /
-                                              "livekit_latency.json"))
-    args = parser.parse_args()
-    rows = []
-    for size in args.size:
-        server = start_server(ROOT / "out" / "benchmarks" / f"livekit_server_{size}.log",
-                              "--size", str(size))
-        try:
-            rows += asyncio.run(measure(server.url, size, args.utterances))
-        finally:
-            server.stop()
+    args = size_arguments("livekit_latency", __doc__)
+    rows = per_size("livekit", args.size,
+                    lambda url, size: asyncio.run(measure(url, size, args.utterances)))
     print("\n| size | TTS audio | out of the generator, median (min-max) ms | "
           "playback_started ms | heard on the track ms |")
     print("|---|---|---|---|---|")
@@ -267,10 +254,7 @@ def main() -> None:
                   f"({b['min']:.0f}-{b['max']:.0f}) ms after the interrupt, "
                   f"{r['speech_frames_after_clear']['max']:.0f} speech frames after "
                   "clear_buffer at most")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
-                                           "rows": rows}, indent=1))
-    print(f"\nwrote {args.json}")
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

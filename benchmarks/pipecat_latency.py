@@ -28,18 +28,16 @@ Median (min-max) of --utterances. Also used by tests/test_pipecat.py (the pipeli
 recorder, the client peer).
 """
 
-import argparse
 import asyncio
-import json
 import sys
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import numpy as np
 from scipy.signal import resample_poly
 
-from benchmarks.webrtc_client import ALSA, ROOT, Client, loopback_only, start_server
+from benchmarks.headless import per_size, size_arguments, summary, write_rows
+from benchmarks.webrtc_client import ALSA, ROOT, Client, loopback_only
 
 for _package in ("client", "pipecat"):
     sys.path.insert(0, str(ROOT / "integrations" / _package))
@@ -277,27 +275,10 @@ async def measure(url: str, size: int, utterances: int) -> list[dict]:
     return rows
 
 
-def summary(values: list[float]) -> dict:
-    v = np.array(values, np.float64)
-    return {"median": round(float(np.median(v)), 1), "min": round(float(v.min()), 1),
-            "max": round(float(v.max()), 1)}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs="+", default=[256], choices=[256, 512])
-    parser.add_argument("--utterances", type=int, default=10)
-    parser.add_argument("--json", default=str(ROOT / "out" / "benchmarks" /
-                                              "pipecat_latency.json"))
-    args = parser.parse_args()
-    rows = []
-    for size in args.size:
-        server = start_server(ROOT / "out" / "benchmarks" / f"pipecat_server_{size}.log",
-                              "--size", str(size))
-        try:
-            rows += asyncio.run(measure(server.url, size, args.utterances))
-        finally:
-            server.stop()
+    args = size_arguments("pipecat_latency", __doc__)
+    rows = per_size("pipecat", args.size,
+                    lambda url, size: asyncio.run(measure(url, size, args.utterances)))
     print("\n| size | TTS audio | out of the service, median (min-max) ms | "
           "written to the WebRTC track ms | heard by the client ms |")
     print("|---|---|---|---|---|")
@@ -313,10 +294,7 @@ def main() -> None:
             print(f"barge-in {r['size']} px: last speech chunk written {b['median']:.0f} "
                   f"({b['min']:.0f}-{b['max']:.0f}) ms after the InterruptionFrame, "
                   f"{r['chunks_after']['max']:.0f} chunks at most")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
-                                           "rows": rows}, indent=1))
-    print(f"\nwrote {args.json}")
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":
