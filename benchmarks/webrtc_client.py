@@ -293,9 +293,14 @@ def track_receiver(receiver, trace: bool = False) -> int:
     """A new receiver's key in RTP_TIMING, its entry emptied: ids are reused once an earlier
     receiver is gone, and its first timestamp and reports must not carry over. `trace`: keep
     its packets and frames too (see the module docstring)."""
-    RTP_TIMING[id(receiver)] = {"first": None, "reports": [],
-                                "packets": [] if trace else None, "frames": []}
+    RTP_TIMING[id(receiver)] = _new_timing(trace)
     return id(receiver)
+
+
+def _new_timing(trace: bool) -> dict:
+    """A stream's entry in RTP_TIMING: its first RTP timestamp, its sender reports, and with
+    `trace` its packets; the frames its jitter buffer let go."""
+    return {"first": None, "reports": [], "packets": [] if trace else None, "frames": []}
 
 
 def abs_send_time(value: int, wall: float) -> float:
@@ -354,8 +359,7 @@ def watch_rtp_timing() -> None:
     handle_rtp, handle_rtcp = RTCRtpReceiver._handle_rtp_packet, RTCRtpReceiver._handle_rtcp_packet
 
     async def on_rtp(self, packet, arrival_time_ms):
-        timing = RTP_TIMING.setdefault(id(self), {"first": None, "reports": [],
-                                                  "packets": None, "frames": []})
+        timing = RTP_TIMING.setdefault(id(self), _new_timing(False))
         if timing["first"] is None:
             timing["first"] = packet.timestamp
             if timing["packets"] is not None:

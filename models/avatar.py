@@ -107,15 +107,14 @@ class Avatar:
 
 
 class AvatarWindow(Avatar):
-    """A square window of a larger frame's avatar, rendered on its own and pasted back at
-    `origin` (x, y) (models.video_avatar: only the mouth changes, so only the region it
-    moves is drawn). Its fields are the frame's, cut to the window; the overlays keep the
-    frame's sizes (frame_size)."""
+    """A square window of a larger frame's avatar, rendered on its own and pasted back into
+    that frame (models.video_avatar: only the mouth changes, so only the region it moves is
+    drawn). Its fields are the frame's, cut to the window; the overlays keep the frame's
+    sizes (frame_size)."""
 
-    def __init__(self, frame_size: int, origin: tuple[int, int], **tensors):
+    def __init__(self, frame_size: int, **tensors):
         super().__init__(**tensors)
         self._frame_size = frame_size
-        self.origin = origin
 
     @property
     def frame_size(self) -> int:

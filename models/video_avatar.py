@@ -313,7 +313,7 @@ def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray,
         matte=_ones(side),
     )
     if window:
-        return AvatarWindow(size, (x0, y0), **tensors)
+        return AvatarWindow(size, **tensors)
     return Avatar(**tensors)
 
 
