@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from models import motion_space as ms
-from models import warp
+from models import video_cache, warp
 from models.avatar import (
     EYE_LINE,
     FACE_FRACTION,
@@ -784,12 +784,14 @@ def load_video_avatar(folder: Path, info: dict | None = None) -> VideoAvatar | N
                 info = json.loads((folder / "info.json").read_text())
             if not (folder / "frames.jpg").is_file():
                 return None
-            return VideoAvatar(folder=folder, reference=reference,
-                               reference_tick=int(t["reference_tick"]),
-                               landmarks=t["landmarks"], motion=t["motion"],
-                               offsets=t["offsets"], turns=tuple(int(x) for x in t["turns"]),
-                               fields=np.load(folder / "fields.npy", mmap_mode="r"), info=info,
-                               bank=MouthBank.from_arrays(t))
+            avatar = VideoAvatar(folder=folder, reference=reference,
+                                 reference_tick=int(t["reference_tick"]),
+                                 landmarks=t["landmarks"], motion=t["motion"],
+                                 offsets=t["offsets"], turns=tuple(int(x) for x in t["turns"]),
+                                 fields=np.load(folder / "fields.npy", mmap_mode="r"),
+                                 info=info, bank=MouthBank.from_arrays(t))
+        video_cache.in_use(avatar, folder)        # (kept on disk while it is in use)
+        return avatar
     except (OSError, KeyError, ValueError, EOFError, TypeError):
         return None
 

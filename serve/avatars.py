@@ -19,8 +19,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from models import video_cache
 from models.avatar import DEFAULT_AVATAR, Avatar
-from models.video_avatar import VideoAvatar
+from models.video_avatar import VideoAvatar, video_cache_dir
 from serve.http import ClientError, quote
 from serve.limits import Limits
 from serve.preparation import Preparation, Preparer
@@ -192,6 +193,7 @@ class Avatars:
             error = None
             self.remember(p.key, avatar)
             self.metrics.count("video_avatars_prepared_total")
+            await asyncio.get_running_loop().run_in_executor(None, self.trim_cache)
         if error is not None:
             self.metrics.count("video_avatars_refused_total")
             log.info("video avatar refused (%d): %s", error.status, error)
@@ -199,6 +201,16 @@ class Avatars:
             if error is None:
                 job.entry = self.add_upload(job.name, avatar)
             job.error, job.finished = error, time.monotonic()
+
+    def trim_cache(self) -> None:
+        """Keep the prepared videos on disk under --max-video-cache-bytes, the least recently
+        used removed first (models/video_cache.py: what this process still plays is kept)."""
+        try:
+            removed = video_cache.evict(video_cache_dir(), self.limits.max_video_cache_bytes)
+        except Exception as e:              # (the avatar just prepared is served all the same)
+            log.warning("the video cache could not be trimmed: %s", e)
+            return
+        self.metrics.count("video_cache_entries_removed_total", len(removed))
 
     async def stop(self) -> None:
         """The server is stopping: the child processes are killed, every preparation ends

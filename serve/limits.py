@@ -20,6 +20,7 @@ class Limits:
     max_video_bytes: int = 200 * 2**20       # a video avatar upload (kept on disk, not in memory)
     max_video_seconds: float = 300.0         # a video avatar's length
     max_video_pixels: int = 3840 * 2160      # a video avatar's frame size
+    max_video_cache_bytes: int = 8 * 2**30   # prepared videos kept on disk (~150 MB a minute)
     max_audio_file_bytes: int = 20 * 2**20   # POST /sessions/{id}/audio
     max_queued_seconds: float = 120.0        # audio waiting to be spoken, per session
     min_rate: int = MIN_RATE                 # PCM sample rates accepted, Hz
@@ -57,6 +58,8 @@ def limit_flags(parser: argparse.ArgumentParser) -> None:
             ("max_video_seconds", float, "seconds of one video avatar (uploaded or --avatar)"),
             ("max_video_pixels", int, "pixels (width x height) of a video avatar's frames "
                                         "(uploaded or --avatar)"),
+            ("max_video_cache_bytes", int, "bytes of prepared video avatars kept on disk (the "
+                                           "least recently used removed first)"),
             ("max_audio_file_bytes", int, "bytes of one audio file (POST .../audio)"),
             ("max_queued_seconds", float, "seconds of audio waiting to be spoken, per session"),
             ("min_rate", int, f"lowest PCM sample rate, Hz (>= {MIN_RATE})"),

@@ -40,6 +40,7 @@ def build_server(args, limits: Limits, token: str | None, ids: SessionIds | None
     if default is not None:
         server.avatars.add("default", Path(args.avatar).stem, default, bundled=True)
         server.avatars.default = "default"
+    server.avatars.trim_cache()
     # warm up (the onnx engine exports its renderer on first use): no first-session stall
     avatar = server.avatars.entries[server.avatars.default].avatar
     engine.render(avatar.reference if isinstance(avatar, VideoAvatar) else avatar,

@@ -38,6 +38,7 @@ HELP = {
     "video_avatars_preparing": "Uploaded videos being prepared as avatars now.",
     "video_avatars_prepared_total": "Uploaded videos prepared as avatars.",
     "video_avatars_refused_total": "Uploaded videos refused (no usable face, damaged, too long).",
+    "video_cache_entries_removed_total": "Prepared videos removed from the disk cache (its bound).",
     "process_threads": "Threads of the server process.",
     "process_open_fds": "Open file descriptors of the server process.",
     "process_resident_memory_bytes": "Resident memory of the server process.",

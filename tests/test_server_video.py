@@ -112,11 +112,18 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(clips, cache, tmp_path_factory):
+    """The server, its video cache bounded to 1 byte: what it plays must stay all the same;
+    an entry a server of two days ago left there must go."""
     temporary = tmp_path_factory.mktemp("tmp")
+    abandoned = cache / "videos" / ("0" * 32)
+    abandoned.mkdir(parents=True)
+    (abandoned / "frames.jpg").write_bytes(bytes(2**20))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(abandoned, (two_days_ago, two_days_ago))
     s = start_server("video_server", "--avatar", str(clips["startup"]), "--max-sessions", "2",
-                     "--max-video-bytes", str(MAX_VIDEO_BYTES),
+                     "--max-video-bytes", str(MAX_VIDEO_BYTES), "--max-video-cache-bytes", "1",
                      env={"TALKING_HEAD_CACHE": str(cache), "TMPDIR": str(temporary)})
-    s.temporary = temporary
+    s.temporary, s.abandoned = temporary, abandoned
     yield s
     s.stop()
     assert "Traceback" not in s.log.read_text(errors="replace"), s.log_tail(80)
@@ -185,6 +192,11 @@ def test_recording_as_the_default_avatar(server):
             return await picture(http, server.url, avatars["default"]["preview"])
 
     assert asyncio.run(run()).shape == (SIZE, SIZE, 3)
+    # the cache was trimmed at start: the abandoned entry went, the default's stayed
+    assert not server.abandoned.exists()
+    assert len(list(server.abandoned.parent.iterdir())) == 1
+    metrics = parse_metrics(server.get("/metrics")[1])
+    assert metrics["talking_head_video_cache_entries_removed_total"] == 1, metrics
 
 
 def test_uploaded_video_streams_and_switches(server, clips):

@@ -3,7 +3,10 @@ the development clip (npm) and of the robustness clip (PyPI), playback with the 
 brought to the generated motion measured by an independent detector (dlib), the session
 path end to end, and bad clips refused with a plain message and nothing left in the cache."""
 
+import gc
+import os
 import shutil
+import time
 from pathlib import Path
 
 import av
@@ -13,13 +16,14 @@ import pytest
 from benchmarks import reenact
 from benchmarks.fetch import pypi_file
 from benchmarks.video_avatar import write_clip
-from models import face
+from models import face, video_cache
 from models import motion_space as ms
 from models.video_avatar import (
     VideoAvatarError,
     VideoLimits,
     VideoPlayback,
     frame_avatar,
+    load_video_avatar,
     prepare_any_avatar,
     prepare_video_avatar,
     video_cache_dir,
@@ -116,6 +120,35 @@ def test_cached_clip_comes_back_without_work(franck, franck_frames, tmp_path):
     second = prepare_video_avatar(path, SIZE, progress=lambda stage, done: calls.append(stage))
     assert second.folder == first.folder and calls == []
     np.testing.assert_array_equal(second.motion, first.motion)
+
+
+def test_cache_bound_keeps_what_is_in_use(franck, tmp_path):
+    """The cache over its bound loses its least recently used entries first, never one a
+    VideoAvatar of this process still plays (until it is garbage) nor one loaded within the
+    hour; a work folder a killed preparation left goes, a live one stays."""
+    root, now = tmp_path / "videos", time.time()
+    root.mkdir()
+    for name, hours_ago in (("a", 30), ("b", 50), ("c", 0.5)):
+        shutil.copytree(franck.folder, root / name)
+        os.utime(root / name, (now - hours_ago * 3600,) * 2)
+    (root / ".d-stale").mkdir()
+    os.utime(root / ".d-stale", (now - 7 * 3600,) * 2)
+    (root / ".e-live").mkdir()
+    playing = load_video_avatar(root / "b")
+    os.utime(root / "b", (now - 50 * 3600,) * 2)           # (loading marked it used now)
+    one = video_cache.entries(root)[0].bytes
+    assert sum(e.bytes for e in video_cache.entries(root)) == 3 * one
+
+    removed = video_cache.evict(root, max_bytes=one)
+    assert sorted(p.name for p in removed) == [".d-stale", "a"]
+    assert sorted(p.name for p in root.iterdir()) == [".e-live", "b", "c"]
+    np.testing.assert_array_equal(playing.tick_crop(3), franck.tick_crop(3))
+
+    del playing
+    gc.collect()
+    assert [p.name for p in video_cache.evict(root, max_bytes=one)] == ["b"]
+    assert video_cache.evict(root, max_bytes=0) == []      # "c": used within the hour
+    assert sorted(p.name for p in root.iterdir()) == [".e-live", "c"]
 
 
 def test_mouth_follows_the_generated_motion(franck):
