@@ -43,6 +43,7 @@ for _package in ("client", "pipecat"):
     sys.path.insert(0, str(ROOT / "integrations" / _package))
 
 from pipecat.frames.frames import (  # noqa: E402
+    AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Frame,
@@ -74,7 +75,7 @@ class Recorder(FrameProcessor):
     transport, audio and image frames arrive once they have been written to its tracks."""
 
     KINDS = (OutputAudioRawFrame, TTSStoppedFrame, BotStartedSpeakingFrame,
-             BotStoppedSpeakingFrame, MetricsFrame, InterruptionFrame)
+             BotStoppedSpeakingFrame, MetricsFrame, InterruptionFrame, AggregatedTextFrame)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

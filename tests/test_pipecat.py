@@ -8,8 +8,8 @@ One scenario runs once for the module (about 20 s of media) and each test checks
 it: idle video before any TTS; a recording spoken as TTS comes back once (correlated with what
 was sent, energy ratio ~1) with ~25 fps of video whose mouth moves with it, TTSStoppedFrame
 held until the avatar has spoken; an InterruptionFrame mid-utterance silences the avatar within
-one chunk; the utterance after it is spoken whole (not "deaf after an interruption"); TTFB
-metrics. ICE offers only 127.0.0.1 on both sides (aioice leaves loopback out otherwise) and
+one chunk; the utterance after it is spoken whole (not "deaf after an interruption"); the
+reply's transcript (timed words, untimed text) leaves with the avatar's speech; TTFB metrics. ICE offers only 127.0.0.1 on both sides (aioice leaves loopback out otherwise) and
 no ICE servers: no traffic leaves loopback. Figures also go to out/tests/pipecat_*.json.
 """
 
@@ -27,6 +27,7 @@ pytest.importorskip("pipecat", reason="pipecat-ai is not installed (make setup i
 pytest.importorskip("aiortc")
 
 from pipecat.frames.frames import (  # noqa: E402
+    AggregatedTextFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     EndFrame,
@@ -34,6 +35,7 @@ from pipecat.frames.frames import (  # noqa: E402
     MetricsFrame,
     OutputAudioRawFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
 )
 from pipecat.metrics.metrics import TTFBMetricsData  # noqa: E402
 
@@ -42,6 +44,8 @@ from benchmarks.pipecat_latency import CHUNK, RATE, pipecat_rig, wait_until  # n
 SIZE = 256
 IDLE_SECONDS = 3.0
 QUIET = 0.01
+WORDS = (0.1, 0.5, 0.9, 1.3)   # s into the first reply: word-timestamped TTSTextFrames
+SENTENCE = 0.8                 # s of its audio sent before an untimed text frame
 OPUS_UPMIX = 0.5               # aiortc's Opus encoder turns the mono track into stereo with
                                # libswresample's matrix, each side at -3 dB: half the energy
 
@@ -74,7 +78,8 @@ async def run_scenario(url: str, first: np.ndarray, long: np.ndarray) -> dict:
         await asyncio.sleep(IDLE_SECONDS)
 
         marks["first"] = time.perf_counter()                 # TTS audio arriving at once
-        await worker.queue_frames(tts_frames(first))
+        await worker.queue_frames(with_transcript(tts_frames(first),
+                                                  rig.service.get_clock().get_time()))
         await wait_until(lambda: recorder.first(TTSStoppedFrame, marks["first"]), 15,
                          "the first TTSStoppedFrame")
         await asyncio.sleep(1.0)
@@ -96,6 +101,21 @@ async def run_scenario(url: str, first: np.ndarray, long: np.ndarray) -> dict:
     return {"client": rig.client, "recorder": recorder, "marks": marks,
             "service": {"slots_out": rig.service.slots_out,
                         "muted_slots": rig.service.muted_slots}}
+
+
+def with_transcript(frames: list, now: int) -> list:
+    """A reply's frames with its transcript as TTS services push it: a TTSTextFrame per word
+    timed from the first audio (`now`, the pipeline clock's ns) and pushed after it, as
+    word-timestamp TTS services do, and an untimed text frame after SENTENCE s of audio (services without
+    word timestamps)."""
+    words = []
+    for k, offset in enumerate(WORDS):
+        word = TTSTextFrame(f"w{k}", aggregated_by="word")
+        word.pts = now + int(offset * 1e9)
+        words.append(word)
+    after = 1 + round(SENTENCE / 0.02)                      # TTSStartedFrame, 20 ms frames
+    return [*frames[:2], *words, *frames[2:after],         # words: after the first audio
+            AggregatedTextFrame("sentence", aggregated_by="sentence"), *frames[after:]]
 
 
 async def headless_reference(url: str, speech16k: np.ndarray) -> tuple[np.ndarray, list,
@@ -232,6 +252,30 @@ def test_speech_is_played_once_in_sync_with_a_moving_mouth(scenario, avatar):
     assert result["mouth_change_speaking"] > 2 * result["mouth_change_idle"], result
     assert av_corr > 0.5, f"the mouth does not follow the sound: {result}"
     assert abs(av_lag - ref_lag) <= 0.1, f"picture and sound drifted apart: {result}"
+
+
+def test_transcript_keeps_pace_with_the_avatar(scenario):
+    """The reply's transcript leaves the transport with the avatar's speech, not with the
+    TTS's: each timed word when the avatar's audio at its offset is written (the TTS stamped
+    it ~0.3 s earlier: the avatar's delay), the untimed text once the audio sent before it
+    has been written."""
+    marks, recorder = scenario["marks"], scenario["recorder"]
+    spoken = recorder.tts_audio(marks["first"], marks["long"])
+    text = {f.text: t for t, f in recorder.frames
+            if isinstance(f, AggregatedTextFrame) and marks["first"] <= t < marks["long"]}
+    written = [spoken[int(offset / CHUNK)][0] for offset in WORDS]
+    result = {"word_minus_its_audio_ms": [round(1000 * (text[f"w{k}"] - t))
+                                          if f"w{k}" in text else None
+                                          for k, t in enumerate(written)],
+              "first_speech_out_ms": round(1000 * (spoken[0][0] - marks["first"])),
+              "sentence_minus_audio_before_ms": round(
+                  1000 * (text["sentence"] - spoken[round(SENTENCE / CHUNK) - 1][0]))
+              if "sentence" in text else None}
+    report("pipecat_transcript", result)
+    assert None not in result["word_minus_its_audio_ms"], f"words lost: {result}"
+    assert all(abs(d) <= 100 for d in result["word_minus_its_audio_ms"]), result
+    assert result["sentence_minus_audio_before_ms"] is not None, result
+    assert 0 <= result["sentence_minus_audio_before_ms"] <= 100, result
 
 
 def test_interruption_silences_the_avatar_within_one_chunk(scenario):

@@ -24,6 +24,13 @@ API through talking_head_client (one session per pipeline; never the engine's ow
 - TTSStoppedFrame is held back until the engine says the avatar has spoken the last of the
   audio (its speech_ended event), then pushed right after that slot's sound: "bot stopped
   speaking" comes when the avatar stops, not when the TTS did.
+- The transcript keeps pace with the avatar, not with the TTS (livekit/agents #4406 is the
+  same complaint there). Frames with a presentation time (the word-by-word TTSTextFrames of
+  TTS services with word timestamps, timed from the TTS's first audio) are delayed by the
+  avatar's own delay for that reply (its first audio in -> its first speech slot out);
+  untimed text frames (AggregatedTextFrame, TTSTextFrame) go out with the audio they came
+  with: after the avatar has spoken the audio sent before them. What an interruption cuts
+  off is never sent, as the transport drops what its clock had not yet released.
 - Metrics (PipelineParams(enable_metrics=True)): TTFB = first TTS audio in -> first speech
   slot out of this service (the engine's look-ahead, rendering and media clock).
 """
@@ -36,12 +43,14 @@ import aiohttp
 from loguru import logger
 from PIL import Image
 from pipecat.frames.frames import (
+    AggregatedTextFrame,
     CancelFrame,
     EndFrame,
     Frame,
     InterruptionFrame,
     OutputImageRawFrame,
     StartFrame,
+    SystemFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
 )
@@ -89,6 +98,10 @@ class TalkingHeadVideoService(AIService):
         self._cutting = False              # an interruption: mute speech slots ...
         self._cut_done = False             # ... until the engine's cut has passed
         self._muted = 0
+        self._audio_in_at: int | None = None   # clock ns: this reply's first audio in ...
+        self._delay: int | None = None         # ... and its first speech out, minus that
+        self._held_timed: list[Frame] = []     # frames with a pts, until the delay is known
+        self._held_text: list[tuple[float, Frame]] = []   # (audio sent before it, frame)
         self._ttfb_running = False
         self.slots_out = 0                 # slots pushed (counters, for tests and logs)
         self.muted_slots = 0
@@ -157,8 +170,22 @@ class TalkingHeadVideoService(AIService):
             await self._interrupt()
             await self.push_frame(frame, direction)
             await self._release_stops()
+        elif direction == FrameDirection.DOWNSTREAM and not isinstance(frame, SystemFrame) \
+                and frame.pts and self._audio_in_at is not None:
+            await self._push_timed(frame)
+        elif isinstance(frame, AggregatedTextFrame) and not frame.pts and (
+                self._sent_seconds > self._spoken_seconds or self._speaking):
+            self._held_text.append((self._sent_seconds, frame))    # out with its audio
         else:
             await self.push_frame(frame, direction)
+
+    async def _push_timed(self, frame: Frame):
+        """A frame timed against the TTS's audio: timed against the avatar's instead."""
+        if self._delay is None:
+            self._held_timed.append(frame)
+        else:
+            frame.pts += self._delay
+            await self.push_frame(frame)
 
     async def _send_audio(self, frame: TTSAudioRawFrame):
         if self._session is None:
@@ -166,6 +193,8 @@ class TalkingHeadVideoService(AIService):
         if not self._speaking and not self._ttfb_running:
             self._ttfb_running = True
             await self.start_ttfb_metrics()
+        if self._audio_in_at is None:
+            self._audio_in_at = self.get_clock().get_time()
         await self._session.send_pcm(frame.audio, rate=frame.sample_rate,
                                      channels=frame.num_channels)
         self._sent_seconds += len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
@@ -179,6 +208,8 @@ class TalkingHeadVideoService(AIService):
         self._cutting, self._cut_done, self._muted = True, False, 0
         self._ttfb_running = False
         self._sent_seconds = self._spoken_seconds = 0.0
+        self._held_timed, self._held_text = [], []      # never spoken: never shown
+        self._audio_in_at = self._delay = None
 
     # ------------------------------------------------------------------ slots out
 
@@ -237,6 +268,13 @@ class TalkingHeadVideoService(AIService):
             image.sync_with_audio = True
             await self.push_frame(image)
         if speech:
+            if self._delay is None and self._audio_in_at is not None:
+                self._delay = self.get_clock().get_time() - self._audio_in_at
+                timed, self._held_timed = self._held_timed, []
+                for frame in timed:
+                    await self._push_timed(frame)
+            while self._held_text and self._held_text[0][0] <= self._spoken_seconds + 1e-6:
+                await self.push_frame(self._held_text.pop(0)[1])
             self._spoken_seconds += len(slot.pcm) / (2 * slot.rate)
             await self.push_frame(TTSAudioRawFrame(slot.pcm, slot.rate, 1))
             if self._ttfb_running:
@@ -249,11 +287,22 @@ class TalkingHeadVideoService(AIService):
         self.slots_out += 1
 
     async def _release_stops(self):
+        """The reply has been spoken (or cut): what was held for it goes out, the text before
+        the stop frames; the next audio starts a new reply."""
         self._release_countdown = None
         self._sent_seconds = self._spoken_seconds = 0.0
+        self._delay = self._delay or 0
+        held = self._held_timed + [frame for _, frame in self._held_text]
         stops, self._held_stops = self._held_stops, []
+        self._held_timed, self._held_text = [], []
+        for frame in held:
+            if frame.pts:
+                await self._push_timed(frame)
+            else:
+                await self.push_frame(frame)
         for frame in stops:
             await self.push_frame(frame)
+        self._audio_in_at = self._delay = None
 
     @staticmethod
     def _rgb(slot: Slot) -> bytes:
