@@ -9,8 +9,9 @@ it: idle video before any TTS; a recording spoken as TTS comes back once (correl
 was sent, energy ratio ~1) with ~25 fps of video whose mouth moves with it, TTSStoppedFrame
 held until the avatar has spoken; an InterruptionFrame mid-utterance silences the avatar within
 one chunk; the utterance after it is spoken whole (not "deaf after an interruption"); the
-reply's transcript (timed words, untimed text) leaves with the avatar's speech; TTFB metrics. ICE offers only 127.0.0.1 on both sides (aioice leaves loopback out otherwise) and
-no ICE servers: no traffic leaves loopback. Figures also go to out/tests/pipecat_*.json.
+reply's transcript (timed words, untimed text) leaves with the avatar's speech; TTFB metrics.
+ICE offers only 127.0.0.1 on both sides (aioice leaves loopback out otherwise) and no ICE
+servers: no traffic leaves loopback. Figures also go to out/tests/pipecat_*.json.
 """
 
 import asyncio
@@ -106,8 +107,8 @@ async def run_scenario(url: str, first: np.ndarray, long: np.ndarray) -> dict:
 def with_transcript(frames: list, now: int) -> list:
     """A reply's frames with its transcript as TTS services push it: a TTSTextFrame per word
     timed from the first audio (`now`, the pipeline clock's ns) and pushed after it, as
-    word-timestamp TTS services do, and an untimed text frame after SENTENCE s of audio (services without
-    word timestamps)."""
+    word-timestamp TTS services do, and an untimed text frame after SENTENCE s of audio
+    (services without word timestamps)."""
     words = []
     for k, offset in enumerate(WORDS):
         word = TTSTextFrame(f"w{k}", aggregated_by="word")
