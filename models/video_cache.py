@@ -1,7 +1,7 @@
 """The video avatar cache on disk, kept under a size bound: least recently used entries go.
 
 Each prepared clip is a folder of video_cache_dir() named by its content hash (models/
-video_avatar.py): ~150 MB for 60 s at 512 px, up to ~450 MB for 5 minutes. A server that takes
+video_avatar.py): ~175 MB for 60 s at 512 px, up to ~450 MB for 5 minutes. A server that takes
 uploads would fill its disk; `evict` removes whole entries, the least recently used first,
 until the cache holds at most `max_bytes`. Never removed:
 - an entry a VideoAvatar of this process still uses (a session plays frames.jpg as it goes):

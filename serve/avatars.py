@@ -3,25 +3,30 @@
 An uploaded avatar gets a random, unguessable id known only to its uploader (never listed);
 the same bytes uploaded again are prepared once (remembered by their hash) but still get an id
 of their own. A photo is prepared while the upload waits; a video becomes a VideoJob that the
-uploader follows (GET /avatars/jobs/{id}) while serve.preparation works on it.
+uploader follows (GET /avatars/jobs/{id}) while serve.preparation works on it. On Ray every
+upload is also shared with the other replicas (serve/ray_avatars.py): `find` fetches one made
+through another replica, and an upload's id is answered only once it has been shared.
 """
 
 import asyncio
 import hashlib
 import io
 import logging
+import os
 import secrets
 import shutil
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image
 
 from models import video_cache
 from models.avatar import DEFAULT_AVATAR, Avatar
-from models.video_avatar import VideoAvatar, video_cache_dir
+from models.video_avatar import VideoAvatar, load_video_avatar, video_cache_dir
 from serve.http import ClientError, quote
 from serve.limits import Limits
 from serve.preparation import Preparation, Preparer
@@ -78,8 +83,10 @@ class Avatars:
     """Avatar ids -> AvatarEntry (the bundled ones, then up to MAX_UPLOADED_AVATARS uploads,
     the oldest forgotten first), prepared avatars by their bytes' hash, and video jobs."""
 
-    def __init__(self, size: int, limits: Limits, metrics, work):
-        self.limits, self.metrics = limits, metrics
+    def __init__(self, size: int, limits: Limits, metrics, work, ids):
+        # ids (serve.sessions.SessionIds) names the video jobs too: on Ray a job's id then
+        # says which replica follows it, and the proxies route its polls there
+        self.limits, self.metrics, self.ids = limits, metrics, ids
         self.entries: OrderedDict[str, AvatarEntry] = OrderedDict()
         self.bundled: set[str] = set()
         self.prepared: OrderedDict[str, Avatar | VideoAvatar] = OrderedDict()   # Upload.key ->
@@ -88,6 +95,7 @@ class Avatars:
         self.default = "astronaut"
         self.preparer = Preparer(size, limits, work)
         self.stopping = False
+        self.shared = None        # on Ray: serve.ray_avatars.SharedAvatars (see share, find)
 
     def add(self, avatar_id: str, name: str, avatar: Avatar | VideoAvatar,
             bundled: bool = False) -> AvatarEntry:
@@ -114,6 +122,50 @@ class Avatars:
         while len(self.prepared) > MAX_UPLOADED_AVATARS:
             self.prepared.popitem(last=False)
 
+    async def share(self, entry: AvatarEntry, key: str) -> None:
+        """On Ray: the upload `entry` made available to every replica (see the module doc);
+        a failure leaves it this replica's own (said in the log)."""
+        if self.shared is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            if isinstance(entry.avatar, VideoAvatar):
+                folder = entry.avatar.folder
+                files = await loop.run_in_executor(None, read_folder, folder)
+                record = {"kind": "video", "folder": folder.name, "files": files}
+            else:
+                arrays = await loop.run_in_executor(None, avatar_npz, entry.avatar)
+                record = {"kind": "photo", "files": {"avatar.npz": arrays}}
+            await self.shared.publish(entry.id, {"name": entry.name, "key": key, **record})
+        except Exception as e:
+            log.warning("avatar %s is not shared with the other replicas: %s", entry.id, e)
+
+    async def find(self, avatar_id) -> AvatarEntry:
+        """The avatar `avatar_id` names (None: the default), as `entry`; on Ray also an upload
+        made through another replica, fetched from the shared store and prepared here."""
+        try:
+            return self.entry(avatar_id)
+        except ClientError as unknown:
+            if self.shared is None or not isinstance(avatar_id, str):
+                raise
+            missing = unknown
+        try:
+            record = await self.shared.fetch(avatar_id)
+        except Exception as e:
+            log.warning("the shared avatars cannot be read: %s", e)
+            record = None
+        if record is None:
+            raise missing
+        unpack = unpack_video if record["kind"] == "video" else unpack_photo
+        try:
+            avatar = await asyncio.get_running_loop().run_in_executor(None, unpack, record)
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("avatar %s from the shared store: %s", avatar_id, e)
+            raise ClientError(500, "an avatar shared by another replica could not be "
+                                   "loaded here") from None
+        self.remember(record["key"], avatar)
+        return self.add(avatar_id, record["name"], avatar)
+
     def entry(self, avatar_id) -> AvatarEntry:
         if avatar_id is None:
             avatar_id = self.default
@@ -130,9 +182,11 @@ class Avatars:
         if avatar is None:
             avatar = await self.preparer.photo(data)
         self.remember(key, avatar)
-        return self.add_upload(name, avatar)
+        entry = self.add_upload(name, avatar)
+        await self.share(entry, key)
+        return entry
 
-    def upload_video(self, upload: Upload) -> AvatarEntry | VideoJob:
+    async def upload_video(self, upload: Upload) -> AvatarEntry | VideoJob:
         """A received video: its avatar at once when the same bytes were prepared before;
         else a job (GET /avatars/jobs/{id}) that follows its preparation, which takes over
         the upload's temporary folder. Uploads of the same bytes share one preparation."""
@@ -140,7 +194,9 @@ class Avatars:
         avatar = self.prepared.get(key)
         if avatar is not None:
             self.remember(key, avatar)
-            return self.add_upload(upload.name, avatar)
+            entry = self.add_upload(upload.name, avatar)
+            await self.share(entry, key)
+            return entry
         self._forget_old_jobs()
         if len(self.jobs) >= MAX_VIDEO_JOBS:
             raise ClientError(503, "too many video uploads are being followed; try again in a "
@@ -156,7 +212,8 @@ class Avatars:
             upload.folder = None                           # the preparation removes it
             self.preparing[key] = preparation
             preparation.task = asyncio.ensure_future(self._prepare_video(preparation))
-        job = VideoJob("j" + secrets.token_urlsafe(16), upload.name, preparation)
+        job = VideoJob(self.ids.new(), upload.name, preparation)   # (on Ray: names this
+                                                                   # replica, like a session)
         preparation.jobs.append(job)
         self.jobs[job.id] = job
         return job
@@ -199,7 +256,9 @@ class Avatars:
             log.info("video avatar refused (%d): %s", error.status, error)
         for job in p.jobs:
             if error is None:
-                job.entry = self.add_upload(job.name, avatar)
+                entry = self.add_upload(job.name, avatar)
+                await self.share(entry, p.key)                 # before the job says "done"
+                job.entry = entry
             job.error, job.finished = error, time.monotonic()
 
     def trim_cache(self) -> None:
@@ -220,3 +279,43 @@ class Avatars:
         for task in preparations:
             task.cancel()                      # each removes its upload's temporary folder
         await asyncio.gather(*preparations, return_exceptions=True)
+
+
+def avatar_npz(avatar: Avatar) -> bytes:
+    """A prepared photo avatar's tensors as one .npz (another replica loads it as it is)."""
+    out = io.BytesIO()
+    np.savez(out, **{f.name: getattr(avatar, f.name).numpy() for f in fields(Avatar)})
+    return out.getvalue()
+
+
+def unpack_photo(record: dict) -> Avatar:
+    """A photo avatar shared by another replica."""
+    with np.load(io.BytesIO(record["files"]["avatar.npz"])) as arrays:
+        return Avatar(**{k: torch.from_numpy(arrays[k]) for k in arrays.files})
+
+
+def read_folder(folder: Path) -> dict[str, bytes]:
+    """A prepared video's files (its folder in the video cache), by name."""
+    return {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+
+
+def unpack_video(record: dict) -> VideoAvatar:
+    """A video avatar shared by another replica: its folder in this machine's video cache
+    (written unless it is there already: one machine's replicas share the cache), loaded."""
+    folder = video_cache_dir() / record["folder"]
+    avatar = load_video_avatar(folder)
+    if avatar is not None:
+        return avatar
+    work = video_cache_dir() / f".{record['folder']}-{os.getpid()}-shared"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name, data in record["files"].items():
+        (work / name).write_bytes(data)
+    try:
+        os.replace(work, folder)
+    except OSError:                          # written meanwhile by another process
+        shutil.rmtree(work, ignore_errors=True)
+    avatar = load_video_avatar(folder)
+    if avatar is None:
+        raise ValueError(f"the video avatar written to {folder} cannot be loaded")
+    return avatar

@@ -277,7 +277,7 @@ class ControlChannel:
             await loop.run_in_executor(None, live.session.set_style, values)
             await self.send({"type": "ok", "for": "style", "values": values})
         elif kind == "avatar":
-            entry = self.server.avatars.entry(message.get("id"))
+            entry = await self.server.avatars.find(message.get("id"))
             live.session.avatar = entry.avatar              # the next chunk renders it
             live.avatar_id = entry.id
             await self.send({"type": "ok", "for": "avatar", "id": entry.id})

@@ -97,7 +97,7 @@ async def create_session(request):
     if not isinstance(body, dict):
         raise ClientError(400, "the request body must be a JSON object (or empty)")
     options = media_options(body, server.limits, server.size)
-    avatar = server.avatars.entry(body.get("avatar"))
+    avatar = await server.avatars.find(body.get("avatar"))
     live = await server.start_headless(avatar, options)
     return web.json_response({"session": live.id, "websocket": f"/sessions/{live.id}/media",
                               "control": f"/ws/{live.id}", "media": options})

@@ -20,7 +20,7 @@ class Limits:
     max_video_bytes: int = 200 * 2**20       # a video avatar upload (kept on disk, not in memory)
     max_video_seconds: float = 300.0         # a video avatar's length
     max_video_pixels: int = 3840 * 2160      # a video avatar's frame size
-    max_video_cache_bytes: int = 8 * 2**30   # prepared videos kept on disk (~150 MB a minute)
+    max_video_cache_bytes: int = 8 * 2**30   # prepared videos kept on disk (~175 MB for 60 s)
     max_audio_file_bytes: int = 20 * 2**20   # POST /sessions/{id}/audio
     max_queued_seconds: float = 120.0        # audio waiting to be spoken, per session
     min_rate: int = MIN_RATE                 # PCM sample rates accepted, Hz

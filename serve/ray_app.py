@@ -12,8 +12,9 @@ standalone server's worth of sessions.
     WebRTC media               straight between the client and the replica's process
 
 A replica names its sessions so that the id says where they live (serve/ray_sessions.py),
-reports its room to the routers about once a second (record_routing_stats) and its sessions to
-the autoscaler (record_autoscaling_stats), and fails its health check when its event loop or
+shares the avatars uploaded to it with the others (serve/ray_avatars.py), reports its room to
+the routers about once a second (record_routing_stats) and its sessions to the autoscaler
+(record_autoscaling_stats), and fails its health check when its event loop or
 all of its media clocks stall. When Serve stops a replica to scale down (--autoscale) it first
 drains: it takes no new session and waits for its sessions to end (open websockets are requests
 in flight, which Serve waits for too), up to DRAIN_SECONDS. When the server stops, every session
@@ -62,13 +63,17 @@ class TalkingHead:
     async def __init__(self, options: dict, limits: Limits, token: str | None, key: str):
         from ray import serve
 
+        from serve.ray_avatars import SharedAvatars
         from serve.ray_bridge import Bridge
+        from serve.ray_census import Census
 
         args = Namespace(**options)
         replica = serve.get_replica_context().replica_id.unique_id
         loop = asyncio.get_running_loop()   # (below the media of sessions already running)
         self.server = await loop.run_in_executor(None, at_lower_priority, lambda: build_server(
             args, limits, token, ReplicaIds(replica, key)))
+        self.server.avatars.shared = SharedAvatars()    # uploads serve every replica
+        self.server.cluster = self.census = Census(replica)   # its totals in /metrics
         if is_loopback(args.host):
             use_loopback_for_media()
         self.runner = web.AppRunner(make_app(self.server), access_log=None,
@@ -90,6 +95,7 @@ class TalkingHead:
 
     def record_routing_stats(self) -> dict:
         server = self.server
+        self.census.report(len(server.sessions), server.max_sessions)
         return {"sessions": len(server.sessions), "starting": server.starting,
                 "max": server.max_sessions, "stopping": server.stopping, "time": time.time()}
 
@@ -122,6 +128,7 @@ class TalkingHead:
         deadline = time.monotonic() + (DRAIN_SECONDS if self.drain else 0.0)
         while server.sessions and time.monotonic() < deadline:
             await asyncio.sleep(1.0)
+        self.census.leave()
         await self.bridge.close()
         await self.runner.cleanup()
 
@@ -301,7 +308,15 @@ def shutdown() -> None:
     import ray
     from ray import serve
 
+    from serve.ray_avatars import STORE
+    from serve.ray_census import CENSUS
+
     try:
         serve.shutdown()
+        for actor in (STORE, CENSUS):          # the app's detached actors go with it
+            try:
+                ray.kill(ray.get_actor(actor, namespace=APP))
+            except ValueError:                 # never created
+                pass
     finally:
         ray.shutdown()

@@ -5,7 +5,8 @@ Ray loads this in each proxy from $RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
 (= "serve.ray_proxy:middlewares"), which must be set before the cluster starts (serve/ray_app.py
 sets it for a cluster it starts; `ray start` needs it in its environment).
 
-- Session affinity. The session id of a request is in its path (/ws/{id}, /sessions/{id}/...);
+- Session affinity. The session id of a request is in its path (/ws/{id}, /sessions/{id}/...;
+  a video upload's job, /avatars/jobs/{id}, is named like a session of the replica preparing it);
   browsers cannot set websocket headers, so it is copied here into the x-session-id header
   that Ray hands to the deployment's request router (serve/ray_router.py) as the request's
   session id. A request that starts a session (POST /offer, POST /sessions) is marked "new".
@@ -25,7 +26,7 @@ from starlette.middleware import Middleware
 SESSION_HEADER = b"x-session-id"   # Ray's default (RAY_SERVE_SESSION_ID_HEADER_KEY)
 REPLICA_HEADER = b"x-talking-head-replica"      # the replica a /replicas/... request is for
 ROUTER_HEADER = (b"x-talking-head-router", b"sessions")
-SESSION_PATH = re.compile(r"^/(?:ws|sessions)/([^/]+)")
+SESSION_PATH = re.compile(r"^/(?:ws|sessions|avatars/jobs)/([^/]+)")
 REPLICA_PATH = re.compile(r"^/replicas/([A-Za-z0-9]+)(/health|/metrics)$")
 STARTS_SESSION = {("POST", "/offer"), ("POST", "/sessions")}
 LOST_CODE = 4410

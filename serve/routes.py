@@ -113,7 +113,7 @@ async def upload_avatar(request):
         if upload.kind == "photo":
             result = await server.avatars.upload(bytes(upload.data), upload.name)
         else:
-            result = server.avatars.upload_video(upload)
+            result = await server.avatars.upload_video(upload)
     finally:
         upload.discard()                       # (a video being prepared: no longer its own)
     if isinstance(result, VideoJob):
@@ -131,7 +131,7 @@ async def avatar_job(request):
 
 
 async def avatar_preview(request):
-    entry = server_of(request).avatars.entry(request.match_info["id"])
+    entry = await server_of(request).avatars.find(request.match_info["id"])
     return web.Response(body=entry.preview, content_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
 
@@ -174,9 +174,11 @@ async def metrics(request):
     for live in list(server.sessions.values()):
         server.collect(live)
     rates = {live.label: live.clock.rates() for live in server.sessions.values()}
+    cluster = await server.cluster.gauges() if server.cluster is not None else {}
     text = server.metrics.render(
         gauges={"sessions": len(server.sessions), "sessions_max": server.max_sessions,
-                "video_avatars_preparing": len(server.avatars.preparing), **process_stats()},
+                "video_avatars_preparing": len(server.avatars.preparing), **process_stats(),
+                **cluster},
         labelled={"session_fps": {k: round(v[0], 2) for k, v in rates.items()},
                   "session_slots_per_second": {k: round(v[1], 2) for k, v in rates.items()}})
     if server.ids.label:                     # a Ray replica: every sample says which one

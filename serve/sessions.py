@@ -97,6 +97,7 @@ class Server:
                  ids: SessionIds | None = None):
         self.engine, self.size = engine, size
         self.ids = ids or SessionIds()
+        self.cluster = None        # on Ray: serve.ray_census.Census (the deployment's totals)
         self.limits = limits or Limits()
         self.token, self.fault_injection = token, fault_injection
         self.sessions: dict[str, LiveSession] = {}
@@ -108,7 +109,7 @@ class Server:
         # what clients ask for (speech synthesis, audio decoding) runs on threads of its
         # own: a flood of it queues there, never in front of sessions starting and ending
         self.work = ThreadPoolExecutor(2, thread_name_prefix="client-work")
-        self.avatars = Avatars(size, self.limits, self.metrics, self.work)
+        self.avatars = Avatars(size, self.limits, self.metrics, self.work, self.ids)
 
     @property
     def max_sessions(self) -> int:

@@ -32,7 +32,7 @@ async def offer(request):
     params = await read_json(request, server.limits.max_sdp_bytes)
     if params.get("type") != "offer" or not isinstance(params.get("sdp"), str):
         raise ClientError(400, 'expected {"sdp": "...", "type": "offer"[, "avatar": id]}')
-    avatar = server.avatars.entry(params.get("avatar"))
+    avatar = await server.avatars.find(params.get("avatar"))
     live, sdp = await server.start_session(params["sdp"], avatar)
     return web.json_response({"sdp": sdp, "type": "answer", "session": live.id})
 

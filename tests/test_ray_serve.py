@@ -9,7 +9,10 @@ process's aiortc peers (benchmarks/webrtc_client.py), offering only 127.0.0.1.
 
 Shown: a session on each replica (the session id names its replica), each decoding about
 25 fps with a mouth that moves while the microphone speaks; every websocket of a session
-lands on its owner (its "ready" names the session: only the owner knows it); one replica
+lands on its owner (its "ready" names the session: only the owner knows it); a photo and a
+video uploaded through the proxy serve sessions on both replicas (the replica that did not
+take the upload fetches it from the cluster's shared store), the video's job followed through
+the proxy on the replica preparing it; one replica
 killed (SIGKILL, a crash): its session's websocket closes with 4410 and a reason within 2 s,
 the other session streams on without a gap over 200 ms, a new session starts within 10 s (on
 the replica left), and once that one is full the next goes to the replacement; a full
@@ -36,6 +39,7 @@ from serve.ray_sessions import owner  # noqa: E402  (needs no Ray; after the ski
 
 OUT = Path(os.environ.get("TEST_OUTPUT_DIR", webrtc_client.ROOT / "out" / "tests"))
 SIZE = 256
+GRACE_HOPPER = webrtc_client.ROOT / "assets" / "grace_hopper.jpg"
 STREAM_SECONDS = 7.0
 
 
@@ -90,18 +94,73 @@ async def ready_of(http, url: str, session: str) -> dict:
         return json.loads(msg.data) if msg.type.name == "TEXT" else {"closed": ws.close_code}
 
 
-async def media_slots(http, url: str, session: str, count: int) -> list[dict]:
-    """The headers of the first `count` slots of a headless session's media websocket."""
-    headers = []
+async def media_slots(http, url: str, session: str, count: int
+                      ) -> tuple[list[dict], np.ndarray | None]:
+    """The headers of the first `count` slots of a headless session's media websocket (or
+    more, until one has a picture), and the first picture [S, S, 3] float."""
+    import io
+
+    from PIL import Image
+
+    headers, picture = [], None
     async with http.ws_connect(f"{url}/sessions/{session}/media") as ws:
-        while len(headers) < count:
+        while len(headers) < count or picture is None:
             msg = await ws.receive(timeout=10)
             if msg.type.name == "BINARY":
                 size = int.from_bytes(msg.data[:4], "little")
                 headers.append(json.loads(msg.data[4:4 + size]))
+                if headers[-1]["image_bytes"] and picture is None:
+                    image = msg.data[4 + size:4 + size + headers[-1]["image_bytes"]]
+                    picture = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"),
+                                         np.float32)
             elif msg.type.name != "TEXT":
                 break
-    return headers
+    return headers[:count], picture
+
+
+def short_video(folder: Path) -> Path:
+    """A 3 s recording of a face (tests/test_server_video.py's source), as an upload."""
+    from test_server_video import encode, recording
+
+    return encode(folder / "speaker.mp4", recording(0.0, 3.0), crf=28)
+
+
+async def video_upload(http, url: str, clip: Path) -> dict:
+    """Upload `clip` through the proxy, follow its job there until it is done (or failed, or
+    60 s), then start a headless session with it on each replica (each holds one session
+    already: the two fill them) and end them."""
+    result = {}
+    async with http.post(f"{url}/avatars", data=clip.read_bytes(),
+                         headers={"Content-Type": "video/mp4"}) as r:
+        result["upload"] = (r.status, await r.json())
+    started, job = time.perf_counter(), result["upload"][1]
+    while job.get("state") in ("queued", "preparing") and time.perf_counter() - started < 60:
+        await asyncio.sleep(0.5)
+        async with http.get(f"{url}/avatars/jobs/{result['upload'][1]['job']}") as r:
+            job = await r.json()
+    result["job"], result["prepared_s"] = job, round(time.perf_counter() - started, 1)
+    result["sessions"] = []
+    for _ in range(2):
+        async with http.post(f"{url}/sessions", json={"avatar": job.get("avatar")}) as r:
+            result["sessions"].append((r.status, await r.json()))
+    for status, reply in result["sessions"]:
+        if status == 200:
+            await http.delete(f"{url}/sessions/{reply['session']}")
+    return result
+
+
+async def cluster_totals(http, url: str, sessions: int, timeout: float = 10.0) -> dict:
+    """The deployment's totals in /metrics (through the proxy: any replica), once they count
+    `sessions` (reports come about once a second) or after `timeout`."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        async with http.get(f"{url}/metrics") as r:
+            found = webrtc_client.parse_metrics(await r.text())
+        totals = {name.split("{")[0].removeprefix("talking_head_cluster_"): value
+                  for name, value in found.items() if name.startswith("talking_head_cluster_")}
+        if totals.get("sessions") == sessions or time.perf_counter() > deadline:
+            return totals
+        await asyncio.sleep(0.5)
 
 
 async def new_session(http, url: str, deadline: float) -> Client:
@@ -128,6 +187,31 @@ async def watch_close(http, url: str, session: str, closes: dict) -> None:
                 break
         closes[session] = (time.perf_counter(), ws.close_code,
                            msg.extra if msg.type.name == "CLOSE" else None)
+
+
+def test_avatar_store_keeps_the_newest_within_its_bounds(monkeypatch):
+    """The shared store of uploaded avatars (serve/ray_avatars.py, run here as a plain
+    object): the oldest go first past MAX_AVATARS or MAX_BYTES; reading one makes it new;
+    one larger than the whole store is refused, the others kept."""
+    from serve import ray_avatars
+
+    monkeypatch.setattr(ray_avatars, "MAX_AVATARS", 3)
+    monkeypatch.setattr(ray_avatars, "MAX_BYTES", 100)
+    store = ray_avatars.AvatarStore()
+
+    def record(size):
+        return {"name": "x", "kind": "photo", "key": "k", "files": {"avatar.npz": b"0" * size}}
+
+    for name in "abc":
+        assert store.put(name, record(30))
+    assert store.get("a") is not None                     # a: now the newest
+    assert store.put("d", record(30))                     # past 3 avatars: b goes
+    assert list(store.records) == ["c", "a", "d"] and store.bytes == 90
+    assert store.put("e", record(60))                     # past 100 bytes: c, then a go
+    assert list(store.records) == ["d", "e"] and store.bytes == 90
+    assert not store.put("f", record(101))
+    assert store.get("f") is None and list(store.records) == ["d", "e"]
+    assert store.put("d", record(10)) and store.bytes == 70     # replaced, not counted twice
 
 
 def test_the_default_server_does_not_import_ray():
@@ -191,11 +275,12 @@ def test_ray_not_installed(tmp_path):
     assert "Traceback" not in err, err
 
 
-def test_two_replicas_affinity_and_a_replica_lost(ray_server):
+def test_two_replicas_affinity_and_a_replica_lost(ray_server, tmp_path):
     from models.avatar import prepare_avatar
 
     url = ray_server.url
     clip = speech_clip()
+    video_clip = short_video(tmp_path)
     box = mouth_box(prepare_avatar(size=SIZE))
 
     async def run():
@@ -205,14 +290,25 @@ def test_two_replicas_affinity_and_a_replica_lost(ray_server):
             await a.connect(http)
             await b.connect(http)
             readies = [await ready_of(http, url, s) for s in (a.session, b.session) * 2]
+            census = [await cluster_totals(http, url, sessions=2)]
+            # a photo uploaded through the proxy (to one replica): a session on each replica
+            # speaks with it, so one of them took it from the shared store
+            async with http.post(f"{url}/avatars", data=GRACE_HOPPER.read_bytes()) as r:
+                uploaded = (r.status, await r.json())
+            avatar = uploaded[1].get("avatar")
             full = []                        # fill both replicas: the next one is refused
             for _ in range(3):
-                async with http.post(f"{url}/sessions", json={}) as r:
-                    full.append((r.status, await r.json()))
-            headless_slots = await media_slots(http, url, full[0][1]["session"], 5)
-            for status, reply in full:
+                started = time.perf_counter()
+                async with http.post(f"{url}/sessions", json={"avatar": avatar}) as r:
+                    full.append((r.status, await r.json(), time.perf_counter() - started))
+            # the uploaded face on both replicas' sessions
+            headless_slots, picture = await media_slots(http, url, full[0][1]["session"], 5)
+            pictures = [picture] + [(await media_slots(http, url, reply["session"], 1))[1]
+                                    for status, reply, _ in full[1:2] if status == 200]
+            for status, reply, _ in full:
                 if status == 200:
                     await http.delete(f"{url}/sessions/{reply['session']}")
+            video = await video_upload(http, url, video_clip)
             closes: dict = {}
             watchers = [asyncio.ensure_future(watch_close(http, url, c.session, closes))
                         for c in (a, b)]
@@ -233,6 +329,7 @@ def test_two_replicas_affinity_and_a_replica_lost(ray_server):
             d = await new_session(http, url, killed + 40.0)      # that one is full: waits
             await d.wait_for_video(timeout=10)                   # for the replacement
             replacement_s = time.perf_counter() - killed
+            census.append(await cluster_totals(http, url, sessions=3))     # b, c and d
 
             bad = {}
             for name, session in (("dead replica", a.session), ("forged", "forged-id"),
@@ -247,20 +344,40 @@ def test_two_replicas_affinity_and_a_replica_lost(ray_server):
             for w in watchers:
                 w.cancel()
         return (a, b, c, d, readies, full, headless_slots, closes, fps, killed, new_session_s,
-                replacement_s, bad, health_a)
+                replacement_s, bad, health_a, uploaded, pictures, video, census)
 
     (a, b, c, d, readies, full, headless_slots, closes, fps, killed, new_session_s,
-     replacement_s, bad, health_a) = asyncio.run(run())
+     replacement_s, bad, health_a, uploaded, pictures, video, census) = asyncio.run(run())
 
     # one session on each replica; every websocket on its owner
     assert owner(a.session) != owner(b.session), (a.session, b.session)
     assert [r.get("session") for r in readies] == [a.session, b.session] * 2, readies
     assert health_a["replica"] == owner(a.session), health_a
+    # every replica's /metrics has the deployment's totals (a replica that died drops out)
+    assert census[0] == {"sessions": 2, "sessions_max": 4, "replicas": 2}, census
+    assert census[1] == {"sessions": 3, "sessions_max": 4, "replicas": 2}, census
+    # the upload serves sessions on both replicas, its face (not the default's) in both
+    assert uploaded[0] == 200, uploaded
+    assert [status for status, _, _ in full] == [200, 200, 503], full
+    grace = prepare_avatar(GRACE_HOPPER, size=SIZE).crop().astype(np.float32)
+    default = prepare_avatar(size=SIZE).crop().astype(np.float32)
+    assert len(pictures) == 2 and all(p is not None for p in pictures), pictures
+    for picture in pictures:
+        to_upload, to_default = (float(np.abs(picture - x).mean()) for x in (grace, default))
+        assert to_upload < 0.5 * to_default, (to_upload, to_default)
+    # a video upload: its job followed through the proxy (on the replica preparing it), then
+    # a session on each replica with it
+    assert video["upload"][0] == 202 and video["job"]["state"] == "done", video
+    assert owner(video["upload"][1]["job"]) is not None, video
+    assert [status for status, _ in video["sessions"]] == [200, 200], video
+    assert {owner(reply["session"]) for _, reply in video["sessions"]} == {
+        owner(a.session), owner(b.session)}, video
     # a full deployment: 503 and why
-    assert [status for status, _ in full] == [200, 200, 503], full
     assert "full" in full[2][1]["error"], full
     # a headless session's media websocket through the proxy: whole slots, in order
-    assert [h["slot"] for h in headless_slots] == list(range(5)), headless_slots
+    first_slot = headless_slots[0]["slot"]
+    assert [h["slot"] for h in headless_slots] == list(range(first_slot, first_slot + 5)), \
+        headless_slots
     assert {owner(full[0][1]["session"]), owner(full[1][1]["session"])} == {
         owner(a.session), owner(b.session)}, full
 
@@ -288,7 +405,10 @@ def test_two_replicas_affinity_and_a_replica_lost(ray_server):
               "other_session_max_gap_ms": round(1000 * gap),
               "new_session_after_kill_s": round(new_session_s, 2),
               "session_on_replacement_after_kill_s": round(replacement_s, 2),
-              "full": full[2], "bad_input": bad}
+              "full": full[2][:2], "bad_input": bad,
+              "session_start_with_the_upload_s": [round(t, 2) for _, _, t in full[:2]],
+              "video_upload": {k: v for k, v in video.items() if k != "sessions"},
+              "cluster_totals": census}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "ray_serve.json").write_text(json.dumps(result, indent=2))
     print(f"\nray_serve: {json.dumps(result)}")

@@ -151,6 +151,25 @@ def test_cache_bound_keeps_what_is_in_use(franck, tmp_path):
     assert sorted(p.name for p in root.iterdir()) == [".e-live", "c"]
 
 
+def test_shared_video_avatar_unpacks_into_another_cache(franck, tmp_path, monkeypatch):
+    """A video avatar shared between Ray replicas (serve/ray_avatars.py) as its prepared
+    folder's files: a replica on another machine writes them into its own video cache and
+    plays the same ticks; nothing half-written stays; a second time it loads what is there."""
+    from serve.avatars import read_folder, unpack_video
+
+    record = {"kind": "video", "folder": franck.folder.name, "key": "video:test",
+              "files": read_folder(franck.folder)}
+    monkeypatch.setenv("TALKING_HEAD_CACHE", str(tmp_path))
+    shared = unpack_video(record)
+    assert shared.folder == tmp_path / "videos" / franck.folder.name
+    np.testing.assert_array_equal(shared.motion, franck.motion)
+    np.testing.assert_array_equal(shared.tick_crop(5), franck.tick_crop(5))
+    assert [p.name for p in (tmp_path / "videos").iterdir()] == [franck.folder.name]
+    written = (shared.folder / "frames.jpg").stat().st_mtime_ns
+    assert unpack_video({**record, "files": {}}).folder == shared.folder
+    assert (shared.folder / "frames.jpg").stat().st_mtime_ns == written
+
+
 def test_mouth_follows_the_generated_motion(franck):
     v = franck
     playback = VideoPlayback(v)
