@@ -22,9 +22,11 @@ speech    Real speech (train.real_speech's recordings: the alsa-utils phrases an
           from the clip's first --seconds, and with the photo avatar of its reference frame.
           On the output video, by dlib: the mouth opening's correlation with the aligned
           reference and with the audio's energy envelope; identity distance to the reference
-          frame against the spread of the recording's own frames; the largest frame-to-frame
-          change at the playback's turning points, at speech starts and ends and anywhere,
-          against the recording's own 99th percentile.
+          frame against the spread of the recording's own frames (the played stretch, and
+          the whole recording with its speaking frames), and each video frame's distance
+          over that of the recorded tick it was drawn from (what the new mouth did); the
+          largest frame-to-frame change at the playback's turning points, at speech starts
+          and ends and anywhere, against the recording's own 99th percentile.
 prepare   Preparation time and peak memory (a fresh process per run) for a clip of --seconds
           (longer than the clip: it is played on backwards, and so on).
 playback  What one speaking frame of the video avatar (the clip's first --seconds) costs:
@@ -266,8 +268,14 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
     avatar = prepare_video_avatar(head, size)
     reference_seen = look(avatar.crop())
 
-    # the recording's own frames: identity spread and frame-to-frame change
-    own_identity, own_change = [], []
+    def identity(image: np.ndarray) -> float | None:
+        seen = look(image)
+        return None if seen is None else mf.identity_distance(seen.embedding,
+                                                              reference_seen.embedding)
+
+    # the recording's own frames: identity spread (over the played stretch, and over the
+    # whole recording: its speaking frames too) and frame-to-frame change (played stretch)
+    own_identity, all_identity, own_change = {}, [], []
     previous = None
     for tick in range(avatar.turns[0], avatar.turns[1] + 1):
         crop = avatar.tick_crop(tick)
@@ -275,10 +283,13 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
             own_change.append(frame_change(crop, previous))
         previous = crop
         if tick % identity_every == 0:
-            seen = look(crop)
-            if seen is not None:
-                own_identity.append(mf.identity_distance(seen.embedding,
-                                                         reference_seen.embedding))
+            own_identity[tick] = identity(crop)
+    for tick in range(0, avatar.ticks, identity_every):
+        all_identity.append(own_identity[tick] if tick in own_identity
+                            else identity(avatar.tick_crop(tick)))
+    own_identity = {t: d for t, d in own_identity.items() if d is not None}
+    played = list(own_identity.values())
+    all_identity = [d for d in all_identity if d is not None]
     own_p99 = float(np.percentile(own_change, 99))
     engine = make_engine("onnx")
     results = {}
@@ -301,15 +312,21 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                 raise RuntimeError(f"{rec['name']}, {name}: {len(frames)} frames, "
                                    f"errors {session.stats.errors}")
             n = min(len(frames), len(reference))
-            gaps, identity = np.full(n, np.nan), []
+            ticks = np.array([avatar.tick_at(k) for k in range(n)])   # the tick shown at k
+            gaps, distances, excess = np.full(n, np.nan), [], []
             for k in range(n):
                 seen = look(frames[k], k % identity_every == 0)
                 if seen is None:
                     continue
                 gaps[k] = seen.mouth
-                if seen.embedding is not None:
-                    identity.append(mf.identity_distance(seen.embedding,
-                                                         reference_seen.embedding))
+                if seen.embedding is None:
+                    continue
+                distances.append(mf.identity_distance(seen.embedding, reference_seen.embedding))
+                if name == "video_avatar":          # what the new mouth did to the identity
+                    if ticks[k] not in own_identity:
+                        own_identity[ticks[k]] = identity(avatar.tick_crop(ticks[k]))
+                    if own_identity[ticks[k]] is not None:
+                        excess.append(distances[-1] - own_identity[ticks[k]])
             ok = known[:n] & np.isfinite(gaps)
             changes = np.array([frame_change(frames[k], frames[k - 1]) for k in range(1, n)])
             entry = {
@@ -317,12 +334,16 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                 "mouth_vs_reference": pearson(list(zip(gaps[ok], reference[:n][ok],
                                                        strict=True))),
                 "mouth_vs_energy": pearson(list(zip(gaps[ok], energy[:n][ok], strict=True))),
-                "identity_mean": float(np.mean(identity)) if identity else None,
-                "identity_max": float(np.max(identity)) if identity else None,
+                "identity_mean": float(np.mean(distances)) if distances else None,
+                "identity_max": float(np.max(distances)) if distances else None,
                 "largest_change_over_p99": float(changes.max() / own_p99),
             }
             if name == "video_avatar":
-                ticks = np.array([avatar.tick_at(k) for k in range(n)])
+                shown = [d for t, d in own_identity.items() if d is not None and t in ticks]
+                entry["identity_of_the_ticks_shown_max"] = float(np.max(shown))
+                entry["identity_over_the_tick_shown"] = {
+                    "mean": float(np.mean(excess)), "p95": float(np.percentile(excess, 95)),
+                    "max": float(np.max(excess))}
                 turns = np.flatnonzero(np.isin(ticks, avatar.turns))
                 voiced = energy[:n] > 6.0                         # dB above the floor
                 edges = np.flatnonzero(np.diff(voiced.astype(int)) != 0) + 1
@@ -336,9 +357,12 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
         results[rec["name"]] = per
     metrics = {
         "video": str(path), "avatar_seconds": seconds, "size": size, "ticks": avatar.ticks,
-        "recording_identity_mean": float(np.mean(own_identity)),
-        "recording_identity_p95": float(np.percentile(own_identity, 95)),
-        "recording_identity_max": float(np.max(own_identity)),
+        "recording_identity_mean": float(np.mean(played)),
+        "recording_identity_p95": float(np.percentile(played, 95)),
+        "recording_identity_max": float(np.max(played)),
+        "whole_recording_identity": {"mean": float(np.mean(all_identity)),
+                                     "p95": float(np.percentile(all_identity, 95)),
+                                     "max": float(np.max(all_identity))},
         "recording_change_p99": own_p99, "recordings": results,
         "total_s": round(time.perf_counter() - started, 1), **_machine(),
     }
