@@ -56,6 +56,10 @@ class ImageTooLargeError(PortraitError):
     pass
 
 
+class FaceUnusableError(PortraitError):
+    """Eyes shut, or the face turned away (models.recording.portrait_flaw)."""
+
+
 class SeveralFacesWarning(UserWarning):
     pass
 
@@ -389,9 +393,9 @@ def prepare_avatar(source=DEFAULT_AVATAR, size: int = 512, *, detector: str = "h
     """A portrait (path, bytes or RGB array) -> Avatar at size x size (512 or 256).
 
     Raises a PortraitError subclass (ImageReadError, ImageTooLargeError, FaceNotFoundError,
-    FaceTooSmallError) with a plain message. Several faces: the largest is used and a
-    SeveralFacesWarning is issued. Results are cached in cache_dir() by pixel hash; a cache
-    that cannot be written only costs time.
+    FaceTooSmallError, FaceUnusableError: eyes shut, face turned away) with a plain message.
+    Several faces: the largest is used and a SeveralFacesWarning is issued. Results are cached
+    in cache_dir() by pixel hash; a cache that cannot be written only costs time.
     """
     if size not in SIZES:
         raise ValueError(f"working size must be one of {SIZES}, got {size}")
@@ -403,16 +407,26 @@ def prepare_avatar(source=DEFAULT_AVATAR, size: int = 512, *, detector: str = "h
         cached = _load(path)
         if cached is not None:
             avatar, faces = cached
+            _refuse_flawed(avatar)
             _warn_several(faces)
             return avatar
     face, faces = main_face(image, detector)
-    _warn_several(faces)
     box = crop_box(face, image.shape[1], image.shape[0])
     crop = crop_image(image, box, size)
     avatar = build_avatar(crop, _crop_landmarks(crop, face, box, size))
     if path is not None:
         _save(path, avatar, faces)
+    _refuse_flawed(avatar)
+    _warn_several(faces)
     return avatar
+
+
+def _refuse_flawed(avatar: Avatar) -> None:
+    from models.recording import portrait_flaw  # (here: it imports this module)
+
+    flaw = portrait_flaw(avatar.landmarks.numpy())
+    if flaw is not None:
+        raise FaceUnusableError(flaw)
 
 
 # ---------------------------------------------------------------------------------------------

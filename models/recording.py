@@ -84,12 +84,31 @@ def smooth(motion: np.ndarray, frames: int = 5, order: int = 2) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 EYES_OPEN = 0.18           # eye aspect ratio (each eye) below this: closed or closing
+EYES_SHUT = 0.12           # a photo whose eyes are both below this: shut (see portrait_flaw)
 EYES_OPEN_SHARE = 0.8      # ... or below this share of the person's wide-open eyes (90th pct)
 MAX_YAW = 0.25             # nose tip off the jaw's middle, face widths (~25 deg): profile
 MAX_ROLL = 30.0            # degrees
 # What counts as a clearly visible amount of each flaw (the penalties' units).
 PENALTY_UNITS = {"mouth_gap": 0.02, "eyes_shut": 0.05, "yaw": 0.05, "roll": 5.0,
                  "pitch": 0.03, "speed": 0.01}
+
+
+def portrait_flaw(landmarks: np.ndarray) -> str | None:
+    """Why one photo cannot be an avatar's source, as a plain message, from its landmarks
+    [68, 2] (pixels); None when it can. A recording offers other frames (pick_source_frame
+    asks more of its pick); a photo is all there is, so only what no rendering can mend:
+    both eyes shut (each eye's aspect ratio below EYES_SHUT: the renderer can close eyes,
+    not open them; eyes looking down measure ~0.18) or the face turned beyond MAX_YAW
+    (~30 degrees, where the renderer's own turns of up to 30 degrees begin)."""
+    m = source_measures(np.asarray(landmarks, np.float64)[None])
+    eyes = max(m["eye_left"][0], m["eye_right"][0])
+    if eyes < EYES_SHUT:
+        return (f"the eyes are closed in this photo (eye aspect ratio {eyes:.2f}; open eyes "
+                f"measure 0.2-0.4): use a photo with the eyes open")
+    if abs(m["yaw"][0]) > MAX_YAW:
+        return ("the face is turned too far to the side: use a photo of a roughly frontal "
+                "face (within about 30 degrees)")
+    return None
 
 
 @dataclass
