@@ -274,9 +274,9 @@ def test_transcript_keeps_pace_with_the_avatar(scenario):
               if "sentence" in text else None}
     report("pipecat_transcript", result)
     assert None not in result["word_minus_its_audio_ms"], f"words lost: {result}"
-    assert all(abs(d) <= 100 for d in result["word_minus_its_audio_ms"]), result
+    assert all(abs(d) <= 150 for d in result["word_minus_its_audio_ms"]), result
     assert result["sentence_minus_audio_before_ms"] is not None, result
-    assert 0 <= result["sentence_minus_audio_before_ms"] <= 100, result
+    assert 0 <= result["sentence_minus_audio_before_ms"] <= 120, result
 
 
 def test_interruption_silences_the_avatar_within_one_chunk(scenario):

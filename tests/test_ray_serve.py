@@ -127,14 +127,14 @@ def short_video(folder: Path) -> Path:
 
 async def video_upload(http, url: str, clip: Path) -> dict:
     """Upload `clip` through the proxy, follow its job there until it is done (or failed, or
-    60 s), then start a headless session with it on each replica (each holds one session
+    90 s), then start a headless session with it on each replica (each holds one session
     already: the two fill them) and end them."""
     result = {}
     async with http.post(f"{url}/avatars", data=clip.read_bytes(),
                          headers={"Content-Type": "video/mp4"}) as r:
         result["upload"] = (r.status, await r.json())
     started, job = time.perf_counter(), result["upload"][1]
-    while job.get("state") in ("queued", "preparing") and time.perf_counter() - started < 60:
+    while job.get("state") in ("queued", "preparing") and time.perf_counter() - started < 90:
         await asyncio.sleep(0.5)
         async with http.get(f"{url}/avatars/jobs/{result['upload'][1]['job']}") as r:
             job = await r.json()
