@@ -14,11 +14,12 @@ standalone server's worth of sessions.
 A replica names its sessions so that the id says where they live (serve/ray_sessions.py),
 shares the avatars uploaded to it with the others (serve/ray_avatars.py), reports its room to
 the routers about once a second (record_routing_stats) and its sessions to the autoscaler
-(record_autoscaling_stats), and fails its health check when its event loop or
-all of its media clocks stall. When Serve stops a replica to scale down (--autoscale) it first
-drains: it takes no new session and waits for its sessions to end (open websockets are requests
-in flight, which Serve waits for too), up to DRAIN_SECONDS. When the server stops, every session
-ends at once, each client told. A replica that dies: the proxy closes its websockets with 4410
+(record_autoscaling_stats) and to the census of the deployment's sessions
+(serve/ray_census.py), and fails its health check when its event loop or all of its media
+clocks stall. When Serve stops a replica to scale down (--autoscale) it first drains: it takes
+no new session and waits for its sessions to end (open websockets are requests in flight,
+which Serve waits for too), up to DRAIN_SECONDS. When the server stops, every session ends at
+once, each client told. A replica that dies: the proxy closes its websockets with 4410
 and a reason, its ids answer 410, a replacement starts.
 """
 
