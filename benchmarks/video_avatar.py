@@ -268,14 +268,18 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
     avatar = prepare_video_avatar(head, size)
     reference_seen = look(avatar.crop())
 
-    def identity(image: np.ndarray) -> float | None:
-        seen = look(image)
-        return None if seen is None else mf.identity_distance(seen.embedding,
-                                                              reference_seen.embedding)
+    tick_identity: dict[int, float | None] = {}       # tick -> distance (None: no face)
+
+    def identity_of(tick: int, crop: np.ndarray | None = None) -> float | None:
+        if tick not in tick_identity:
+            seen = look(avatar.tick_crop(tick) if crop is None else crop)
+            tick_identity[tick] = None if seen is None else mf.identity_distance(
+                seen.embedding, reference_seen.embedding)
+        return tick_identity[tick]
 
     # the recording's own frames: identity spread (over the played stretch, and over the
     # whole recording: its speaking frames too) and frame-to-frame change (played stretch)
-    own_identity, all_identity, own_change = {}, [], []
+    played, own_change = [], []
     previous = None
     for tick in range(avatar.turns[0], avatar.turns[1] + 1):
         crop = avatar.tick_crop(tick)
@@ -283,13 +287,10 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
             own_change.append(frame_change(crop, previous))
         previous = crop
         if tick % identity_every == 0:
-            own_identity[tick] = identity(crop)
-    for tick in range(0, avatar.ticks, identity_every):
-        all_identity.append(own_identity[tick] if tick in own_identity
-                            else identity(avatar.tick_crop(tick)))
-    own_identity = {t: d for t, d in own_identity.items() if d is not None}
-    played = list(own_identity.values())
-    all_identity = [d for d in all_identity if d is not None]
+            played.append(identity_of(tick, crop))
+    played = [d for d in played if d is not None]
+    whole = [d for d in map(identity_of, range(0, avatar.ticks, identity_every))
+             if d is not None]
     own_p99 = float(np.percentile(own_change, 99))
     engine = make_engine("onnx")
     results = {}
@@ -322,11 +323,9 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                 if seen.embedding is None:
                     continue
                 distances.append(mf.identity_distance(seen.embedding, reference_seen.embedding))
-                if name == "video_avatar":          # what the new mouth did to the identity
-                    if ticks[k] not in own_identity:
-                        own_identity[ticks[k]] = identity(avatar.tick_crop(ticks[k]))
-                    if own_identity[ticks[k]] is not None:
-                        excess.append(distances[-1] - own_identity[ticks[k]])
+                own = identity_of(ticks[k]) if name == "video_avatar" else None
+                if own is not None:                 # what the new mouth did to the identity
+                    excess.append(distances[-1] - own)
             ok = known[:n] & np.isfinite(gaps)
             changes = np.array([frame_change(frames[k], frames[k - 1]) for k in range(1, n)])
             entry = {
@@ -339,7 +338,7 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                 "largest_change_over_p99": float(changes.max() / own_p99),
             }
             if name == "video_avatar":
-                shown = [d for t, d in own_identity.items() if d is not None and t in ticks]
+                shown = [d for d in map(identity_of, set(ticks.tolist())) if d is not None]
                 entry["identity_of_the_ticks_shown_max"] = float(np.max(shown))
                 entry["identity_over_the_tick_shown"] = {
                     "mean": float(np.mean(excess)), "p95": float(np.percentile(excess, 95)),
@@ -360,9 +359,9 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
         "recording_identity_mean": float(np.mean(played)),
         "recording_identity_p95": float(np.percentile(played, 95)),
         "recording_identity_max": float(np.max(played)),
-        "whole_recording_identity": {"mean": float(np.mean(all_identity)),
-                                     "p95": float(np.percentile(all_identity, 95)),
-                                     "max": float(np.max(all_identity))},
+        "whole_recording_identity": {"mean": float(np.mean(whole)),
+                                     "p95": float(np.percentile(whole, 95)),
+                                     "max": float(np.max(whole))},
         "recording_change_p99": own_p99, "recordings": results,
         "total_s": round(time.perf_counter() - started, 1), **_machine(),
     }

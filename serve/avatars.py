@@ -143,19 +143,15 @@ class Avatars:
     async def find(self, avatar_id) -> AvatarEntry:
         """The avatar `avatar_id` names (None: the default), as `entry`; on Ray also an upload
         made through another replica, fetched from the shared store and prepared here."""
-        try:
+        if self.shared is None or not isinstance(avatar_id, str) or avatar_id in self.entries:
             return self.entry(avatar_id)
-        except ClientError as unknown:
-            if self.shared is None or not isinstance(avatar_id, str):
-                raise
-            missing = unknown
         try:
             record = await self.shared.fetch(avatar_id)
         except Exception as e:
             log.warning("the shared avatars cannot be read: %s", e)
             record = None
         if record is None:
-            raise missing
+            return self.entry(avatar_id)          # unknown here and there: entry's error
         unpack = unpack_video if record["kind"] == "video" else unpack_photo
         try:
             avatar = await asyncio.get_running_loop().run_in_executor(None, unpack, record)

@@ -80,4 +80,3 @@ class SharedAvatars:
 
     async def fetch(self, avatar_id: str) -> dict | None:
         return await self.store.get.remote(avatar_id)
-

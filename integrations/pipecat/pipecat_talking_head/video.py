@@ -291,18 +291,17 @@ class TalkingHeadVideoService(AIService):
         the stop frames; the next audio starts a new reply."""
         self._release_countdown = None
         self._sent_seconds = self._spoken_seconds = 0.0
-        self._delay = self._delay or 0
-        held = self._held_timed + [frame for _, frame in self._held_text]
-        stops, self._held_stops = self._held_stops, []
-        self._held_timed, self._held_text = [], []
-        for frame in held:
-            if frame.pts:
-                await self._push_timed(frame)
-            else:
-                await self.push_frame(frame)
+        delay = self._delay or 0                       # (no speech came: as the TTS timed it)
+        timed, text, stops = self._held_timed, self._held_text, self._held_stops
+        self._held_timed, self._held_text, self._held_stops = [], [], []
+        self._audio_in_at = self._delay = None
+        for frame in timed:
+            frame.pts += delay
+            await self.push_frame(frame)
+        for _, frame in text:
+            await self.push_frame(frame)
         for frame in stops:
             await self.push_frame(frame)
-        self._audio_in_at = self._delay = None
 
     @staticmethod
     def _rgb(slot: Slot) -> bytes:
