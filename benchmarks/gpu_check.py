@@ -10,7 +10,8 @@
    kernels/attention_reference.py; the fused warp-render against the renderer's own
    per-pixel pass (models/render.py compose) in float and in uint8 frames; the motion DiT
    (and Whisper's encoder, if openai-whisper is installed) with the kernels on and off; the
-   ahead-of-time compilation for TensorRT's plugins
+   ahead-of-time compilation for TensorRT's plugins; the torch engine on the GPU against
+   the same engine on the CPU (the same speech through a session of each)
 2. timings (CUDA events, median ms per call): torch eager, torch with CUDA graphs, the Triton
    kernels, and the Triton kernels with CUDA graphs, for the renderer (512 x 512), the motion
    DiT, attention alone, and the audio encoder when whisper is importable
@@ -197,6 +198,42 @@ def check_networks(device, seed: int) -> list[dict]:
     return rows
 
 
+def check_engine(avatar, seconds: float = 3.0) -> list[dict]:
+    """The torch engine on the GPU against the same engine on the CPU: the same speech
+    through a session of each (features, motion network and renderer all on the device),
+    the motion and the frames compared."""
+    from benchmarks.latency import RATE, speech
+    from stream.engine import TorchEngine
+    from stream.render_file import render_file
+    from stream.session import Session
+
+    audio = speech(seconds).audio
+    results, engines = {}, {}
+    for device in ("cpu", "cuda"):
+        frames: list[np.ndarray] = []
+        engines[device] = TorchEngine(device=device)
+        session = Session(engines[device], avatar, seed=0)
+        try:
+            motion, _ = render_file(session, audio, RATE,
+                                    writer=lambda image, _sound, into=frames: into.append(image))
+        finally:
+            session.close()
+        results[device] = (motion, np.stack(frames))
+    (m_cpu, f_cpu), (m_gpu, f_gpu) = results["cpu"], results["cuda"]
+    motion_error = float(np.abs(m_cpu - m_gpu).max())
+    mse = float(((f_cpu.astype(np.float64) - f_gpu) ** 2).mean())
+    psnr = 10 * math.log10(255.0 ** 2 / mse) if mse > 0 else math.inf
+    graphs = engines["cuda"].graphs
+    replayed = {name: f"{g.replays}/{g.replays + g.eager}" for name, g in graphs.items()}
+    return [dict(check=f"torch engine cuda: calls replayed as CUDA graphs {replayed}",
+                 error=min(g.replays for g in graphs.values()), limit=1,
+                 ok=all(g.replays > 0 for g in graphs.values())),
+            dict(check=f"torch engine cuda vs cpu, {len(f_cpu)} frames: motion max |diff|",
+                 error=motion_error, limit=0.05, ok=motion_error < 0.05),
+            dict(check="torch engine cuda vs cpu: frames PSNR dB (higher is better)",
+                 error=psnr, limit=35.0, ok=psnr >= 35.0)]
+
+
 def check_aot() -> list[dict]:
     """The TensorRT plugins' AOT compilation for this GPU: the PTX entry takes exactly the
     inputs, the int32 scalars and the outputs."""
@@ -367,6 +404,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="out/gpu_check.json", help="JSON report")
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes and repeats")
     parser.add_argument("--seed", type=int, default=None, help="random inputs (default: time)")
+    parser.add_argument("--random-encoder", action="store_true",
+                        help="Whisper's encoder with random weights in the engine check, for a "
+                             "machine without its weights package (benchmarks/timing_weights.py)")
     args = parser.parse_args(argv)
     if args.save_avatar:
         save_avatar(args.avatar, args.save_avatar)
@@ -385,12 +425,16 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False        # fp32 references stay fp32
     torch.backends.cudnn.allow_tf32 = False
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
+    if args.random_encoder:
+        from benchmarks.timing_weights import use_random_whisper
+
+        use_random_whisper()
     avatar = load_avatar(args.avatar)
     avatar_tensors = tuple(t.to(device) for t in avatar.tensors())
 
     started = time.time()
     checks = (check_attention(device, seed) + check_warp_render(avatar_tensors, seed)
-              + check_networks(device, seed) + check_aot())
+              + check_networks(device, seed) + check_engine(avatar) + check_aot())
     rows = timings(avatar_tensors, device, args.quick)
     report = dict(gpu=torch.cuda.get_device_name(), capability=torch.cuda.get_device_capability(),
                   torch=torch.__version__, triton=triton.__version__,

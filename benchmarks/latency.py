@@ -519,8 +519,18 @@ class Bench:
             from models.video_avatar import prepare_any_avatar, print_progress
             from stream.engine import DEFAULT_CHECKPOINT, make_engine
 
-            self.engine = make_engine(args.engine, args.checkpoint or DEFAULT_CHECKPOINT,
-                                      args.device)
+            if args.no_cuda_graphs:
+                from stream.engine import TorchEngine
+
+                self.engine = TorchEngine(args.checkpoint or DEFAULT_CHECKPOINT, args.device,
+                                          cuda_graphs=False)
+            else:
+                self.engine = make_engine(args.engine, args.checkpoint or DEFAULT_CHECKPOINT,
+                                          args.device)
+            if args.batched:
+                from stream.batching import BatchedEngine
+
+                self.engine = BatchedEngine(self.engine)
             self.avatar = prepare_any_avatar(args.avatar or DEFAULT_AVATAR, args.size,
                                              progress=print_progress)
             warm_up(self.engine, self.avatar)
@@ -536,8 +546,15 @@ class Bench:
                 import torch
 
                 torch.cuda.reset_peak_memory_stats()
+            calls = self.engine.counts() if args.batched else None
             run = run_inprocess(self.engine, self.avatar, clip.audio, streams, args.codec,
                                 args.margin_ms / 1000)
+            if args.batched:
+                run["requests_per_call"] = batched_per_call(calls, self.engine)
+            graphs = getattr(getattr(self.engine, "engine", self.engine), "graphs", None)
+            if graphs:                                   # torch on a GPU: stream/cuda_graphs.py
+                run["cuda_graph_replays"] = {name: [g.replays, g.eager]
+                                             for name, g in graphs.items()}
             if cuda:
                 run["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
         run["loadavg"] = load
@@ -546,6 +563,18 @@ class Bench:
     def close(self) -> None:
         if self.server is not None:
             self.server.stop()
+        if self.args.batched and self.engine is not None:
+            self.engine.close()
+
+
+def batched_per_call(before: dict, engine) -> dict:
+    """Sessions' requests per network call of each batcher during one run (1.0: no two
+    sessions ever shared a call)."""
+    per_call = {}
+    for name, (calls, requests) in engine.counts().items():
+        calls, requests = calls - before[name][0], requests - before[name][1]
+        per_call[name] = round(requests / max(calls, 1), 2)
+    return per_call
 
 
 def holds(result: dict, min_fps: float, p95_bound: float) -> bool:
@@ -640,6 +669,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--sweep-streams", action="store_true")
     p.add_argument("--max-streams", type=int, default=16)
+    p.add_argument("--stream-counts", type=int, nargs="+", default=None,
+                   help="with --sweep-streams: run these counts in turn (default 1, 2, ... "
+                        "--max-streams), stopping at the first that does not hold")
+    p.add_argument("--batched", action="store_true",
+                   help="in-process: the sessions share the networks through continuous "
+                        "batching (stream.batching.BatchedEngine)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="torch on cuda: launch every kernel from Python instead of replaying "
+                        "CUDA graphs (stream/cuda_graphs.py), for comparison")
+    p.add_argument("--random-encoder", action="store_true",
+                   help="Whisper's encoder with random weights: timing only, for a machine "
+                        "where its weights package cannot be installed "
+                        "(benchmarks/timing_weights.py)")
     p.add_argument("--min-fps", type=float, default=24.0)
     p.add_argument("--p95-bound-ms", type=float, default=300.0)
     p.add_argument("--offline", action="store_true",
@@ -657,6 +699,10 @@ def main(argv: list[str] | None = None) -> dict:
     from stream.engine import EngineError, default_engine
 
     args.engine = args.engine or default_engine(args.device)
+    if args.random_encoder:
+        from benchmarks.timing_weights import use_random_whisper
+
+        use_random_whisper()
     clip = speech(args.seconds, args.audio)
     if not clip.utterances:
         raise SystemExit(f"no speech found in {args.audio}")
@@ -665,7 +711,9 @@ def main(argv: list[str] | None = None) -> dict:
             "date": datetime.date.today().isoformat(), "cpu": cpu_name(),
             "mode": "webrtc" if args.webrtc else "inprocess", "engine": args.engine,
             "device": args.device, "size": args.size, "codec": args.codec,
-            "seconds": args.seconds, "margin_ms": args.margin_ms}
+            "seconds": args.seconds, "margin_ms": args.margin_ms, "batched": args.batched,
+            "cuda_graphs": args.device == "cuda" and not args.no_cuda_graphs,
+            "random_encoder": args.random_encoder}
     print(f"{meta['mode']}, {args.engine} engine on {args.device} ({meta['cpu']}), "
           f"{args.size} px, {args.seconds:.0f} s of speech, load average "
           f"{' '.join(map(str, loadavg()))}", flush=True)
@@ -676,7 +724,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if args.sweep_streams:
             sweep = []
-            for n in range(1, args.max_streams + 1):
+            for n in args.stream_counts or range(1, args.max_streams + 1):
                 sweep.append(bench.run(clip, n))
                 print(table(sweep[-1:]) if n > 1 else table(sweep), flush=True)
                 if not holds(sweep[-1], args.min_fps, args.p95_bound_ms):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.constants import take
 from models.curves import feature_frame, project, smooth_curve
 
 # Positions within one eye's six landmarks (36..41 or 42..47): left corner, upper lid left
@@ -65,8 +66,8 @@ def eyelid(points: torch.Tensor, eye: torch.Tensor, blink: torch.Tensor, gaze: t
     left, upper, right, lower = EYE
     u, v, half, frame = feature_frame(points, eye[:, left], eye[:, right])
     _, axis, normal = frame
-    top_u, top_v = project(eye[:, [left, *upper, right]], frame, half)
-    bottom_u, bottom_v = project(eye[:, [left, *lower, right]], frame, half)
+    top_u, top_v = project(take(eye, (left, *upper, right)), frame, half)
+    bottom_u, bottom_v = project(take(eye, (left, *lower, right)), frame, half)
     top = smooth_curve(u, top_u, top_v)                                    # [N, P]
     bottom = smooth_curve(u, bottom_u, bottom_v)
     opening = torch.relu(bottom - top)

@@ -154,10 +154,12 @@ class Normalizer:
     std: list[float] = field(default_factory=lambda: [1.0] * motion_space.D)
 
     def to_model(self, motion: torch.Tensor) -> torch.Tensor:
-        return (motion - torch.tensor(self.mean)) / torch.tensor(self.std)
+        return ((motion - torch.tensor(self.mean, device=motion.device))
+                / torch.tensor(self.std, device=motion.device))
 
     def from_model(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.tensor(self.std) + torch.tensor(self.mean)
+        return (x * torch.tensor(self.std, device=x.device)
+                + torch.tensor(self.mean, device=x.device))
 
 
 class MotionDiT(nn.Module):

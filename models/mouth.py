@@ -14,6 +14,7 @@ is painted, so zero motion reproduces the portrait exactly.
 
 import torch
 
+from models.constants import constant, table, take
 from models.curves import CURVE_SAMPLES, Lookup, curve_table, feature_frame, project
 
 # Inner-lip landmarks 60..67 as positions 0..7, left to right.
@@ -52,15 +53,15 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     u, v, half, frame = feature_frame(points, lips[:, 0], lips[:, 4])
 
     # The lip curves and the opening beyond the portrait's own, as tables over u.
-    up_u, up_v = project(lips[:, list(UPPER)], frame, half)
-    lo_u, lo_v = project(lips[:, list(LOWER)], frame, half)
+    up_u, up_v = project(take(lips, UPPER), frame, half)
+    lo_u, lo_v = project(take(lips, LOWER), frame, half)
     rest_u, rest_v = project(rest_lips, frame, half)
     start = torch.full_like(fs, -REACH)
     stop = torch.full_like(fs, REACH)
     upper_table = curve_table(up_u, up_v, start, stop)
     lower_table = curve_table(lo_u, lo_v, start, stop)
-    rest_upper = curve_table(rest_u[:, list(UPPER)], rest_v[:, list(UPPER)], start, stop)
-    rest_lower = curve_table(rest_u[:, list(LOWER)], rest_v[:, list(LOWER)], start, stop)
+    rest_upper = curve_table(take(rest_u, UPPER), take(rest_v, UPPER), start, stop)
+    rest_lower = curve_table(take(rest_u, LOWER), take(rest_v, LOWER), start, stop)
     rest_gap = torch.relu(rest_lower - rest_upper)
     opened_table = torch.clamp((lower_table - upper_table - rest_gap) / (0.008 * fs), 0.0, 1.0)
     at_u = Lookup(u, start, stop)
@@ -79,7 +80,7 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     on_arch = _step(1.0 - ta.abs(), 0.08)
     upper_teeth = _step(upper_edge - v) * on_arch
     lower_teeth = _step(v - lower_edge) * on_arch
-    shade = Lookup(ta, torch.full_like(fs, -1.0), torch.ones_like(fs))(teeth_shade().to(fs.device))
+    shade = Lookup(ta, torch.full_like(fs, -1.0), torch.ones_like(fs))(table(teeth_shade, fs))
 
     lip_color, teeth_color = colors[1], colors[2]
     # Cavity: nearly black at the back, a little light from the lips near the edges.
@@ -107,7 +108,7 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     teeth = (w_upper * (0.62 + 0.38 * from_upper_lip) + w_lower * 0.68) * shade * inset
     tongue_w = w_tongue * tongue_light * inset
     cavity_w = w_cavity * light * inset
-    tongue_color = lip_color * torch.tensor([0.62, 0.36, 0.36], device=lip_color.device)
+    tongue_color = lip_color * constant([0.62, 0.36, 0.36], lip_color)
     color = (teeth[..., None] * teeth_color + tongue_w[..., None] * tongue_color
              + cavity_w[..., None] * lip_color)
     return color, coverage

@@ -32,6 +32,7 @@ from kernels import dispatch
 from models import motion_space as ms
 from models import warp
 from models.avatar import DEFAULT_AVATAR, MAX_FACE_FRACTION, Avatar, prepare_avatar
+from models.constants import constant, take
 from models.curves import mix
 from models.eyes import EYE, eyelid
 from models.head import Pose
@@ -58,7 +59,7 @@ def window_size(size: int, window: tuple[float, float]) -> tuple[int, int]:
 def window_origin(centre: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
     """Top-left pixel [N, 2] of a height x width window around centre [N, 2], kept inside
     the frame."""
-    extent = torch.tensor([width, height], dtype=centre.dtype, device=centre.device)
+    extent = constant([width, height], centre)
     origin = torch.round(centre - extent / 2)
     return torch.minimum(torch.clamp(origin, min=0.0), size - extent)     # [N, 2]
 
@@ -92,9 +93,8 @@ def _landmarks(pose, landmarks, landmark_depth, basis, expression):
     """Moved inner lips [N, 8, 2], eyes without the blink [N, 12, 2], inner lips at rest
     and moved by the jaw only (both under the head pose), in output pixels."""
     moved = landmarks + torch.einsum("ne,ekc->nkc", expression, basis)     # [N, 68, 2]
-    keep_open = torch.ones(expression.shape[1], dtype=expression.dtype,
-                           device=expression.device)
-    keep_open[_BLINKS] = 0.0
+    keep_open = constant([0.0 if e in _BLINKS else 1.0 for e in range(expression.shape[1])],
+                         expression)                                       # [E]
     unblinked = landmarks + torch.einsum("ne,ekc->nkc", expression * keep_open, basis)
     lips = pose.forward(moved[:, 60:68], landmark_depth[None, 60:68])
     eye_points = pose.forward(unblinked[:, 36:48], landmark_depth[None, 36:48])
@@ -160,7 +160,7 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
     # Eyes: sample again with lid and gaze offsets, darken the closing lid margin.
     textures = torch.cat([image, smooth_image])[None]                      # [1, 6, S, S]
     height, width = window_size(frame_size, EYE_WINDOW)
-    gaze = expression[:, [_E["gaze_x"], _E["gaze_y"]]]
+    gaze = take(expression, (_E["gaze_x"], _E["gaze_y"]))
     for side in range(2):
         eye = eye_points[:, side * 6:(side + 1) * 6]
         points, index = _window(eye_window_centre(eye, face_width, scale), height, width, size)
@@ -197,7 +197,7 @@ def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, d
     backward displacement offset [N, 2, h, w] and the overlays' inputs, the arguments of
     compose after the textures (image, smooth_image, plate, matte) and offset."""
     n, size, coarse = motion.shape[0], image.shape[-1], flow.shape[-1]
-    expression = motion[:, _EXPRESSION]                                    # [N, E]
+    expression = take(motion, _EXPRESSION)                                 # [N, E]
     pose = Pose(motion, face_rotation, pivot, face_width)
     lips, eye_points, rest_lips, jaw_lips = _landmarks(pose, landmarks, landmark_depth, basis,
                                                        expression)

@@ -14,6 +14,7 @@ from kernels import dispatch
 from kernels.warp_render_layout import CURVE, EYE_FIELDS, GROUP, MOUTH_FIELDS
 from models import eyes
 from models import mouth as mouth_shape
+from models.constants import table, take
 from models.curves import CURVE_SAMPLES, curve_table, feature_frame, project
 from models.render import (
     _BLINKS,
@@ -57,8 +58,8 @@ def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size, frame_size):
     left, upper, right, lower = eyes.EYE
     half, frame = _frame(eye[:, left], eye[:, right])
     centre, axis, _ = frame
-    top_u, top_v = project(eye[:, [left, *upper, right]], frame, half)
-    bottom_u, bottom_v = project(eye[:, [left, *lower, right]], frame, half)
+    top_u, top_v = project(take(eye, (left, *upper, right)), frame, half)
+    bottom_u, bottom_v = project(take(eye, (left, *lower, right)), frame, half)
     top = curve_table(top_u, top_v, top_u[:, :1], top_u[:, -1:])
     bottom = curve_table(bottom_u, bottom_v, bottom_u[:, :1], bottom_u[:, -1:])
     height, width = window_size(frame_size, EYE_WINDOW)
@@ -86,19 +87,19 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, size, frame_size)
     fs = face_size[:, None]
     half, frame = _frame(lips[:, 0], lips[:, 4])
     centre, axis, _ = frame
-    upper, lower = list(mouth_shape.UPPER), list(mouth_shape.LOWER)
-    up_u, up_v = project(lips[:, upper], frame, half)
-    lo_u, lo_v = project(lips[:, lower], frame, half)
+    upper, lower = mouth_shape.UPPER, mouth_shape.LOWER
+    up_u, up_v = project(take(lips, upper), frame, half)
+    lo_u, lo_v = project(take(lips, lower), frame, half)
     rest_u, rest_v = project(rest_lips, frame, half)
     start = torch.full_like(fs, -mouth_shape.REACH)
     stop = torch.full_like(fs, mouth_shape.REACH)
     upper_table = curve_table(up_u, up_v, start, stop)
     lower_table = curve_table(lo_u, lo_v, start, stop)
-    rest_upper = curve_table(rest_u[:, upper], rest_v[:, upper], start, stop)
-    rest_lower = curve_table(rest_u[:, lower], rest_v[:, lower], start, stop)
+    rest_upper = curve_table(take(rest_u, upper), take(rest_v, upper), start, stop)
+    rest_lower = curve_table(take(rest_u, lower), take(rest_v, lower), start, stop)
     rest_gap = torch.relu(rest_lower - rest_upper)
     opened = torch.clamp((lower_table - upper_table - rest_gap) / (0.008 * fs), 0.0, 1.0)
-    shade = mouth_shape.teeth_shade().to(lips.device).expand(n, -1)
+    shade = table(mouth_shape.teeth_shade, lips).expand(n, -1)
     _, jaw_v = project(jaw_lips, frame, half)
     height, width = window_size(frame_size, MOUTH_WINDOW)
     origin = window_origin(lips.mean(1), height, width, size)
@@ -126,7 +127,7 @@ def overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin, l
     """The kernel's params [N, 3, GROUP] and tables [N, 8, CURVE] from compose's arguments."""
     size = image.shape[-1]
     frame_size = frame_size or size
-    gaze = expression[:, [_E["gaze_x"], _E["gaze_y"]]]
+    gaze = take(expression, (_E["gaze_x"], _E["gaze_y"]))
     rows, tables = [], []
     for side in range(2):
         row, table = eye_inputs(eye_points[:, side * 6:(side + 1) * 6],

@@ -55,7 +55,7 @@ def guided_velocity(model: MotionDiT, x: torch.Tensor, t: torch.Tensor,
     """CFG velocity; x [B, n, D], t [B] -> [B, n, D]. One batched call of 3B."""
     b = x.shape[0]
     c3 = cond.repeat(3)
-    ones, zeros = torch.ones(b), torch.zeros(b)
+    ones, zeros = torch.ones(b, device=x.device), torch.zeros(b, device=x.device)
     use_audio = torch.cat([zeros, ones, ones])
     use_style = torch.cat([zeros, zeros, ones])
     v = model(x.repeat(3, 1, 1), t.repeat(3), c3.carry, c3.audio, c3.carry_audio, c3.style,
@@ -68,7 +68,7 @@ def guided_velocity(model: MotionDiT, x: torch.Tensor, t: torch.Tensor,
 def conditional_velocity(model: MotionDiT, x: torch.Tensor, t: torch.Tensor,
                          cond: ChunkCondition) -> torch.Tensor:
     """Fully conditioned velocity (the student: guidance is folded into its weights)."""
-    ones = torch.ones(x.shape[0])
+    ones = torch.ones(x.shape[0], device=x.device)
     return model(x, t, cond.carry, cond.audio, cond.carry_audio, cond.style, ones, ones)
 
 
@@ -89,7 +89,7 @@ def sample_teacher(model: MotionDiT, cond: ChunkCondition, noise: torch.Tensor,
     path = [x]
     grid = time_grid(steps)
     for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
-        t = torch.full((x.shape[0],), t0)
+        t = torch.full((x.shape[0],), t0, device=x.device)
         x = x + (t1 - t0) * guided_velocity(model, x, t, cond, guidance)
         path.append(x)
     return (x, path) if return_path else x
@@ -102,6 +102,6 @@ def sample_student(model: MotionDiT, cond: ChunkCondition, noise: torch.Tensor,
     x = noise
     grid = time_grid(steps)
     for t0, t1 in zip(grid[:-1], grid[1:], strict=True):
-        t = torch.full((x.shape[0],), t0)
+        t = torch.full((x.shape[0],), t0, device=x.device)
         x = x + (t1 - t0) * conditional_velocity(model, x, t, cond)
     return x

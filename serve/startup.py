@@ -18,6 +18,7 @@ from serve.avatars import BUNDLED_AVATARS
 from serve.limits import Limits
 from serve.preparation import prepare_default, prepare_photo
 from serve.sessions import Server, SessionIds
+from stream.batching import BatchedEngine
 from stream.engine import EngineError, default_engine, make_engine
 
 STARTUP_ERRORS = (EngineError, PortraitError, OSError, ExportError)   # said, no traceback
@@ -32,6 +33,8 @@ def build_server(args, limits: Limits, token: str | None, ids: SessionIds | None
     default = prepare_files(args, limits, say)
     engine = make_engine(args.engine or default_engine(args.device), args.checkpoint,
                          args.device)
+    if args.device == "cuda":            # sessions share the GPU's calls: 8 sessions at 512
+        engine = BatchedEngine(engine)   # px held 25 fps on an H200 batched, 4 alone (RESULTS)
     server = Server(engine, args.size, limits, token=token,
                     fault_injection=args.fault_injection, ids=ids)
     for avatar_id, path in BUNDLED_AVATARS.items():

@@ -149,6 +149,14 @@ class BatchedEngine:
     def render(self, avatar, motion: np.ndarray) -> np.ndarray:
         return self._render(id(avatar), avatar, motion)
 
+    def draws_windows(self, size: int) -> bool:
+        return self.engine.draws_windows(size)
+
+    def counts(self) -> dict:
+        """(network calls, requests) of each batcher so far."""
+        return {name: (b.calls, b.requests) for name, b in
+                (("encoder", self._encode), ("motion", self._sample), ("render", self._render))}
+
     def stats(self) -> dict:
         """Requests per network call of each batcher (1.0 = no batching happened)."""
         return {name: b.requests / max(b.calls, 1) for name, b in

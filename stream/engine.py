@@ -12,9 +12,12 @@ An Engine gives a session
             run on CUDA streams; needs TensorRT 10.14+ or TensorRT-RTX and a CUDA GPU
 """
 
+import itertools
 import logging
 import os
 import threading
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,23 +74,109 @@ class Engine:
 
 
 class TorchEngine(Engine):
+    """The networks in torch, on the CPU or on a CUDA device. On a GPU the encoder, the motion
+    network and the renderer run there (attention and the renderer's per-pixel pass as
+    Triton kernels, kernels.dispatch), each replayed as CUDA graphs (stream/cuda_graphs.py);
+    only numpy arrays cross: mel windows and features, chunks of motion, uint8 frames."""
+
     name = "torch"
+    AVATARS_ON_DEVICE = 32          # avatars whose tensors stay on the GPU between calls
+    GRAPH_AFTER_USES = 3            # an avatar is drawn from a graph from its 3rd call on
 
     def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu",
-                 threads: int = 1):
+                 threads: int = 1, cuda_graphs: bool = True):
         if device != "cpu" and not torch.cuda.is_available():
             raise EngineError(f"device {device!r} asked for, but torch sees no CUDA device")
-        self.device = device
+        self.device = torch.device(device)
         # One intra-op thread: a session's stages already run in parallel threads (features
         # + motion, render), and OpenMP teams oversubscribe badly on a busy 2-core machine.
         torch.set_num_threads(threads)
+        self._avatars: dict[int, _AvatarOnDevice] = {}       # by id(avatar), newest last
+        self._avatars_lock = threading.Lock()
+        self._tokens = itertools.count()
+        if self.device.type == "cuda":
+            from stream.cuda_graphs import CudaGraphs
+
+            gpu = threading.Lock()
+            self.graphs = {name: CudaGraphs(name, self.device, gpu, enabled=cuda_graphs)
+                           for name in ("encoder", "motion", "render")}
         super().__init__(checkpoint)
+        self.motion.net.to(self.device)
+
+    def _encoder(self):
+        if self.device.type == "cpu":
+            return None                              # the extractor's torch default
+        from models.audio import load_window_encoder
+
+        module = load_window_encoder(FeatureConfig.of(self.motion.feature_config))
+        module = module.to(self.device)
+
+        def encode(mel: np.ndarray) -> np.ndarray:   # [B, 80, 2n] -> [B, n, 384]
+            return self.graphs["encoder"](None, module, torch.from_numpy(mel)).numpy()
+
+        return encode
+
+    def _sampler(self):
+        if self.device.type == "cpu":
+            return None                              # MotionGenerator's torch default
+        from models.sampler import ChunkCondition
+
+        model = self.motion
+
+        def sample_on_device(noise, carry, carry_audio, audio, style):
+            cond = ChunkCondition(carry=carry, carry_audio=carry_audio, audio=audio, style=style)
+            return model.sample(cond, noise)
+
+        def sample(noise, carry, carry_audio, audio, style) -> np.ndarray:
+            def tensor(a) -> torch.Tensor:
+                return torch.from_numpy(np.asarray(a, np.float32))
+
+            norm = model.normalizer                  # applied here, on the host
+            x = self.graphs["motion"](None, sample_on_device, tensor(noise),
+                                      norm.to_model(tensor(carry)), tensor(carry_audio),
+                                      tensor(audio), tensor(style))
+            return norm.from_model(x).numpy().astype(np.float32)
+
+        return sample
 
     def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
-        from models.render import render
+        from models.render import render, render_tensors
 
-        with torch.inference_mode():
-            return render(avatar, torch.from_numpy(np.asarray(motion, np.float32))).numpy()
+        motion = torch.from_numpy(np.asarray(motion, np.float32))
+        if self.device.type == "cpu":
+            with torch.inference_mode():
+                return render(avatar, motion).numpy()
+        on_device = self._on_device(avatar)
+
+        def draw(m: torch.Tensor) -> torch.Tensor:
+            return render_tensors(*on_device.tensors, m, frame_size=avatar.frame_size)
+
+        if on_device.uses < self.GRAPH_AFTER_USES:   # e.g. a video avatar's windows: new
+            with self.graphs["render"].gpu, torch.inference_mode():     # objects each call
+                return draw(motion.to(self.device)).cpu().numpy()
+        return self.graphs["render"](on_device.token, draw, motion).numpy()
+
+    def _on_device(self, avatar: Avatar) -> "_AvatarOnDevice":
+        """The avatar's tensors on the device, moved once per avatar (a photo's 512 px
+        tensors are ~13 MB); the newest AVATARS_ON_DEVICE are kept."""
+        with self._avatars_lock:
+            entry = self._avatars.pop(id(avatar), None)
+            if entry is None or entry.avatar() is not avatar:
+                entry = _AvatarOnDevice(weakref.ref(avatar), next(self._tokens),
+                                        tuple(t.to(self.device) for t in avatar.tensors()))
+            entry.uses += 1
+            self._avatars[id(avatar)] = entry
+            while len(self._avatars) > self.AVATARS_ON_DEVICE:
+                self._avatars.pop(next(iter(self._avatars)))
+            return entry
+
+
+@dataclass
+class _AvatarOnDevice:
+    avatar: weakref.ref
+    token: int                      # names this avatar's render graphs (ids can be reused)
+    tensors: tuple
+    uses: int = 0
 
 
 class OnnxEngine(Engine):

@@ -1,11 +1,14 @@
 """The renderer, checked the way a viewer would: the landmark detector and the identity
 embedding run on rendered frames of real portraits (the default avatar and Grace Hopper)."""
 
+import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from models import face
 from models import motion_space as ms
@@ -232,3 +235,60 @@ def test_sweep_and_demo_from_the_command_line(tmp_path):
     assert main(["--size", "256", "--demo", str(sheet)]) == 0
     image = read_image(sheet)
     assert image.shape[0] > 500 and image.shape[1] > 1000
+
+
+class _HostTensors(TorchDispatchMode):
+    """Records every op that meets a tensor made on the host: on the CPU a tensor no op of
+    the call made (torch.tensor, list indexing) and where in models/ it was made; on another
+    device any CPU tensor at all (a table computed on the CPU and copied over)."""
+
+    def __init__(self, inputs):
+        super().__init__()
+        self.made = {id(t) for t in inputs}
+        self.alive = list(inputs)                    # ids stay unique while the call runs
+        self.found: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for a in tree_flatten((args, kwargs or {}))[0]:
+            if isinstance(a, torch.Tensor) and (
+                    a.device.type == "cpu" if self.alive[0].device.type != "cpu"
+                    else id(a) not in self.made):
+                where = [f for f in traceback.extract_stack() if "/models/" in f.filename]
+                self.found.append((str(func), f"{Path(where[-1].filename).name}:"
+                                              f"{where[-1].lineno}" if where else "?"))
+        out = func(*args, **(kwargs or {}))
+        for o in tree_flatten(out)[0]:
+            if isinstance(o, torch.Tensor):
+                self.made.add(id(o))
+                self.alive.append(o)
+        return out
+
+
+def _render_and_pack(tensors, motion):
+    from models.render import frame_layers
+    from models.render_fused import overlay_inputs
+
+    frames = render_tensors(*tensors, motion)
+    _, overlays = frame_layers(*tensors, motion)
+    overlay_inputs(tensors[0], *overlays)                  # the fused kernel's inputs
+    return frames
+
+
+def test_the_renderer_makes_no_host_tensors_per_call(avatars):
+    """A CUDA graph (TorchEngine on a GPU replays the renderer as one) cannot copy from the
+    host while it is captured: every constant the renderer and the fused kernel's packing
+    meet per call comes from models/constants.py, which keeps one copy per device."""
+    tensors = avatars[("astronaut", 256)].tensors()
+    motion = torch.rand(2, ms.D)
+    with torch.no_grad(), _HostTensors([*tensors, motion]) as on_cpu:
+        _render_and_pack(tensors, motion)
+    assert on_cpu.found, "the checker saw none of constants.py's tensors: it checks nothing"
+    assert {where.split(":")[0] for _, where in on_cpu.found} == {"constants.py"}, \
+        sorted(set(on_cpu.found))
+
+    meta = [t.to("meta") for t in (*tensors, motion)]
+    with torch.no_grad():
+        _render_and_pack(meta[:-1], meta[-1])               # first call: constants made
+        with _HostTensors(meta) as on_device:
+            _render_and_pack(meta[:-1], meta[-1])
+    assert on_device.found == [], sorted(set(on_device.found))
