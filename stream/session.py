@@ -260,10 +260,7 @@ class Session:
         generated giving way to an utterance (stream/headless.py)."""
         with self._feature_lock, self._motion_lock, self._lock:
             self._epoch += 1
-            # the first block boundary not yet handed out (and not beyond what was sampled)
-            cut = -(-self._delivered // self.block) * self.block
-            if cut > self._next_frame:
-                cut = self._next_frame // self.block * self.block
+            cut = self._cut_frame()
             kept = [h for h in self._history if h[0] < cut]
             self._history = deque(kept, maxlen=self._history.maxlen)
             self._next_frame = cut
@@ -286,6 +283,20 @@ class Session:
                 self._started = time.perf_counter() - cut_sample / RATE
             self._lock.notify_all()
             return cut
+
+    @property
+    def generated_end(self) -> int:
+        """16 kHz sample where cut() would cut now: audio after it has not been handed to the
+        motion stage yet (no frame was made from it)."""
+        with self._lock:
+            return self._cut_frame() * self.engine.feature_config.samples_per_frame
+
+    def _cut_frame(self) -> int:
+        """The first block boundary not yet handed out (and not beyond what was sampled)."""
+        cut = -(-self._delivered // self.block) * self.block
+        if cut > self._next_frame:
+            cut = self._next_frame // self.block * self.block
+        return cut
 
     def _drop_queued_frames(self, cut: int) -> None:
         kept = []

@@ -31,7 +31,9 @@ import numpy as np
 from models.audio_io import MAX_RATE, MIN_RATE, AudioInputError, check_rate, to_float_mono
 from stream.session import Session
 
-LEAD_SECONDS = 0.1            # queued audio is fed this far ahead of the wall clock
+LEAD_SECONDS = 0.2            # queued audio is fed this far ahead of the wall clock: more
+#                               than a block and the look-ahead (160 ms), so the first frames
+#                               of an utterance wait for no audio
 MAX_QUEUED_SECONDS = 120.0    # queued audio not yet spoken
 MAX_QUEUED_PIECES = 20000     # pieces queued (1-sample messages must not cost 100 B each)
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -83,6 +85,12 @@ class AudioFeed:
     @property
     def queued_seconds(self) -> float:
         return self._queued_seconds
+
+    @property
+    def feeding_queued(self) -> bool:
+        """An utterance is being fed (its audio pushed at real-time pace): from its first
+        piece pushed until a feed() after its last one has been spoken."""
+        return self._spoken_until is not None
 
     def speaking(self, now: float | None = None) -> bool:
         """Queued audio is being (or waiting to be) spoken."""

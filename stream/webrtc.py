@@ -54,6 +54,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -67,9 +68,11 @@ from aiortc import MediaStreamTrack
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
+from stream.audio import RATE
 from stream.player import FPS, Player
 from stream.session import PLAYBACK_PER_FRAME, Session
 from stream.sources import AudioFeed
+from stream.vad import FRAME as FRAME_VAD
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +337,7 @@ class MediaClock:
         return tick - phase if 1e-4 < phase < TICK_SECONDS - 1e-4 else tick
 
     def _step_once(self, now: float) -> None:
+        self._start_utterance_early()
         self.feed.feed(now)
         player = self.player
         if player.start is None and (first := player.first_frame()) is not None:
@@ -373,6 +377,36 @@ class MediaClock:
                 per_frame.clear()                   # read here; a long session must not grow
         self._count(now, self._out_slots - sent, player.stats.shown - shown)
         self._keep_in_sync()
+
+    def _start_utterance_early(self) -> None:
+        """Queued audio (a TTS reply) waiting while the session idles takes the place of the
+        idle silence no frame was made from yet (Session.cut): its first frames are then due
+        as soon as compute allows instead of after that silence, and since the reply's audio
+        is already there, the look-ahead costs nothing (feed() pushes LEAD_SECONDS of it at
+        once). The reply starts no sooner than the start margin (what frames need, measured)
+        and one slot after the slot playing (silence is put before it where the cut falls
+        closer: its sound is never due before its frames can be made). Only when the reply is ahead of real time by
+        more than the silence given up plus a block and its look-ahead: audio that trickles
+        in as it is spoken (a streaming TTS, 20 ms at a time) would leave the moved-up
+        frames without their look-ahead. Only silence is given up: voice activity heard
+        nothing there, and no queued audio lies there."""
+        s, feed = self.session, self.feed
+        if self.player.start is None or feed.queued_seconds <= 0 or feed.feeding_queued:
+            return
+        front, end = s.generated_end, s.audio_end
+        c = s.engine.feature_config
+        spf = c.samples_per_frame
+        ahead = end - front + (c.block_frames + c.lookahead_frames) * spf
+        vad = s.audio.vad
+        if not (front < end and feed.queued_seconds * RATE >= ahead and vad is not None
+                and not feed.queued_overlaps(front, end)
+                and all(vad.speech_at(i) is not True for i in range(front, end, FRAME_VAD))):
+            return
+        cut = s.cut()
+        margin = self.start_margin if self.start_margin is not None else START_MARGIN_SECONDS
+        start = self.player.next_slot + 1 + math.ceil(margin * FPS)
+        if start > cut:
+            s.pad_after_cut((start - cut) * spf)
 
     def interrupt(self) -> int:
         """Barge-in (from any thread). Returns the frame index of the cut.

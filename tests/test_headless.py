@@ -108,7 +108,9 @@ def test_realtime_slots_carry_their_audio_once_with_events_in_order(drained, rea
     """Idle frames flow before any audio; ~25 slots a second, none missing, each a 256 px
     JPEG with exactly 40 ms of 24 kHz audio; the audio sent comes back once, in the slots
     flagged as speech, sample for sample (correlation), between speech_started and
-    speech_ended, in that order."""
+    speech_ended, in that order. Sent at once, an utterance takes the place of idle silence
+    not generated yet (MediaClock._start_utterance_early): a second one after a pause is
+    whole too."""
     utterance = first_recording(real_speech)
 
     async def run():
@@ -120,10 +122,18 @@ def test_realtime_slots_carry_their_audio_once_with_events_in_order(drained, rea
             await session.send_pcm(pcm16(utterance), rate=16000)
             spoken = await collect(session, lambda items: has_event("speech_ended")(items)
                                    and items[-1][0] > sent + 0.5 + utterance.size / 16000)
+            await collect(session, lambda items: len(slots_of(items)) >= 25)      # a pause
+            await session.send_pcm(pcm16(utterance), rate=16000)
+            again = await collect(session, has_event("speech_ended"))
             await session.close()
-        return opened, idle, sent, spoken, session.media
+        return opened, idle, sent, spoken, again, session.media
 
-    opened, idle, sent, spoken, media = asyncio.run(run())
+    opened, idle, sent, spoken, again, media = asyncio.run(run())
+    second = audio_of([s for s in slots_of(again) if s.speech])
+    second_correlation, _ = match(second, resample_poly(utterance, 3, 2))     # 24 kHz
+    report("headless_second_utterance", {"correlation": round(second_correlation, 4),
+                                         "speech_slots": len(second) // 960})
+    assert second_correlation > 0.95, second_correlation
     items = idle + spoken
     slots = slots_of(items)
     arrivals = np.array([t for t, x in items if x.kind == "slot"])
