@@ -150,6 +150,7 @@ class Session:
         self._arrivals = deque()           # (16 kHz end index, perf_counter) of pushes
         self._ended = False                # the audio source finished (offline mode)
         self._features_finished = False    # ... and the feature stream was flushed
+        self._features_waiting = False     # blocks whose audio is in, not yet encoded
         self._rendered = 0                 # frames rendered (index + 1 of the last one)
         self.dropped_frames = 0            # frames lost because the consumer fell behind
         self._epoch = 0
@@ -267,6 +268,7 @@ class Session:
             self._settle_at = cut
             self._pending = []
             self._features_finished = False
+            self._features_waiting = False
             self._rendered = min(self._rendered, cut)
             self._drop_queued_frames(cut)
             # rebuild the audio timeline and the feature stream at the cut
@@ -419,7 +421,12 @@ class Session:
                         continue
                     if audio.size:
                         self.features.push(audio)
-                    feats = self.features.pull()
+                    # a chunk's blocks at a time: when audio comes in a burst (a reply sent
+                    # whole) the first chunk is sampled and rendered before the rest of the
+                    # burst is encoded, not after (the encoder runs a window per block anyway)
+                    feats = self.features.pull(max_blocks=max(self.chunk // self.block, 1))
+                    waiting = self.features.ready_blocks() > 0
+                    finishing = finishing and not waiting
                     if finishing:
                         feats = np.concatenate([feats, self.features.finish()])
                 if len(feats):
@@ -427,6 +434,7 @@ class Session:
                 with self._lock:
                     if epoch != self._epoch:
                         continue
+                    self._features_waiting = waiting
                     self._features_finished |= finishing
                     first = self._next_frame + len(self._pending)
                     self._pending += [(first + i, f) for i, f in enumerate(feats)]
@@ -465,6 +473,7 @@ class Session:
             self.features.restart_at(block, self.audio.read(window_start, cut * spf))
             self._taken = cut * spf
             self._pending = []
+            self._features_waiting = False
             self._next_frame = cut
             if 0 <= self._settle_at < cut:
                 self._settle_at = cut           # a barge-in's mouth ramp still applies
@@ -473,7 +482,8 @@ class Session:
             self._lock.notify_all()
 
     def _work_ready(self) -> bool:
-        return self.audio.end > self._taken or (self._ended and not self._features_finished)
+        return (self.audio.end > self._taken or self._features_waiting
+                or (self._ended and not self._features_finished))
 
     def _take_chunk(self):
         """Under the lock: the next complete chunk to sample (epoch, first index, features,

@@ -385,11 +385,11 @@ class MediaClock:
         is already there, the look-ahead costs nothing (feed() pushes LEAD_SECONDS of it at
         once). The reply starts no sooner than the start margin (what frames need, measured)
         and one slot after the slot playing (silence is put before it where the cut falls
-        closer: its sound is never due before its frames can be made). Only when the reply is ahead of real time by
-        more than the silence given up plus a block and its look-ahead: audio that trickles
-        in as it is spoken (a streaming TTS, 20 ms at a time) would leave the moved-up
-        frames without their look-ahead. Only silence is given up: voice activity heard
-        nothing there, and no queued audio lies there."""
+        closer: its sound is never due before its frames can be made). Only when the reply
+        is ahead of real time by more than the silence given up plus a block and its
+        look-ahead: audio that trickles in as it is spoken (a streaming TTS, 20 ms at a
+        time) would leave the moved-up frames without their look-ahead. Only silence is
+        given up: voice activity heard nothing there, and no queued audio lies there."""
         s, feed = self.session, self.feed
         if self.player.start is None or feed.queued_seconds <= 0 or feed.feeding_queued:
             return
