@@ -288,13 +288,15 @@ class Session:
 
     @property
     def generated_end(self) -> int:
-        """16 kHz sample where cut() would cut now: audio after it has not been handed to the
-        motion stage yet (no frame was made from it)."""
+        """16 kHz sample where cut() would cut now: the first block boundary no frame after
+        which has been handed to the consumer (nor beyond what motion has sampled); what lies
+        after it can still be replaced."""
         with self._lock:
             return self._cut_frame() * self.engine.feature_config.samples_per_frame
 
     def _cut_frame(self) -> int:
-        """The first block boundary not yet handed out (and not beyond what was sampled)."""
+        """The first block boundary not yet handed to the consumer (and not beyond what was
+        sampled)."""
         cut = -(-self._delivered // self.block) * self.block
         if cut > self._next_frame:
             cut = self._next_frame // self.block * self.block

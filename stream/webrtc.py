@@ -380,16 +380,18 @@ class MediaClock:
 
     def _start_utterance_early(self) -> None:
         """Queued audio (a TTS reply) waiting while the session idles takes the place of the
-        idle silence no frame was made from yet (Session.cut): its first frames are then due
-        as soon as compute allows instead of after that silence, and since the reply's audio
-        is already there, the look-ahead costs nothing (feed() pushes LEAD_SECONDS of it at
-        once). The reply starts no sooner than the start margin (what frames need, measured)
-        and one slot after the slot playing (silence is put before it where the cut falls
-        closer: its sound is never due before its frames can be made). Only when the reply
-        is ahead of real time by more than the silence given up plus a block and its
-        look-ahead: audio that trickles in as it is spoken (a streaming TTS, 20 ms at a
-        time) would leave the moved-up frames without their look-ahead. Only silence is
-        given up: voice activity heard nothing there, and no queued audio lies there."""
+        idle silence whose frames the player has not taken yet (Session.cut): its first
+        frames are then due as soon as compute allows instead of after that silence, and
+        since the reply's audio is already there, the look-ahead costs nothing (feed()
+        pushes LEAD_SECONDS of it at once).
+
+        The reply starts no sooner than the start margin (what frames need, measured) and
+        one slot after the slot playing: silence is put before it where the cut falls closer,
+        so its sound is never due before its frames can be made. Only when the reply is
+        ahead of real time by more than the silence given up plus a block and its look-ahead
+        (audio that trickles in as it is spoken, a streaming TTS 20 ms at a time, would leave
+        the moved-up frames without their look-ahead), and only over silence: voice activity
+        heard nothing there, and no queued audio lies there."""
         s, feed = self.session, self.feed
         if self.player.start is None or feed.queued_seconds <= 0 or feed.feeding_queued:
             return
