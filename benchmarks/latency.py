@@ -2,7 +2,8 @@
 
     python -m benchmarks.latency [--engine torch|onnx|trt] [--device cpu|cuda] [--audio FILE]
         [--avatar IMG] [--size 512] [--streams N] [--webrtc] [--seconds S] [--codec h264|vp8]
-        [--sweep-streams [--max-streams M] [--min-fps F] [--p95-bound-ms B]]
+        [--sweep-streams [--max-streams M | --stream-counts N ...] [--min-fps F]
+         [--p95-bound-ms B]] [--batched] [--no-cuda-graphs] [--random-encoder]
         --json OUT.json [--plot OUT.png]
 
 Speech (--audio, or alsa-utils' recordings with 0.5 s pauses, looped to --seconds) is fed at
@@ -68,8 +69,14 @@ Definitions (per session; the JSON's top level pools or takes the worst session)
                       machine (stage times are wall times and grow when threads wait for a
                       core); peak_memory_mb its peak resident set;
                       gpu_peak_memory_mb torch's peak allocation on CUDA (in-process).
---sweep-streams runs N = 1, 2, ... until a run misses fps >= --min-fps or p95 latency <=
---p95-bound-ms (or N reaches --max-streams); max_streams is the most that held.
+--sweep-streams runs N = 1, 2, ... (or the --stream-counts given) until a run misses fps >=
+--min-fps or p95 latency <= --p95-bound-ms (or N reaches --max-streams); max_streams is the
+most that held.
+--batched: the sessions share the networks through stream.batching.BatchedEngine (what a
+GPU server does); the JSON says how many sessions' requests each network call served.
+--no-cuda-graphs: torch on cuda launching every kernel from Python (stream/cuda_graphs.py
+replays them otherwise), for comparison. --random-encoder: Whisper's encoder with random
+weights, for timing on a machine where its weights cannot be installed.
 """
 
 import argparse
@@ -693,8 +700,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
-    if args.streams < 1 or args.max_streams < 1:
-        raise SystemExit("--streams and --max-streams must be at least 1")
+    if args.stream_counts:
+        args.max_streams = max(args.stream_counts)
+    if args.streams < 1 or args.max_streams < 1 or min(args.stream_counts or [1]) < 1:
+        raise SystemExit("--streams, --max-streams and --stream-counts must be at least 1")
     from models.face import PortraitError
     from stream.engine import EngineError, default_engine
 
