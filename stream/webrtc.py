@@ -239,7 +239,7 @@ class MediaClock:
         self._last_image: np.ndarray | None = None
         self._holding_until: float | None = None   # the output holds the picture until then
         self._early_shift = 0.0                    # clock shift an early reply made, s: undone
-        #                                            once the reply is all pushed
+        #                                            once the reply has been spoken
         self.first_sent: float | None = None       # time.monotonic() of the first frame out
         self.start_margin: float | None = None     # first frame rendered -> its slot, s
         # per output slot: (n, frame index shown fresh or -1, its own audio in, its chunk's
@@ -341,11 +341,12 @@ class MediaClock:
     def _step_once(self, now: float) -> None:
         self._start_utterance_early()
         self.feed.feed(now)
-        if self._early_shift and self.feed.queued_seconds <= 0:
-            # the reply that started early is all on the timeline: the silence after it
+        if self._early_shift and self.feed.queued_seconds <= 0 and not self.feed.feeding_queued:
+            # the reply that started early has been spoken (or cut): the silence after it
             # gives back the output delay the early start took (else later audio that
             # trickles in, a microphone or a streaming TTS, would be due before its
-            # look-ahead could come)
+            # look-ahead could come); not while it is fed, where a TTS that sends in bursts
+            # leaves the queue empty between them (silence would go inside the reply)
             self.session.shift_clock(self._early_shift)
             self._early_shift = 0.0
         player = self.player
@@ -400,8 +401,8 @@ class MediaClock:
         ahead of real time by more than the silence given up plus a block and its look-ahead
         (audio that trickles in as it is spoken, a streaming TTS 20 ms at a time, would leave
         the moved-up frames without their look-ahead), and only over silence: voice activity
-        heard nothing there, and no queued audio lies there. Once the reply is all on the
-        timeline, the silence after it gives the output delay back (_step_once)."""
+        heard nothing there, and no queued audio lies there. Once the reply has been spoken,
+        the silence after it gives the output delay back (_step_once)."""
         s, feed = self.session, self.feed
         if self.player.start is None or feed.queued_seconds <= 0 or feed.feeding_queued:
             return
