@@ -287,20 +287,6 @@ class Session:
             return cut
 
     @property
-    def clock_origin(self) -> float:
-        """Real time: perf_counter() at which the timeline's sample 0 counts as due (tick()
-        fills silence up to the sample due now)."""
-        with self._lock:
-            return self._started
-
-    def shift_clock(self, seconds: float) -> None:
-        """Real time: count the timeline `seconds` earlier (tick() then fills that much more
-        silence at its end): how MediaClock restores the usual output delay after a reply
-        that started early."""
-        with self._lock:
-            self._started -= seconds
-
-    @property
     def generated_end(self) -> int:
         """16 kHz sample where cut() would cut now: the first block boundary no frame after
         which has been handed to the consumer (nor beyond what motion has sampled); what lies

@@ -238,8 +238,6 @@ class MediaClock:
         self._emitted = 0.0                        # perf_counter() of the last slot out
         self._last_image: np.ndarray | None = None
         self._holding_until: float | None = None   # the output holds the picture until then
-        self._early_shift = 0.0                    # clock shift an early reply made, s: undone
-        #                                            once the reply has been spoken
         self.first_sent: float | None = None       # time.monotonic() of the first frame out
         self.start_margin: float | None = None     # first frame rendered -> its slot, s
         # per output slot: (n, frame index shown fresh or -1, its own audio in, its chunk's
@@ -341,14 +339,6 @@ class MediaClock:
     def _step_once(self, now: float) -> None:
         self._start_utterance_early()
         self.feed.feed(now)
-        if self._early_shift and self.feed.queued_seconds <= 0 and not self.feed.feeding_queued:
-            # the reply that started early has been spoken (or cut): the silence after it
-            # gives back the output delay the early start took (else later audio that
-            # trickles in, a microphone or a streaming TTS, would be due before its
-            # look-ahead could come); not while it is fed, where a TTS that sends in bursts
-            # leaves the queue empty between them (silence would go inside the reply)
-            self.session.shift_clock(self._early_shift)
-            self._early_shift = 0.0
         player = self.player
         if player.start is None and (first := player.first_frame()) is not None:
             # the first frame comes from a shorter chunk than the rest: leave them room,
@@ -401,8 +391,7 @@ class MediaClock:
         ahead of real time by more than the silence given up plus a block and its look-ahead
         (audio that trickles in as it is spoken, a streaming TTS 20 ms at a time, would leave
         the moved-up frames without their look-ahead), and only over silence: voice activity
-        heard nothing there, and no queued audio lies there. Once the reply has been spoken,
-        the silence after it gives the output delay back (_step_once)."""
+        heard nothing there, and no queued audio lies there."""
         s, feed = self.session, self.feed
         if self.player.start is None or feed.queued_seconds <= 0 or feed.feeding_queued:
             return
@@ -415,13 +404,11 @@ class MediaClock:
                 and not feed.queued_overlaps(front, end)
                 and all(vad.speech_at(i) is not True for i in range(front, end, FRAME_VAD))):
             return
-        origin = s.clock_origin
         cut = s.cut()
         margin = self.start_margin if self.start_margin is not None else START_MARGIN_SECONDS
         start = self.player.next_slot + 1 + math.ceil(margin * FPS)
         if start > cut:
             s.pad_after_cut((start - cut) * spf)
-        self._early_shift += s.clock_origin - origin
 
     def interrupt(self) -> int:
         """Barge-in (from any thread). Returns the frame index of the cut.
