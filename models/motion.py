@@ -154,12 +154,10 @@ class Normalizer:
     std: list[float] = field(default_factory=lambda: [1.0] * motion_space.D)
 
     def to_model(self, motion: torch.Tensor) -> torch.Tensor:
-        return ((motion - torch.tensor(self.mean, device=motion.device))
-                / torch.tensor(self.std, device=motion.device))
+        return (motion - torch.tensor(self.mean)) / torch.tensor(self.std)
 
     def from_model(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * torch.tensor(self.std, device=x.device)
-                + torch.tensor(self.mean, device=x.device))
+        return x * torch.tensor(self.std) + torch.tensor(self.mean)
 
 
 class MotionDiT(nn.Module):

@@ -159,8 +159,8 @@ class BatchedEngine:
 
     def stats(self) -> dict:
         """Requests per network call of each batcher (1.0 = no batching happened)."""
-        return {name: b.requests / max(b.calls, 1) for name, b in
-                (("encoder", self._encode), ("motion", self._sample), ("render", self._render))}
+        return {name: requests / max(calls, 1) for name, (calls, requests) in
+                self.counts().items()}
 
     def close(self) -> None:
         for b in (self._encode, self._sample, self._render):
