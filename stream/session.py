@@ -157,6 +157,7 @@ class Session:
         self._settle_at = -1               # frame index where a barge-in ramp starts
         self._closed = False
         self._started = time.perf_counter()
+        self._delay_owed = 0               # 16 kHz samples of output delay owed (owe_delay)
         self._render_queue: queue.Queue[_Chunk | None] = queue.Queue(maxsize=RENDER_QUEUE)
         self._threads = [threading.Thread(target=self._motion_loop, daemon=True, name="motion"),
                          threading.Thread(target=self._render_loop, daemon=True, name="render")]
@@ -222,13 +223,16 @@ class Session:
 
     def tick(self, now: float | None = None) -> None:
         """Real-time clock: if the timeline fell behind the wall clock by more than the
-        jitter allowance, fill the gap with silence (the avatar idles, never freezes)."""
+        jitter allowance, fill the gap with silence (the avatar idles, never freezes), and
+        the output delay owed (owe_delay) with it."""
         with self._lock:
             now = time.perf_counter() if now is None else now
             due = int((now - self._started) * RATE)
             gap = due - self.audio.end
             if gap > self.jitter:
-                self.audio.push_silence(gap / RATE)
+                owed, self._delay_owed = self._delay_owed, 0
+                self._started -= owed / RATE
+                self.audio.push_silence((gap + owed) / RATE)
                 self._arrivals.append((self.audio.end, now))
                 self._lock.notify_all()
 
@@ -285,6 +289,22 @@ class Session:
                 self._started = time.perf_counter() - cut_sample / RATE
             self._lock.notify_all()
             return cut
+
+    def clock_sample(self, now: float) -> int:
+        """Real time: the 16 kHz sample of the timeline due at perf_counter() `now` (what
+        tick() fills silence up to)."""
+        with self._lock:
+            return int((now - self._started) * RATE)
+
+    def owe_delay(self, samples: int) -> None:
+        """An utterance started early (MediaClock._start_utterance_early) and gave up
+        `samples` of the output delay: the silence between the clock and the slot playing,
+        which audio arriving at real-time pace needs for its block and look-ahead. The next
+        time tick() fills silence (nothing came for longer than the jitter allowance: the
+        avatar idles) it fills that much more, which gives the delay back; never inside an
+        utterance whose pieces keep coming, however they are spaced."""
+        with self._lock:
+            self._delay_owed = max(self._delay_owed + samples, 0)
 
     @property
     def generated_end(self) -> int:

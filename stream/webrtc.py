@@ -391,7 +391,8 @@ class MediaClock:
         ahead of real time by more than the silence given up plus a block and its look-ahead
         (audio that trickles in as it is spoken, a streaming TTS 20 ms at a time, would leave
         the moved-up frames without their look-ahead), and only over silence: voice activity
-        heard nothing there, and no queued audio lies there."""
+        heard nothing there, and no queued audio lies there. The output delay given up is
+        given back in the next idle pause (Session.owe_delay)."""
         s, feed = self.session, self.feed
         if self.player.start is None or feed.queued_seconds <= 0 or feed.feeding_queued:
             return
@@ -404,11 +405,14 @@ class MediaClock:
                 and not feed.queued_overlaps(front, end)
                 and all(vad.speech_at(i) is not True for i in range(front, end, FRAME_VAD))):
             return
+        now = time.perf_counter()
+        due = s.clock_sample(now)
         cut = s.cut()
         margin = self.start_margin if self.start_margin is not None else START_MARGIN_SECONDS
         start = self.player.next_slot + 1 + math.ceil(margin * FPS)
         if start > cut:
             s.pad_after_cut((start - cut) * spf)
+        s.owe_delay(due - s.clock_sample(now))
 
     def interrupt(self) -> int:
         """Barge-in (from any thread). Returns the frame index of the cut.

@@ -98,6 +98,14 @@ def match(received: np.ndarray, sent: np.ndarray) -> tuple[float, int]:
     return float(c[lag] / (np.linalg.norm(sent) * np.linalg.norm(window) + 1e-9)), lag - pad.size
 
 
+async def send_paced(session, pcm: bytes, piece: int = 320) -> None:
+    """16 kHz PCM in 20 ms messages at real-time pace (a TTS that streams as it speaks)."""
+    started = time.perf_counter()
+    for j, i in enumerate(range(0, len(pcm), 2 * piece)):
+        await asyncio.sleep(max(started + j * piece / 16000 - time.perf_counter(), 0))
+        await session.send_pcm(pcm[i:i + 2 * piece], rate=16000)
+
+
 def decode_jpeg(data: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -110,7 +118,8 @@ def test_realtime_slots_carry_their_audio_once_with_events_in_order(drained, rea
     flagged as speech, sample for sample (correlation), between speech_started and
     speech_ended, in that order. Sent at once, an utterance takes the place of idle silence
     not generated yet (MediaClock._start_utterance_early): a second one after a pause is
-    whole too."""
+    whole too; a third, sent 20 ms at a time as it is spoken, is whole and comes out no
+    sooner than its block and look-ahead can come (the pause gave the delay back)."""
     utterance = first_recording(real_speech)
 
     async def run():
@@ -125,15 +134,29 @@ def test_realtime_slots_carry_their_audio_once_with_events_in_order(drained, rea
             await collect(session, lambda items: len(slots_of(items)) >= 25)      # a pause
             await session.send_pcm(pcm16(utterance), rate=16000)
             again = await collect(session, has_event("speech_ended"))
+            await collect(session, lambda items: len(slots_of(items)) >= 25)      # a pause
+            trickled_at = time.perf_counter()                 # now 20 ms at a time, as spoken
+            trickle = asyncio.ensure_future(send_paced(session, pcm16(utterance)))
+            trickled = await collect(session, has_event("speech_ended"))
+            await trickle
             await session.close()
-        return opened, idle, sent, spoken, again, session.media
+        return opened, idle, sent, spoken, again, trickled_at, trickled, session.media
 
-    opened, idle, sent, spoken, again, media = asyncio.run(run())
+    opened, idle, sent, spoken, again, trickled_at, trickled, media = asyncio.run(run())
     second = audio_of([s for s in slots_of(again) if s.speech])
     second_correlation, _ = match(second, resample_poly(utterance, 3, 2))     # 24 kHz
-    report("headless_second_utterance", {"correlation": round(second_correlation, 4),
-                                         "speech_slots": len(second) // 960})
-    assert second_correlation > 0.95, second_correlation
+    third = audio_of([s for s in slots_of(trickled) if s.speech])
+    third_correlation, _ = match(third, resample_poly(utterance, 3, 2))
+    trickled_first = next(t for t, x in trickled if x.kind == "slot" and x.speech)
+    report("headless_second_utterance", {
+        "correlation": round(second_correlation, 4), "speech_slots": len(second) // 960,
+        "trickled_correlation": round(third_correlation, 4),
+        "trickled_first_speech_ms": round(1000 * (trickled_first - trickled_at))})
+    assert second_correlation > 0.95 and third_correlation > 0.95, (second_correlation,
+                                                                     third_correlation)
+    # audio that comes as it is spoken cannot be shown before a block and its look-ahead
+    # (160 ms) have come: after a reply that started early, the output delay is given back
+    assert trickled_first - trickled_at >= 0.14, 1000 * (trickled_first - trickled_at)
     items = idle + spoken
     slots = slots_of(items)
     arrivals = np.array([t for t, x in items if x.kind == "slot"])
