@@ -105,7 +105,7 @@ def start_server(log: Path, *args: str, timeout: float = 300.0, host: str = "127
     `prefix` (e.g. unshare) when given and with `env` added to the environment; returns once
     /health answers over 127.0.0.1. A server on a non-loopback host prints the access token
     it made: it is read from its output (else `token` is the one it was given). The first
-    start on a fresh machine exports the onnx engine's graphs into the user cache (46 s on 2
+    start on a fresh machine exports the onnx engine's graphs into the user cache (~15 s on 2
     cores here, more on a slower CPU), hence the long timeout."""
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)

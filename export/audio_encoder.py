@@ -1,7 +1,8 @@
 """The audio encoder at the fixed feature window as ONNX, and its onnxruntime backend.
 
-Exported with torch's dynamo exporter at opset 23, where scaled_dot_product_attention
-becomes one ONNX `Attention` node (TensorRT maps it to its fused attention layer).
+Written by export.exporter: TorchScript (opset 20) for onnxruntime, dynamo with
+fused_attention for TensorRT (opset 23, where scaled_dot_product_attention becomes one ONNX
+`Attention` node, which TensorRT maps to its fused attention layer).
 Input  `mel`       [batch, 80, 2n] float32 (log-mel of one window each)
 Output `features`  [batch, n, 384] float32 (n = encoder frames in the window)
 """
@@ -13,25 +14,20 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from export.exporter import export_graph, opset
 from models.audio import FeatureConfig, load_window_encoder
 
-OPSET = 23
 
-
-def export_audio_encoder(path: str | Path, config: FeatureConfig | None = None) -> Path:
+def export_audio_encoder(path: str | Path, config: FeatureConfig | None = None,
+                         fused_attention: bool = False) -> Path:
     config = config or FeatureConfig()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = load_window_encoder(config)
     mel = torch.zeros(2, 80, 2 * config.encoder_frames)
-    batch = torch.export.Dim("batch", min=1, max=256)
-    with torch.inference_mode(False), torch.no_grad():
-        program = torch.onnx.export(
-            module, (mel,), input_names=["mel"], output_names=["features"],
-            dynamic_shapes={"mel": {0: batch}}, opset_version=OPSET, dynamo=True,
-            verbose=False)
-    program.save(str(path))
-    return path
+    batch = {0: ("batch", 1, 256)}
+    return export_graph(module, (mel,), path, ["mel"], ["features"],
+                        {"mel": batch, "features": batch}, fused_attention)
 
 
 class OnnxEncoder:
@@ -49,19 +45,21 @@ class OnnxEncoder:
         return self.session.run(["features"], {"mel": np.ascontiguousarray(mel, np.float32)})[0]
 
 
-def audio_encoder_path(config: FeatureConfig) -> Path:
+def audio_encoder_path(config: FeatureConfig, fused_attention: bool = False) -> Path:
     """Where cached_audio_encoder keeps the graph of this configuration."""
     from models.whisper_weights import cache_dir
 
-    return cache_dir() / "onnx" / f"audio_encoder_w{config.window_frames}_op{OPSET}.onnx"
+    name = f"audio_encoder_w{config.window_frames}_op{opset(fused_attention)}.onnx"
+    return cache_dir() / "onnx" / name
 
 
-def cached_audio_encoder(config: FeatureConfig | None = None) -> Path:
+def cached_audio_encoder(config: FeatureConfig | None = None,
+                         fused_attention: bool = False) -> Path:
     """Export once per configuration into the user cache; reuse afterwards."""
     config = config or FeatureConfig()
-    path = audio_encoder_path(config)
+    path = audio_encoder_path(config, fused_attention)
     if not path.is_file():
         tmp = path.with_suffix(f".tmp{os.getpid()}.onnx")
-        export_audio_encoder(tmp, config)
+        export_audio_encoder(tmp, config, fused_attention)
         tmp.replace(path)
     return path

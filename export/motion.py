@@ -3,8 +3,10 @@
 Inputs   noise [B, n, D], carry [B, H + K, D] (raw units; H history frames, 0 without),
          carry_audio [B, K, stack, 384], audio [B, n, stack, 384], style [B, S]
 Output   motion [B, n, D] (raw units)
-B (sessions) and n (chunk frames, 1..N) are dynamic. Opset 23: attention is one `Attention`
-node. Only the distilled student is exported: the teacher's 24 guided steps are for training.
+B (sessions) and n (chunk frames, 1..N) are dynamic. Written by export.exporter: TorchScript
+(opset 20) for onnxruntime, dynamo with fused_attention for TensorRT (opset 23: attention is
+one `Attention` node). Only the distilled student is exported: the teacher's 24 guided steps
+are for training.
 """
 
 import hashlib
@@ -16,10 +18,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from export.exporter import export_graph, opset
 from models.generator import MotionModel
 from models.sampler import ChunkCondition, conditional_velocity, time_grid
-
-OPSET = 23
 
 
 class UnrolledSampler(nn.Module):
@@ -42,7 +43,8 @@ class UnrolledSampler(nn.Module):
         return x * self.std + self.mean
 
 
-def export_motion(model: MotionModel, path: str | Path) -> Path:
+def export_motion(model: MotionModel, path: str | Path, fused_attention: bool = False) -> Path:
+    """The unrolled sampler as ONNX (export.exporter: fused_attention for TensorRT)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     c = model.config
@@ -51,16 +53,11 @@ def export_motion(model: MotionModel, path: str | Path) -> Path:
     args = (torch.randn(b, n, c.motion_dim), torch.zeros(b, c.context_frames, c.motion_dim),
             torch.zeros(b, k, c.audio_stack, c.audio_dim),
             torch.zeros(b, n, c.audio_stack, c.audio_dim), torch.ones(b, c.style_dim))
-    batch = torch.export.Dim("batch", min=1, max=256)
-    frames = torch.export.Dim("frames", min=1, max=c.chunk_frames)
-    shapes = {"noise": {0: batch, 1: frames}, "carry": {0: batch},
-              "carry_audio": {0: batch}, "audio": {0: batch, 1: frames}, "style": {0: batch}}
-    with torch.no_grad():
-        program = torch.onnx.export(
-            module, args, input_names=list(shapes), output_names=["motion"],
-            dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False)
-    program.save(str(path))
-    return path
+    batch, frames = ("batch", 1, 256), ("frames", 1, c.chunk_frames)
+    axes = {"noise": {0: batch, 1: frames}, "carry": {0: batch}, "carry_audio": {0: batch},
+            "audio": {0: batch, 1: frames}, "style": {0: batch}, "motion": {0: batch, 1: frames}}
+    return export_graph(module, args, path, list(axes)[:-1], ["motion"], axes,
+                        fused_attention)
 
 
 def checkpoint_hash(path: str | Path) -> str:
@@ -89,18 +86,20 @@ class OnnxMotionSampler:
         return self.session.run(["motion"], feed)[0]
 
 
-def motion_export_path(model: MotionModel, checkpoint: str | Path) -> Path:
+def motion_export_path(model: MotionModel, checkpoint: str | Path,
+                       fused_attention: bool = False) -> Path:
     """Where cached_motion_export keeps the graph of this checkpoint's model."""
     from models.whisper_weights import cache_dir
 
     key = f"{checkpoint_hash(checkpoint)}-{model.kind}{model.steps}"
-    return cache_dir() / "onnx" / f"motion-{key}-op{OPSET}.onnx"
+    return cache_dir() / "onnx" / f"motion-{key}-op{opset(fused_attention)}.onnx"
 
 
-def cached_motion_export(model: MotionModel, checkpoint: str | Path) -> Path:
-    path = motion_export_path(model, checkpoint)
+def cached_motion_export(model: MotionModel, checkpoint: str | Path,
+                         fused_attention: bool = False) -> Path:
+    path = motion_export_path(model, checkpoint, fused_attention)
     if not path.is_file():
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        export_motion(model, tmp)
+        export_motion(model, tmp, fused_attention)
         tmp.replace(path)
     return path

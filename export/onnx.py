@@ -14,7 +14,9 @@ All at opset 23 except the renderer (opset 20: it has no attention); attention i
 inputs, and the fp16 forms TensorRT builds (export.trt) likewise; the maximum absolute error
 is printed, and the exit status is 1 if any exceeds its bound. The graphs are exported once
 into the user cache (keyed by the configuration, checkpoint hash and renderer source) and
-copied from there: the engines run the same files.
+copied from there: the trt engine builds from the same files. (The onnx engine's encoder and
+motion sampler are the same networks written by the quicker TorchScript exporter at opset 20,
+attention as MatMul and Softmax: export.exporter.)
 """
 
 import argparse
@@ -107,7 +109,8 @@ def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
     manifest (also written to out/manifest.json); manifest["failed"] lists graphs out of
     bounds. The graphs are the engines' own exports from the user cache (made on a miss),
     so what is checked here is what --engine onnx and --engine trt run."""
-    from export.audio_encoder import OPSET, cached_audio_encoder
+    from export.audio_encoder import cached_audio_encoder
+    from export.exporter import DYNAMO_OPSET
     from export.motion import cached_motion_export
     from export.renderer import cached_cpu_renderer_export, cached_renderer_export
     from models.audio import FeatureConfig
@@ -128,12 +131,12 @@ def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
         return out / files[name]
 
     start = time.perf_counter()
-    path = place("audio_encoder", cached_audio_encoder(config))
+    path = place("audio_encoder", cached_audio_encoder(config, fused_attention=True))
     errors |= check_encoder(path, config, fp16_check)
     log(f"audio encoder  exported and checked in {time.perf_counter() - start:.0f} s")
 
     start = time.perf_counter()
-    path = place("motion", cached_motion_export(model, checkpoint))
+    path = place("motion", cached_motion_export(model, checkpoint, fused_attention=True))
     errors |= check_motion(path, model, fp16_check)
     log(f"motion         exported and checked in {time.perf_counter() - start:.0f} s")
 
@@ -148,7 +151,7 @@ def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
     for name, e in errors.items():
         log(f"  {name:20s} max abs error {e:.3g} (bound {BOUNDS[name]:g})"
             f"{'  FAILED' if name in failed else ''}")
-    manifest = {"files": files, "size": size, "opset": OPSET, "renderer_opset": 20,
+    manifest = {"files": files, "size": size, "opset": DYNAMO_OPSET, "renderer_opset": 20,
                 "chunk_frames": model.config.chunk_frames, "checkpoint": str(checkpoint),
                 "max_abs_error": errors, "bounds": {k: BOUNDS[k] for k in errors},
                 "failed": failed}

@@ -8,7 +8,8 @@ Two kinds of node are slow on onnxruntime's CPU provider, and the renderer is fu
                     over spans of the innermost axis at ~50 ns a span, so a tensor of
                     coordinate pairs costs 50x what the same values cost laid out flat
 
-`rewrite_for_cpu(fold_constants(path))` changes the graph, not what it computes:
+`rewrite_for_cpu(fold_constants(path))` changes the graph, not what it computes (it needs the
+graph's shapes: `shapes_by_example` measures them where the exporter left them unknown):
 
     planar layout   a tensor whose trailing axes are small ([N, P, 2]) is carried with those
                     axes moved to the front ([2, N, P]) through chains of element-wise ops,
@@ -491,6 +492,44 @@ def fold_constants(path: str | Path) -> onnx.ModelProto:
         options.log_severity_level = 3
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return onnx.load(options.optimized_model_filepath)
+
+
+def shapes_by_example(model: onnx.ModelProto, feeds, axis: str = "frames") -> onnx.ModelProto:
+    """The graph with every computed value's shape measured, for a graph whose exporter left
+    them unknown (the TorchScript exporter computes reshapes at run time, so ONNX's shape
+    inference cannot follow them). feeds(n) gives the inputs for n along the dynamic axis;
+    the graph runs once for n = 1 and once for 2, keeping every value: a dimension the same
+    in both is that number, one twice as long is "k*frames" (as the dynamo exporter names
+    them), any other is left unknown. The graph itself is unchanged."""
+    import onnxruntime as ort
+
+    graph = model.graph
+    given = {v.name for v in graph.initializer} | {v.name for v in graph.input}
+    names = list(dict.fromkeys(out for node in graph.node for out in node.output
+                               if out and out not in given))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep all
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    one, two = ([(v.shape, v.dtype) for v in session.run(names, feeds(n))] for n in (1, 2))
+    measured = []
+    for name, (shape, dtype), (shape2, _) in zip(names, one, two, strict=True):
+        if len(shape) != len(shape2):
+            continue
+        dims = [a if a == b else (axis if a == 1 else f"{a}*{axis}") if b == 2 * a else None
+                for a, b in zip(shape, shape2, strict=True)]
+        measured.append(helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(dtype), dims))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(measured)
+    return out
 
 
 def rewrite_for_cpu(model: onnx.ModelProto) -> onnx.ModelProto:

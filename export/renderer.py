@@ -49,23 +49,30 @@ def cached_renderer_export(avatar: Avatar) -> Path:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        export_onnx(avatar, tmp, optimize=False)       # onnxruntime and TensorRT optimise
+        export_onnx(avatar, tmp)
         tmp.replace(path)
     return path
 
 
 def cached_cpu_renderer_export(avatar: Avatar) -> Path:
     """The renderer graph, constants folded, rewritten for onnxruntime's CPU provider
-    (export.ort_cpu)."""
+    (export.ort_cpu), its shapes measured on the avatar's own tensors."""
     import onnx
 
-    from export.ort_cpu import fold_constants, rewrite_for_cpu
+    from export.ort_cpu import fold_constants, rewrite_for_cpu, shapes_by_example
+    from models import motion_space as ms
+    from models.render import INPUT_NAMES
+
+    def feeds(n: int) -> dict[str, np.ndarray]:
+        return {**{name: t.numpy() for name, t in zip(INPUT_NAMES[:-1], avatar.tensors(),
+                                                       strict=True)},
+                "motion": ms.neutral(n)}
 
     path = cpu_renderer_path(avatar.size, avatar.frame_size)
     if not path.is_file():
         source = cached_renderer_export(avatar)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        onnx.save(rewrite_for_cpu(fold_constants(source)), str(tmp))
+        onnx.save(rewrite_for_cpu(shapes_by_example(fold_constants(source), feeds)), str(tmp))
         tmp.replace(path)
     return path
 

@@ -4,15 +4,16 @@
 
 The onnx engine exports its three graphs (audio encoder, motion sampler, renderer at the
 working size) on first use and caches them (export/*.py, keyed by configuration, checkpoint
-and source). On a fresh machine that is the whole first start: ~40 s on 2 cores, and the
-exporters' own warnings were all a newcomer saw. `warm_onnx` (server.py calls it before it
-loads the engine) exports only what is missing, the renderer in one process and the encoder
-and the motion sampler in another (one exporter holds Python's lock: threads would not
-overlap), says what it does and how long each took, and keeps the exporters' output out of
-the log unless one fails (then its tail is shown). A fourth graph, the renderer of video
-avatars' mouth windows (models.video_avatar.mouth_window), is exported in the background the
-first time a video avatar needs it (OnnxEngine.draws_windows; video frames are drawn whole
-until then), or here with --windows.
+and source). On a fresh machine that is most of the first start, and the exporters' own
+warnings were all a newcomer saw. `warm_onnx` (server.py calls it before it loads the
+engine) exports only what is missing (export.exporter: TorchScript, seconds a graph), in two
+processes (one exporter holds Python's lock: threads would not overlap): the renderer in one,
+the audio encoder then the motion sampler in the other (done after 11 s, 5 s and 7 s on 2
+cores, benchmarks/cold_start.py); it says what it does and when each graph was done, and
+keeps the exporters' output out of the log unless one fails (then its tail is shown). A
+fourth graph, the renderer of video avatars' mouth windows (models.video_avatar.mouth_window),
+is exported in the background the first time a video avatar needs it
+(OnnxEngine.draws_windows; video frames are drawn whole until then), or here with --windows.
 """
 
 import argparse
@@ -23,8 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-RENDERER, NETWORKS = "renderer", "audio encoder and motion sampler"
+RENDERER, ENCODER, MOTION = "renderer", "audio encoder", "motion sampler"
 WINDOWS = "renderer of video avatars' mouth windows"     # exported when first needed
+PROCESSES = ((RENDERER, WINDOWS), (ENCODER, MOTION))     # what each process exports, in turn
+
+
+SPAWN = multiprocessing.get_context("spawn")
 
 
 class ExportError(RuntimeError):
@@ -32,8 +37,8 @@ class ExportError(RuntimeError):
 
 
 def missing_exports(checkpoint: str | Path, size: int, windows: bool = False) -> list[str]:
-    """Which of the export jobs (RENDERER, NETWORKS, and WINDOWS if asked for) have something
-    to export."""
+    """Which of the graphs (RENDERER, ENCODER, MOTION, and WINDOWS if asked for) are not
+    cached yet."""
     from export.audio_encoder import audio_encoder_path
     from export.motion import motion_export_path
     from export.renderer import cpu_renderer_path
@@ -44,9 +49,10 @@ def missing_exports(checkpoint: str | Path, size: int, windows: bool = False) ->
     if windows and not window_renderer_ready(size):
         missing.append(WINDOWS)
     model = load_motion_model(checkpoint)
-    if not (audio_encoder_path(FeatureConfig.of(model.feature_config)).is_file()
-            and motion_export_path(model, checkpoint).is_file()):
-        missing.append(NETWORKS)
+    if not audio_encoder_path(FeatureConfig.of(model.feature_config)).is_file():
+        missing.append(ENCODER)
+    if not motion_export_path(model, checkpoint).is_file():
+        missing.append(MOTION)
     return missing
 
 
@@ -58,8 +64,9 @@ def window_renderer_ready(size: int) -> bool:
     return cpu_renderer_path(WINDOW[size], size).is_file()
 
 
-def _export(job: str, checkpoint: str, size: int, log: str) -> None:
-    """One job, in a child process whose output goes to `log`."""
+def _export(jobs: tuple[str, ...], checkpoint: str, size: int, log: str, done) -> None:
+    """Export `jobs` in turn, in a child process whose output goes to `log`; each job's name
+    is put on the `done` queue when its graph is written."""
     import logging
     import warnings
 
@@ -68,37 +75,46 @@ def _export(job: str, checkpoint: str, size: int, log: str) -> None:
     os.dup2(fd, 2)
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
-    if job == RENDERER:
-        from export.renderer import cached_cpu_renderer_export
-        from models.avatar import prepare_avatar
+    for job in jobs:
+        if job in (RENDERER, WINDOWS):
+            from export.renderer import cached_cpu_renderer_export
+            from models.avatar import prepare_avatar
 
-        cached_cpu_renderer_export(prepare_avatar(size=size))
-    elif job == WINDOWS:
-        from export.renderer import cached_cpu_renderer_export
-        from models.avatar import prepare_avatar
-        from models.video_avatar import frame_avatar
+            photo = prepare_avatar(size=size)
+            if job == RENDERER:
+                cached_cpu_renderer_export(photo)
+            else:                                  # any avatar: a window of its frame
+                from models.video_avatar import frame_avatar
 
-        photo = prepare_avatar(size=size)          # any avatar: a window of its frame
-        cached_cpu_renderer_export(frame_avatar(photo, photo.crop(), photo.landmarks.numpy(),
-                                                window=(0, 0)))
-    else:
-        from export.audio_encoder import cached_audio_encoder
-        from export.motion import cached_motion_export
-        from models.audio import FeatureConfig
-        from models.generator import load_motion_model
+                cached_cpu_renderer_export(frame_avatar(
+                    photo, photo.crop(), photo.landmarks.numpy(), window=(0, 0)))
+        else:
+            from models.audio import FeatureConfig
+            from models.generator import load_motion_model
 
-        model = load_motion_model(checkpoint)
-        cached_audio_encoder(FeatureConfig.of(model.feature_config))
-        cached_motion_export(model, checkpoint)
+            model = load_motion_model(checkpoint)
+            if job == ENCODER:
+                from export.audio_encoder import cached_audio_encoder
+
+                cached_audio_encoder(FeatureConfig.of(model.feature_config))
+            else:
+                from export.motion import cached_motion_export
+
+                cached_motion_export(model, checkpoint)
+        if done is not None:
+            done.put(job)
 
 
-def start_export(job: str, checkpoint: str | Path, size: int):
-    """Run one export job in a child process of its own (spawned: no fork of a process with
-    threads; one exporter holds Python's lock, so threads would not overlap). Returns the
-    process and the file its output goes to."""
+def start_export(jobs: tuple[str, ...] | str, checkpoint: str | Path, size: int,
+                 done=None):
+    """Export one job or several in turn, in a child process of its own (spawned: no fork of
+    a process with threads; one exporter holds Python's lock, so threads would not overlap).
+    `done`: a queue of the spawn context that gets each job's name once it is done. Returns
+    the process and the file its output goes to."""
+    jobs = (jobs,) if isinstance(jobs, str) else tuple(jobs)
     log = tempfile.NamedTemporaryFile(prefix="export-", suffix=".log", delete=False).name
-    process = multiprocessing.get_context("spawn").Process(
-        target=_export, args=(job, str(checkpoint), size, log), daemon=True)
+    process = SPAWN.Process(target=_export, args=(jobs, str(checkpoint), size, log, done),
+                            daemon=True)
     process.start()
     return process, log
 
@@ -123,22 +139,27 @@ def warm_onnx(checkpoint: str | Path, size: int, say=print, windows: bool = Fals
     jobs = missing_exports(checkpoint, size, windows)
     if not jobs:
         return []
-    say(f"first start with this model and size: exporting the networks to ONNX (about 40 s "
+    say(f"first start with this model and size: exporting the networks to ONNX (about 15 s "
         f"on 2 cores; cached for later starts): {', '.join(jobs)}")
     started = time.perf_counter()
-    running = [(job, *start_export(job, checkpoint, size)) for job in jobs]
+    done = SPAWN.Queue()
+    running = [(group, *start_export(group, checkpoint, size, done))
+               for group in ([job for job in order if job in jobs] for order in PROCESSES)
+               if group]
     failed = None
     while running:
         time.sleep(0.2)
-        for job, process, log in list(running):
+        while not done.empty():
+            say(f"  {done.get()}: done after {time.perf_counter() - started:.0f} s")
+        for group, process, log in list(running):
             outcome = finished(process, log)
             if outcome is None:
                 continue
-            running.remove((job, process, log))
-            if outcome == "":
-                say(f"  {job}: done after {time.perf_counter() - started:.0f} s")
-            elif failed is None:
-                failed = f"exporting the {job} to ONNX failed:\n{outcome}"
+            running.remove((group, process, log))
+            if outcome and failed is None:
+                failed = f"exporting the {' and '.join(group)} to ONNX failed:\n{outcome}"
+    while not done.empty():
+        say(f"  {done.get()}: done after {time.perf_counter() - started:.0f} s")
     if failed:
         raise ExportError(failed)
     return jobs

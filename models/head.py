@@ -8,6 +8,8 @@ mask is the head's matte (models.background: face, hair, hat, neck) on the coars
 feathered outwards over the background and faded out down the neck.
 """
 
+import math
+
 import numpy as np
 import torch
 
@@ -81,7 +83,7 @@ def depth_map(face: np.ndarray, placement: ms.Placement, size: int) -> np.ndarra
 
 def rotation(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
     """[N] angles in degrees -> [N, 3, 3]; the same convention as motion_space.rotation."""
-    yaw, pitch, roll = (torch.deg2rad(a) for a in (yaw, pitch, roll))
+    yaw, pitch, roll = (a * (math.pi / 180) for a in (yaw, pitch, roll))   # (ONNX: no Deg2Rad)
     cy, sy, cp, sp, cr, sr = (torch.cos(yaw), torch.sin(yaw), torch.cos(pitch),
                               torch.sin(pitch), torch.cos(roll), torch.sin(roll))
     one, zero = torch.ones_like(cy), torch.zeros_like(cy)

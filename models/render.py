@@ -267,28 +267,22 @@ INPUT_NAMES = ("image", "landmarks", "landmark_depth", "basis", "flow", "flow_ja
                "lid_skin", "smooth_image", "plate", "matte", "motion")
 
 
-def export_onnx(avatar: Avatar, path: str | Path, opset: int = 20, optimize: bool = True) -> Path:
-    """Write the renderer for avatar.size as ONNX (dynamo exporter); the frame count is a
-    dynamic axis. The avatar only provides example inputs: the graph takes any avatar of
-    the same working size and frame size (inputs named as INPUT_NAMES, output "frames"
-    [N, S, S, 3] uint8).
-    optimize=False skips onnxscript's graph optimiser (much faster to export; onnxruntime
-    optimises the graph itself when it loads it)."""
-    path = Path(path)
+def export_onnx(avatar: Avatar, path: str | Path) -> Path:
+    """Write the renderer for avatar.size as ONNX (export.exporter: TorchScript, ~4 s at 512
+    px on 2 cores); the frame count is a dynamic axis. The avatar only provides example
+    inputs: the graph takes any avatar of the same working size and frame size (inputs named
+    as INPUT_NAMES, output "frames" [N, S, S, 3] uint8). Not optimised here: onnxruntime and
+    TensorRT optimise it when they load it. Its intermediate shapes are computed at run time;
+    export.ort_cpu.shapes_by_example measures them where a rewrite needs them."""
+    from export.exporter import export_graph
+
     # distinct copies: the exporter makes one graph input of tensors passed twice (a video
     # frame's avatar uses its crop as image, smooth_image and plate), and such a graph would
     # ignore the others for every avatar after
     example = (*(t.clone() for t in avatar.tensors()), torch.zeros(2, ms.D))
-    frames = torch.export.Dim("frames", min=1, max=256)
-    dynamic = tuple({0: frames} if name == "motion" else None for name in INPUT_NAMES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(Renderer(avatar.frame_size), example, dynamo=True,
-                                    opset_version=opset, input_names=list(INPUT_NAMES),
-                                    output_names=["frames"], dynamic_shapes=dynamic,
-                                    verbose=False, optimize=optimize)
-    program.save(str(path))
-    return path
+    frames = {0: ("frames", 1, 256)}
+    return export_graph(Renderer(avatar.frame_size), example, path, list(INPUT_NAMES),
+                        ["frames"], {"motion": frames, "frames": frames})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ class OnnxEngine(Engine):
 
     def draws_windows(self, size: int) -> bool:
         """True once the window renderer of this size is cached. The first time it is not,
-        it is exported in a child process (~30 s on 2 cores; export.warm) while sessions go
+        it is exported in a child process (~10 s on 2 cores; export.warm) while sessions go
         on drawing video frames whole; an export that fails is reported once and not tried
         again (frames stay whole)."""
         from export import warm
@@ -268,7 +268,7 @@ class TrtEngine(Engine):
         from export.motion import cached_motion_export
 
         self._motion_runner = trt.TrtMotionSampler(self._runner(
-            cached_motion_export(self.motion, checkpoint),
+            cached_motion_export(self.motion, checkpoint, fused_attention=True),
             trt.motion_profile(self.motion.config.chunk_frames), fp16=True, stem="motion"))
 
     def _runner(self, onnx_path, profile, fp16: bool, stem: str):
@@ -289,7 +289,7 @@ class TrtEngine(Engine):
         from export import trt
         from export.audio_encoder import cached_audio_encoder
 
-        return trt.TrtEncoder(self._runner(cached_audio_encoder(self.feature_config),
+        return trt.TrtEncoder(self._runner(cached_audio_encoder(self.feature_config, True),
                                            trt.encoder_profile(), fp16=True,
                                            stem="audio_encoder"))
 

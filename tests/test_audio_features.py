@@ -97,15 +97,19 @@ def test_config_validation():
         FeatureConfig(window_frames=5, block_frames=4)
 
 
-def test_onnx_encoder_matches_torch(tmp_path, extractor, real_speech):
+@pytest.mark.parametrize("fused_attention", [False, True], ids=["onnxruntime", "tensorrt"])
+def test_onnx_encoder_matches_torch(tmp_path, extractor, real_speech, fused_attention):
+    """Both forms (export.exporter): the TorchScript export onnxruntime runs, and the dynamo
+    export with one Attention node per layer that TensorRT fuses."""
     pytest.importorskip("onnxscript")
     import onnx
 
     from export.audio_encoder import OnnxEncoder, export_audio_encoder
 
-    path = export_audio_encoder(tmp_path / "audio_encoder.onnx", extractor.config)
+    path = export_audio_encoder(tmp_path / "audio_encoder.onnx", extractor.config,
+                                fused_attention)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert "Attention" in ops                            # fused attention for TensorRT
+    assert ("Attention" in ops) == fused_attention
     onnx_extractor = AudioFeatureExtractor(extractor.config, encoder=OnnxEncoder(path))
     audio = real_speech[:4 * 16000]
     assert relative_error(onnx_extractor.features(audio), extractor.features(audio)) < 1e-4

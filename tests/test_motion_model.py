@@ -239,8 +239,11 @@ def test_distill_script_makes_a_two_step_student(tiny_dataset, tmp_path):
     assert (tmp_path / "s" / "loss.png").is_file()
 
 
+@pytest.mark.parametrize("fused_attention", [False, True], ids=["onnxruntime", "tensorrt"])
 @pytest.mark.parametrize("config", [TINY, HISTORY], ids=["carry", "history"])
-def test_student_exports_to_onnx_and_matches_torch(tmp_path, config):
+def test_student_exports_to_onnx_and_matches_torch(tmp_path, config, fused_attention):
+    """Both forms (export.exporter): TorchScript for onnxruntime, dynamo with Attention
+    nodes for TensorRT; any batch of sessions and chunk length."""
     pytest.importorskip("onnxscript")
     import onnx
 
@@ -248,8 +251,9 @@ def test_student_exports_to_onnx_and_matches_torch(tmp_path, config):
     from models.generator import TorchMotionSampler
 
     model = tiny_model("student", steps=2, config=config)
-    path = export_motion(model, tmp_path / "motion.onnx")
-    assert "Attention" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    path = export_motion(model, tmp_path / "motion.onnx", fused_attention)
+    assert ("Attention" in {n.op_type for n in onnx.load(str(path)).graph.node}) \
+        == fused_attention
     ort_sampler, torch_sampler = OnnxMotionSampler(path), TorchMotionSampler(model)
     rng = np.random.default_rng(0)
     for batch, n in ((1, 2), (3, 4)):

@@ -85,7 +85,7 @@ def test_export_from_an_avatar_with_shared_tensors_serves_every_avatar(tmp_path)
 
     photo = prepare_avatar(size=256)
     shared = dataclasses.replace(photo, plate=photo.image, smooth_image=photo.image)
-    export_onnx(shared, tmp_path / "renderer.onnx", optimize=False)
+    export_onnx(shared, tmp_path / "renderer.onnx")
     session = ort.InferenceSession(str(tmp_path / "renderer.onnx"),
                                    providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == list(INPUT_NAMES)
@@ -100,7 +100,7 @@ def test_warm_finds_what_the_engine_exported():
     """export.warm's view of the cache (what a first start must export) is the engine's own:
     after an onnx engine has served a 256 px frame nothing is missing at 256 px; at a size
     never exported the renderer is."""
-    from export.warm import NETWORKS, RENDERER, missing_exports
+    from export.warm import ENCODER, MOTION, RENDERER, missing_exports
     from models.avatar import prepare_avatar
     from stream.engine import DEFAULT_CHECKPOINT, make_engine
 
@@ -108,8 +108,9 @@ def test_warm_finds_what_the_engine_exported():
     engine.render(prepare_avatar(size=256), np.zeros((1, engine.motion.config.motion_dim),
                                                      np.float32))
     assert missing_exports(DEFAULT_CHECKPOINT, 256) == []
-    assert RENDERER in missing_exports(DEFAULT_CHECKPOINT, 320)
-    assert NETWORKS not in missing_exports(DEFAULT_CHECKPOINT, 320)
+    assert missing_exports(DEFAULT_CHECKPOINT, 320) == [RENDERER]
+    assert ENCODER not in missing_exports(DEFAULT_CHECKPOINT, 256, windows=True)
+    assert MOTION not in missing_exports(DEFAULT_CHECKPOINT, 256, windows=True)
 
 
 def test_window_renderer_is_exported_in_the_background(tmp_path, monkeypatch):

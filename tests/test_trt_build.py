@@ -60,7 +60,7 @@ def build(tensorrt, path, profile, fp16):
 def test_audio_encoder_builds_with_fused_attention(tensorrt, engine_parts):
     from export.audio_encoder import cached_audio_encoder
 
-    path = cached_audio_encoder(engine_parts.feature_config)
+    path = cached_audio_encoder(engine_parts.feature_config, fused_attention=True)
     layers, plan = build(tensorrt, path, T.encoder_profile(), fp16=True)
     # the ONNX Attention nodes became TensorRT's fused attention layer (IAttention), and
     # the build found a dedicated kernel for it (otherwise it refuses: not decomposable)
@@ -73,7 +73,7 @@ def test_motion_sampler_builds_with_fused_attention(tensorrt, engine_parts):
     from stream.engine import DEFAULT_CHECKPOINT
 
     model = engine_parts.motion
-    path = cached_motion_export(model, DEFAULT_CHECKPOINT)
+    path = cached_motion_export(model, DEFAULT_CHECKPOINT, fused_attention=True)
     layers, plan = build(tensorrt, path, T.motion_profile(model.config.chunk_frames),
                          fp16=True)
     # two unrolled steps, each with the DiT's attention layers
