@@ -157,3 +157,39 @@ def test_window_renderer_is_exported_in_the_background(tmp_path, monkeypatch):
     motion[:, ms.index("jaw_open")] = (0.3, 0.7)
     assert np.abs(engine.render(window, motion).astype(int)
                   - render(window, motion).numpy()).max() <= 3
+
+
+@pytest.mark.parametrize("torchscript_fails", [False, True], ids=["torchscript", "dynamo"])
+def test_export_graph_writes_a_dynamic_graph_either_way(tmp_path, monkeypatch, caplog,
+                                                        torchscript_fails):
+    """export.exporter: the quick TorchScript export, or, when that exporter fails, the
+    dynamo one (logged); either graph takes any batch along the dynamic axis and computes
+    what the module does."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from export.exporter import TORCHSCRIPT_OPSET, export_graph
+
+    if torchscript_fails:
+        real = torch.onnx.export
+
+        def export(*args, dynamo=True, **kwargs):
+            if not dynamo:
+                raise RuntimeError("an op this exporter does not know")
+            return real(*args, dynamo=dynamo, **kwargs)
+
+        monkeypatch.setattr(torch.onnx, "export", export)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh()).eval()
+    path = export_graph(module, (torch.zeros(2, 6),), tmp_path / "tiny.onnx", ["x"], ["y"],
+                        {"x": {0: ("batch", 1, 64)}, "y": {0: ("batch", 1, 64)}})
+    assert ("TorchScript exporter failed" in caplog.text) == torchscript_fails
+    opsets = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
+    assert (opsets[""] == TORCHSCRIPT_OPSET) != torchscript_fails
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 17):
+        x = np.random.default_rng(batch).standard_normal((batch, 6)).astype(np.float32)
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x)).numpy()
+        assert np.abs(session.run(["y"], {"x": x})[0] - ref).max() < 1e-5
