@@ -98,12 +98,16 @@ def match(received: np.ndarray, sent: np.ndarray) -> tuple[float, int]:
     return float(c[lag] / (np.linalg.norm(sent) * np.linalg.norm(window) + 1e-9)), lag - pad.size
 
 
-async def send_paced(session, pcm: bytes, piece: int = 320) -> None:
-    """16 kHz PCM in 20 ms messages at real-time pace (a TTS that streams as it speaks)."""
-    started = time.perf_counter()
+async def send_paced(session, pcm: bytes, piece: int = 320) -> float:
+    """16 kHz PCM in 20 ms messages at real-time pace (a TTS that streams as it speaks).
+    Returns how late the latest message was sent, s (a busy client falls behind)."""
+    started, late = time.perf_counter(), 0.0
     for j, i in enumerate(range(0, len(pcm), 2 * piece)):
-        await asyncio.sleep(max(started + j * piece / 16000 - time.perf_counter(), 0))
+        due = started + j * piece / 16000
+        await asyncio.sleep(max(due - time.perf_counter(), 0))
+        late = max(late, time.perf_counter() - due)
         await session.send_pcm(pcm[i:i + 2 * piece], rate=16000)
+    return late
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
@@ -138,11 +142,11 @@ def test_realtime_slots_carry_their_audio_once_with_events_in_order(drained, rea
             trickled_at = time.perf_counter()                 # now 20 ms at a time, as spoken
             trickle = asyncio.ensure_future(send_paced(session, pcm16(utterance)))
             trickled = await collect(session, has_event("speech_ended"))
-            await trickle
+            late = await trickle
             await session.close()
-        return opened, idle, sent, spoken, again, trickled_at, trickled, session.media
+        return opened, idle, sent, spoken, again, trickled_at, trickled, late, session.media
 
-    opened, idle, sent, spoken, again, trickled_at, trickled, media = asyncio.run(run())
+    opened, idle, sent, spoken, again, trickled_at, trickled, late, media = asyncio.run(run())
     second = audio_of([s for s in slots_of(again) if s.speech])
     second_correlation, _ = match(second, resample_poly(utterance, 3, 2))     # 24 kHz
     third = audio_of([s for s in slots_of(trickled) if s.speech])
@@ -151,9 +155,12 @@ def test_realtime_slots_carry_their_audio_once_with_events_in_order(drained, rea
     report("headless_second_utterance", {
         "correlation": round(second_correlation, 4), "speech_slots": len(second) // 960,
         "trickled_correlation": round(third_correlation, 4),
-        "trickled_first_speech_ms": round(1000 * (trickled_first - trickled_at))})
-    assert second_correlation > 0.95 and third_correlation > 0.95, (second_correlation,
-                                                                     third_correlation)
+        "trickled_first_speech_ms": round(1000 * (trickled_first - trickled_at)),
+        "trickled_latest_send_ms": round(1000 * late)})
+    assert second_correlation > 0.95, second_correlation
+    # whole, unless this client fell behind its own pace by more than the session's jitter
+    # allowance (100 ms): the server then rightly fills the gap with silence
+    assert third_correlation > 0.95 or late > 0.1, (third_correlation, late)
     # audio that comes as it is spoken cannot be shown before a block and its look-ahead
     # (160 ms) have come: after a reply that started early, the output delay is given back
     assert trickled_first - trickled_at >= 0.14, 1000 * (trickled_first - trickled_at)
