@@ -75,6 +75,7 @@ def _export(jobs: tuple[str, ...], checkpoint: str, size: int, log: str, done) -
     os.dup2(fd, 2)
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
+    model = None
     for job in jobs:
         if job in (RENDERER, WINDOWS):
             from export.renderer import cached_cpu_renderer_export
@@ -92,7 +93,7 @@ def _export(jobs: tuple[str, ...], checkpoint: str, size: int, log: str, done) -
             from models.audio import FeatureConfig
             from models.generator import load_motion_model
 
-            model = load_motion_model(checkpoint)
+            model = model or load_motion_model(checkpoint)      # once for both networks
             if job == ENCODER:
                 from export.audio_encoder import cached_audio_encoder
 
