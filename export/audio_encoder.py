@@ -4,7 +4,8 @@ Written by export.exporter: TorchScript (opset 20) for onnxruntime, dynamo with
 fused_attention for TensorRT (opset 23, where scaled_dot_product_attention becomes one ONNX
 `Attention` node, which TensorRT maps to its fused attention layer).
 Input  `mel`       [batch, 80, 2n] float32 (log-mel of one window each)
-Output `features`  [batch, n, 384] float32 (n = encoder frames in the window)
+Output `features`  [batch, n, 384] float32 (n = encoder frames in the window), or
+                   [batch, n, 5, 384] with FeatureConfig.all_layers (every encoder stage)
 """
 
 import os
@@ -31,7 +32,7 @@ def export_audio_encoder(path: str | Path, config: FeatureConfig | None = None,
 
 
 class OnnxEncoder:
-    """onnxruntime backend for AudioFeatureExtractor: mel [B, 80, 2n] -> [B, n, 384]."""
+    """onnxruntime backend for AudioFeatureExtractor: mel [B, 80, 2n] -> [B, n, (5,) 384]."""
 
     def __init__(self, path: str | Path, threads: int | None = None,
                  providers: list[str] | None = None):
@@ -49,7 +50,8 @@ def audio_encoder_path(config: FeatureConfig, fused_attention: bool = False) -> 
     """Where cached_audio_encoder keeps the graph of this configuration."""
     from models.whisper_weights import cache_dir
 
-    name = f"audio_encoder_w{config.window_frames}_op{opset(fused_attention)}.onnx"
+    stages = "_layers" if config.all_layers else ""
+    name = f"audio_encoder_w{config.window_frames}{stages}_op{opset(fused_attention)}.onnx"
     return cache_dir() / "onnx" / name
 
 

@@ -16,6 +16,12 @@ in the window), so it is fixed here and used identically for training data and a
     video frame (50 Hz). Frame t's feature is the stack of encoder frames for video frames
     t-m .. t+m (m = context frames), i.e. [2(2m+1), 384] (EMO's audio context).
 
+    With all_layers, each encoder frame gives the outputs of every encoder stage (the
+    embedded input, blocks 1-3, and the normed last block: 5 for tiny.en), so a frame's
+    feature is [2(2m+1) * 5, 384], ordered (encoder frame, stage). Sonic, EchoMimic and
+    Hallo condition on Whisper's layer stack: the lower stages keep more of the sound itself,
+    the last one is the most about words.
+
 So a frame's feature depends only on the audio up to its block's window end, and on
 nothing about how that audio arrived: streaming (FeatureStream, any chunk sizes) and
 offline (AudioFeatureExtractor.features) give the same numbers.
@@ -46,6 +52,7 @@ class FeatureConfig:
     block_frames: int = 2       # H: video frames whose features one window gives (80 ms)
     lookahead_frames: int = 2   # L: audio after the block inside the window (80 ms)
     context_frames: int = 2     # m: +-m video frames of context stacked per frame
+    all_layers: bool = False    # every encoder stage per encoder frame, not the last alone
 
     @classmethod
     def of(cls, settings: dict) -> "FeatureConfig":
@@ -73,8 +80,13 @@ class FeatureConfig:
         return self.window_samples // (2 * HOP_LENGTH)    # 50 Hz: 2 per video frame at 25 fps
 
     @property
+    def layers(self) -> int:
+        return ENCODER_STAGES if self.all_layers else 1
+
+    @property
     def stack(self) -> int:
-        return 2 * (2 * self.context_frames + 1)          # encoder frames per video frame
+        """Feature vectors per video frame: encoder frames (2 per frame) x stages."""
+        return 2 * (2 * self.context_frames + 1) * self.layers
 
     @property
     def latency_ms(self) -> float:
@@ -90,6 +102,7 @@ class FeatureConfig:
 
 
 FEATURE_DIM = 384
+ENCODER_STAGES = 5      # tiny.en: the embedded input and 4 blocks
 
 
 def log_mel(windows: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
@@ -112,13 +125,15 @@ def log_mel(windows: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 class WindowEncoder(nn.Module):
     """Whisper's audio encoder on a short fixed window: the positional embedding is sliced.
 
-    mel [B, 80, 2n] -> features [B, n, 384], n = encoder frames in the window.
+    mel [B, 80, 2n] -> features [B, n, 384], n = encoder frames in the window; with
+    all_layers, [B, n, stages, 384] (the embedded input, each block, the last one normed).
     """
 
-    def __init__(self, encoder: nn.Module, n_frames: int):
+    def __init__(self, encoder: nn.Module, n_frames: int, all_layers: bool = False):
         super().__init__()
         self.conv1, self.conv2 = encoder.conv1, encoder.conv2
         self.blocks, self.ln_post = encoder.blocks, encoder.ln_post
+        self.all_layers = all_layers
         self.register_buffer("positional_embedding",
                              encoder.positional_embedding[:n_frames].clone())
 
@@ -126,9 +141,14 @@ class WindowEncoder(nn.Module):
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x))                          # [B, 384, n]
         x = x.permute(0, 2, 1) + self.positional_embedding  # [B, n, 384]
+        stages = [x]
         for block in self.blocks:
             x = encoder_block(block, x) if dispatch.fused(x) else block(x)
-        return self.ln_post(x)
+            stages.append(x)
+        stages[-1] = self.ln_post(x)
+        if not self.all_layers:
+            return stages[-1]
+        return torch.stack(stages, dim=2)                   # [B, n, stages, 384]
 
 
 def encoder_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -149,10 +169,11 @@ def load_window_encoder(config: FeatureConfig) -> WindowEncoder:
     from models.whisper_weights import load_whisper_tiny_en
 
     whisper = load_whisper_tiny_en()
-    return WindowEncoder(whisper.encoder, config.encoder_frames).eval()
+    return WindowEncoder(whisper.encoder, config.encoder_frames, config.all_layers).eval()
 
 
-# A backend maps mel [B, 80, 2n] (float32 numpy) to encoder features [B, n, 384].
+# A backend maps mel [B, 80, 2n] (float32 numpy) to encoder features [B, n, 384]
+# ([B, n, stages, 384] with all_layers).
 EncoderBackend = Callable[[np.ndarray], np.ndarray]
 
 
@@ -197,7 +218,7 @@ class AudioFeatureExtractor:
                 windows[row, lo - start:] = audio[lo - offset: end - offset]
             with torch.inference_mode():
                 mel = log_mel(torch.from_numpy(windows), self.filters).numpy()
-            enc = self.encoder(mel)                          # [B, n, 384]
+            enc = self.encoder(mel)                          # [B, n, (stages,) 384]
             out.append(self._stack(enc))
         if not out:
             return np.zeros((0, c.stack, FEATURE_DIM), dtype=np.float32)
@@ -206,7 +227,8 @@ class AudioFeatureExtractor:
     def _stack(self, enc: np.ndarray) -> np.ndarray:
         """Encoder frames of each window -> per-frame stacks of its block's frames.
 
-        enc [B, n, 384] -> [B * H, 2(2m+1), 384]
+        enc [B, n, 384] -> [B * H, 2(2m+1), 384]; with all_layers
+        enc [B, n, stages, 384] -> [B * H, 2(2m+1) * stages, 384], (frame, stage) order.
         """
         c = self.config
         first = c.window_frames - c.lookahead_frames - c.block_frames  # block start, in frames
@@ -214,7 +236,7 @@ class AudioFeatureExtractor:
         for k in range(c.block_frames):
             p = first + k
             lo, hi = 2 * (p - c.context_frames), 2 * (p + c.context_frames + 1)
-            stacks.append(enc[:, lo:hi])                     # [B, stack, 384]
+            stacks.append(enc[:, lo:hi])                     # [B, 2(2m+1), (stages,) 384]
         return np.stack(stacks, axis=1).reshape(-1, c.stack, enc.shape[-1])
 
     def features(self, audio: np.ndarray) -> np.ndarray:

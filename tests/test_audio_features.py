@@ -113,3 +113,22 @@ def test_onnx_encoder_matches_torch(tmp_path, extractor, real_speech, fused_atte
     onnx_extractor = AudioFeatureExtractor(extractor.config, encoder=OnnxEncoder(path))
     audio = real_speech[:4 * 16000]
     assert relative_error(onnx_extractor.features(audio), extractor.features(audio)) < 1e-4
+
+
+def test_all_layers_stack_every_encoder_stage(extractor, real_speech):
+    """all_layers: each encoder frame gives the embedded input and every block's output
+    (Sonic's layer stack); the last stage is today's feature, streaming equals offline."""
+    layers = AudioFeatureExtractor(FeatureConfig(all_layers=True))
+    audio = real_speech[:3 * 16000]
+    feats = layers.features(audio)
+    assert layers.config.stack == 50 and feats.shape == (75, 50, 384)
+    stages = feats.reshape(75, 10, 5, 384)                    # (encoder frame, stage)
+    np.testing.assert_allclose(stages[:, :, -1], extractor.features(audio), atol=1e-5)
+    assert all(relative_error(stages[:, :, k], stages[:, :, -1]) > 0.1 for k in range(4))
+    stream = layers.stream()
+    pieces = []
+    for lo in range(0, audio.size, 3000):
+        stream.push(audio[lo:lo + 3000])
+        pieces.append(stream.pull())
+    pieces.append(stream.finish())
+    assert relative_error(np.concatenate(pieces), feats) < 1e-4

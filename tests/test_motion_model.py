@@ -239,6 +239,37 @@ def test_distill_script_makes_a_two_step_student(tiny_dataset, tmp_path):
     assert (tmp_path / "s" / "loss.png").is_file()
 
 
+def test_refeatured_layer_stack_trains_a_student(tiny_dataset, tmp_path):
+    """train.refeature re-encodes the shards' audio with Whisper's layer stack (audio, motion
+    and metadata copied); the teacher sizes its audio input from the data and the student
+    made from it streams on the layer-stack features."""
+    from train.distill import DistillConfig, distill
+    from train.refeature import run as refeature
+    from train.synth import load_examples
+
+    layers = tmp_path / "layers"
+    assert refeature(tiny_dataset, layers, {"all_layers": True}) == 2    # train and val shards
+    assert refeature(tiny_dataset, layers, {"all_layers": True}) == 0    # resumed: all done
+    before, after = load_examples(tiny_dataset, "train"), load_examples(layers, "train")
+    assert [e["id"] for e in after] == [e["id"] for e in before]
+    for b, a in zip(before, after, strict=True):
+        assert a["features"].shape == (len(b["features"]), 50, 384)
+        np.testing.assert_array_equal(a["motion"], b["motion"])
+        last = a["features"].reshape(-1, 10, 5, 384)[:, :, -1].astype(np.float32)
+        np.testing.assert_allclose(last, b["features"].astype(np.float32), atol=2e-3)
+    tiny = {"width": 32, "depth": 1, "heads": 2, "audio_proj": 8}
+    teacher = train(TeacherConfig(data=str(layers), out=str(tmp_path / "t"), steps=3, batch=8,
+                                  warmup=2, sample_steps=4, model=tiny))
+    student = load_motion_model(distill(DistillConfig(
+        teacher=str(teacher), data=str(layers), out=str(tmp_path / "s"), pairs=32,
+        pair_block=32, steps=2, batch=8, warmup=1)))
+    assert student.config.audio_stack == 50 and student.feature_config["all_layers"]
+    features = after[0]["features"][:12].astype(np.float32)
+    silence = np.zeros((50, 384), np.float32)
+    motion, _ = generate_sequence(MotionGenerator(student, silence), features, chunk=2)
+    assert motion.shape == (12, motion_space.D) and np.isfinite(motion).all()
+
+
 @pytest.mark.parametrize("fused_attention", [False, True], ids=["onnxruntime", "tensorrt"])
 @pytest.mark.parametrize("config", [TINY, HISTORY], ids=["carry", "history"])
 def test_student_exports_to_onnx_and_matches_torch(tmp_path, config, fused_attention):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.audio import FeatureConfig
 from models.motion import MotionConfig, MotionDiT, count_parameters
 from models.sampler import Guidance
 from train.dataset import load_examples, silence_feature_for
@@ -54,6 +55,8 @@ class TeacherConfig:
     guidance_style: float = 1.5
     model: dict | None = None         # MotionConfig overrides, e.g. {"width": 256}
     init: str = ""                    # a last.pt to start from (fine-tuning stage)
+    device: str = "cpu"               # "cuda": the same run on a GPU (random draws stay on
+                                      # the CPU, so a seed gives the same batches)
 
 
 def flow_matching_loss(net: MotionDiT, batch, p_drop_audio: float, p_drop_style: float,
@@ -67,6 +70,10 @@ def flow_matching_loss(net: MotionDiT, batch, p_drop_audio: float, p_drop_style:
     carry = cond.carry + sigma * torch.randn(cond.carry.shape, generator=rng)
     use_audio = (torch.rand(b, generator=rng) >= p_drop_audio).float()
     use_style = (torch.rand(b, generator=rng) >= p_drop_style).float()
+    device = net.final.weight.device
+    x0, x1, t, xt, carry, use_audio, use_style = (
+        x.to(device) for x in (x0, x1, t, xt, carry, use_audio, use_style))
+    cond = cond.to(device)
     v = net(xt, t, carry, cond.audio, cond.carry_audio, cond.style, use_audio, use_style)
     return torch.mean((v - (x1 - x0)) ** 2)
 
@@ -121,7 +128,9 @@ def train(cfg: TeacherConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     examples, feature_config = load_examples(cfg.data, "train")
-    model_cfg = replace(MotionConfig(), **(cfg.model or {}))
+    # the audio input's stack follows the data's features (models.audio.FeatureConfig)
+    stack = {"audio_stack": FeatureConfig.of(feature_config).stack}
+    model_cfg = replace(MotionConfig(), **(stack | (cfg.model or {})))
     last = out / "last.pt"
     init = None
     if last.is_file():
@@ -140,7 +149,7 @@ def train(cfg: TeacherConfig) -> Path:
         state = None
         normalizer = fit_normalizer(examples)
     torch.manual_seed(cfg.seed)
-    net = MotionDiT(model_cfg)
+    net = MotionDiT(model_cfg).to(cfg.device)
     ema = copy.deepcopy(net).eval()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = torch.Generator().manual_seed(cfg.seed)
