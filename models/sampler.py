@@ -45,6 +45,10 @@ class ChunkCondition:
     def frames(self) -> int:
         return self.audio.shape[1]
 
+    def to(self, device: str | torch.device) -> "ChunkCondition":
+        return ChunkCondition(*(x.to(device) for x in (self.carry, self.carry_audio,
+                                                        self.audio, self.style)))
+
     def repeat(self, times: int) -> "ChunkCondition":
         return ChunkCondition(*(x.repeat(times, *([1] * (x.dim() - 1)))
                                 for x in (self.carry, self.carry_audio, self.audio, self.style)))

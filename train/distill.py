@@ -50,6 +50,7 @@ class DistillConfig:
     seed: int = 1
     threads: int = 1
     save_every: int = 500
+    device: str = "cpu"            # "cuda": the same run on a GPU (random draws on the CPU)
 
 
 def generate_pairs(teacher, sampler: WindowSampler, count: int, student_steps: int,
@@ -61,10 +62,11 @@ def generate_pairs(teacher, sampler: WindowSampler, count: int, student_steps: i
         picks, starts, n = sampler.pick(128)
         cond = sampler.batch_at(picks, starts, n).cond
         noise = torch.randn((len(picks), n, teacher.config.motion_dim))
-        _, path = sample_teacher(teacher.net, cond, noise, steps=teacher.steps,
-                                 guidance=teacher.guidance, return_path=True)
+        device = teacher.net.final.weight.device
+        _, path = sample_teacher(teacher.net, cond.to(device), noise.to(device),
+                                 steps=teacher.steps, guidance=teacher.guidance, return_path=True)
         stride = teacher.steps // student_steps
-        states = torch.stack(path[::stride], dim=1)        # [B, student_steps + 1, n, D]
+        states = torch.stack(path[::stride], dim=1).cpu()  # [B, student_steps + 1, n, D]
         # the conditions are kept as window positions (the features stay in the dataset)
         rows.append({"picks": torch.from_numpy(picks), "starts": torch.from_numpy(starts),
                      "noise": noise, "states": states})
@@ -78,9 +80,11 @@ def distill_loss(student, cond: ChunkCondition, batch: dict, rng: torch.Generato
     b = states.shape[0]
     i = torch.randint(0, steps, (b,), generator=rng)          # which jump each row learns
     dt = 1.0 / steps
-    x = states[torch.arange(b), i]
-    target = (states[torch.arange(b), i + 1] - x) / dt
-    v = conditional_velocity(student, x, i.float() * dt, cond)
+    device = student.final.weight.device
+    states, i = states.to(device), i.to(device)
+    x = states[torch.arange(b, device=device), i]
+    target = (states[torch.arange(b, device=device), i + 1] - x) / dt
+    v = conditional_velocity(student, x, i.float() * dt, cond.to(device))
     return torch.mean((v - target) ** 2)
 
 
@@ -89,6 +93,7 @@ def distill(cfg: DistillConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = load_motion_model(cfg.teacher, kind="teacher")
+    teacher.net.to(cfg.device)
     if teacher.steps % cfg.student_steps:
         raise ValueError(f"teacher steps {teacher.steps} must be a multiple of "
                          f"student steps {cfg.student_steps}")
