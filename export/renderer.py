@@ -42,6 +42,16 @@ def cpu_renderer_path(size: int, frame_size: int | None = None) -> Path:
     return source.with_name(f"{source.stem}-cpu{rewrite[:8]}.onnx")
 
 
+def drop_older_graphs(path: Path, kin: str) -> None:
+    """Delete the cached graphs named `kin`* other than `path` and its own CPU forms: what an
+    older renderer source (or CPU rewrite) left for the same shape, so an upgrade does not
+    leave ~10 MB behind per size each time. A process still running an older graph holds it
+    in memory, not on disk."""
+    for old in path.parent.glob(f"{kin}*.onnx"):
+        if not old.name.startswith(path.stem):
+            old.unlink(missing_ok=True)
+
+
 def cached_renderer_export(avatar: Avatar) -> Path:
     from models.render import export_onnx
 
@@ -51,6 +61,8 @@ def cached_renderer_export(avatar: Avatar) -> Path:
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
         export_onnx(avatar, tmp)
         tmp.replace(path)
+        shape = path.name.split("-")[1]                   # renderer-{shape}-{source}-raw
+        drop_older_graphs(path, f"renderer-{shape}-")
     return path
 
 
@@ -74,6 +86,7 @@ def cached_cpu_renderer_export(avatar: Avatar) -> Path:
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
         onnx.save(rewrite_for_cpu(shapes_by_example(fold_constants(source), feeds)), str(tmp))
         tmp.replace(path)
+        drop_older_graphs(path, f"{source.stem}-cpu")
     return path
 
 

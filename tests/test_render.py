@@ -292,3 +292,25 @@ def test_the_renderer_makes_no_host_tensors_per_call(avatars):
         with _HostTensors(meta) as on_device:
             _render_and_pack(meta[:-1], meta[-1])
     assert on_device.found == [], sorted(set(on_device.found))
+
+
+def test_an_upgrade_leaves_one_renderer_graph_per_shape(tmp_path):
+    """The ONNX cache keeps the current renderer graphs of each shape: those an older source
+    or CPU rewrite left are deleted when the new ones are written; other shapes and other
+    networks' graphs stay."""
+    from export.renderer import cpu_renderer_path, drop_older_graphs, renderer_export_path
+
+    current = tmp_path / renderer_export_path(256).name
+    cpu = tmp_path / cpu_renderer_path(256).name
+    older_source = ["renderer-256-000000000000-raw.onnx",
+                    "renderer-256-000000000000-raw-cpu00000000.onnx"]
+    older_rewrite = f"{current.stem}-cpu00000000.onnx"
+    others = ["renderer-192in256-000000000000-raw.onnx", "audio_encoder_w25_op20.onnx",
+              "motion-0000000000000000-student2-op20.onnx"]
+    for name in [current.name, cpu.name, older_rewrite, *older_source, *others]:
+        (tmp_path / name).write_bytes(b"graph")
+    drop_older_graphs(current, "renderer-256-")               # a new source's graph written
+    assert {p.name for p in tmp_path.iterdir()} == {current.name, cpu.name, older_rewrite,
+                                                     *others}
+    drop_older_graphs(cpu, f"{current.stem}-cpu")             # its CPU rewrite written
+    assert {p.name for p in tmp_path.iterdir()} == {current.name, cpu.name, *others}
