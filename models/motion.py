@@ -42,7 +42,8 @@ STYLE_NAMES = ("head_amplitude", "mouth_amplitude")
 @dataclass(frozen=True)
 class MotionConfig:
     motion_dim: int = motion_space.D
-    audio_stack: int = 10          # encoder frames stacked per video frame (models/audio.py)
+    audio_stack: int = 10          # feature vectors per video frame (models/audio.py)
+    audio_layers: int = 1          # encoder stages among them (FeatureConfig.all_layers: 5)
     audio_dim: int = 384
     style_names: tuple[str, ...] = STYLE_NAMES
     chunk_frames: int = 4          # N: frames generated per call (max)
@@ -131,18 +132,32 @@ class Block(nn.Module):
 
 
 class AudioEmbedding(nn.Module):
-    """Per-frame audio feature stack [.., stack, 384] -> [.., width]."""
+    """Per-frame audio feature stack [.., stack, 384] -> [.., width].
+
+    With several encoder stages per encoder frame (audio_layers L > 1, the stack ordered
+    (frame, stage)), each frame's stages are mixed by learned softmax weights first, as Sonic
+    and Hallo weight Whisper's layers; the rest is the same as with the last stage alone.
+    """
 
     def __init__(self, config: MotionConfig):
         super().__init__()
+        self.layers = config.audio_layers
+        frames = config.audio_stack // config.audio_layers
         self.norm = nn.LayerNorm(config.audio_dim)
+        if self.layers > 1:
+            self.layer_weights = nn.Parameter(torch.zeros(config.audio_layers))
         self.proj = nn.Linear(config.audio_dim, config.audio_proj)
         self.mlp = nn.Sequential(
-            nn.Linear(config.audio_stack * config.audio_proj, config.width), nn.GELU(),
+            nn.Linear(frames * config.audio_proj, config.width), nn.GELU(),
             nn.Linear(config.width, config.width))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        x = self.proj(self.norm(audio))                        # [B, T, stack, audio_proj]
+        x = self.norm(audio)                                   # [B, T, stack, 384]
+        if self.layers > 1:
+            b, t, stack, dim = x.shape
+            x = x.view(b, t, stack // self.layers, self.layers, dim)   # [B, T, F, L, 384]
+            x = (x * self.layer_weights.softmax(0)[:, None]).sum(-2)   # [B, T, F, 384]
+        x = self.proj(x)                                       # [B, T, F, audio_proj]
         return self.mlp(x.flatten(-2))                         # [B, T, width]
 
 

@@ -239,6 +239,27 @@ def test_distill_script_makes_a_two_step_student(tiny_dataset, tmp_path):
     assert (tmp_path / "s" / "loss.png").is_file()
 
 
+def test_layer_stack_is_mixed_by_learned_stage_weights():
+    """With Whisper's stages per encoder frame, the audio embedding mixes each frame's stages
+    by softmax weights before the projection: weights all on the last stage give exactly the
+    embedding of the last stage alone."""
+    from models.motion import AudioEmbedding
+
+    torch.manual_seed(0)
+    last_only = AudioEmbedding(MotionConfig(audio_stack=10, audio_proj=8, width=32))
+    stages = AudioEmbedding(MotionConfig(audio_stack=50, audio_layers=5, audio_proj=8, width=32))
+    stages.load_state_dict(last_only.state_dict() | {"layer_weights": torch.tensor(
+        [-40.0, -40.0, -40.0, -40.0, 40.0])})
+    audio = torch.randn(2, 3, 10, 5, 384)                     # (encoder frame, stage) order
+    np.testing.assert_allclose(stages(audio.flatten(2, 3)).detach(),
+                               last_only(audio[:, :, :, -1]).detach(), atol=1e-5)
+    stages.layer_weights.data.zero_()                        # even weights: the mean stage
+    np.testing.assert_allclose(stages(audio.flatten(2, 3)).detach(),
+                               last_only.mlp(last_only.proj(
+                                   last_only.norm(audio).mean(-2)).flatten(-2)).detach(),
+                               atol=1e-5)
+
+
 def test_refeatured_layer_stack_trains_a_student(tiny_dataset, tmp_path):
     """train.refeature re-encodes the shards' audio with Whisper's layer stack (audio, motion
     and metadata copied); the teacher sizes its audio input from the data and the student
@@ -263,7 +284,8 @@ def test_refeatured_layer_stack_trains_a_student(tiny_dataset, tmp_path):
     student = load_motion_model(distill(DistillConfig(
         teacher=str(teacher), data=str(layers), out=str(tmp_path / "s"), pairs=32,
         pair_block=32, steps=2, batch=8, warmup=1)))
-    assert student.config.audio_stack == 50 and student.feature_config["all_layers"]
+    assert student.config.audio_stack == 50 and student.config.audio_layers == 5
+    assert student.feature_config["all_layers"]
     features = after[0]["features"][:12].astype(np.float32)
     silence = np.zeros((50, 384), np.float32)
     motion, _ = generate_sequence(MotionGenerator(student, silence), features, chunk=2)

@@ -129,8 +129,9 @@ def train(cfg: TeacherConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     examples, feature_config = load_examples(cfg.data, "train")
     # the audio input's stack follows the data's features (models.audio.FeatureConfig)
-    stack = {"audio_stack": FeatureConfig.of(feature_config).stack}
-    model_cfg = replace(MotionConfig(), **(stack | (cfg.model or {})))
+    features = FeatureConfig.of(feature_config)
+    audio = {"audio_stack": features.stack, "audio_layers": features.layers}
+    model_cfg = replace(MotionConfig(), **(audio | (cfg.model or {})))
     last = out / "last.pt"
     init = None
     if last.is_file():
