@@ -31,6 +31,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kernels import dispatch
@@ -135,8 +136,10 @@ class AudioEmbedding(nn.Module):
     """Per-frame audio feature stack [.., stack, 384] -> [.., width].
 
     With several encoder stages per encoder frame (audio_layers L > 1, the stack ordered
-    (frame, stage)), each frame's stages are mixed by learned softmax weights first, as Sonic
-    and Hallo weight Whisper's layers; the rest is the same as with the last stage alone.
+    (frame, stage)), each frame's stages are brought to one scale (a layer norm without
+    parameters: the features are constants, so nothing of it is kept for the backward pass)
+    and mixed by learned softmax weights first, as Sonic and Hallo weight Whisper's layers;
+    the rest is the same as with the last stage alone.
     """
 
     def __init__(self, config: MotionConfig):
@@ -152,12 +155,13 @@ class AudioEmbedding(nn.Module):
             nn.Linear(config.width, config.width))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        x = self.norm(audio)                                   # [B, T, stack, 384]
+        x = audio                                              # [B, T, stack, 384]
         if self.layers > 1:
             b, t, stack, dim = x.shape
             x = x.view(b, t, stack // self.layers, self.layers, dim)   # [B, T, F, L, 384]
+            x = F.layer_norm(x, (dim,))
             x = (x * self.layer_weights.softmax(0)[:, None]).sum(-2)   # [B, T, F, 384]
-        x = self.proj(x)                                       # [B, T, F, audio_proj]
+        x = self.proj(self.norm(x))                            # [B, T, F, audio_proj]
         return self.mlp(x.flatten(-2))                         # [B, T, width]
 
 
