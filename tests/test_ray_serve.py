@@ -139,6 +139,10 @@ async def video_upload(http, url: str, clip: Path) -> dict:
         async with http.get(f"{url}/avatars/jobs/{result['upload'][1]['job']}") as r:
             job = await r.json()
     result["job"], result["prepared_s"] = job, round(time.perf_counter() - started, 1)
+    # the replicas' reports (about once a second; later on a busy machine, the one that
+    # prepared the video) must show the sessions ended before: else the router still counts
+    # them and both new sessions go to one replica
+    await cluster_totals(http, url, sessions=2)
     result["sessions"] = []
     for _ in range(2):
         async with http.post(f"{url}/sessions", json={"avatar": job.get("avatar")}) as r:
