@@ -17,14 +17,13 @@ the trainers take `--data data/synth,data/synth_aug`. Deterministic for a seed; 
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import signal
 
-from train.synth import RATE, _to_int16, write_shard
+from train.synth import RATE, _to_int16, copy_stats, write_shard
 
 TELEPHONE_BAND = (300.0, 3400.0)
 
@@ -156,9 +155,7 @@ def augment(data: str | Path, out: str | Path, seed: int = 0, splits=("train", "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
     dataset["augmented_from"] = str(data)
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
-    for extra in ("stats.json", "stats.txt"):
-        if (data / extra).is_file():
-            shutil.copy(data / extra, out / extra)
+    copy_stats(data, out)
     return out
 
 

@@ -12,7 +12,6 @@ and finished ones are skipped, so a run resumes.
 import argparse
 import json
 import multiprocessing as mp
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.synth import write_shard
+from train.synth import copy_stats, write_shard
 
 _extractor = None
 
@@ -68,9 +67,7 @@ def run(data: str | Path, out: str | Path, settings: dict, workers: int = 1) -> 
     if target.is_file() and json.loads(target.read_text()) != info:
         raise SystemExit(f"{out} holds shards of other settings: delete it or use another --out")
     target.write_text(json.dumps(info, indent=1))
-    for extra in ("stats.json", "stats.txt"):
-        if (data / extra).is_file():
-            shutil.copy(data / extra, out / extra)
+    copy_stats(data, out)
     jobs = [(str(p), str(out)) for p in sorted(data.glob("*.npz"))
             if not (out / p.with_suffix(".json").name).is_file()]
     print(f"{len(jobs)} shards to encode with {config}", flush=True)

@@ -31,6 +31,7 @@ import multiprocessing as mp
 import os
 import queue
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -469,6 +470,14 @@ def write_shard(folder: Path, name: str, shard: dict) -> None:
     json_tmp = folder / f".{name}.json.tmp"
     json_tmp.write_text(json.dumps(shard["meta"], indent=1))
     os.replace(json_tmp, folder / f"{name}.json")
+
+
+def copy_stats(source: Path, out: Path) -> None:
+    """A derived shard folder (same examples, other audio or features) keeps its source's
+    statistics files."""
+    for name in ("stats.json", "stats.txt"):
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
 
 
 # --- reading --------------------------------------------------------------------------------
