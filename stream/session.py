@@ -158,6 +158,11 @@ class Session:
         self._closed = False
         self._started = time.perf_counter()
         self._delay_owed = 0               # 16 kHz samples of output delay owed (owe_delay)
+        self._played: int | None = None    # frames before this were played (None: none yet)
+        # tick() fills silence only once the audio not yet played is less than this: the
+        # next frames' block and look-ahead, and the jitter allowance to compute them
+        self._fill_reserve = (self.jitter
+                              + (c.block_frames + c.lookahead_frames) * c.samples_per_frame)
         self._render_queue: queue.Queue[_Chunk | None] = queue.Queue(maxsize=RENDER_QUEUE)
         self._threads = [threading.Thread(target=self._motion_loop, daemon=True, name="motion"),
                          threading.Thread(target=self._render_loop, daemon=True, name="render")]
@@ -224,12 +229,19 @@ class Session:
     def tick(self, now: float | None = None) -> None:
         """Real-time clock: if the timeline fell behind the wall clock by more than the
         jitter allowance, fill the gap with silence (the avatar idles, never freezes), and
-        the output delay owed (owe_delay) with it."""
+        the output delay owed (owe_delay) with it.
+
+        Not while the audio not yet played still covers what the next frames need (their
+        block and look-ahead, and the jitter allowance again for computing them): audio that
+        arrives late (a loaded machine holds the microphone's packets back) then still lies
+        where it belongs, whole, instead of after a silence put into the middle of a word.
+        With the usual output delay this is the jitter allowance alone; after the output
+        delay grew (a loaded machine) late audio may be late by that much more."""
         with self._lock:
             now = time.perf_counter() if now is None else now
             due = int((now - self._started) * RATE)
             gap = due - self.audio.end
-            if gap > self.jitter:
+            if gap > self.jitter and self._unplayed() < self._fill_reserve:
                 owed, self._delay_owed = self._delay_owed, 0
                 self._started -= owed / RATE
                 self.audio.push_silence((gap + owed) / RATE)
@@ -289,6 +301,13 @@ class Session:
                 self._started = time.perf_counter() - cut_sample / RATE
             self._lock.notify_all()
             return cut
+
+    def _unplayed(self) -> int:
+        """16 kHz samples of the timeline after the slot playing (0 before playing starts:
+        then nothing waits for late audio). Under the lock."""
+        if self._played is None:
+            return 0
+        return self.audio.end - self._played * self.engine.feature_config.samples_per_frame
 
     def clock_sample(self, now: float) -> int:
         """Real time: the 16 kHz sample of the timeline due at perf_counter() `now` (what
@@ -367,13 +386,18 @@ class Session:
     def mark_played(self, index: int) -> None:
         """The player is done with frames and audio before `index` (frees memory)."""
         with self._lock:
+            self._played = max(self._played or 0, index)
             self._delivered = max(self._delivered, index)
             self._release()
 
     def _release(self) -> None:
         c = self.engine.feature_config
         played = self._delivered
-        self.audio.discard_playback_before((played - 2) * PLAYBACK_PER_FRAME)
+        # the sound goes by the slots a player played, when there is one: a frame taken
+        # ahead of its slot (after a catch-up jumped the motion ahead) must not take the
+        # sound of the slots before it with it
+        heard = played if self._played is None else min(played, self._played)
+        self.audio.discard_playback_before((heard - 2) * PLAYBACK_PER_FRAME)
         # keep one window of 16 kHz audio before the earliest frame that may still be cut
         # (a player may mark slots played before their frames were generated)
         self.audio.discard_before(min(self._taken, (min(played, self._next_frame)

@@ -279,23 +279,31 @@ class SlowMotion(SlowRender):
         return self.engine.render(avatar, motion)
 
 
-def test_motion_behind_real_time_catches_up_instead_of_freezing(engine, avatar, speech48):
+@pytest.mark.parametrize("output_delay", [0.0, 1.0])
+def test_motion_behind_real_time_catches_up_instead_of_freezing(engine, avatar, speech48,
+                                                                 output_delay):
     """Motion at half real time: without catching up every chunk would reach the renderer
     too late and the picture would freeze for good (trailing the sound more and more); with
     it the session jumps to the newest audio, so the picture shown never trails the sound by
-    much more than the late margin and comes back in step with it after each jump."""
+    much more than the late margin and comes back in step with it after each jump. The
+    sound is never cut: every slot plays its own audio, across the jumps, also when the
+    player runs a second behind the audio (the output delay a loaded server grows: the
+    jumps then land on frames whose slots are still to come)."""
     from stream.player import Player
     from stream.session import LATE_MARGIN
 
     session = Session(SlowMotion(engine, 0.08), avatar, seed=0, realtime=True)
-    player = Player(session)
+    # slot 0 due when its audio arrives plus `output_delay` (0: when the first frame is)
+    player = Player(session, start=time.perf_counter() + output_delay if output_delay else None)
     lag = []                                      # per slot: slot - index of the picture shown
+    played = {}                                   # slot -> its 48 kHz audio
     try:
         audio = np.concatenate([speech48, speech48])[: 8 * 48000]
         t0 = time.perf_counter()
         for i in range(0, audio.size, 960):
             while time.perf_counter() < t0 + i / 48000:
-                for k, image, _ in player.play():
+                for k, image, sound in player.play():
+                    played[k] = sound
                     if image is not None:
                         lag.append(k - player.current.index)
                 time.sleep(0.005)
@@ -303,7 +311,49 @@ def test_motion_behind_real_time_catches_up_instead_of_freezing(engine, avatar, 
     finally:
         session.close()
     assert session.stats.catch_ups >= 1 and session.stats.late_frames > 0
+    whole = [k for k in played if (k + 1) * PLAYBACK_PER_FRAME <= audio.size]
+    cut = [k for k in whole if not np.allclose(
+        played[k], audio[k * PLAYBACK_PER_FRAME:(k + 1) * PLAYBACK_PER_FRAME], atol=1e-3)]
+    assert len(whole) > 100 and not cut, f"slots whose sound was cut: {cut}"
     half = len(lag) // 2
     # without catching up the lag would grow by half a frame a frame: ~100 frames at the end
     assert max(lag[half:]) <= 2 * LATE_MARGIN + 5, max(lag[half:])
     assert min(lag[half:]) <= 2, min(lag[half:])      # back in step after a jump
+
+
+@pytest.mark.parametrize("output_delay", [0.0, 1.0])
+def test_late_audio_lands_where_it_belongs(engine, avatar, speech48, output_delay):
+    """Microphone audio held back 240 ms inside a word (a loaded machine delays its packets)
+    and then delivered at once, with the clock ticking every 20 ms as the media clock does.
+    When the audio not yet played still covers the next frames' needs (a second of output
+    delay, as a loaded server grows), the clock waits for it: no silence goes into the speech
+    and every slot plays its own audio. With the usual short delay (the player started from
+    the first frame) it fills the gap with silence as before, so the picture never freezes."""
+    from stream.player import Player
+
+    session = Session(engine, avatar, seed=0, realtime=True)
+    player = Player(session, start=time.perf_counter() + output_delay if output_delay else None)
+    audio = speech48[: 96 * 1920]                       # 3.84 s: the second recording's words
+    held = (55 * 1920, 61 * 1920)                       # 2.2-2.44 s: held back, then sent at once
+    played = {}
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, audio.size + int((output_delay + 0.3) * 48000), 960):
+            while time.perf_counter() < t0 + i / 48000:
+                time.sleep(0.002)
+            if i < audio.size and not held[0] <= i < held[1]:
+                start = held[0] if i == held[1] else i
+                session.push_audio(audio[start:i + 960], 48000)
+            session.tick()
+            for k, _, sound in player.play():
+                played[k] = sound
+    finally:
+        session.close()
+    whole = [k for k in played if (k + 1) * PLAYBACK_PER_FRAME <= audio.size]
+    cut = [k for k in whole if not np.allclose(
+        played[k], audio[k * PLAYBACK_PER_FRAME:(k + 1) * PLAYBACK_PER_FRAME], atol=1e-3)]
+    assert len(whole) > 80
+    if output_delay:
+        assert not cut, f"slots whose sound was moved or cut: {cut}"
+    else:
+        assert cut and held[0] <= min(cut) * PLAYBACK_PER_FRAME <= held[1], cut
