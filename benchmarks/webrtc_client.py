@@ -14,7 +14,12 @@ too, with no STUN/TURN. The latency and soak benchmarks and the end-to-end tests
 Clocks. "arrival": when this process got a decoded frame (perf_counter). "sender": when the
 server sent it, from the stream's RTP timestamps and RTCP sender reports (what a WebRTC
 player pairs sound and picture by), converted to this process's perf_counter clock (both
-processes share the machine's wall clock).
+processes share the machine's wall clock). "media" (sound only): the RTP timestamps alone,
+placed on the sender clock by one offset for the whole stream (the median of what the
+reports give): what a receiver's jitter buffer plays by. aiortc's report pairs the last packet
+sent with the time it was sent, so on a loaded server, whose packets leave in bursts, the
+"sender" clock moves by tens of ms from one report to the next; the "media" clock does not,
+and shows exactly what the stream holds, a gap or a cut included.
 
 Client(trace=True) also keeps, per received stream, what the latency budget needs
 (benchmarks/webrtc_budget.py): every RTP packet (arrival, timestamp, marker, the server's
@@ -372,7 +377,8 @@ def watch_rtp_timing() -> None:
         return await handle_rtp(self, packet, arrival_time_ms)
 
     async def on_rtcp(self, packet):
-        if isinstance(packet, RtcpSrPacket):
+        if isinstance(packet, RtcpSrPacket) and packet.sender_info.ntp_timestamp:
+            # (aiortc reports NTP 0 before its first packet: no time to pair with)
             ntp = packet.sender_info.ntp_timestamp
             unix = (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32 - 2208988800
             RTP_TIMING.setdefault(id(self), {"first": None, "reports": []})["reports"].append(
@@ -564,11 +570,14 @@ class Client:
 
     def received_audio(self, clock: str = "arrival") -> tuple[np.ndarray, np.ndarray]:
         """(time of every 10 ms hop, RMS envelope) of the received sound; time on the
-        "arrival" clock or the "sender" clock (see the module docstring)."""
+        "arrival", "sender" or "media" clock (see the module docstring)."""
         times, envs = [], []
+        offset = self._media_offset() if clock == "media" else None
         for arrived, pcm, pts in self.audio:
             start = arrived - pcm.size / 48000
-            if clock == "sender":
+            if clock == "media":
+                start = pts / 48000 + offset
+            elif clock == "sender":
                 start = sender_clock(self.receivers["audio"], arrived, pts, 48000)
                 if start is None:
                     continue
@@ -576,6 +585,15 @@ class Client:
             times += list(start + (np.arange(env.size) + 0.5) * 0.01)
             envs += list(env)
         return np.array(times), np.array(envs)
+
+    def _media_offset(self) -> float:
+        """The sender-clock time of RTP time 0 of the received sound (the median over its
+        frames of what the sender reports give)."""
+        offsets = [t - pts / 48000 for arrived, _, pts in self.audio
+                   if (t := sender_clock(self.receivers["audio"], arrived, pts, 48000)) is not None]
+        if not offsets:
+            raise RuntimeError("no sender report came with the sound")
+        return float(np.median(offsets))
 
     def audio_times(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per received 20 ms of sound: (sender-clock start, end, arrival); frames before the
