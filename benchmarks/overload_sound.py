@@ -1,0 +1,126 @@
+"""Overload keeps the sound whole: microphone sessions while busy processes take the cores.
+
+    python -m benchmarks.overload_sound [--sessions 10] [--busy 3] [--size 256]
+                                        [--before CHECKOUT] [--json OUT.json]
+
+Starts the real server (server.py, a child process on a free loopback port) and, one after
+the other, `--sessions` aiortc clients in this process, each sending two alsa-utils
+recordings (Front_Center, Rear_Right, 1 s of silence around each) as its microphone while
+`--busy` processes spin on the machine (started as the session connects, as in
+tests/test_server.py's under-load test). Per utterance: the envelope correlation of the
+received sound with what the microphone sent, at the best single delay, on the "media"
+clock (the RTP timeline a receiver plays by) and on the "sender" clock (RTCP sender
+reports per packet: it adds the loaded server's send jitter); see webrtc_client.py.
+
+With `--before CHECKOUT` (another checkout of this repository, e.g. a git worktree of an
+older commit) a second server runs from it and the sessions alternate between the two, so
+both meet the same machine; the client and the measuring code are this checkout's.
+"""
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.webrtc_client import (
+    ROOT,
+    Client,
+    delay_of,
+    envelope,
+    http_session,
+    metrics,
+    speech_clip,
+    start_server,
+    wav_microphone,
+)
+from stream.engine import DEFAULT_CHECKPOINT
+
+SPIN = "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n"
+
+
+def one_session(url: str, clip, busy: int) -> dict:
+    """One microphone session under `busy` spinning processes: per utterance (delay ms,
+    correlation) on the media and the sender clock, and the fresh-frame share."""
+    seconds = clip.audio.size / 48000
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(busy)]
+    try:
+        async def run():
+            async with await http_session() as http:
+                client = Client(url, microphone=wav_microphone(clip.audio))
+                await client.connect(http)
+                await client.wait_for_video(timeout=30)
+                await asyncio.sleep(seconds + 2.0)
+                stats = await metrics(http, url)
+                await client.close()
+            return client, stats
+
+        client, stats = asyncio.run(run())
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    sent_at = client.microphone.started
+    env_sent = envelope(clip.audio)
+    t_sent = sent_at + (np.arange(env_sent.size) + 0.5) * 0.01
+    out = {}
+    for clock in ("media", "sender"):
+        heard = client.received_audio(clock)
+        out[clock] = [delay_of(t_sent, env_sent, *heard, (sent_at + a - 0.3, sent_at + b + 0.3))
+                      for a, b in clip.utterances]
+    shown = stats["talking_head_frames_shown_total"]
+    return {"utterances": [{"delay_ms": round(m[0] * 1000), "corr_media": round(m[1], 3),
+                            "corr_sender": round(s[1], 3)}
+                           for m, s in zip(out["media"], out["sender"], strict=True)],
+            "fresh_frame_share": round(shown / max(
+                shown + stats["talking_head_frames_repeated_total"], 1), 3)}
+
+
+def summary(rows: list[dict]) -> dict:
+    media = [u["corr_media"] for r in rows for u in r["utterances"]]
+    sender = [u["corr_sender"] for r in rows for u in r["utterances"]]
+    return {"utterances": len(media), "below_0.95_media": sum(c < 0.95 for c in media),
+            "below_0.95_sender": sum(c < 0.95 for c in sender),
+            "min_media": min(media), "min_sender": min(sender),
+            "median_media": float(np.median(media)),
+            "fresh_frame_share_median": float(np.median([r["fresh_frame_share"] for r in rows]))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sessions", type=int, default=10, help="sessions per server")
+    ap.add_argument("--busy", type=int, default=3, help="spinning processes per session")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--before", type=Path, help="another checkout to compare against")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    roots = {"this": ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    clip = speech_clip(("Front_Center", "Rear_Right"))
+    logs = ROOT / "out" / "overload_sound"
+    servers = {name: start_server(logs / f"{name}.log", "--size", str(args.size),
+                                  "--checkpoint", str(DEFAULT_CHECKPOINT), root=root)
+               for name, root in roots.items()}
+    rows = {name: [] for name in roots}
+    try:
+        for i in range(args.sessions):
+            for name, server in servers.items():
+                rows[name].append(one_session(server.url, clip, args.busy))
+                print(f"{name} {i}: {json.dumps(rows[name][-1])}", flush=True)
+                time.sleep(2.0)                    # the spinners are gone; the next starts anew
+    finally:
+        for server in servers.values():
+            server.stop()
+    result = {"sessions": args.sessions, "busy": args.busy, "size": args.size,
+              "summary": {name: summary(r) for name, r in rows.items()}, "runs": rows}
+    print(json.dumps(result["summary"], indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
