@@ -321,18 +321,18 @@ def test_motion_behind_real_time_catches_up_instead_of_freezing(engine, avatar, 
     assert min(lag[half:]) <= 2, min(lag[half:])      # back in step after a jump
 
 
-@pytest.mark.parametrize("output_delay", [0.0, 1.0])
+@pytest.mark.parametrize("output_delay", [0.2, 1.0])
 def test_late_audio_lands_where_it_belongs(engine, avatar, speech48, output_delay):
     """Microphone audio held back 240 ms inside a word (a loaded machine delays its packets)
     and then delivered at once, with the clock ticking every 20 ms as the media clock does.
     When the audio not yet played still covers the next frames' needs (a second of output
     delay, as a loaded server grows), the clock waits for it: no silence goes into the speech
-    and every slot plays its own audio. With the usual short delay (the player started from
-    the first frame) it fills the gap with silence as before, so the picture never freezes."""
+    and every slot plays its own audio. With a short delay (0.2 s, less than what the next
+    frames need) it fills the gap with silence as before, so the picture never freezes."""
     from stream.player import Player
 
     session = Session(engine, avatar, seed=0, realtime=True)
-    player = Player(session, start=time.perf_counter() + output_delay if output_delay else None)
+    player = Player(session, start=time.perf_counter() + output_delay)
     audio = speech48[: 96 * 1920]                       # 3.84 s: the second recording's words
     held = (55 * 1920, 61 * 1920)                       # 2.2-2.44 s: held back, then sent at once
     played = {}
@@ -353,7 +353,7 @@ def test_late_audio_lands_where_it_belongs(engine, avatar, speech48, output_dela
     cut = [k for k in whole if not np.allclose(
         played[k], audio[k * PLAYBACK_PER_FRAME:(k + 1) * PLAYBACK_PER_FRAME], atol=1e-3)]
     assert len(whole) > 80
-    if output_delay:
+    if output_delay > 0.5:
         assert not cut, f"slots whose sound was moved or cut: {cut}"
     else:
         assert cut and held[0] <= min(cut) * PLAYBACK_PER_FRAME <= held[1], cut
