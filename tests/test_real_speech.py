@@ -62,3 +62,19 @@ def test_read_and_spoken_recordings_align_from_start_to_end():
         assert len(speech) > 6 * sum(e - s for s, e in speech), rec["name"]  # > 6 phones/s
         reference = reference_jaw(rec["phones"], rec["audio"].size)
         assert pearson(energy_envelope(rec["audio"]), reference) > 0.4, rec["name"]
+
+
+def test_rendered_mouth_is_measured_on_the_frames():
+    """--render's measure: dlib's inner-lip gap on frames rendered from the motion follows a
+    jaw_open sweep (and is what the independent detector sees, not the motion read back)."""
+    from models import motion_space as ms
+    from models.avatar import prepare_avatar
+    from train.real_speech import rendered_mouth
+
+    motion = ms.neutral(7)
+    motion[:, ms.index("jaw_open")] = [0.0, 0.2, 0.5, 0.8, 1.0, 0.5, 0.0]
+    gaps = rendered_mouth(prepare_avatar(size=256), motion, batch=4)
+    assert gaps.shape == (7,) and np.isfinite(gaps).all()
+    assert pearson(gaps, motion[:, ms.index("jaw_open")]) > 0.95
+    assert gaps[4] - gaps[0] > 0.1           # (the default portrait smiles: lips apart at rest)
+    assert abs(gaps[6] - gaps[0]) < 0.01 and abs(gaps[5] - gaps[2]) < 0.01

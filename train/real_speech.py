@@ -22,7 +22,10 @@ align; a segment that never aligns is left out of the correlation, and reported)
 train.visemes.mouth_track turns the phones into a jaw_open track at 25 fps (average
 speaker). Baseline: the audio's energy envelope per frame. Reported: Pearson correlation of
 generated jaw_open (with its best lag, ms) and of the energy envelope with the reference, per
-recording and model.
+recording and model. With `--render SIZE` the generated motion is also rendered on the
+default portrait and the mouth is measured on those frames by an independent detector
+(dlib's inner-lip gap, benchmarks.reenact's measure): what a viewer sees, not only what
+the model asked for.
 """
 
 import argparse
@@ -261,19 +264,37 @@ def recordings(cache: Path) -> list[dict]:
     return out + readings(cache)
 
 
-def score(model, recs: list[dict], seed: int = 0) -> dict[str, dict]:
+def score(model, recs: list[dict], seed: int = 0, avatar=None) -> dict[str, dict]:
     """Per recording, correlations with its reference jaw track: the model's generated
-    jaw_open (streamed in 2-frame chunks, as at run time) and the audio's energy envelope."""
+    jaw_open (streamed in 2-frame chunks, as at run time) and the audio's energy envelope;
+    with an `avatar`, also the mouth measured on the rendered frames."""
     from models.audio import AudioFeatureExtractor, FeatureConfig
 
     fields = {k: v for k, v in model.feature_config.items()
               if k in FeatureConfig.__dataclass_fields__}
     extractor = AudioFeatureExtractor(FeatureConfig(**fields))
     silence = extractor.features(np.zeros(extractor.config.window_samples, np.float32))[0]
-    return {rec["name"]: _score_one(model, extractor, silence, rec, seed) for rec in recs}
+    return {rec["name"]: _score_one(model, extractor, silence, rec, seed, avatar)
+            for rec in recs}
 
 
-def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int) -> dict:
+def rendered_mouth(avatar, motion: np.ndarray, batch: int = 50) -> np.ndarray:
+    """The inner-lip gap (over face width) dlib finds on each frame of `motion` [T, D]
+    rendered on `avatar` [T] (nan where it finds no face)."""
+    from benchmarks.reenact import look
+    from models.render import render
+
+    gaps = []
+    for i in range(0, len(motion), batch):
+        frames = render(avatar, motion[i:i + batch]).numpy()
+        for frame in frames:
+            seen = look(frame, identity=False)
+            gaps.append(seen.mouth if seen is not None else np.nan)
+    return np.array(gaps)
+
+
+def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int,
+               avatar=None) -> dict:
     from models.generator import MotionGenerator, generate_sequence
 
     audio = rec["audio"]
@@ -287,7 +308,14 @@ def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int) -> d
     for start, end in rec.get("unaligned", []):
         known[int(start * 25): int(np.ceil(end * 25))] = False
     jaw, pucker = motion_space.index("jaw_open"), motion_space.index("lip_pucker")
-    return {
+    rendered = {}
+    if avatar is not None:
+        gap = rendered_mouth(avatar, motion)
+        seen = known & np.isfinite(gap)
+        rendered = {"rendered_mouth_corr": pearson(gap[seen], reference[seen]),
+                    "rendered_vs_model_corr": pearson(gap[seen], motion[seen, jaw]),
+                    "rendered_no_face_frames": int((~np.isfinite(gap)).sum())}
+    return rendered | {
         "seconds": audio.size / 16000, "phones": len(rec["phones"]),
         "unaligned_seconds": float(sum(e - s for s, e in rec.get("unaligned", []))),
         "model_corr": pearson(motion[known, jaw], reference[known]),
@@ -301,18 +329,28 @@ def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int) -> d
     }
 
 
-def evaluate(checkpoints: list[str], cache: Path, seed: int = 0) -> dict:
-    """Every checkpoint on the same aligned recordings (side by side in one run)."""
+def evaluate(checkpoints: list[str], cache: Path, seed: int = 0,
+             render_size: int | None = None) -> dict:
+    """Every checkpoint on the same aligned recordings (side by side in one run); with
+    `render_size`, rendered on the default portrait at that size and measured there too."""
     from models.generator import load_motion_model
 
     recs = recordings(cache)
+    avatar = None
+    if render_size:
+        from models.avatar import prepare_avatar
+
+        avatar = prepare_avatar(size=render_size)
     result = {"checkpoints": {}}
     for checkpoint in checkpoints:
-        scores = score(load_motion_model(checkpoint), recs, seed)
+        scores = score(load_motion_model(checkpoint), recs, seed, avatar)
         result["checkpoints"][str(checkpoint)] = {
             "recordings": scores,
             "model_corr_mean": float(np.mean([r["model_corr"] for r in scores.values()])),
             "energy_corr_mean": float(np.mean([r["energy_corr"] for r in scores.values()]))}
+        if avatar is not None:
+            result["checkpoints"][str(checkpoint)]["rendered_mouth_corr_mean"] = float(
+                np.mean([r["rendered_mouth_corr"] for r in scores.values()]))
     return result
 
 
@@ -336,6 +374,13 @@ def print_table(result: dict) -> None:
         closed = np.nanmean([x["model_closure_rate"] for x in scores])
         reference = np.nanmean([x["reference_closure_rate"] for x in scores])
         print(f"| {checkpoint} | {pucker:.3f} | {closed:.2f} ({reference:.2f}) |")
+    if "rendered_mouth_corr_mean" in next(iter(result["checkpoints"].values())):
+        print("\n| model | mouth on the rendered frames (dlib), per recording | mean |")
+        print("|---|---|---|")
+        for checkpoint, r in result["checkpoints"].items():
+            cells = [f"{r['recordings'][n]['rendered_mouth_corr']:.3f}" for n in names]
+            print(f"| {checkpoint} | " + " / ".join(cells)
+                  + f" | {r['rendered_mouth_corr_mean']:.3f} |")
 
 
 def main(argv=None) -> int:
@@ -345,8 +390,10 @@ def main(argv=None) -> int:
                         help="one or more motion checkpoints, scored side by side")
     parser.add_argument("--json", required=True)
     parser.add_argument("--cache", default="data/real_speech")
+    parser.add_argument("--render", type=int, metavar="SIZE",
+                        help="also render on the default portrait at SIZE px and measure there")
     args = parser.parse_args(argv)
-    result = evaluate(args.checkpoint, Path(args.cache))
+    result = evaluate(args.checkpoint, Path(args.cache), render_size=args.render)
     write_json(args.json, result)
     print_table(result)
     return 0
