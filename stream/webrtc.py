@@ -28,14 +28,15 @@ Keeping lips and sound together: the Player fixes the output delay from the firs
 which comes from a short first chunk (and a barge-in restarts the timeline at the playing
 position), so later frames can be due before they are rendered. When most frames of the last
 second (80 %: a CPU short of time still shows some in time) came late although frames are
-produced at the full 25 fps, the clock delays the player by that lateness (plus a margin)
-at once, in a pause of speech (voice activity detection hears nothing in the slots held
-back) unless the lateness is large, while the output holds the last picture over silence
-(it never stops: 25 slots a second); the pictures are then on time again instead of
-trailing the sound. When frames are produced slower than 25 fps (a machine without the
-compute), waiting cannot help: the pictures repeat and trail the sound, and the stats say
-so, until the session catches up by leaving out frames (stream/session.py). The delay
-added is capped (MAX_ADDED_DELAY_SECONDS in all, net of silence skipped):
+produced at the full 25 fps, the clock delays the player by that lateness (plus a margin) in
+a pause of the sound (voice activity detection hears nothing in the slots held back; when
+the lateness is large, any pause of RESYNC_PAUSE_SECONDS will do), never inside a word,
+while the output holds the last picture over silence (it never stops: 25 slots a second);
+the pictures are then on time again instead of trailing the sound. When frames are produced
+slower than 25 fps (a machine without the compute), waiting cannot help: the pictures repeat
+and trail the sound, and the stats say so, until the session catches up by leaving out
+frames (stream/session.py). The delay added is capped (MAX_ADDED_DELAY_SECONDS in all, net
+of silence skipped):
 a CPU starved in bursts renders its backlog at more than 25 fps when it gets time back,
 which looks like "keeping up, but late", and without the cap the latency grew by steps
 without bound (44 s after 22 minutes in a soak on a loaded machine), holding every frame
@@ -89,7 +90,9 @@ EARLY_WINDOW = 25                      # ... that frames come early
 EARLY_SLACK_SECONDS = 0.15             # a frame waiting longer than this for its slot is early
 EARLY_KEEP_SECONDS = 0.08              # the wait left after skipping silence
 RESYNC_MARGIN_SECONDS = 0.06           # added to the lateness when the delay grows
-RESYNC_IN_SPEECH_SECONDS = 0.4         # lateness that cannot wait for a pause in speech
+RESYNC_LARGE_SECONDS = 0.4             # lateness that takes the next short pause ...
+RESYNC_PAUSE_SECONDS = 0.12            # ... of this much silence (a smaller one waits for
+#                                        a pause as long as the delay step)
 MAX_RESYNC_SECONDS = 1.0               # largest single delay step
 MAX_ADDED_DELAY_SECONDS = 1.5          # most delay added in all (net of silence skipped)
 FULL_RATE = 0.95 * 25                  # frames per second that count as keeping up
@@ -461,8 +464,11 @@ class MediaClock:
                 return                              # pictures trail; latency does not grow
             lateness = float(np.percentile(late, 90))
             shift = min(lateness + RESYNC_MARGIN_SECONDS, MAX_RESYNC_SECONDS, room)
-            if lateness < RESYNC_IN_SPEECH_SECONDS and (frame.speech or not self._silent(
-                    player.next_slot, player.next_slot + int(shift * FPS) + 2)):
+            # the silence the output holds goes into a pause of the sound, never into a word
+            # (the sound stays whole; the pictures trail until then)
+            pause = shift if lateness < RESYNC_LARGE_SECONDS else RESYNC_PAUSE_SECONDS
+            if (lateness < RESYNC_LARGE_SECONDS and frame.speech) or not self._silent(
+                    player.next_slot, player.next_slot + int(pause * FPS) + 2):
                 return                              # wait for a pause
             player.start += shift                   # the player waits `shift` ...
             self._holding_until = time.perf_counter() + shift   # ... while the output holds
