@@ -6,11 +6,11 @@
 Starts the real server (server.py, a child process on a free loopback port) and, one after
 the other, `--sessions` aiortc clients in this process, each sending two alsa-utils
 recordings (Front_Center, Rear_Right, 1 s of silence around each) as its microphone while
-`--busy` processes spin on the machine (started as the session connects, as in
-tests/test_server.py's under-load test). Per utterance: the envelope correlation of the
-received sound with what the microphone sent, at the best single delay, on the "media"
-clock (the RTP timeline a receiver plays by) and on the "sender" clock (RTCP sender
-reports per packet: it adds the loaded server's send jitter); see webrtc_client.py.
+`--busy` processes spin on the machine (started as the session connects; the suite runs one
+such session: tests/test_server.py's under-load test). Per utterance: the envelope
+correlation of the received sound with what the microphone sent, at the best single delay,
+on the "media" clock (the RTP timeline a receiver plays by) and on the "sender" clock (RTCP
+sender reports per packet: it adds the loaded server's send jitter); see webrtc_client.py.
 
 With `--before CHECKOUT` (another checkout of this repository, e.g. a git worktree of an
 older commit) a second server runs from it and the sessions alternate between the two, so
