@@ -279,8 +279,8 @@ def score(model, recs: list[dict], seed: int = 0, avatar=None) -> dict[str, dict
 
 
 def rendered_mouth(avatar, motion: np.ndarray, batch: int = 50) -> np.ndarray:
-    """The inner-lip gap (over face width) dlib finds on each frame of `motion` [T, D]
-    rendered on `avatar` [T] (nan where it finds no face)."""
+    """The inner-lip gap (over face width) [T] that dlib finds on each frame of `motion`
+    [T, D] rendered on `avatar` (nan where it finds no face)."""
     from benchmarks.reenact import look
     from models.render import render
 
