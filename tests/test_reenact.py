@@ -84,6 +84,40 @@ def test_renderer_beats_the_frozen_frame(run):
     assert min(source["eye_aspect"]) >= EYES_OPEN and source["mouth_gap"] < 0.03
 
 
+def test_gap_analysis_of_the_run(run, tmp_path):
+    """benchmarks.reenact_gap on the run: a geometry-perfect warp of the source frame (optical
+    flow onto the real frame) is closer to the real frames than the renderer, the renderer's
+    figure is metrics.json's on the frames measured, and a run whose rendered frames are the
+    real ones has no gap at all."""
+    from benchmarks import reenact_gap
+
+    out, metrics, _ = run
+    result = reenact_gap.gap(out, every=4)
+    s = result["ssim"]
+    assert result["frames"] >= 20
+    assert abs(s["rendered"] - metrics["renderer"]["ssim"]) < 0.03
+    assert s["warped"] > s["rendered"] + 0.02 and s["affine"] >= s["rendered"] - 0.005
+    assert sum(result["band_shares"].values()) == pytest.approx(1.0)
+
+    perfect = tmp_path / "perfect"
+    perfect.mkdir()
+    for name in ("real.mkv", "source.png"):
+        shutil.copy(out / name, perfect / name)
+    shutil.copy(out / "real.mkv", perfect / "rendered.mkv")
+    same = reenact_gap.gap(perfect, every=8)
+    assert same["ssim"]["rendered"] == pytest.approx(1.0)
+    assert all(b["displacement_px"] < 0.05 for b in same["bands"].values())
+
+
+def test_best_affine_recovers_an_affine_field():
+    from benchmarks.reenact_gap import best_affine
+
+    ys, xs = np.mgrid[0:64, 0:64].astype(np.float64)
+    field = np.stack([1.5 + 0.02 * xs - 0.01 * ys, -0.7 + 0.03 * ys], -1).astype(np.float32)
+    noisy = field + np.random.default_rng(0).normal(0, 0.01, field.shape).astype(np.float32)
+    assert np.abs(best_affine(noisy, (8, 8, 56, 56)) - field).max() < 0.01
+
+
 def _refusal(args: list[str]) -> tuple[int, list[str]]:
     done = subprocess.run([sys.executable, "-m", "benchmarks.reenact", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
