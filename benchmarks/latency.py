@@ -17,8 +17,9 @@ in-process (default)
     frame's arrival + --margin-ms + k / 25 s: the Player skips a frame that misses its slot,
     so the margin is the slack later chunks have over the first; it is part of every
     latency, the first frame's included), and an output thread that encodes every
-    slot's picture with aiortc's own encoder for --codec (libx264 / libvpx, the settings
-    aiortc's sender uses; at most 0.4 s of slots wait, as on the server's video track).
+    slot's picture with the server's encoder for --codec (stream.video_encoder: libx264 with
+    the server's preset / aiortc's libvpx; at most 0.4 s of slots wait, as on the server's
+    video track).
     A frame is "out" when its slot's encode has finished.
 --webrtc
     `python server.py` is started on 127.0.0.1 (same engine, size, avatar); N aiortc
@@ -177,20 +178,20 @@ class FrameTracer:
 
 
 class Output(threading.Thread):
-    """Encodes every slot's picture as aiortc's sender would (its encoder, in a thread of its
-    own as aiortc runs it in an executor); records when each is out. Like the server's video
-    track it keeps at most QUEUED_SECONDS of slots waiting: an encoder that falls behind
-    loses the oldest (counted)."""
+    """Encodes every slot's picture as the server's sender would (its encoder,
+    stream.video_encoder, in a thread of its own as aiortc runs it in an executor); records
+    when each is out. Like the server's video track it keeps at most QUEUED_SECONDS of slots
+    waiting: an encoder that falls behind loses the oldest (counted)."""
 
     def __init__(self, codec: str):
         super().__init__(daemon=True, name="encode")
-        from aiortc.codecs import get_encoder
         from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+        from stream.video_encoder import video_encoder
         from stream.webrtc import QUEUED_SECONDS
 
         mime = {"h264": "video/H264", "vp8": "video/VP8"}[codec]
-        self.encoder = get_encoder(RTCRtpCodecParameters(mimeType=mime, clockRate=90000))
+        self.encoder = video_encoder(RTCRtpCodecParameters(mimeType=mime, clockRate=90000))
         self.capacity = int(QUEUED_SECONDS * FPS)
         self.slots: queue.Queue[Slot | None] = queue.Queue()
         self.done: list[Slot] = []
