@@ -469,8 +469,9 @@ class Refused(Exception):
 @dataclass
 class Client:
     """An aiortc peer of the server: sends a microphone (optional), records what it gets.
-    `codec` ("h264", "vp8" or None for aiortc's default order) is the video codec offered
-    first; `keep_frames` False keeps only arrival times and timestamps of the pictures."""
+    `codec` ("h264", "vp8") is the only video codec offered (None: all of aiortc's, in its
+    order; the server then answers with H.264: stream/video_encoder.py); `keep_frames` False
+    keeps only arrival times and timestamps of the pictures."""
     url: str
     microphone: object = None
     codec: str | None = None
@@ -497,6 +498,7 @@ class Client:
 
     async def connect(self, http, avatar: str | None = None) -> dict:
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+        from aiortc.codecs import is_rtx
 
         loopback_only()
         watch_rtp_timing()
@@ -513,7 +515,7 @@ class Client:
             first = [c for c in codecs if c.mimeType.lower() == f"video/{self.codec}"]
             if not first:
                 raise ValueError(f"aiortc has no {self.codec} video codec")
-            video.setCodecPreferences(first + [c for c in codecs if c not in first])
+            video.setCodecPreferences(first + [c for c in codecs if is_rtx(c)])
         self.record_tracks()
         await pc.setLocalDescription(await pc.createOffer())
         offer = {"sdp": pc.localDescription.sdp, "type": "offer"}

@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from models.audio_io import AudioInputError
 from serve.http import ClientError, read_json, server_of, short
-from stream.video_encoder import encode_fast
+from stream.video_encoder import encode_fast, prefer_h264
 from stream.webrtc import receive_promptly
 
 log = logging.getLogger("server")
@@ -113,6 +113,7 @@ async def answer(pc: RTCPeerConnection, clock) -> str:
     """The session's tracks (its MediaClock's video and audio) added, the answer's SDP."""
     pc.addTrack(clock.video)
     pc.addTrack(clock.audio)
+    prefer_h264(pc)                                  # browsers offer VP8 first
     try:
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as e:       # e.g. no codec in common: the offer's fault

@@ -21,15 +21,18 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
          "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required"]
 
-DECODED = """async () => {
-  let frames = 0, at = 0;
-  (await window.talkingHead.pc.getStats()).forEach((s) => {
+DECODED = r"""async () => {
+  let frames = 0, at = 0, codec = null;
+  const stats = await window.talkingHead.pc.getStats();
+  stats.forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "video") {
       frames = s.framesDecoded;
       at = s.timestamp;
+      codec = s.codecId && stats.get(s.codecId) ? stats.get(s.codecId).mimeType : null;
     }
   });
-  return [frames, at];
+  const offered = /a=rtpmap:\d+ H264\//.test(window.talkingHead.pc.localDescription.sdp);
+  return [frames, at, codec, offered];
 }"""
 
 
@@ -77,9 +80,9 @@ def test_page_in_headless_chromium(chromium, tmp_path):
                 assert time.monotonic() < deadline, "no video decoded within 30 s"
                 time.sleep(0.2)
             time.sleep(1.0)
-            f0, t0 = page.evaluate(DECODED)
+            f0, t0, _, _ = page.evaluate(DECODED)
             time.sleep(4.0)
-            f1, t1 = page.evaluate(DECODED)
+            f1, t1, codec, offered_h264 = page.evaluate(DECODED)
             fps = (f1 - f0) / ((t1 - t0) / 1000)
             # the server hears the microphone (its VAD reports speech within a loop of the WAV)
             page.wait_for_function("window.talkingHead.server.hearing_speech === true",
@@ -100,10 +103,14 @@ def test_page_in_headless_chromium(chromium, tmp_path):
         sessions = server.sessions_when_drained()
     finally:
         server.stop()
-    print(f"\nbrowser: {fps:.1f} fps decoded; overlay {overlay}; stats {stats}")
-    (out / "result.txt").write_text(f"fps {fps:.2f}\noverlay {overlay}\nstats {stats}\n")
+    print(f"\nbrowser: {fps:.1f} fps decoded ({codec}, H.264 offered: {offered_h264}); "
+          f"overlay {overlay}; stats {stats}")
+    (out / "result.txt").write_text(f"fps {fps:.2f}\ncodec {codec}\noverlay {overlay}\n"
+                                    f"stats {stats}\n")
     assert not problems, problems
     assert 22.0 <= fps <= 28.0, f"framesDecoded grew at {fps:.1f} fps, not about 25"
+    # the server answers with H.264 whenever the browser offers it (stream/video_encoder.py)
+    assert codec == ("video/H264" if offered_h264 else "video/VP8"), (codec, offered_h264)
     assert (out / "page.png").stat().st_size > 10_000
     assert stats.get("latencyMs") is not None, f"the overlay has no latency: {stats}"
     assert sessions == 0, "the session outlived the page's disconnect"

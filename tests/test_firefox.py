@@ -38,15 +38,18 @@ PREFS = {
     "app.update.enabled": False,
 }
 
-DECODED = """(async () => {
-  let frames = 0, at = 0;
-  (await window.talkingHead.pc.getStats()).forEach((s) => {
+DECODED = r"""(async () => {
+  let frames = 0, at = 0, codec = null;
+  const stats = await window.talkingHead.pc.getStats();
+  stats.forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "video") {
       frames = s.framesDecoded;
       at = s.timestamp;
+      codec = s.codecId && stats.get(s.codecId) ? stats.get(s.codecId).mimeType : null;
     }
   });
-  return JSON.stringify([frames, at]);
+  const offered = /a=rtpmap:\d+ H264\//.test(window.talkingHead.pc.localDescription.sdp);
+  return JSON.stringify([frames, at, codec, offered]);
 })()"""
 
 
@@ -119,9 +122,9 @@ async def drive(port: int, url: str, out) -> dict:
                 assert time.monotonic() < deadline, "no video decoded within 30 s"
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)
-            f0, t0 = json.loads(await page.js(DECODED))
+            f0, t0, _, _ = json.loads(await page.js(DECODED))
             await asyncio.sleep(4.0)
-            f1, t1 = json.loads(await page.js(DECODED))
+            f1, t1, codec, offered_h264 = json.loads(await page.js(DECODED))
             await page.wait_for("document.getElementById('stat-fps').textContent"
                                 ".includes('fps')", 10)
             shot = await page.call("browsingContext.captureScreenshot", context=page.context)
@@ -134,7 +137,8 @@ async def drive(port: int, url: str, out) -> dict:
                                 ".startsWith('Speaking')", 20)
             await page.js("document.getElementById('connect').click()")    # disconnect
             await page.call("session.end")
-    return {"fps": (f1 - f0) / ((t1 - t0) / 1000), "overlay": overlay, "stats": stats}
+    return {"fps": (f1 - f0) / ((t1 - t0) / 1000), "overlay": overlay, "stats": stats,
+            "codec": codec, "offered_h264": offered_h264}
 
 
 @pytest.mark.slow
@@ -156,9 +160,12 @@ def test_page_in_headless_firefox(tmp_path):
             except subprocess.TimeoutExpired:
                 firefox.kill()
         server.stop()
-    print(f"\nfirefox: {result['fps']:.1f} fps decoded; overlay {result['overlay']}")
+    print(f"\nfirefox: {result['fps']:.1f} fps decoded ({result['codec']}, H.264 offered: "
+          f"{result['offered_h264']}); overlay {result['overlay']}")
     (out / "result.txt").write_text(json.dumps(result, indent=1))
     assert 22.0 <= result["fps"] <= 28.0, f"framesDecoded grew at {result['fps']:.1f} fps"
+    # the server answers with H.264 whenever the browser offers it (stream/video_encoder.py)
+    assert result["codec"] == ("video/H264" if result["offered_h264"] else "video/VP8"), result
     assert (out / "page.png").stat().st_size > 10_000
     assert result["stats"].get("latencyMs") is not None, result
     assert "fps" in result["overlay"]["fps"], result

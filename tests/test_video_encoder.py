@@ -1,5 +1,6 @@
-"""stream.video_encoder: the server's H.264 senders encode with x264's veryfast preset, and what
-they send decodes (aiortc's own depacketiser and decoder) to the pictures put in."""
+"""stream.video_encoder: the server answers with H.264 whenever a peer offers it, its H.264
+senders encode with x264's veryfast preset, and what they send decodes (aiortc's own
+depacketiser and decoder) to the pictures put in."""
 
 import asyncio
 import fractions
@@ -68,11 +69,19 @@ def test_veryfast_frames_decode_to_the_pictures_sent():
     assert min(psnr(got, sent) for got, sent in zip(more, images, strict=False)) > 30.0
 
 
-@pytest.mark.parametrize("offered, expected", [("h264", LiveH264Encoder), ("vp8", None)])
-def test_answered_h264_sender_gets_the_fast_encoder(offered, expected):
-    """A real offer/answer between two aiortc peers in this process: after the answer,
-    encode_fast gives the video sender LiveH264Encoder when H.264 was negotiated; with VP8
-    aiortc makes its own encoder at the first frame, as before."""
+@pytest.mark.parametrize("offered, expected", [
+    (None, "h264"),          # aiortc's whole list, VP8 first, as browsers offer
+    ("h264", "h264"),
+    ("vp8", "vp8"),          # a peer without H.264
+])
+def test_answer_prefers_h264_and_its_sender_gets_the_fast_encoder(offered, expected):
+    """A real offer/answer between two aiortc peers in this process, the server's side as
+    serve/signalling.answer does it: H.264 is answered first whenever it was offered, and
+    then the video sender has LiveH264Encoder before its first frame; with VP8 aiortc makes
+    its own encoder at the first frame, as before."""
+    from aiortc.codecs import is_rtx
+
+    from stream.video_encoder import prefer_h264
 
     async def negotiate():
         client, server = RTCPeerConnection(), RTCPeerConnection()
@@ -80,23 +89,31 @@ def test_answered_h264_sender_gets_the_fast_encoder(offered, expected):
             client.addTransceiver("audio", direction="sendrecv")
             video = client.addTransceiver("video", direction="recvonly")
             codecs = RTCRtpSender.getCapabilities("video").codecs
-            video.setCodecPreferences([c for c in codecs
-                                       if c.mimeType.lower() == f"video/{offered}"])
+            assert codecs[0].mimeType == "video/VP8"       # the order browsers use too
+            if offered:
+                video.setCodecPreferences([c for c in codecs if is_rtx(c) or
+                                           c.mimeType.lower() == f"video/{offered}"])
             await client.setLocalDescription(await client.createOffer())
             await server.setRemoteDescription(client.localDescription)
             server.addTrack(VideoStreamTrack())
             server.addTrack(AudioStreamTrack())
+            prefer_h264(server)
             await server.setLocalDescription(await server.createAnswer())
             encode_fast(server)
-            return {t.kind: getattr(t.sender, "_RTCRtpSender__encoder", "missing")
-                    for t in server.getTransceivers()}
+            await client.setRemoteDescription(server.localDescription)
+            sent = {t.kind: t._codecs[0].mimeType.lower() for t in server.getTransceivers()}
+            received = {t.kind: t._codecs[0].mimeType.lower() for t in client.getTransceivers()}
+            encoders = {t.kind: getattr(t.sender, "_RTCRtpSender__encoder", "missing")
+                        for t in server.getTransceivers()}
+            return sent, received, encoders
         finally:
             await asyncio.wait_for(client.close(), 10)
             await asyncio.wait_for(server.close(), 10)
 
-    encoders = asyncio.run(asyncio.wait_for(negotiate(), 30))
-    assert encoders["audio"] is None                    # audio untouched
-    if expected is None:
-        assert encoders["video"] is None
+    sent, received, encoders = asyncio.run(asyncio.wait_for(negotiate(), 30))
+    assert sent["video"] == received["video"] == f"video/{expected}"
+    assert sent["audio"] == "audio/opus" and encoders["audio"] is None   # audio untouched
+    if expected == "h264":
+        assert isinstance(encoders["video"], LiveH264Encoder)
     else:
-        assert isinstance(encoders["video"], expected)
+        assert encoders["video"] is None
