@@ -80,9 +80,9 @@ def prefer_h264(pc) -> None:
 
 def encode_fast(pc) -> None:
     """After the answer: a video sender that will send H.264 gets LiveH264Encoder (others keep
-    aiortc's). aiortc
-    sends with the first negotiated codec and makes its encoder at the first frame unless one
-    is there (aiortc 1.16's private attributes; another version keeps its own encoder)."""
+    aiortc's). aiortc sends with the first negotiated codec and makes its encoder at the first
+    frame unless one is there (aiortc 1.16's private attributes; another version keeps its
+    own encoder)."""
     private = "_RTCRtpSender__encoder"
     for transceiver in pc.getTransceivers():
         codecs = getattr(transceiver, "_codecs", None)
