@@ -42,11 +42,9 @@ def _luma(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float64) @ LUMA
 
 
-def _flow(towards: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """Dense displacement [H, W, 2]: the pixel of `towards` at p is `source`'s at p + flow(p)."""
-    import cv2
-
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+def _flow(dis, towards: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Dense displacement [H, W, 2] by OpenCV's DIS optical flow `dis`: the pixel of `towards`
+    at p is `source`'s at p + flow(p)."""
     return dis.calc(np.clip(towards, 0, 255).astype(np.uint8),
                     np.clip(source, 0, 255).astype(np.uint8), None)
 
@@ -80,7 +78,10 @@ def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def gap(run: str | Path, every: int = 5) -> dict:
     """The figures of the module doc for the reenact output folder `run`."""
     run = Path(run)
+    import cv2
     from PIL import Image
+
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
     source = _luma(np.asarray(Image.open(run / "source.png").convert("RGB")))
     ssim = {k: [] for k in ("rendered", "affine", "warped", "previous")}
@@ -98,10 +99,10 @@ def gap(run: str | Path, every: int = 5) -> dict:
         left, top, right, bottom = box
         inside = (slice(top, bottom), slice(left, right))
         truth, drawn = _luma(real), _luma(rendered)
-        residual = _flow(truth, drawn)                                     # real -> rendered
+        residual = _flow(dis, truth, drawn)                                     # real -> rendered
         candidates = {"rendered": drawn,
                       "affine": _remap(drawn, best_affine(residual, box)),
-                      "warped": _remap(source, _flow(truth, source)),
+                      "warped": _remap(source, _flow(dis, truth, source)),
                       "previous": _luma(before)}
         maps = {name: _ssim_map(image[inside], truth[inside])
                 for name, image in candidates.items()}

@@ -14,6 +14,7 @@ from aiortc.codecs.h264 import H264Decoder, H264PayloadDescriptor
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import AudioStreamTrack
 
+from benchmarks.reenact import psnr
 from stream.video_encoder import X264_PRESET, LiveH264Encoder, encode_fast
 
 
@@ -41,11 +42,6 @@ def send_and_receive(encoder, images: list[np.ndarray]) -> tuple[list[np.ndarray
         for out in decoder.decode(JitterFrame(data=data, timestamp=timestamp)):
             decoded.append(out.to_ndarray(format="rgb24"))
     return decoded, settings
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def test_veryfast_frames_decode_to_the_pictures_sent():
