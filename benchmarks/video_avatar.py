@@ -17,11 +17,13 @@ reenact   The video avatar is prepared on the first `split` of the clip; the res
           PSNR/SSIM (the real frame's box: the video avatar's head is where its recording
           had it, so this counts head position too), mouth SSIM (a box around each image's
           own mouth, so head position does not count), identity distance.
-speech    Real speech (train.real_speech's recordings: the alsa-utils phrases and pyannote's
-          conversation, both force-aligned) through a Session with the video avatar made
-          from the clip's first --seconds, and with the photo avatar of its reference frame.
-          On the output video, by dlib: the mouth opening's correlation with the aligned
-          reference and with the audio's energy envelope; identity distance to the reference
+speech    Real speech (train.real_speech's recordings, each force-aligned: single words, a
+          conversation, a read sonnet, a speech, read sentences) through a Session with the
+          video avatar made from the clip's first --seconds, and with the photo avatar of its
+          reference frame. On the output video, by dlib: the mouth opening's correlation with
+          the aligned reference and with the audio's energy envelope; how much the head moves
+          against the whole recording (head_track: std, and std of its change over 1 s);
+          identity distance to the reference
           frame against the spread of the recording's own frames (the played stretch, and
           the whole recording with its speaking frames), and each video frame's distance
           over that of the recorded tick it was drawn from (what the new mouth did); the
@@ -247,6 +249,44 @@ def frame_change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b).mean())
 
 
+HEAD_EVERY = 2        # frames between the head measurements (the recording's and the output's)
+
+
+def head_track(landmarks: np.ndarray) -> np.ndarray:
+    """Where the head is in one frame, from dlib's 68 points: [5] = the eyes' midpoint x, y
+    (pixels), roll (the eye line's angle), and yaw and pitch proxies (the nose tip's offset
+    from the eyes' midpoint along and across the eye line, in eye distances)."""
+    left, right = landmarks[36:42].mean(0), landmarks[42:48].mean(0)
+    mid, across = (left + right) / 2, right - left
+    distance = float(np.hypot(*across))
+    along = across / distance
+    nose = landmarks[30] - mid
+    return np.array([mid[0], mid[1], np.arctan2(across[1], across[0]),
+                     nose @ along / distance, (nose[1] * along[0] - nose[0] * along[1]) / distance])
+
+
+def head_motion_ratio(shown: list, recorded: list) -> dict:
+    """How much the head moves in frames shown against a recording: per measure of head_track,
+    the std over all frames and the std of the change over ~1 s, shown over recorded, averaged
+    over the measures the recording moves in. Each list holds one frame's landmarks (or None:
+    no face) every HEAD_EVERY frames; missing frames are filled in linearly."""
+    from train.evaluate import change_std_ratio
+
+    def track(seen: list) -> np.ndarray:
+        rows = np.array([head_track(lm) if lm is not None else np.full(5, np.nan)
+                         for lm in seen])                                  # [T, 5]
+        for column in rows.T:
+            bad = np.isnan(column)
+            column[bad] = np.interp(np.flatnonzero(bad), np.flatnonzero(~bad), column[~bad])
+        return rows
+
+    a, b = track(shown), track(recorded)
+    moving = b.std(0) > 1e-6                       # measures the recorded head moves in
+    a, b = a[:, moving], b[:, moving]
+    return {"std": float(np.mean(a.std(0) / b.std(0))),
+            "change_1s": change_std_ratio([a], [b], frames=25 // HEAD_EVERY)}
+
+
 def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
            identity_every: int = 5) -> dict:
     from benchmarks.reenact import look, pearson
@@ -292,6 +332,8 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
     whole = [d for d in map(identity_of, range(0, avatar.ticks, identity_every))
              if d is not None]
     own_p99 = float(np.percentile(own_change, 99))
+    recorded_heads = [_landmarks(avatar.tick_crop(tick))
+                      for tick in range(0, avatar.ticks, HEAD_EVERY)]
     engine = make_engine("onnx")
     results = {}
     for rec in recordings(ROOT / "out" / "benchmarks" / "real_speech"):
@@ -314,9 +356,11 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                                    f"errors {session.stats.errors}")
             n = min(len(frames), len(reference))
             ticks = np.array([avatar.tick_at(k) for k in range(n)])   # the tick shown at k
-            gaps, distances, excess = np.full(n, np.nan), [], []
+            gaps, distances, excess, heads = np.full(n, np.nan), [], [], []
             for k in range(n):
                 seen = look(frames[k], k % identity_every == 0)
+                if k % HEAD_EVERY == 0:
+                    heads.append(None if seen is None else seen.landmarks)
                 if seen is None:
                     continue
                 gaps[k] = seen.mouth
@@ -336,6 +380,7 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                 "identity_mean": float(np.mean(distances)) if distances else None,
                 "identity_max": float(np.max(distances)) if distances else None,
                 "largest_change_over_p99": float(changes.max() / own_p99),
+                "head_motion_over_recording": head_motion_ratio(heads, recorded_heads),
             }
             if name == "video_avatar":
                 shown = [d for d in map(identity_of, set(ticks.tolist())) if d is not None]
@@ -367,6 +412,13 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _landmarks(image: np.ndarray) -> np.ndarray | None:
+    from benchmarks.reenact import look
+
+    seen = look(image, identity=False)
+    return None if seen is None else seen.landmarks
 
 
 def _keep_images(frames: list):

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import reenact
 from benchmarks.fetch import pypi_file
-from benchmarks.video_avatar import write_clip
+from benchmarks.video_avatar import head_motion_ratio, head_track, write_clip
 from models import face, video_cache
 from models import motion_space as ms
 from models.video_avatar import (
@@ -110,6 +110,29 @@ def test_preparation(franck, cache):
     # no work folder is left behind
     entries = sorted(p.name for p in video_cache_dir().iterdir())
     assert entries == [v.folder.name]
+
+
+def test_head_motion_measure():
+    """benchmarks.video_avatar's head measure: a face turned in the image plane and moved
+    comes back as that roll and that move; a head moving half as much measures 0.5."""
+    face = ms.CANONICAL[:, :2].astype(np.float64) * 200 + 256          # 68 points, pixels
+    centre = face[36:48].mean(0)
+
+    def moved(roll_deg: float, shift: float) -> np.ndarray:
+        a = np.deg2rad(roll_deg)
+        turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        return (face - centre) @ turn.T + centre + shift
+
+    still, turned = head_track(face), head_track(moved(10.0, 5.0))
+    assert np.degrees(turned[2] - still[2]) == pytest.approx(10.0, abs=1e-6)
+    assert turned[:2] - still[:2] == pytest.approx([5.0, 5.0], abs=1e-6)
+    assert turned[3:] == pytest.approx(still[3:], abs=1e-9)          # yaw and pitch proxies
+    t = np.arange(0, 600, 2)
+    recorded = [moved(8 * np.sin(k / 20), 6 * np.sin(k / 13)) for k in t]
+    shown = [moved(4 * np.sin(k / 20), 3 * np.sin(k / 13)) if k % 50 else None for k in t]
+    ratio = head_motion_ratio(shown, recorded)
+    assert ratio["change_1s"] == pytest.approx(0.5, abs=0.02)     # (yaw and pitch: still)
+    assert ratio["std"] == pytest.approx(0.5, abs=0.02)
 
 
 def test_cached_clip_comes_back_without_work(franck, franck_frames, tmp_path):
