@@ -136,6 +136,23 @@ def test_sampler_is_deterministic_for_a_seed():
     assert not np.allclose(a, c)
 
 
+def test_student_noise_is_scaled_per_parameter_group():
+    """A student's chunk starts from less noise in the mouth and a little more in the head
+    pose (models.generator.NOISE_SCALE); a teacher's from the plain draw."""
+    from models.generator import HEAD, HEAD_NOISE, MOUTH, MOUTH_NOISE
+
+    silence = np.zeros((10, 384), np.float32)
+    feats = np.zeros((4, 10, 384), np.float32)
+    drawn = torch.randn((1, 4, motion_space.D), generator=torch.Generator().manual_seed(3))[0]
+    for kind in ("student", "teacher"):
+        _, noise = MotionGenerator(tiny_model(kind), silence, seed=3).prepare(feats)
+        scale = np.ones(motion_space.D, np.float32)
+        if kind == "student":
+            scale[MOUTH], scale[HEAD] = MOUTH_NOISE, HEAD_NOISE
+        np.testing.assert_allclose(noise, drawn.numpy() * scale, rtol=1e-6)
+    assert MOUTH_NOISE < 1 < HEAD_NOISE
+
+
 def test_teacher_and_student_samplers_run_their_step_counts(monkeypatch):
     model = tiny_model("teacher", steps=5)
     calls = []
