@@ -30,7 +30,7 @@ Sampling temperature (students): the noise a chunk starts from is scaled per par
 NOISE_SCALE: the mouth's by MOUTH_NOISE, the head pose's by HEAD_NOISE, the rest by 1. With
 less noise in the mouth it follows the audio more closely (validation sync_corr 0.870 ->
 0.888, real speech 0.805 -> 0.816, as much jaw movement as before), but the mouth's noise had
-also moved the head (head_std_ratio 0.766 -> 0.718 without it), which the head's own noise
+also moved the head (head_std_ratio 0.766 -> 0.718 with half of it), which the head's noise
 gives back (0.769 at 1.085); benchmarks/RESULTS.md, issue 20. Teachers sample as trained.
 
 Checkpoint (a torch.save dict, see save_checkpoint):
@@ -50,8 +50,7 @@ from models.sampler import ChunkCondition, Guidance, sample_student, sample_teac
 
 HEAD = [motion_space.index(n) for n in
         ("head_yaw", "head_pitch", "head_roll", "head_x", "head_y", "head_scale")]
-MOUTH = [motion_space.index(n) for n in
-         ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise", "lower_lip_depress")]
+MOUTH = [motion_space.index(n) for n in motion_space.MOUTH]
 SEAM_PULL = (0.3, 0.1)
 MOUTH_NOISE = 0.5        # a student's sampling temperature for the mouth parameters ...
 HEAD_NOISE = 1.085       # ... and for the head pose (the rest: 1)

@@ -148,6 +148,7 @@ PIVOT: np.ndarray = np.array([0.0, 0.34, -0.25], dtype=np.float32)
 STABLE = (27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
 
 POSE = ("head_yaw", "head_pitch", "head_roll", "head_x", "head_y", "head_scale")
+MOUTH = ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise", "lower_lip_depress")
 EXPRESSION: tuple[str, ...] = tuple(n for n in NAMES if n not in POSE)
 
 

@@ -109,8 +109,7 @@ LOWER_FACE = (*range(4, 13), 35, 33, 31)   # the jaw line and the nose's base: w
                                            #   moves (68-point layout)
 SECOND_FACE = 0.6              # another face this large (share of the main face's width):
                                #   two people
-MOUTH = [ms.index(n) for n in ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise",
-                               "lower_lip_depress")]
+MOUTH = [ms.index(n) for n in ms.MOUTH]
 POSE = [ms.index(n) for n in ms.POSE]
 HEAD_MOTION_STYLE = "video_head_motion"    # a session style control: see VideoPlayback
 MOUTH_FIELDS = [ms.EXPRESSION.index(ms.NAMES[i]) for i in MOUTH]   # their expression rows

@@ -45,7 +45,7 @@ FPS = 25
 AUDIO_RATE = 16000
 SAMPLES_PER_FRAME = AUDIO_RATE // FPS      # 640
 
-MOUTH = ("jaw_open", "mouth_wide", "lip_pucker", "upper_lip_raise", "lower_lip_depress")
+MOUTH = motion_space.MOUTH
 OPENING = ("jaw_open", "upper_lip_raise", "lower_lip_depress")   # closed by bilabials
 BILABIALS = ("P", "B", "M")
 
