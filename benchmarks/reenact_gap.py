@@ -99,7 +99,7 @@ def gap(run: str | Path, every: int = 5) -> dict:
         left, top, right, bottom = box
         inside = (slice(top, bottom), slice(left, right))
         truth, drawn = _luma(real), _luma(rendered)
-        residual = _flow(dis, truth, drawn)                                     # real -> rendered
+        residual = _flow(dis, truth, drawn)                                # real -> rendered
         candidates = {"rendered": drawn,
                       "affine": _remap(drawn, best_affine(residual, box)),
                       "warped": _remap(source, _flow(dis, truth, source)),

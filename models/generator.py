@@ -48,8 +48,7 @@ from models import motion_space
 from models.motion import MotionConfig, MotionDiT, Normalizer
 from models.sampler import ChunkCondition, Guidance, sample_student, sample_teacher
 
-HEAD = [motion_space.index(n) for n in
-        ("head_yaw", "head_pitch", "head_roll", "head_x", "head_y", "head_scale")]
+HEAD = [motion_space.index(n) for n in motion_space.POSE]
 MOUTH = [motion_space.index(n) for n in motion_space.MOUTH]
 SEAM_PULL = (0.3, 0.1)
 MOUTH_NOISE = 0.5        # a student's sampling temperature for the mouth parameters ...
