@@ -214,6 +214,20 @@ def test_head_change_ratio_sees_slow_moves_not_resting_postures():
     assert change_std_ratio(jitter, truth) < 0.3
 
 
+def test_jitter_ratio_sees_shaking_not_slow_moves():
+    from train.evaluate import jitter_ratio
+
+    t = np.linspace(0, 8 * np.pi, 400)[:, None]
+    truth = [np.concatenate([np.sin(t), np.cos(0.5 * t)], axis=1)]
+    assert jitter_ratio(truth, truth) == pytest.approx(1.0)
+    assert jitter_ratio([2 * truth[0]], truth) == pytest.approx(2.0)
+    drift = [truth[0] + np.linspace(0, 3, 400)[:, None]]            # a straight slide: no jerk
+    assert jitter_ratio(drift, truth) == pytest.approx(1.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    shaking = [truth[0] + rng.normal(0, 0.01, truth[0].shape)]
+    assert jitter_ratio(shaking, truth) > 3
+
+
 def test_chunk_sizes():
     assert chunk_sizes(11, 4, 2) == [2, 4, 4, 1]
     assert chunk_sizes(0, 4, 2) == []

@@ -1,6 +1,7 @@
 """Synthetic shards: splits kept apart, same seed same shard (any worker count), resumable,
 features from the audio front end, bad sentences skipped with a reason."""
 
+import argparse
 import json
 import shutil
 
@@ -125,6 +126,32 @@ def test_shard_contents(runs, extractor):
         # the stored features are the front end's features of the stored audio
         again = extractor.features(audio)
         assert np.allclose(again, features.astype(np.float32), atol=2e-2, rtol=1e-2)
+
+
+def test_the_audio_windowing_is_a_setting(tmp_path):
+    """`--block-frames` etc. make the shards' features with another FeatureConfig (a model
+    trained on them streams with that block and look-ahead), recorded in dataset.json."""
+    from models.audio import AudioFeatureExtractor, FeatureConfig
+
+    args = ["--window-frames", "16", "--block-frames", "1", "--lookahead-frames", "1",
+            "--context-frames", "1"]
+    parser = argparse.ArgumentParser()
+    synth.add_feature_arguments(parser)
+    settings = synth.feature_overrides(parser.parse_args(args))
+    assert settings == {"window_frames": 16, "block_frames": 1, "lookahead_frames": 1,
+                        "context_frames": 1}
+    synth.run(HOURS / 3, tmp_path, workers=1, config=SMALL, show_progress=False,
+              features=settings)
+    config = FeatureConfig(**settings)
+    info = json.loads((tmp_path / "dataset.json").read_text())
+    assert info["features"] == config.to_dict()
+    extractor = AudioFeatureExtractor(config)
+    examples = synth.load_examples(tmp_path, "train")
+    assert examples
+    for ex in examples:
+        assert ex["features"].shape == (len(ex["motion"]), 6, 384)      # 2 x (2 x 1 + 1)
+        again = extractor.features(ex["audio"])[: len(ex["motion"])]
+        assert np.allclose(again, ex["features"].astype(np.float32), atol=2e-2, rtol=1e-2)
 
 
 def test_statistics_are_written(runs):

@@ -99,7 +99,8 @@ def distill(cfg: DistillConfig) -> Path:
                          f"student steps {cfg.student_steps}")
     examples, feature_config = load_examples(cfg.data, "train")
     sampler = WindowSampler(examples, teacher.config, teacher.normalizer,
-                            silence_feature_for(feature_config), seed=cfg.seed)
+                            silence_feature_for(feature_config), seed=cfg.seed,
+                            block_frames=feature_config["block_frames"])
 
     blocks = -(-cfg.pairs // cfg.pair_block)
     pair_batches = []

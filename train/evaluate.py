@@ -8,6 +8,9 @@ would be (shorter first chunk, causal carryover) and compared with its ground tr
     sync_corr       Pearson correlation of generated jaw_open with the ground truth
     lag_ms          lag of the cross-correlation peak (positive: generated mouth is late)
     seam_ratio      mean motion jump across chunk boundaries / mean jump inside chunks
+                    (none with 1-frame chunks: every jump is a seam)
+    jitter_ratio    mean size of the second difference of the normalised motion, generated
+                    over ground truth: shaking whatever the chunk length
     head_std_ratio  std of generated head rotation / std of the ground truth, over all frames
                     pooled (head pose is relative to the speaker's rest, train.visemes; format
                     2 data also counted the differences between speakers' resting postures)
@@ -85,6 +88,15 @@ def seam_ratio(motion_norm: list[np.ndarray], sizes: list[list[int]]) -> float:
     return float(np.mean(seam) / np.mean(inside)) if seam and inside else float("nan")
 
 
+def jitter_ratio(generated: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    """Mean L2 of the second difference (frame to frame acceleration) of the generated
+    sequences [T, D] over that of the true ones, pooled over sequences."""
+    def mean_accel(seqs):
+        return np.mean(np.concatenate([np.linalg.norm(np.diff(x, 2, axis=0), axis=1)
+                                       for x in seqs if len(x) > 2]))
+    return float(mean_accel(generated) / max(mean_accel(truth), 1e-9))
+
+
 def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk: int = 2,
                    first_chunk: int | None = None, seed: int = 0,
                    timed_chunks: int = TIMED_CHUNKS) -> dict:
@@ -101,7 +113,7 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
     # all examples at once, batched per step (each its own stream, noise and carry)
     generated = generate_sequences([generator(i) for i in range(len(examples))], features,
                                    chunk, first_chunk)
-    gen_jaw, true_jaw, gen_head, true_head, normed, sizes = [], [], [], [], [], []
+    gen_jaw, true_jaw, gen_head, true_head, normed, true_normed, sizes = [], [], [], [], [], [], []
     for e, (motion, s) in zip(examples, generated, strict=True):
         truth = e.motion[: e.frames]
         gen_jaw.append(motion[:, jaw])
@@ -109,6 +121,7 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
         gen_head.append(motion[:, head])
         true_head.append(truth[:, head])
         normed.append(motion / std)
+        true_normed.append(truth / std)
         sizes.append(s)
     # wall time of one stream alone, as at run time: the first `timed_chunks` chunks of audio
     timed, need = [], timed_chunks * chunk
@@ -130,6 +143,7 @@ def evaluate_model(path: str, examples, silence, kind: str | None = None, chunk:
         "sync_corr": pearson(gj, tj),
         "lag_ms": lag_ms(gj, tj),
         "seam_ratio": seam_ratio(normed, sizes),
+        "jitter_ratio": jitter_ratio(normed, true_normed),
         "head_std_ratio": float(np.mean(gh.std(axis=0) / np.maximum(th.std(axis=0), 1e-6))),
         "head_std_ratio_within": float(np.mean(within)),
         "head_change_1s_ratio": change_std_ratio(gen_head, true_head),

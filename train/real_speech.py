@@ -266,8 +266,8 @@ def recordings(cache: Path) -> list[dict]:
 
 def score(model, recs: list[dict], seed: int = 0, avatar=None) -> dict[str, dict]:
     """Per recording, correlations with its reference jaw track: the model's generated
-    jaw_open (streamed in 2-frame chunks, as at run time) and the audio's energy envelope;
-    with an `avatar`, also the mouth measured on the rendered frames."""
+    jaw_open (streamed in chunks of its feature block, as at run time) and the audio's energy
+    envelope; with an `avatar`, also the mouth measured on the rendered frames."""
     from models.audio import AudioFeatureExtractor, FeatureConfig
 
     fields = {k: v for k, v in model.feature_config.items()
@@ -301,7 +301,8 @@ def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int,
     mouth = reference_mouth(rec["phones"], audio.size)
     reference = mouth[:, MOUTH.index("jaw_open")]
     generator = MotionGenerator(model, silence, seed=seed)
-    motion, _ = generate_sequence(generator, extractor.features(audio), chunk=2)
+    motion, _ = generate_sequence(generator, extractor.features(audio),
+                                  chunk=extractor.config.block_frames)
     energy = energy_envelope(audio)
     # speech the aligner could not place has no reference: leave those frames out
     known = np.ones(len(reference), bool)

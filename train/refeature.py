@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.synth import copy_stats, write_shard
+from train.synth import add_feature_arguments, copy_stats, feature_overrides, write_shard
 
 _extractor = None
 
@@ -83,15 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="shard folder (train.synth output)")
     parser.add_argument("--out", required=True, help="new shard folder (resumed if it exists)")
-    parser.add_argument("--all-layers", action="store_true",
-                        help="every Whisper encoder stage per encoder frame")
-    parser.add_argument("--window-frames", type=int, help="encoder window, in video frames")
     parser.add_argument("--workers", type=int, default=1)
+    add_feature_arguments(parser)
     args = parser.parse_args(argv)
-    settings = {"all_layers": args.all_layers}
-    if args.window_frames:
-        settings["window_frames"] = args.window_frames
-    run(args.data, args.out, settings, args.workers)
+    run(args.data, args.out, feature_overrides(args), args.workers)
     return 0
 
 

@@ -35,7 +35,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -594,19 +594,19 @@ _worker_extractor = None
 _worker_queue = None
 
 
-def _new_extractor():
+def _new_extractor(features: dict | None = None):
     import torch
 
-    from models.audio import AudioFeatureExtractor
+    from models.audio import AudioFeatureExtractor, FeatureConfig
 
     torch.set_num_threads(1)         # the same arithmetic whatever the worker count
-    return AudioFeatureExtractor()
+    return AudioFeatureExtractor(FeatureConfig.of(features or {}))
 
 
-def _init_worker(progress_queue) -> None:
+def _init_worker(progress_queue, features: dict) -> None:
     global _worker_extractor, _worker_queue
     _worker_queue = progress_queue
-    _worker_extractor = _new_extractor()
+    _worker_extractor = _new_extractor(features)
 
 
 def _make_and_write(config: SynthConfig, folder: Path, job: ShardJob, extractor,
@@ -642,14 +642,17 @@ def _check_folder(folder: Path, config: SynthConfig, feature_config: dict) -> No
 
 
 def run(hours: float, out: str | Path, workers: int = 1, config: SynthConfig = SynthConfig(),
-        show_progress: bool = True) -> dict:
+        show_progress: bool = True, features: dict | None = None) -> dict:
+    """Make the shards of `hours` of audio in `out`; `features`: FeatureConfig overrides
+    (the audio windowing the motion model will be trained with; default: today's)."""
     from tqdm import tqdm
 
     from models.audio import FeatureConfig
 
+    features = replace(FeatureConfig(), **(features or {})).to_dict()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    _check_folder(folder, config, FeatureConfig().to_dict())
+    _check_folder(folder, config, features)
     jobs = shard_jobs(hours, config)
     pending = [job for job in jobs if not is_complete(folder, job)]
     planned = sum(p.estimated_seconds for job in pending
@@ -666,7 +669,7 @@ def run(hours: float, out: str | Path, workers: int = 1, config: SynthConfig = S
         bar.update(round(seconds))
 
     if workers <= 1:
-        extractor = _new_extractor() if pending else None
+        extractor = _new_extractor(features) if pending else None
         for job in pending:
             try:
                 _make_and_write(config, folder, job, extractor, advance)
@@ -675,7 +678,8 @@ def run(hours: float, out: str | Path, workers: int = 1, config: SynthConfig = S
     elif pending:
         ctx = mp.get_context("spawn")
         progress_queue = ctx.Queue()
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(progress_queue,)) as pool:
+        with ctx.Pool(workers, initializer=_init_worker,
+                      initargs=(progress_queue, features)) as pool:
             result = pool.map_async(_worker_job, [(config, str(folder), job) for job in pending],
                                     chunksize=1)
             while not result.ready() or not progress_queue.empty():
@@ -718,6 +722,25 @@ def _cpu_name() -> str:
     return "unknown CPU"
 
 
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that change the audio features' FeatureConfig (train.synth, train.refeature)."""
+    parser.add_argument("--all-layers", action="store_true",
+                        help="every Whisper encoder stage per encoder frame")
+    for name, what in (("window", "encoder window"), ("block", "frames one window gives"),
+                       ("lookahead", "audio after the block inside the window"),
+                       ("context", "+-frames of context stacked per frame")):
+        parser.add_argument(f"--{name}-frames", type=int, help=f"{what}, in video frames")
+
+
+def feature_overrides(args: argparse.Namespace) -> dict:
+    """The FeatureConfig fields that add_feature_arguments' flags set."""
+    settings = {"all_layers": True} if args.all_layers else {}
+    for name in ("window", "block", "lookahead", "context"):
+        if getattr(args, f"{name}_frames") is not None:
+            settings[f"{name}_frames"] = getattr(args, f"{name}_frames")
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.synth",
@@ -729,11 +752,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-seconds", type=float, default=SynthConfig.shard_seconds,
                         help="audio per shard")
     parser.add_argument("--no-progress", action="store_true")
+    add_feature_arguments(parser)
     args = parser.parse_args(argv)
     if args.hours <= 0 or args.workers < 1 or args.shard_seconds <= 0:
         parser.error("--hours, --workers and --shard-seconds must be positive")
     config = SynthConfig(seed=args.seed, shard_seconds=args.shard_seconds)
-    stats = run(args.hours, args.out, args.workers, config, show_progress=not args.no_progress)
+    stats = run(args.hours, args.out, args.workers, config, show_progress=not args.no_progress,
+                features=feature_overrides(args))
     return 1 if stats["failures"] else 0
 
 

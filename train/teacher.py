@@ -155,7 +155,7 @@ def train(cfg: TeacherConfig) -> Path:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = torch.Generator().manual_seed(cfg.seed)
     sampler = WindowSampler(examples, model_cfg, normalizer, silence_feature_for(feature_config),
-                            seed=cfg.seed)
+                            seed=cfg.seed, block_frames=feature_config["block_frames"])
     step, history = 0, []
     if state is None and init is not None:
         net.load_state_dict(init["model"])

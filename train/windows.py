@@ -6,8 +6,8 @@ and a style vector [S]. A window starting at frame s is
                                   stream start: neutral motion, silence audio)
     chunk = motion[s : s+n]       n = chunk_frames, or shorter (a first chunk)
 with the audio features of the K carried frames and of the chunk. Chunk lengths are mixed
-(mostly 2 frames, the run-time chunk on a CPU; 4, a GPU's; any length 1..N) so one model
-serves every chunk size.
+(mostly one feature block, the run-time chunk on a CPU: 2 frames by default; 4, a GPU's; any
+length 1..N) so one model serves every chunk size.
 """
 
 from dataclasses import dataclass
@@ -49,8 +49,8 @@ class WindowSampler:
     """Random training windows, deterministic for a seed."""
 
     def __init__(self, examples: list[Example], config: MotionConfig, normalizer: Normalizer,
-                 silence_feature: np.ndarray, seed: int = 0,
-                 chunk_mix: tuple[tuple[int, float], ...] = ((2, 0.5), (4, 0.3), (0, 0.2)),
+                 silence_feature: np.ndarray, seed: int = 0, block_frames: int = 2,
+                 chunk_mix: tuple[tuple[int, float], ...] | None = None,
                  stream_start_p: float = 0.05):
         self.examples = [e for e in examples if e.frames > config.chunk_frames]
         if not self.examples:
@@ -59,7 +59,9 @@ class WindowSampler:
         self.normalizer = normalizer
         self.silence = np.asarray(silence_feature, np.float32)
         self.rng = np.random.default_rng(seed)
-        self.chunk_mix = chunk_mix      # (n, probability); n = 0: uniform over 1..N
+        # (n, probability); n = 0: uniform over 1..N. Half are the run-time chunk on a CPU,
+        # one feature block (block_frames of the data's FeatureConfig)
+        self.chunk_mix = chunk_mix or ((block_frames, 0.5), (4, 0.3), (0, 0.2))
         self.stream_start_p = stream_start_p
         weights = np.array([e.frames for e in self.examples], np.float64)
         self.weights = weights / weights.sum()
