@@ -209,7 +209,7 @@ def fill_opening(frame: np.ndarray, lips: np.ndarray, bank: MouthBank) -> None:
     weight = weight * np.where(wider, np.clip((b_gap / 2 - middle) / (MIDDLE_FADE * b_gap + 1e-3)
                                               + 0.5, 0.0, 1.0), 1.0)
     at = b_centre + (u * b_half)[:, None] * b_axis + b_v[:, None] * b_normal      # [P, 2]
-    colour = _bilinear(bank.patches[entry], at)
+    colour = bilinear(bank.patches[entry], at)
     region = frame[y0:y1, x0:x1]
     old = region[shown].astype(np.float64)
     region[shown] = np.clip(old + weight[:, None] * (colour - old) + 0.5, 0, 255).astype(np.uint8)
@@ -219,7 +219,7 @@ def _soft(x: np.ndarray) -> np.ndarray:
     return np.clip(x / FEATHER + 0.5, 0.0, 1.0)
 
 
-def _bilinear(image: np.ndarray, at: np.ndarray) -> np.ndarray:
+def bilinear(image: np.ndarray, at: np.ndarray) -> np.ndarray:
     """image [H, W, 3] at positions at [..., 2] (x, y), clamped to the image -> [..., 3]."""
     h, w = image.shape[:2]
     x = np.clip(at[..., 0], 0, w - 1.001)

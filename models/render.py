@@ -128,6 +128,20 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
     return upper * sources[:, 0] + (1.0 - upper) * sources[:, 1], nodes
 
 
+def warp_layers(layers: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Layers [C, S, S] sampled at every output pixel plus the coarse backward displacement
+    offset [N, 2, h, w] (pixels), upsampled bilinearly: [C, N, S*S]."""
+    n, size = offset.shape[0], layers.shape[-1]
+    fine = F.interpolate(offset * (2.0 / size), size=(size, size), mode="bilinear",
+                         align_corners=False)                              # [N, 2, S, S]
+    pixels = (2.0 * torch.arange(size, dtype=layers.dtype, device=layers.device) + 1.0
+              ) / size - 1.0
+    by, bx = torch.meshgrid(pixels, pixels, indexing="ij")
+    grid = torch.stack([bx, by], -1) + fine.permute(0, 2, 3, 1)           # [N, S, S, 2]
+    sampled = warp.grid_sample(layers[None], grid.reshape(1, n * size, size, 2))
+    return sampled.reshape(layers.shape[0], n, size * size)               # from [1, C, N*S, S]
+
+
 def compose(image, smooth_image, plate, matte, offset, eye_points, expression, scale, face_width,
             lid_skin, lips, rest_lips, jaw_lips, colors, frame_size: int | None = None
             ) -> torch.Tensor:
@@ -141,18 +155,10 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
     kernels/warp_render.py does this in one fused pass."""
     n, size = offset.shape[0], image.shape[-1]
     frame_size = frame_size or size
-    device = image.device
     # Full resolution: upsample the displacement and sample the portrait and the person's
     # matte once for all frames; the person goes over the plate where the matte says (away
     # from the person the plate is the portrait, and the torso does not move: both exact).
-    fine = F.interpolate(offset * (2.0 / size), size=(size, size), mode="bilinear",
-                         align_corners=False)                              # [N, 2, S, S]
-    pixels = (2.0 * torch.arange(size, dtype=image.dtype, device=device) + 1.0) / size - 1.0
-    by, bx = torch.meshgrid(pixels, pixels, indexing="ij")
-    grid = torch.stack([bx, by], -1) + fine.permute(0, 2, 3, 1)           # [N, S, S, 2]
-    layers = torch.cat([image, matte])[None]                               # [1, 4, S, S]
-    sampled = warp.grid_sample(layers, grid.reshape(1, n * size, size, 2))  # [1, 4, N*S, S]
-    sampled = sampled.reshape(4, n, size * size)
+    sampled = warp_layers(torch.cat([image, matte]), offset)              # [4, N, S*S]
     person, alpha = sampled[:3], sampled[3:]                               # [3|1, N, S*S]
     still = plate.reshape(3, 1, size * size)
     frame = (still + (person - still) * alpha).reshape(3, n * size * size)  # planar

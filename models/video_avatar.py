@@ -15,21 +15,24 @@ generated. Preparation runs once per clip and is cached by the file's content ha
     motion           every tick's motion against the reference (fit_clip_motion)
     turning points   ping-pong playback over the calmest PLAY_SECONDS of the range (the
                      least mouth activity), between two still ticks near its ends
-    mouth fields     each played tick's own expression fields for the mouth (stored, float16:
-                     playback then needs ~5 ms a frame besides the render, not ~20)
+    mouth at rest    each played tick whose mouth moved, with its mouth motion undone by the
+                     renderer and the reference's closed lips laid over it (models.mouth_rest:
+                     a warp cannot close an open mouth), kept as JPEG beside the recording
+    mouth fields     each played tick's own expression fields for the mouth at rest (stored,
+                     float16: playback then needs ~5 ms a frame besides the render, not ~20)
     mouth bank       a few frontal ticks with the mouth open, from barely to widest
                      (models.mouth_bank): the person's own teeth, tongue and dark
 
 Playback (VideoPlayback, one per session): session frame t shows the recorded tick
 `tick_at(t)`, going back and forth between the turning points (the head slows to a stop
-there, so reversing is not seen as a jump). Its mouth is brought to the generated state:
-the tick's own crop and landmarks become an Avatar (frame_avatar: its own expression
-fields, the reference's colours) rendered with a motion that changes only the mouth, by
-(generated - recorded). A mouth that is open in the recording is closed that way; where the
-two already agree the recorded crop is shown as it is. With the head as recorded, only a
-window around the mouth is drawn (mouth_window) and pasted into the crop. Where the
-generated lips part, the opening is filled from the mouth bank entry that parts them most
-alike. The recording's own sound is never used.
+there, so reversing is not seen as a jump), with its mouth at rest (VideoAvatar.shown). Its
+mouth is brought to the generated state: the tick's crop and landmarks become an Avatar
+(frame_avatar: its own expression fields, the reference's colours) rendered with a motion
+that changes only the mouth, by (generated - shown). Where the two already agree the crop is
+shown as it is. With the head as recorded, only a window around the mouth is drawn
+(mouth_window) and pasted into the crop. Where the generated lips part, the opening is
+filled from the mouth bank entry that parts them most alike. The recording's own sound is
+never used.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from models.face_track import (
 )
 from models.hands import covered, find_hands
 from models.mouth_bank import MouthBank, build_bank, choose_entries, fill_opening
+from models.mouth_rest import closed_inner_lips, lay_reference_lips
 from models.recording import (
     FPS,
     LOOK_GRID,
@@ -121,7 +125,7 @@ WINDOW_REACH = 1.5             # face widths the window must span: the mouth fie
                                #   0.4 above and 0.65 below it (franck.mp4, full amplitude)
 WINDOW_DROP = 0.11             # the window's centre this far below the mouth's (face widths)
 WINDOW_FADE = 3                # coarse nodes over which the mouth fields fade out at its edges
-PREP_VERSION = 10              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 11              # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -161,8 +165,14 @@ class VideoAvatar:
     motion: np.ndarray           # [F, D] fitted against the reference's landmarks
     offsets: np.ndarray          # [F + 1] byte offsets of each tick's JPEG in frames.jpg
     turns: tuple[int, int]       # ping-pong between these ticks
-    fields: np.ndarray           # [turns[1] - turns[0] + 1, 2, M, 2, h, w] float16, memory-
-                                 #   mapped: mouth_fields of the ticks between the turns
+    fields: np.ndarray           # [P, 2, M, 2, h, w] float16, memory-mapped: mouth_fields of
+                                 #   the P = turns[1] - turns[0] + 1 played ticks, at rest
+    rest_offsets: np.ndarray     # [P + 1] byte offsets in rest.jpg of the windows around the
+                                 #   played ticks' mouths at rest (an empty entry: the recorded
+                                 #   crop, its mouth did not move)
+    rest_origins: np.ndarray     # [P, 2] each window's top-left pixel (x, y) in the crop
+    rest_landmarks: np.ndarray   # [P, 68, 2] their landmarks at rest
+    rest_mouth: np.ndarray       # [P, len(MOUTH)] their mouth motion at rest (0 where closed)
     info: dict                   # what preparation found (for people: clip, range, timings)
     bank: MouthBank | None = None  # the person's own open mouths (models.mouth_bank)
 
@@ -192,11 +202,25 @@ class VideoAvatar:
         return self.tick_crop(self.reference_tick)
 
     def mouth_flow(self, tick: int) -> np.ndarray | None:
-        """The tick's stored mouth_fields (every tick between the turns), else None."""
+        """The tick's stored mouth_fields at rest (every tick between the turns), else None."""
         k = tick - self.turns[0]
         if not 0 <= k < len(self.fields):
             return None
         return np.asarray(self.fields[k], np.float32)
+
+    def shown(self, tick: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What playback draws tick `tick` from: its crop [S, S, 3] uint8, landmarks [68, 2]
+        and mouth motion [len(MOUTH)], at rest (models.mouth_rest) between the turns, else
+        as recorded."""
+        k = tick - self.turns[0]
+        if not 0 <= k < len(self.rest_landmarks):
+            return self.tick_crop(tick), self.landmarks[tick], self.motion[tick, MOUTH]
+        crop = np.array(self.tick_crop(tick))
+        if self.rest_offsets[k + 1] > self.rest_offsets[k]:
+            window = _read_jpeg(self.folder / "rest.jpg", self.rest_offsets, k)
+            x0, y0 = self.rest_origins[k]
+            crop[y0:y0 + window.shape[0], x0:x0 + window.shape[1]] = window
+        return crop, self.rest_landmarks[k], self.rest_mouth[k]
 
 
 def mouth_fields(landmarks: np.ndarray, size: int) -> np.ndarray:
@@ -352,24 +376,25 @@ class VideoPlayback:
         around the mouth where engine.draws_windows(size))."""
         v = self.avatar
         ticks = [v.tick_at(int(k)) for k in index]
-        change = mouth_change(np.asarray(motion, np.float32), v.motion[ticks])
+        shown = [v.shown(tick) for tick in ticks]           # (crop, landmarks, mouth) each
+        recorded = v.motion[ticks].copy()
+        recorded[:, MOUTH] = [mouth for _, _, mouth in shown]
+        change = mouth_change(np.asarray(motion, np.float32), recorded)
         change[:, POSE] = self.head_motion * np.asarray(motion, np.float32)[:, POSE]
         out = np.empty((len(motion), v.size, v.size, 3), np.uint8)
         # the head as recorded: only a window around the mouth changes
         windowed = not change[:, POSE].any() and engine.draws_windows(v.size)
-        for k, tick in enumerate(ticks):
-            crop = v.tick_crop(tick)
+        for k, (tick, (crop, landmarks, _)) in enumerate(zip(ticks, shown, strict=True)):
             out[k] = crop
             if np.abs(change[k]).max() < UNCHANGED:
                 continue
-            window = mouth_window(v.landmarks[tick], v.size) if windowed else None
-            avatar = frame_avatar(v.reference, crop, v.landmarks[tick], v.mouth_flow(tick),
-                                  window)
+            window = mouth_window(landmarks, v.size) if windowed else None
+            avatar = frame_avatar(v.reference, crop, landmarks, v.mouth_flow(tick), window)
             drawn = engine.render(avatar, change[k:k + 1])[0]
             x0, y0 = window or (0, 0)
             out[k, y0:y0 + drawn.shape[0], x0:x0 + drawn.shape[1]] = drawn
             if v.bank is not None:
-                lips = ms.landmarks(v.landmarks[tick], change[k])[60:68]
+                lips = ms.landmarks(landmarks, change[k])[60:68]
                 fill_opening(out[k], lips, v.bank)
             self.rendered += 1
         return out
@@ -637,17 +662,13 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     for k, f in enumerate(tick_frames):
         wanted.setdefault(int(f), []).append(k)
     with open(work / "frames.jpg", "wb") as out:
-        from PIL import Image
-
         for index, frame in enumerate(read_frames(path, config)):
             if index > tick_frames[-1]:
                 break
             for k in wanted.get(index, ()):
                 crop = box.cut(frame.image, size)
-                data = io.BytesIO()
-                Image.fromarray(crop).save(data, "JPEG", quality=JPEG_QUALITY)
-                out.write(data.getvalue())
-                offsets.append(offsets[-1] + len(data.getvalue()))
+                out.write(_jpeg(crop))
+                offsets.append(out.tell())
                 if k % every == 0:
                     samples[k] = appearance_samples(crop, landmarks[k])
                 if looked[k]:       # in the whole frame: a hand cut off by the crop is
@@ -707,24 +728,97 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
         "hand_over_mouth_ticks": int(hidden.sum()),
         "mouth_bank_ticks": banked.tolist(),
         "box": [box.left / scale, box.top / scale, box.side / scale],
-        "prepare_s": round(time.perf_counter() - started, 2),
     }
-    progress("the mouth's fields", 0.93)
+    # 5. the played ticks' mouths at rest, and their fields
+    progress("the mouth at rest", 0.92)
     played = range(turns[0], turns[1] + 1)
     fields = np.lib.format.open_memmap(work / "fields.npy", "w+", np.float16,
                                        (len(played), 2, len(MOUTH), 2, *reference.flow.shape[-2:]))
-    for k, tick in enumerate(played):
-        fields[k] = mouth_fields(smoothed[tick], size)
+    rest_landmarks = smoothed[played.start:played.stop].astype(np.float32)
+    rest_mouth = motion[played.start:played.stop][:, MOUTH].astype(np.float32)
+    rest_offsets, rest_origins = [0], np.zeros((len(played), 2), np.int32)
+
+    def at_rest(tick: int) -> tuple[bytes, tuple[int, int], np.ndarray, np.ndarray]:
+        """(the JPEG of the window around the tick's mouth at rest, or b"" where its mouth
+        did not move; that window's origin; its landmarks at rest; its mouth fields)"""
+        if np.abs(motion[tick, MOUTH]).max() < UNCHANGED:
+            return b"", (0, 0), smoothed[tick], mouth_fields(smoothed[tick], size)
+        rest = landmarks_at_rest(smoothed[tick], motion[tick])
+        flow = mouth_fields(rest, size)
+        window, origin = mouth_at_rest(reference, reference_crop, smoothed[pick.index],
+                                       _read_jpeg(work / "frames.jpg", offsets, tick),
+                                       smoothed[tick].astype(np.float32), motion[tick],
+                                       rest, flow)
+        return _jpeg(window), origin, rest, flow
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # small tensors: 1.6x faster than with two threads
+    try:
+        with open(work / "rest.jpg", "wb") as out:
+            for k, tick in enumerate(played):
+                data, rest_origins[k], rest_landmarks[k], fields[k] = at_rest(tick)
+                if data:
+                    out.write(data)
+                    rest_mouth[k] = 0.0
+                rest_offsets.append(out.tell())
+                if k % 25 == 0:
+                    progress("the mouth at rest", 0.92 + 0.07 * k / len(played))
+    finally:
+        torch.set_num_threads(threads)
     fields.flush()
     del fields
     np.savez(work / "ticks.npz", landmarks=smoothed.astype(np.float32),
              motion=motion.astype(np.float32), offsets=offsets,
              turns=np.array(turns), reference_tick=np.array(pick.index),
-             **(bank.arrays() if bank is not None else {}))
+             rest_offsets=np.array(rest_offsets, np.int64), rest_origins=rest_origins,
+             rest_landmarks=rest_landmarks,
+             rest_mouth=rest_mouth, **(bank.arrays() if bank is not None else {}))
     np.savez(work / "reference.npz", **{k: v.numpy() for k, v in vars(reference).items()})
+    info["ticks_at_rest"] = int(np.count_nonzero(np.diff(rest_offsets)))
+    info["prepare_s"] = round(time.perf_counter() - started, 2)
     (work / "info.json").write_text(json.dumps(info, indent=1))
     progress("done", 1.0)
     return info
+
+
+def mouth_at_rest(reference: Avatar, reference_crop: np.ndarray, reference_landmarks: np.ndarray,
+                  crop: np.ndarray, landmarks: np.ndarray, motion: np.ndarray,
+                  rest: np.ndarray, rest_flow: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """A recorded tick's mouth at rest (see models.mouth_rest): the window around its mouth
+    (mouth_window; the whole crop for a face too large) [W, W, 3] uint8 and its origin (x, y)
+    in the crop [S, S, 3] uint8, with its mouth motion (of motion [D]) undone by the
+    renderer's warp, then the reference tick's closed lips (reference_crop,
+    reference_landmarks) laid over what is left of the opening at the landmarks at rest
+    `rest` [68, 2] (landmarks_at_rest); outside the window the crop is unchanged. The warp
+    uses the fields at rest, rest_flow (mouth_fields(rest), which playback needs anyway):
+    smooth fields, alike either way outside the lips, which the reference's cover."""
+    from models.render import frame_layers, warp_layers
+
+    window = mouth_window(landmarks, crop.shape[0])
+    avatar = frame_avatar(reference, crop, landmarks, rest_flow, window)
+    with torch.no_grad():         # the warp alone: the eyes do not move, no opening to paint
+        offset, _ = frame_layers(*avatar.tensors(), torch.from_numpy(_undo(motion)))
+        drawn = warp_layers(avatar.image, offset)[:, 0]                    # [3, W*W]
+    side = avatar.image.shape[-1]
+    image = crop.copy()
+    x0, y0 = window or (0, 0)
+    image[y0:y0 + side, x0:x0 + side] = (drawn.t().reshape(side, side, 3) + 0.5).clamp(
+        0, 255).to(torch.uint8).numpy()
+    lay_reference_lips(image, rest, reference_crop, reference_landmarks)
+    return image[y0:y0 + side, x0:x0 + side], (x0, y0)
+
+
+def landmarks_at_rest(landmarks: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    """A recorded tick's landmarks [68, 2] with its mouth motion (of motion [D]) undone and
+    the inner lips touching: where mouth_at_rest puts them."""
+    return closed_inner_lips(ms.landmarks(landmarks, _undo(motion)[0])).astype(np.float32)
+
+
+def _undo(motion: np.ndarray) -> np.ndarray:
+    """The motion [1, D] that undoes the mouth of motion [D]."""
+    undo = np.zeros((1, ms.D), np.float32)
+    undo[0, MOUTH] = -np.asarray(motion)[MOUTH]
+    return undo
 
 
 def own_teeth(frames: Path, offsets: np.ndarray, landmarks: np.ndarray, motion: np.ndarray,
@@ -772,6 +866,14 @@ def _smooth_landmarks(landmarks: np.ndarray) -> np.ndarray:
     return savgol_filter(landmarks, 5, 2, axis=0, mode="interp")
 
 
+def _jpeg(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.fromarray(image).save(data, "JPEG", quality=JPEG_QUALITY)
+    return data.getvalue()
+
+
 def _read_jpeg(file: Path, offsets: np.ndarray, tick: int) -> np.ndarray:
     from PIL import Image
 
@@ -788,13 +890,16 @@ def load_video_avatar(folder: Path, info: dict | None = None) -> VideoAvatar | N
             reference = Avatar(**{k: torch.from_numpy(r[k].copy()) for k in r.files})
             if info is None:
                 info = json.loads((folder / "info.json").read_text())
-            if not (folder / "frames.jpg").is_file():
+            if not all((folder / name).is_file() for name in ("frames.jpg", "rest.jpg")):
                 return None
             avatar = VideoAvatar(folder=folder, reference=reference,
                                  reference_tick=int(t["reference_tick"]),
                                  landmarks=t["landmarks"], motion=t["motion"],
                                  offsets=t["offsets"], turns=tuple(int(x) for x in t["turns"]),
                                  fields=np.load(folder / "fields.npy", mmap_mode="r"),
+                                 rest_offsets=t["rest_offsets"],
+                                 rest_origins=t["rest_origins"],
+                                 rest_landmarks=t["rest_landmarks"], rest_mouth=t["rest_mouth"],
                                  info=info, bank=MouthBank.from_arrays(t))
         video_cache.in_use(avatar, folder)        # (kept on disk while it is in use)
         return avatar

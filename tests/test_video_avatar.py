@@ -19,6 +19,8 @@ from benchmarks.video_avatar import head_motion_ratio, head_track, write_clip
 from models import face, video_cache
 from models import motion_space as ms
 from models.video_avatar import (
+    MOUTH,
+    WINDOW,
     VideoAvatarError,
     VideoLimits,
     VideoPlayback,
@@ -199,19 +201,20 @@ def test_mouth_follows_the_generated_motion(franck):
     closed = v.turns[0]                                     # a turn: a still, calm tick
     frame_of = {v.tick_at(k): k for k in range(2 * v.ticks)}
     index = np.array([frame_of[closed]])
-    recorded = v.tick_crop(closed)
-    # the recorded motion itself: the crop as it is, nothing rendered
-    same = playback.frames(Renderer(), index, v.motion[[closed]])
+    recorded, landmarks, mouth = v.shown(closed)            # its mouth at rest
+    # the motion it is shown with: the crop as it is, nothing rendered
+    wanted = v.motion[[closed]].copy()
+    wanted[0, MOUTH] = mouth
+    same = playback.frames(Renderer(), index, wanted)
     np.testing.assert_array_equal(same[0], recorded)
     assert playback.rendered == 0
     # the jaw opened: dlib sees the mouth open; above the nose next to nothing moves (the
     # jaw's smooth field fades out over the upper face)
-    wanted = v.motion[[closed]].copy()
     wanted[0, ms.index("jaw_open")] = 0.8
     opened = playback.frames(Renderer(), index, wanted)[0]
     assert playback.rendered == 1
     assert mouth_gap(opened) > mouth_gap(recorded) + 0.04
-    nose = int(v.landmarks[closed][30, 1])
+    nose = int(landmarks[30, 1])
     assert np.abs(opened[:nose - 10].astype(int) - recorded[:nose - 10]).mean() < 0.3
     # generated head motion, blinks and gaze are not applied: the recording's are kept
     other = wanted.copy()
@@ -224,14 +227,17 @@ def test_mouth_window_draws_what_the_whole_frame_draws(franck):
     crop: it matches drawing the whole frame (the fields fade out at its edges inside the
     frame, where it meets the crop exactly); a face too large for the window gets None."""
     from models.render import render
-    from models.video_avatar import WINDOW, mouth_change, mouth_window
+    from models.video_avatar import mouth_change, mouth_window
 
     v = franck
     for tick in (v.turns[0], (v.turns[0] + v.turns[1]) // 2):
-        crop, landmarks, flow = v.tick_crop(tick), v.landmarks[tick], v.mouth_flow(tick)
-        wanted = v.motion[[tick]].copy()
+        crop, landmarks, mouth = v.shown(tick)
+        flow = v.mouth_flow(tick)
+        shown = v.motion[[tick]].copy()
+        shown[0, MOUTH] = mouth
+        wanted = shown.copy()
         wanted[0, [ms.index("jaw_open"), ms.index("mouth_wide")]] = (0.6, 0.3)
-        change = mouth_change(wanted, v.motion[[tick]])
+        change = mouth_change(wanted, shown)
         whole = render(frame_avatar(v.reference, crop, landmarks, flow), change).numpy()[0]
         x0, y0 = mouth_window(landmarks, SIZE)
         drawn = render(frame_avatar(v.reference, crop, landmarks, flow, (x0, y0)),
@@ -252,23 +258,37 @@ def test_mouth_window_draws_what_the_whole_frame_draws(franck):
         for edge in edges:
             if edge is not None:
                 assert np.abs(edge).max() <= 1, "a seam where the window meets the crop"
-    closer = (v.landmarks[tick] - 128) * 1.6 + 128                       # the face 1.6x wider
+    closer = (landmarks - 128) * 1.6 + 128                               # the face 1.6x wider
     assert mouth_window(closer, SIZE) is None
 
 
-def test_an_open_recorded_mouth_is_closed(franck):
+def test_played_mouths_are_at_rest(franck):
+    """Playback draws every played tick whose mouth moved from its mouth at rest (a warp
+    cannot close an open mouth): the widest open one is shown closed as dlib sees it, the
+    crop unchanged outside the window around the mouth, and the generated mouth is applied
+    from there."""
     v = franck
-    tick = int(np.argmax(v.motion[:, ms.index("jaw_open")]))
+    played = np.arange(v.turns[0], v.turns[1] + 1)
+    tick = int(played[np.argmax(v.motion[played, ms.index("jaw_open")])])
     recorded = v.tick_crop(tick)
     assert mouth_gap(recorded) > 0.03, "the clip has no open mouth to close"
+    crop, landmarks, mouth = v.shown(tick)
+    assert not mouth.any() and v.info["ticks_at_rest"] > len(played) // 2
+    assert mouth_gap(crop) < 0.35 * mouth_gap(recorded)   # the warp alone: ~0.5 (dlib)
+    k = tick - v.turns[0]
+    x0, y0 = v.rest_origins[k]
+    window = np.zeros(recorded.shape[:2], bool)
+    window[y0:y0 + WINDOW[SIZE], x0:x0 + WINDOW[SIZE]] = True
+    np.testing.assert_array_equal(crop[~window], recorded[~window])
+    # the landmarks at rest: the inner lips touch
+    np.testing.assert_allclose(landmarks[[61, 62, 63]], landmarks[[67, 66, 65]])
+    # opened from rest by the generated motion, as a closed recorded mouth is
+    frame_of = {v.tick_at(i): i for i in range(2 * v.ticks)}
     wanted = v.motion[[tick]].copy()
-    wanted[0, [ms.index(n) for n in ("jaw_open", "lower_lip_depress", "upper_lip_raise")]] = 0
-    closed = frame_avatar(v.reference, recorded, v.landmarks[tick])
-    from models.render import render
-    from models.video_avatar import mouth_change
-
-    image = render(closed, mouth_change(wanted, v.motion[[tick]])).numpy()[0]
-    assert mouth_gap(image) < 0.6 * mouth_gap(recorded)
+    wanted[0, MOUTH] = 0.0
+    wanted[0, ms.index("jaw_open")] = 0.6
+    opened = VideoPlayback(v).frames(Renderer(), np.array([frame_of[tick]]), wanted)[0]
+    assert mouth_gap(opened) > mouth_gap(crop) + 0.04
 
 
 def opening_pixels(image: np.ndarray) -> np.ndarray:
@@ -336,8 +356,8 @@ def test_speech_through_a_session(franck, real_speech):
         session.close()
     assert len(frames) == len(audio) // 640
     for k in (0, 30, 60):
-        recorded = franck.tick_crop(franck.tick_at(k))
-        brow = int(franck.landmarks[franck.tick_at(k)][27, 1])
+        recorded, landmarks, _ = franck.shown(franck.tick_at(k))
+        brow = int(landmarks[27, 1])
         assert np.abs(frames[k][:brow].astype(int) - recorded[:brow]).max() <= 3
     gaps = np.array([mouth_gap(f) for f in frames[::2]])
     pause, speech = gaps[:10], gaps[15:]
@@ -423,7 +443,9 @@ def test_generated_head_motion_mixed_in_by_a_style_control(franck):
     session = Session(TorchEngine(), v, seed=0)
     try:
         tick = v.tick_at(0)
+        crop, landmarks, mouth = v.shown(tick)
         wanted = v.motion[[tick]].copy()
+        wanted[0, MOUTH] = mouth
         wanted[0, ms.index("head_yaw")] = 15.0
         still = session.playback.frames(Renderer(), np.array([0]), wanted)[0]
         session.set_style({"video_head_motion": 1.0})
@@ -433,7 +455,7 @@ def test_generated_head_motion_mixed_in_by_a_style_control(franck):
         assert session.playback.head_motion == 1.0
     finally:
         session.close()
-    np.testing.assert_array_equal(still, v.tick_crop(tick))
-    nose = v.landmarks[tick][30]
+    np.testing.assert_array_equal(still, crop)
+    nose = landmarks[30]
     found = face.detect_faces(turned, landmarker="dlib")[0].landmarks
     assert abs(found[30, 0] - nose[0]) > 0.03 * np.linalg.norm(found[16] - found[0])
