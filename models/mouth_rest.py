@@ -35,6 +35,33 @@ FADE = 0.05          # then faded out into the frame over this (face widths)
 SMOOTHING = 1e-3     # of the thin-plate spline, in face widths (tracking noise)
 STEP = 4             # pixels between the points the spline is evaluated at
 INNER_PAIRS = ((61, 67), (62, 66), (63, 65))     # upper and lower inner lip, left to right
+CLOSED_GAP = 0.005   # a frame whose inner lips are this close (face widths) is closed, ...
+CLOSED_OPEN = 0.1    # ... if its fitted opening parameters are all below this
+OPENING = ("jaw_open", "upper_lip_raise", "lower_lip_depress")
+
+
+def lips_closed(landmarks: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    """Which frames (landmarks [T, 68, 2], motion [T, D]) show the mouth closed [T] bool:
+    the inner lips within CLOSED_GAP face widths and no opening parameter over CLOSED_OPEN."""
+    pairs = np.array(INNER_PAIRS)
+    gap = np.linalg.norm(landmarks[:, pairs[:, 0]] - landmarks[:, pairs[:, 1]], axis=-1)
+    width = np.array([ms.place(points).scale for points in landmarks])
+    opening = motion[:, [ms.index(n) for n in OPENING]].max(1)
+    return (gap.mean(1) / width < CLOSED_GAP) & (opening < CLOSED_OPEN)
+
+
+def closed_neighbours(closed: np.ndarray, tick: int) -> list[tuple[int, float]]:
+    """The closed frames (closed [T] bool, lips_closed) nearest before and after `tick`,
+    with weights that fade from one to the other [(frame, weight)]; [] when none is."""
+    frames = np.flatnonzero(closed)
+    if len(frames) == 0:
+        return []
+    k = int(np.searchsorted(frames, tick))                  # frames[k - 1] < tick <= frames[k]
+    if k == len(frames) or frames[k] == tick or k == 0:
+        return [(int(frames[min(k, len(frames) - 1)]), 1.0)]
+    before, after = int(frames[k - 1]), int(frames[k])
+    share = (tick - before) / (after - before)
+    return [(before, 1.0 - share), (after, share)]
 
 
 def closed_inner_lips(landmarks: np.ndarray) -> np.ndarray:
@@ -46,12 +73,13 @@ def closed_inner_lips(landmarks: np.ndarray) -> np.ndarray:
     return closed
 
 
-def lay_reference_lips(image: np.ndarray, landmarks: np.ndarray, reference: np.ndarray,
-                       reference_landmarks: np.ndarray) -> None:
-    """Lay the closed lips of `reference` [S, S, 3] uint8 (landmarks [68, 2], same crop as
-    the frame) over image [S, S, 3] uint8 at its landmarks [68, 2], in place."""
+def lay_closed_lips(image: np.ndarray, landmarks: np.ndarray,
+                    sources: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
+    """Lay closed lips over image [S, S, 3] uint8 at its landmarks [68, 2], in place: a
+    weighted blend of other frames' (sources: (crop [S, S, 3] uint8, its landmarks [68, 2],
+    weight), the same crop as the frame, weights summing to 1), each mapped onto the
+    landmarks and offset to the light where it meets the frame."""
     target = closed_inner_lips(np.asarray(landmarks, np.float64))
-    source = closed_inner_lips(np.asarray(reference_landmarks, np.float64))
     width = ms.place(target).scale
     lips = target[48:60]
     size = image.shape[0]
@@ -60,28 +88,30 @@ def lay_reference_lips(image: np.ndarray, landmarks: np.ndarray, reference: np.n
     x1, y1 = np.clip(np.ceil(lips.max(0) + reach).astype(int), 0, size)
     if x1 <= x0 or y1 <= y0:
         return
-    # where each pixel comes from in the reference: the spline on every STEP-th pixel,
-    # bilinear between (it is smooth at that scale)
-    ys, xs = np.arange(y0, y1 + STEP, STEP), np.arange(x0, x1 + STEP, STEP)
-    nodes = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float64)   # [Q, 2]
-    anchors = list(ANCHORS)
-    spline = warp.tps_interpolator(target[anchors] / width, nodes / width, SMOOTHING)
-    coarse = (spline @ source[anchors]).reshape(len(ys), len(xs), 2).astype(np.float32)
     h, w = y1 - y0, x1 - x0
-    fine = F.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None],
-                         size=((len(ys) - 1) * STEP + 1, (len(xs) - 1) * STEP + 1),
-                         mode="bilinear", align_corners=True)[0]   # node k at pixel k * STEP
-    fine = fine.permute(1, 2, 0).numpy()[:h, :w]                                   # [h, w, 2]
-    taken = bilinear(reference, fine)
     # weight: 1 inside the outer lips and MARGIN beyond them, fading out over FADE
-    inside = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    inside = np.zeros((h, w), np.uint8)
     cv2.fillPoly(inside, [np.round(lips - [x0, y0]).astype(np.int32)], 1)
     beyond = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 3) / width     # face widths
     weight = np.clip(1.0 - (beyond - MARGIN) / FADE, 0.0, 1.0)[..., None]
     here = image[y0:y1, x0:x1].astype(np.float64)
     fade = (weight[..., 0] > 0.05) & (weight[..., 0] < 0.6)
-    if fade.any():                            # the light on the face where they meet
-        taken += here[fade].mean(0) - taken[fade].mean(0)
+    # where each pixel comes from in a source: the spline on every STEP-th pixel, bilinear
+    # between (it is smooth at that scale); one spline matrix for all sources
+    ys, xs = np.arange(y0, y1 + STEP, STEP), np.arange(x0, x1 + STEP, STEP)
+    nodes = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float64)   # [Q, 2]
+    anchors = list(ANCHORS)
+    spline = warp.tps_interpolator(target[anchors] / width, nodes / width, SMOOTHING)
+    taken = np.zeros_like(here)
+    for crop, points, share in sources:
+        source = closed_inner_lips(np.asarray(points, np.float64))
+        coarse = (spline @ source[anchors]).reshape(len(ys), len(xs), 2).astype(np.float32)
+        fine = F.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None],
+                             size=((len(ys) - 1) * STEP + 1, (len(xs) - 1) * STEP + 1),
+                             mode="bilinear", align_corners=True)[0]   # node k at pixel k*STEP
+        one = bilinear(crop, fine.permute(1, 2, 0).numpy()[:h, :w])                # [h, w, 3]
+        if fade.any():                        # the light on the face where they meet
+            one += here[fade].mean(0) - one[fade].mean(0)
+        taken += share * one
     blended = here + (taken - here) * weight
     image[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-

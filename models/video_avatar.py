@@ -75,7 +75,7 @@ from models.face_track import (
 )
 from models.hands import covered, find_hands
 from models.mouth_bank import MouthBank, build_bank, choose_entries, fill_opening
-from models.mouth_rest import closed_inner_lips, lay_reference_lips
+from models.mouth_rest import closed_inner_lips, closed_neighbours, lay_closed_lips, lips_closed
 from models.recording import (
     FPS,
     LOOK_GRID,
@@ -125,7 +125,7 @@ WINDOW_REACH = 1.5             # face widths the window must span: the mouth fie
                                #   0.4 above and 0.65 below it (franck.mp4, full amplitude)
 WINDOW_DROP = 0.11             # the window's centre this far below the mouth's (face widths)
 WINDOW_FADE = 3                # coarse nodes over which the mouth fields fade out at its edges
-PREP_VERSION = 11              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 12              # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -737,6 +737,20 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     rest_landmarks = smoothed[played.start:played.stop].astype(np.float32)
     rest_mouth = motion[played.start:played.stop][:, MOUTH].astype(np.float32)
     rest_offsets, rest_origins = [0], np.zeros((len(played), 2), np.int32)
+    # the lips laid over each come from the closed ticks nearest in time (the light and the
+    # lips' look drift over a recording), faded from one to the next; else the reference's
+    closed = np.zeros(len(smoothed), bool)
+    closed[playable] = lips_closed(smoothed[playable], motion[playable])
+    decoded: dict[int, np.ndarray] = {}
+
+    def closed_lips(tick: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        near = dict(closed_neighbours(closed, tick) or [(pick.index, 1.0)])
+        for t in [t for t in decoded if t not in near]:          # ticks only go forward
+            del decoded[t]
+        for t in near:
+            if t not in decoded:
+                decoded[t] = _read_jpeg(work / "frames.jpg", offsets, t)
+        return [(decoded[t], smoothed[t], share) for t, share in near.items()]
 
     def at_rest(tick: int) -> tuple[bytes, tuple[int, int], np.ndarray, np.ndarray]:
         """(the JPEG of the window around the tick's mouth at rest, or b"" where its mouth
@@ -745,7 +759,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
             return b"", (0, 0), smoothed[tick], mouth_fields(smoothed[tick], size)
         rest = landmarks_at_rest(smoothed[tick], motion[tick])
         flow = mouth_fields(rest, size)
-        window, origin = mouth_at_rest(reference, reference_crop, smoothed[pick.index],
+        window, origin = mouth_at_rest(reference, closed_lips(tick),
                                        _read_jpeg(work / "frames.jpg", offsets, tick),
                                        smoothed[tick].astype(np.float32), motion[tick],
                                        rest, flow)
@@ -781,15 +795,15 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     return info
 
 
-def mouth_at_rest(reference: Avatar, reference_crop: np.ndarray, reference_landmarks: np.ndarray,
+def mouth_at_rest(reference: Avatar, lips: list[tuple[np.ndarray, np.ndarray, float]],
                   crop: np.ndarray, landmarks: np.ndarray, motion: np.ndarray,
                   rest: np.ndarray, rest_flow: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     """A recorded tick's mouth at rest (see models.mouth_rest): the window around its mouth
     (mouth_window; the whole crop for a face too large) [W, W, 3] uint8 and its origin (x, y)
     in the crop [S, S, 3] uint8, with its mouth motion (of motion [D]) undone by the
-    renderer's warp, then the reference tick's closed lips (reference_crop,
-    reference_landmarks) laid over what is left of the opening at the landmarks at rest
-    `rest` [68, 2] (landmarks_at_rest); outside the window the crop is unchanged. The warp
+    renderer's warp, then closed lips laid over what is left of the opening at the landmarks
+    at rest `rest` [68, 2] (landmarks_at_rest): `lips`, other ticks' (crop, landmarks,
+    weight), models.mouth_rest.lay_closed_lips; outside the window the crop is unchanged. The warp
     uses the fields at rest, rest_flow (mouth_fields(rest), which playback needs anyway):
     smooth fields, alike either way outside the lips, which the reference's cover."""
     from models.render import frame_layers, warp_layers
@@ -804,7 +818,7 @@ def mouth_at_rest(reference: Avatar, reference_crop: np.ndarray, reference_landm
     x0, y0 = window or (0, 0)
     image[y0:y0 + side, x0:x0 + side] = (drawn.t().reshape(side, side, 3) + 0.5).clamp(
         0, 255).to(torch.uint8).numpy()
-    lay_reference_lips(image, rest, reference_crop, reference_landmarks)
+    lay_closed_lips(image, rest, lips)
     return image[y0:y0 + side, x0:x0 + side], (x0, y0)
 
 

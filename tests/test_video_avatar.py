@@ -291,6 +291,28 @@ def test_played_mouths_are_at_rest(franck):
     assert mouth_gap(opened) > mouth_gap(crop) + 0.04
 
 
+def test_closed_lips_come_from_the_nearest_closed_ticks():
+    """The lips laid over a mouth at rest fade from the closed tick before it to the one
+    after it; a tick is closed when its inner lips touch and nothing opens them."""
+    from models.mouth_rest import closed_neighbours, lips_closed
+
+    closed = np.zeros(20, bool)
+    closed[[3, 8, 15]] = True
+    assert closed_neighbours(closed, 0) == [(3, 1.0)]
+    assert closed_neighbours(closed, 8) == [(8, 1.0)]
+    assert closed_neighbours(closed, 5) == [(3, pytest.approx(0.6)), (8, pytest.approx(0.4))]
+    assert closed_neighbours(closed, 19) == [(15, 1.0)]
+    assert closed_neighbours(np.zeros(5, bool), 2) == []
+    face = ms.CANONICAL[:, :2].astype(np.float64) * 200 + 256           # 68 points, pixels
+    still = np.zeros((3, ms.D))
+    still[2, ms.index("jaw_open")] = 0.5
+    opened = ms.landmarks(face, still[2])
+    points = np.stack([ms.landmarks(face, still[0]), ms.landmarks(face, still[1]), opened])
+    assert lips_closed(points, still).tolist() == [True, True, False]
+    still[1, ms.index("upper_lip_raise")] = 0.5                   # the lips touch, opened
+    assert lips_closed(points, still).tolist() == [True, False, False]
+
+
 def opening_pixels(image: np.ndarray) -> np.ndarray:
     """The pixels [P, 3] between the inner lips, as dlib finds them."""
     from skimage.draw import polygon
