@@ -16,8 +16,9 @@ generated. Preparation runs once per clip and is cached by the file's content ha
     turning points   ping-pong playback over the calmest PLAY_SECONDS of the range (the
                      least mouth activity), between two still ticks near its ends
     mouth at rest    each played tick whose mouth moved, with its mouth motion undone by the
-                     renderer and the reference's closed lips laid over it (models.mouth_rest:
-                     a warp cannot close an open mouth), kept as JPEG beside the recording
+                     renderer and the nearest closed ticks' lips laid over it
+                     (models.mouth_rest: a warp cannot close an open mouth), the window
+                     around the mouth kept as JPEG beside the recording
     mouth fields     each played tick's own expression fields for the mouth at rest (stored,
                      float16: playback then needs ~5 ms a frame besides the render, not ~20)
     mouth bank       a few frontal ticks with the mouth open, from barely to widest
