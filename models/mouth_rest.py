@@ -30,10 +30,10 @@ from models import motion_space as ms
 from models import warp
 from models.mouth_bank import bilinear
 
-# the lower face's landmarks (68-point layout) the reference's lips are mapped by: the jaw
+# the lower face's landmarks (68-point layout) the closed lips are mapped by: the jaw
 # line, the nose's base and the lips
 ANCHORS = (*range(3, 14), *range(31, 36), *range(48, 68))
-MARGIN = 0.05        # skin around the outer lips taken whole from the reference (face widths)
+MARGIN = 0.05        # skin around the outer lips taken whole from the sources (face widths)
 FADE = 0.05          # then faded out into the frame over this (face widths)
 SMOOTHING = 1e-3     # of the thin-plate spline, in face widths (tracking noise)
 STEP = 4             # pixels between the points the spline is evaluated at
