@@ -8,6 +8,7 @@ it is about 3x slower than torch on a CPU; rewritten, it is not slower.
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,31 @@ def cached_cpu_renderer_export(avatar: Avatar) -> Path:
 KEEP_LAYOUT = ["TransposeOptimizer", "TransposeOptimizer_CPUExecutionProvider"]
 
 
+class AvatarFeeds:
+    """An avatar's tensors as a renderer's inputs (convert: avatar -> {input name: array}),
+    converted once per avatar and kept for the `keep` newest avatars.
+
+    Sessions of a server share one renderer per working size, each calling it from its own
+    render thread with its own avatar. Each call gets the feed of the avatar it names: a
+    single cached slot, swapped by one thread while another was between checking and reading
+    it, once rendered one session's motion on another session's avatar (or a broken one)."""
+
+    def __init__(self, convert, keep: int = 4):
+        self.convert, self.keep = convert, keep
+        self._feeds: dict[int, tuple[Avatar, dict]] = {}   # by id(avatar), newest last;
+        self._lock = threading.Lock()                      # the avatar held: ids come back
+
+    def __call__(self, avatar: Avatar) -> dict:
+        with self._lock:
+            held = self._feeds.pop(id(avatar), None)
+            if held is None or held[0] is not avatar:
+                held = (avatar, self.convert(avatar))
+            self._feeds[id(avatar)] = held
+            while len(self._feeds) > self.keep:
+                self._feeds.pop(next(iter(self._feeds)))
+            return held[1]
+
+
 class OnnxRenderer:
     """avatar + motion [N, D] -> frames [N, S, S, 3] uint8 with onnxruntime."""
 
@@ -110,13 +136,9 @@ class OnnxRenderer:
                                             providers=providers or ["CPUExecutionProvider"],
                                             disabled_optimizers=KEEP_LAYOUT)
         self.input_names = INPUT_NAMES
-        self._avatar: Avatar | None = None     # held: a freed avatar's id can come back
-        self._feed: dict[str, np.ndarray] = {}
+        self.feeds = AvatarFeeds(lambda avatar: {
+            name: t.numpy() for name, t in zip(INPUT_NAMES[:-1], avatar.tensors(), strict=True)})
 
     def __call__(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
-        if self._avatar is not avatar:             # convert the avatar's tensors once
-            self._feed = {name: t.numpy() for name, t in
-                          zip(self.input_names[:-1], avatar.tensors(), strict=True)}
-            self._avatar = avatar
-        feed = dict(self._feed, motion=np.ascontiguousarray(motion, np.float32))
+        feed = dict(self.feeds(avatar), motion=np.ascontiguousarray(motion, np.float32))
         return self.session.run(["frames"], feed)[0]

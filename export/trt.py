@@ -371,21 +371,19 @@ class TrtRenderer:
     once per avatar and stay on the GPU."""
 
     def __init__(self, runner: TrtRunner):
+        from export.renderer import AvatarFeeds
         from models.render import INPUT_NAMES
 
         self.runner, self.input_names = runner, INPUT_NAMES
-        self._avatar = None                    # held: a freed avatar's id can come back
-        self._feed: dict = {}
+        self.feeds = AvatarFeeds(lambda avatar: {
+            name: t.to(runner.device)
+            for name, t in zip(INPUT_NAMES[:-1], avatar.tensors(), strict=True)})
 
     def __call__(self, avatar, motion: np.ndarray) -> np.ndarray:
-        if self._avatar is not avatar:
-            device = self.runner.device
-            self._feed = {name: t.to(device) for name, t in
-                          zip(self.input_names[:-1], avatar.tensors(), strict=True)}
-            self._avatar = avatar
+        on_gpu = self.feeds(avatar)
         frames = []
         for i in range(0, len(motion), MAX_FRAMES):
-            feed = dict(self._feed, motion=np.ascontiguousarray(motion[i:i + MAX_FRAMES],
+            feed = dict(on_gpu, motion=np.ascontiguousarray(motion[i:i + MAX_FRAMES],
                                                                 np.float32))
             frames.append(self.runner(feed)["frames"].cpu().numpy())
         return np.concatenate(frames)

@@ -187,6 +187,7 @@ class OnnxEngine(Engine):
         # run in parallel threads
         self.threads = threads
         self._renderers: dict[tuple[int, int], object] = {}   # by (size, frame size)
+        self._renderers_lock = threading.Lock()               # one per size, whoever asks
         super().__init__(checkpoint)
         from export.motion import OnnxMotionSampler, cached_motion_export
 
@@ -241,10 +242,11 @@ class OnnxEngine(Engine):
         from export.renderer import OnnxRenderer, cached_cpu_renderer_export
 
         shape = (avatar.size, avatar.frame_size)
-        runner = self._renderers.get(shape)
-        if runner is None:
-            runner = OnnxRenderer(cached_cpu_renderer_export(avatar), threads=self.threads)
-            self._renderers[shape] = runner
+        with self._renderers_lock:
+            runner = self._renderers.get(shape)
+            if runner is None:
+                runner = OnnxRenderer(cached_cpu_renderer_export(avatar), threads=self.threads)
+                self._renderers[shape] = runner
         return runner(avatar, np.asarray(motion, np.float32))
 
 

@@ -193,3 +193,48 @@ def test_export_graph_writes_a_dynamic_graph_either_way(tmp_path, monkeypatch, c
         with torch.no_grad():
             ref = module(torch.from_numpy(x)).numpy()
         assert np.abs(session.run(["y"], {"x": x})[0] - ref).max() < 1e-5
+
+
+def test_sessions_rendering_at_once_each_get_their_own_avatar():
+    """A server's sessions share one renderer per working size and call it from their own
+    threads, each with its own avatar. Each must get its own avatar's frames: with one cached
+    avatar slot, a thread swapping it while another read it rendered on the wrong face (found
+    by the server test whose healthy session failed with its neighbour's broken avatar). With
+    thread switches forced every microsecond, that old slot failed this test in each of 3 runs
+    (1-3 wrong renders of 450)."""
+    import dataclasses
+    import sys
+    import threading
+
+    from serve.avatars import BUNDLED_AVATARS
+    from serve.preparation import prepare_photo
+    from stream.engine import make_engine
+
+    engine = make_engine("onnx")
+    astronaut = prepare_photo(BUNDLED_AVATARS["astronaut"], 256)
+    avatars = (astronaut, prepare_photo(BUNDLED_AVATARS["grace_hopper"], 256),
+               dataclasses.replace(astronaut, image=astronaut.image.flip(-1)))
+    motion = np.zeros((2, 17), np.float32)
+    motion[:, 0] = [5.0, -5.0]
+    alone = [engine.render(avatar, motion) for avatar in avatars]
+    wrong = [0] * len(avatars)
+
+    def session(k: int) -> None:
+        for _ in range(150):
+            try:
+                frames = engine.render(avatars[k], motion)
+                wrong[k] += int(np.abs(frames.astype(int) - alone[k]).max() > 1)
+            except Exception:                       # noqa: BLE001 - counted as wrong
+                wrong[k] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=session, args=(k,)) for k in range(len(avatars))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == [0, 0, 0]
