@@ -378,6 +378,7 @@ def speech(video: str | None, out: Path, seconds: float = 60.0, size: int = 512,
                                                        strict=True))),
                 "mouth_vs_energy": pearson(list(zip(gaps[ok], energy[:n][ok], strict=True))),
                 "identity_mean": float(np.mean(distances)) if distances else None,
+                "identity_p95": float(np.percentile(distances, 95)) if distances else None,
                 "identity_max": float(np.max(distances)) if distances else None,
                 "largest_change_over_p99": float(changes.max() / own_p99),
                 "head_motion_over_recording": head_motion_ratio(heads, recorded_heads),
@@ -472,8 +473,11 @@ def prepare(video: str | None, seconds: float | None, size: int, out: Path) -> d
                           text=True, check=True)
     shutil.rmtree(cache, ignore_errors=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    machine = _machine()
+    # the child's peak, not this process's (which wrote the clip: a looped one is held whole)
+    machine["benchmark_process_peak_rss_mb"] = machine.pop("peak_rss_mb")
     result.update({"clip_seconds": seconds, "size": size, "video": str(path),
-                   "realtime_factor": round(result["wall_s"] / seconds, 3), **_machine()})
+                   "realtime_factor": round(result["wall_s"] / seconds, 3), **machine})
     return result
 
 
