@@ -197,11 +197,9 @@ def test_export_graph_writes_a_dynamic_graph_either_way(tmp_path, monkeypatch, c
 
 def test_sessions_rendering_at_once_each_get_their_own_avatar():
     """A server's sessions share one renderer per working size and call it from their own
-    threads, each with its own avatar. Each must get its own avatar's frames: with one cached
-    avatar slot, a thread swapping it while another read it rendered on the wrong face (found
-    by the server test whose healthy session failed with its neighbour's broken avatar). With
-    thread switches forced every microsecond, that old slot failed this test in each of 3 runs
-    (1-3 wrong renders of 450)."""
+    threads, each with its own avatar. Each must get its own avatar's frames, whatever the
+    others do meanwhile; thread switches are forced every microsecond so that a renderer
+    which keeps per-call state between threads (one cached avatar slot did) is caught."""
     import dataclasses
     import sys
     import threading
