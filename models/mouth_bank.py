@@ -8,7 +8,11 @@ lines (u from corner to corner): the upper part keeps its distance below the upp
 the lower part its distance above the lower lip, so the upper teeth stay under the upper
 lip and the lower teeth over the lower lip at the size the person's own frames show them.
 A narrower opening than the entry's squeezes it; in a wider one the renderer's painted dark
-(models.mouth) shows in the middle, where the entry has nothing. The painted interior is
+(models.mouth) shows in the middle, where the entry has nothing. The fill covers the upper
+three quarters of the opening and fades into the painted dark towards the lower lip: filled
+to the lower lip from a smiling frame, the opening read as teeth between pressed lips (in
+self-reenactment dlib's mouth opening followed the real one at 0.82 with the full fill, 0.90
+with this; benchmarks/RESULTS.md). The painted interior is
 all there is only for a recording that never opens its mouth.
 
 Everything here is numpy on one frame's mouth region (a few thousand pixels).
@@ -34,6 +38,8 @@ FEATHER = 0.8                    # pixels: the soft edge along the lip lines (ce
                                  #   them, as the renderer's opening: models.mouth.EDGE)
 MIDDLE_FADE = 0.3                # share of an entry's opening over which it fades into the
                                  #   renderer's dark where the new opening is wider
+UPPER_SHARE = 0.75               # the fill covers the opening from the upper lip down to this
+UPPER_FADE = 0.3                 #   share of it, fading into the renderer's dark over this
 
 
 @dataclass
@@ -208,6 +214,11 @@ def fill_opening(frame: np.ndarray, lips: np.ndarray, bank: MouthBank) -> None:
     middle = np.minimum(from_upper, from_lower)                            # bank pixels
     weight = weight * np.where(wider, np.clip((b_gap / 2 - middle) / (MIDDLE_FADE * b_gap + 1e-3)
                                               + 0.5, 0.0, 1.0), 1.0)
+    # the upper teeth under the upper lip; towards the lower lip the renderer's dark (a
+    # speaking mouth mostly hides its lower teeth, and a full fill from a smiling frame
+    # read as lips pressed together)
+    weight = weight * np.clip((UPPER_SHARE - (v - upper) / np.maximum(gap, 1e-3)) / UPPER_FADE,
+                              0.0, 1.0)
     at = b_centre + (u * b_half)[:, None] * b_axis + b_v[:, None] * b_normal      # [P, 2]
     colour = bilinear(bank.patches[entry], at)
     region = frame[y0:y1, x0:x1]
