@@ -67,6 +67,14 @@ def cached_renderer_export(avatar: Avatar) -> Path:
     return path
 
 
+def avatar_inputs(avatar: Avatar) -> dict:
+    """The renderer graph's inputs from the avatar (every input but the motion), as torch
+    tensors by input name."""
+    from models.render import INPUT_NAMES
+
+    return dict(zip(INPUT_NAMES[:-1], avatar.tensors(), strict=True))
+
+
 def cached_cpu_renderer_export(avatar: Avatar) -> Path:
     """The renderer graph, constants folded, rewritten for onnxruntime's CPU provider
     (export.ort_cpu), its shapes measured on the avatar's own tensors."""
@@ -74,11 +82,9 @@ def cached_cpu_renderer_export(avatar: Avatar) -> Path:
 
     from export.ort_cpu import fold_constants, rewrite_for_cpu, shapes_by_example
     from models import motion_space as ms
-    from models.render import INPUT_NAMES
 
     def feeds(n: int) -> dict[str, np.ndarray]:
-        return {**{name: t.numpy() for name, t in zip(INPUT_NAMES[:-1], avatar.tensors(),
-                                                       strict=True)},
+        return {**{name: t.numpy() for name, t in avatar_inputs(avatar).items()},
                 "motion": ms.neutral(n)}
 
     path = cpu_renderer_path(avatar.size, avatar.frame_size)
@@ -125,8 +131,6 @@ class OnnxRenderer:
     """avatar + motion [N, D] -> frames [N, S, S, 3] uint8 with onnxruntime."""
 
     def __init__(self, path: str | Path, threads: int = 1, providers: list[str] | None = None):
-        from models.render import INPUT_NAMES
-
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -135,9 +139,8 @@ class OnnxRenderer:
         self.session = ort.InferenceSession(str(path), sess_options=opts,
                                             providers=providers or ["CPUExecutionProvider"],
                                             disabled_optimizers=KEEP_LAYOUT)
-        self.input_names = INPUT_NAMES
         self.feeds = AvatarFeeds(lambda avatar: {
-            name: t.numpy() for name, t in zip(INPUT_NAMES[:-1], avatar.tensors(), strict=True)})
+            name: t.numpy() for name, t in avatar_inputs(avatar).items()})
 
     def __call__(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
         feed = dict(self.feeds(avatar), motion=np.ascontiguousarray(motion, np.float32))

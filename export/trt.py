@@ -371,13 +371,11 @@ class TrtRenderer:
     once per avatar and stay on the GPU."""
 
     def __init__(self, runner: TrtRunner):
-        from export.renderer import AvatarFeeds
-        from models.render import INPUT_NAMES
+        from export.renderer import AvatarFeeds, avatar_inputs
 
-        self.runner, self.input_names = runner, INPUT_NAMES
+        self.runner = runner
         self.feeds = AvatarFeeds(lambda avatar: {
-            name: t.to(runner.device)
-            for name, t in zip(INPUT_NAMES[:-1], avatar.tensors(), strict=True)})
+            name: t.to(runner.device) for name, t in avatar_inputs(avatar).items()})
 
     def __call__(self, avatar, motion: np.ndarray) -> np.ndarray:
         on_gpu = self.feeds(avatar)

@@ -98,7 +98,8 @@ def lay_closed_lips(image: np.ndarray, landmarks: np.ndarray,
     beyond = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 3) / width     # face widths
     weight = np.clip(1.0 - (beyond - MARGIN) / FADE, 0.0, 1.0)[..., None]
     here = image[y0:y1, x0:x1].astype(np.float64)
-    fade = (weight[..., 0] > 0.05) & (weight[..., 0] < 0.6)
+    fade = (weight[..., 0] > 0.05) & (weight[..., 0] < 0.6)    # the light on the face where
+    light = here[fade].mean(0) if fade.any() else None         # they meet
     # where each pixel comes from in a source: the spline on every STEP-th pixel, bilinear
     # between (it is smooth at that scale); one spline matrix for all sources
     ys, xs = np.arange(y0, y1 + STEP, STEP), np.arange(x0, x1 + STEP, STEP)
@@ -113,8 +114,8 @@ def lay_closed_lips(image: np.ndarray, landmarks: np.ndarray,
                              size=((len(ys) - 1) * STEP + 1, (len(xs) - 1) * STEP + 1),
                              mode="bilinear", align_corners=True)[0]   # node k at pixel k*STEP
         one = bilinear(crop, fine.permute(1, 2, 0).numpy()[:h, :w])                # [h, w, 3]
-        if fade.any():                        # the light on the face where they meet
-            one += here[fade].mean(0) - one[fade].mean(0)
+        if light is not None:
+            one += light - one[fade].mean(0)
         taken += share * one
     blended = here + (taken - here) * weight
     image[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)

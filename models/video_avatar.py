@@ -806,7 +806,7 @@ def mouth_at_rest(reference: Avatar, lips: list[tuple[np.ndarray, np.ndarray, fl
     at rest `rest` [68, 2] (landmarks_at_rest): `lips`, other ticks' (crop, landmarks,
     weight), models.mouth_rest.lay_closed_lips; outside the window the crop is unchanged. The warp
     uses the fields at rest, rest_flow (mouth_fields(rest), which playback needs anyway):
-    smooth fields, alike either way outside the lips, which the reference's cover."""
+    smooth fields, alike either way outside the lips, which the laid lips cover."""
     from models.render import frame_layers, warp_layers
 
     window = mouth_window(landmarks, crop.shape[0])
