@@ -403,14 +403,23 @@ def test_two_replicas_affinity_and_a_replica_lost(ray_server, tmp_path):
     closed_at, code, reason = closes.get(a.session, (None, None, None))
     # the other session: no gap
     t_b = np.array([t for t, _, _ in b.video])
-    around = t_b[(t_b > killed - 1.0) & (t_b < killed + 5.0)]
+    pts_b = np.array([pts for _, _, pts in b.video], dtype=np.float64)
+    near = (t_b > killed - 1.0) & (t_b < killed + 5.0)
+    around, around_pts = t_b[near], pts_b[near]
     gap = float(np.diff(around).max()) if around.size > 1 else float("inf")
+    worst = int(np.argmax(np.diff(around))) if around.size > 1 else 0
     result = {"fps": {k: round(v, 1) for k, v in fps.items()},
               "mouth_change_speech_vs_idle": {k: [round(x, 3) for x in v]
                                               for k, v in mouths.items()},
               "close_after_kill_s": None if closed_at is None else round(closed_at - killed, 3),
               "close_code": code, "close_reason": reason,
               "other_session_max_gap_ms": round(1000 * gap),
+              # where: seconds after the kill, and the sender's own time across it (90 kHz
+              # RTP clock: as long as the gap if frames were sent late, longer if skipped)
+              "other_session_gap_after_kill_s": round(float(around[worst] - killed), 3)
+              if around.size > 1 else None,
+              "other_session_gap_sender_ms": round(float(np.diff(around_pts)[worst]) / 90)
+              if around.size > 1 else None,
               "new_session_after_kill_s": round(new_session_s, 2),
               "session_on_replacement_after_kill_s": round(replacement_s, 2),
               "full": full[2][:2], "bad_input": bad,
