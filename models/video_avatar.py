@@ -29,7 +29,8 @@ Playback (VideoPlayback, one per session): session frame t shows the recorded ti
 there, so reversing is not seen as a jump), with its mouth at rest (VideoAvatar.shown). Its
 mouth is brought to the generated state: the tick's crop and landmarks become an Avatar
 (frame_avatar: its own expression fields, the reference's colours) rendered with a motion
-that changes only the mouth, by (generated - shown). Where the two already agree the crop is
+that changes only the mouth, by (generated - shown), its opening kept within the widest the
+recording opens the mouth (models.mouth_reach). Where the two already agree the crop is
 shown as it is. With the head as recorded, only a window around the mouth is drawn
 (mouth_window) and pasted into the crop. Where the generated lips part, the opening is
 filled from the mouth bank entry that parts them most alike. The recording's own sound is
@@ -76,6 +77,7 @@ from models.face_track import (
 )
 from models.hands import covered, find_hands
 from models.mouth_bank import MouthBank, build_bank, choose_entries, fill_opening
+from models.mouth_reach import mouth_reach
 from models.mouth_rest import closed_inner_lips, closed_neighbours, lay_closed_lips, lips_closed
 from models.recording import (
     FPS,
@@ -369,6 +371,7 @@ class VideoPlayback:
     def __init__(self, avatar: VideoAvatar, head_motion: float = 0.0):
         self.avatar = avatar
         self.head_motion = head_motion
+        self.reach = mouth_reach(avatar.landmarks)   # how wide this person opens their mouth
         self.rendered = 0          # frames that needed the renderer (the rest: the crop)
 
     def frames(self, engine, index: np.ndarray, motion: np.ndarray) -> np.ndarray:
@@ -387,6 +390,7 @@ class VideoPlayback:
         windowed = not change[:, POSE].any() and engine.draws_windows(v.size)
         for k, (tick, (crop, landmarks, _)) in enumerate(zip(ticks, shown, strict=True)):
             out[k] = crop
+            change[k] = self.reach.limit(change[k], landmarks)
             if np.abs(change[k]).max() < UNCHANGED:
                 continue
             window = mouth_window(landmarks, v.size) if windowed else None

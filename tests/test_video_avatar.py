@@ -18,6 +18,7 @@ from benchmarks.fetch import pypi_file
 from benchmarks.video_avatar import head_motion_ratio, head_track, write_clip
 from models import face, video_cache
 from models import motion_space as ms
+from models.mouth_reach import MouthReach, face_gap
 from models.video_avatar import (
     MOUTH,
     WINDOW,
@@ -220,6 +221,27 @@ def test_mouth_follows_the_generated_motion(franck):
     other = wanted.copy()
     other[0, [ms.index("head_yaw"), ms.index("blink_left"), ms.index("gaze_x")]] = (20, 1, 1)
     np.testing.assert_array_equal(playback.frames(Renderer(), index, other)[0], opened)
+
+
+def test_generated_openings_stay_within_the_persons_reach(franck):
+    """A jaw opened wider than the recording ever opens it is drawn at the opening the
+    person's reach compresses it to (models.mouth_reach): exactly what playback with no
+    limit draws for the compressed motion, and narrower to dlib than the uncompressed."""
+    v = franck
+    tick = v.turns[0]
+    index = np.array([{v.tick_at(k): k for k in range(2 * v.ticks)}[tick]])
+    recorded, landmarks, mouth = v.shown(tick)
+    shown = v.motion[[tick]].copy()
+    shown[0, MOUTH] = mouth
+    wanted = shown.copy()
+    wanted[0, ms.index("jaw_open")] = 1.0
+    playback, free = VideoPlayback(v), VideoPlayback(v)
+    free.reach = MouthReach(np.inf, np.inf)
+    limited = playback.reach.limit(wanted[0] - shown[0], landmarks)
+    assert face_gap(ms.landmarks(landmarks, limited)) < playback.reach.ceiling
+    drawn = playback.frames(Renderer(), index, wanted)[0]
+    np.testing.assert_array_equal(drawn, free.frames(Renderer(), index, shown + limited)[0])
+    assert mouth_gap(drawn) < mouth_gap(free.frames(Renderer(), index, wanted)[0]) - 0.01
 
 
 def test_mouth_window_draws_what_the_whole_frame_draws(franck):
