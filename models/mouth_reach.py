@@ -4,9 +4,8 @@ the reach its recording shows.
 The motion network learned its mouths from many voices (train.synth) and opens the jaw as
 wide as they do; a person's own recording shows how wide *they* open it. franck.mp4, talking
 for 20 s, parts his inner lips at most 0.105 face widths (99th percentile 0.101); the network
-on five real-speech recordings reaches 0.139 at its 99th percentile and 0.18 at most, and the
-frames whose mouth opens widest are the ones that look least like him (the identity
-distance's excess over the recorded frame follows the opening: benchmarks/RESULTS.md).
+on five real-speech recordings reaches 0.139 at its 99th percentile and 0.18 at most: a
+mouth opened wider than the person ever opens it is not their way of speaking.
 
 So playback compresses what a generated opening has beyond the recording's usual widest (its
 99th percentile, the knee) smoothly towards a ceiling a little past the widest it shows: an
