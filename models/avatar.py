@@ -43,8 +43,11 @@ FACE_FRACTION = 0.30           # face width / working size, preferred
 MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room around the face
 EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
 TEETH_VISIBLE_AREA = 0.008     # parted lips' area (face widths squared) that shows teeth
+TEETH_LIGHT = 1.25             # unseen teeth: luminance over the skin's (teeth in the lips'
+TEETH_DARKEST = 140.0          # shade), never darker than this; their colour this share of
+TEETH_CHROMA = 0.55            # the skin's (real talking mouths: benchmarks/RESULTS.md)
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 17              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 18              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -310,8 +313,9 @@ def _patch_median(image: np.ndarray, points: np.ndarray, radius: int) -> np.ndar
 
 
 def face_colors(crop: np.ndarray, lm: np.ndarray, face_width: float) -> np.ndarray:
-    """[3, 3] RGB of skin, lips and teeth (the portrait's own if it shows them, else an
-    off-white as bright as the light on the face, tinted like the photo)."""
+    """[3, 3] RGB of skin, lips and teeth (the portrait's own if it shows them, else a
+    shaded ivory: a little brighter than the skin, half as coloured; as bright as a pale
+    face's for a dark one, since teeth are pale whatever the skin)."""
     from skimage.draw import polygon
 
     radius = max(1, int(face_width * 0.03))
@@ -322,8 +326,10 @@ def face_colors(crop: np.ndarray, lm: np.ndarray, face_width: float) -> np.ndarr
                                          ((50, 61), (52, 63), (56, 65), (57, 66), (58, 67))]),
                          max(1, radius // 2))
     luminance = np.array([0.299, 0.587, 0.114])
-    tint = (skin / max(skin.mean(), 1.0)) ** 0.25
-    teeth = np.array([238.0, 234.0, 222.0]) * np.clip(skin @ luminance / 150.0, 0.6, 1.0) * tint
+    skin_y = max(float(skin @ luminance), 1.0)
+    teeth_y = min(max(TEETH_LIGHT * skin_y, TEETH_DARKEST), 235.0)
+    ivory = np.array([1.017, 1.0, 0.949])                     # teeth are a little yellow
+    teeth = teeth_y / skin_y * (skin_y + TEETH_CHROMA * (skin - skin_y)) * ivory
     inner = lm[60:68]
     rows, cols = polygon(inner[:, 1], inner[:, 0], crop.shape[:2])
     if len(rows) >= TEETH_VISIBLE_AREA * face_width ** 2:   # the portrait shows its teeth

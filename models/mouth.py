@@ -6,7 +6,7 @@ the upper teeth fixed to the skull (they follow the head, not the lips), the low
 fixed to the jaw, a tongue low in a wide-open mouth, and soft shadow where the lips curl
 in. Shapes are in the mouth's own frame, sizes in face widths; colours come from the
 portrait (lip colour for the cavity and tongue; the portrait's own teeth if it shows them,
-else an off-white matched to the light on the face).
+else a shaded ivory from the skin's light: models.avatar.face_colors).
 
 Only the part of the opening beyond the portrait's own (a smiling portrait's parted lips)
 is painted, so zero motion reproduces the portrait exactly.
@@ -22,7 +22,8 @@ UPPER = (0, 1, 2, 3, 4)         # 60 61 62 63 64
 LOWER = (0, 7, 6, 5, 4)         # 60 67 66 65 64
 
 TEETH_HALF_WIDTH = 0.19         # half the visible dental arch, face widths
-UPPER_TEETH_SHOW = 0.016        # incisor edge below the relaxed lip line, face widths
+UPPER_TEETH_SHOW = 0.035        # incisor edge below the relaxed lip line, face widths (a
+                                #   talking mouth shows them: benchmarks/RESULTS.md)
 LOWER_TEETH_SHOW = 0.010        # lower incisor edge above the jaw's lower lip line
 TEETH_ARCH = 0.045              # how far the arch's edge recedes at its ends
 TOOTH_GAPS = (0.0, 0.30, 0.54, 0.73)   # between teeth, in arch half-widths

@@ -128,7 +128,7 @@ WINDOW_REACH = 1.5             # face widths the window must span: the mouth fie
                                #   0.4 above and 0.65 below it (franck.mp4, full amplitude)
 WINDOW_DROP = 0.11             # the window's centre this far below the mouth's (face widths)
 WINDOW_FADE = 3                # coarse nodes over which the mouth fields fade out at its edges
-PREP_VERSION = 12              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 13              # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -845,7 +845,7 @@ def own_teeth(frames: Path, offsets: np.ndarray, landmarks: np.ndarray, motion: 
     """The teeth colour [3] the renderer paints an opening with: the person's own, from the
     tick of `ticks` whose mouth is open widest (jaw_open > 0.1), as the mean of the whitest
     15 % of the pixels between the inner lips (luminance minus saturation: the lips' edge
-    is as bright but redder); else the reference's (an off-white matched to the light on
+    is as bright but redder); else the reference's (a shaded ivory from the light on
     the face)."""
     from skimage.draw import polygon
 

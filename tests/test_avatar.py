@@ -87,6 +87,21 @@ def test_photo_with_little_room_around_the_face():
     assert float(padded.face_width) == pytest.approx(av.MAX_FACE_FRACTION * 512, rel=0.03)
 
 
+def test_hidden_teeth_are_pale_ivory_whatever_the_skin():
+    """Grace Hopper's lips are closed, so her teeth colour is made up: a little brighter than
+    her skin and less coloured; in the same photo darkened to a deep skin tone, still pale."""
+    hopper = av.prepare_avatar(HOPPER, size=256, cache=False)
+    crop, lm = hopper.crop(), hopper.landmarks.numpy()
+    luminance = np.array([0.299, 0.587, 0.114])
+    for image in (crop, (crop * 0.4).astype(np.uint8)):
+        skin, _, teeth = av.face_colors(image, lm, float(hopper.face_width))
+        skin_y, teeth_y = skin @ luminance, teeth @ luminance
+        assert teeth_y >= max(1.1 * skin_y, av.TEETH_DARKEST - 1)
+        assert teeth_y <= max(1.4 * skin_y, av.TEETH_DARKEST + 1)
+        assert np.ptp(teeth) / teeth_y < np.ptp(skin) / skin_y     # less coloured than skin
+    assert skin_y < 0.6 * av.TEETH_DARKEST                        # the darkened skin is deep
+
+
 def test_cache_is_used_and_a_failing_cache_only_warns(tmp_path, monkeypatch):
     monkeypatch.setenv("TALKING_HEAD_CACHE", str(tmp_path / "cache"))
     first = av.prepare_avatar(HOPPER, size=256)
