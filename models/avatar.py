@@ -43,9 +43,10 @@ FACE_FRACTION = 0.30           # face width / working size, preferred
 MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room around the face
 EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
 TEETH_VISIBLE_AREA = 0.008     # parted lips' area (face widths squared) that shows teeth
-TEETH_LIGHT = 1.25             # unseen teeth: luminance over the skin's (teeth in the lips'
-TEETH_DARKEST = 140.0          # shade), never darker than this; their colour this share of
-TEETH_CHROMA = 0.55            # the skin's (real talking mouths: benchmarks/RESULTS.md)
+TEETH_LIGHT = 1.25             # teeth a portrait hides: luminance over the skin's (in the
+TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour (measured on
+TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
+TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
 PREP_VERSION = 18              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
@@ -327,7 +328,7 @@ def face_colors(crop: np.ndarray, lm: np.ndarray, face_width: float) -> np.ndarr
                          max(1, radius // 2))
     luminance = np.array([0.299, 0.587, 0.114])
     skin_y = max(float(skin @ luminance), 1.0)
-    teeth_y = min(max(TEETH_LIGHT * skin_y, TEETH_DARKEST), 235.0)
+    teeth_y = min(max(TEETH_LIGHT * skin_y, TEETH_DARKEST), TEETH_BRIGHTEST)
     ivory = np.array([1.017, 1.0, 0.949])                     # teeth are a little yellow
     teeth = teeth_y / skin_y * (skin_y + TEETH_CHROMA * (skin - skin_y)) * ivory
     inner = lm[60:68]

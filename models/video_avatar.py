@@ -843,21 +843,26 @@ def _undo(motion: np.ndarray) -> np.ndarray:
 def own_teeth(frames: Path, offsets: np.ndarray, landmarks: np.ndarray, motion: np.ndarray,
               ticks: np.ndarray, reference: Avatar) -> np.ndarray:
     """The teeth colour [3] the renderer paints an opening with: the person's own, from the
-    tick of `ticks` whose mouth is open widest (jaw_open > 0.1), as the mean of the whitest
-    15 % of the pixels between the inner lips (luminance minus saturation: the lips' edge
-    is as bright but redder); else the reference's (a shaded ivory from the light on
-    the face)."""
-    from skimage.draw import polygon
-
+    tick of `ticks` whose mouth is open widest (jaw_open > 0.1), by whitest_between_lips;
+    else the reference's (a shaded ivory from the light on the face)."""
     widest = int(ticks[np.argmax(motion[ticks, ms.index("jaw_open")])])
     if motion[widest, ms.index("jaw_open")] <= 0.1:
         return reference.colors[2].numpy()
     crop = _read_jpeg(frames, offsets, widest)
-    inner = landmarks[widest][60:68]
-    rows, cols = polygon(inner[:, 1], inner[:, 0], crop.shape[:2])
-    pixels = crop[rows, cols].astype(np.float64)
+    teeth = whitest_between_lips(crop, landmarks[widest][60:68])
+    return reference.colors[2].numpy() if teeth is None else teeth
+
+
+def whitest_between_lips(image: np.ndarray, inner: np.ndarray) -> np.ndarray | None:
+    """The mean colour [3] of the whitest 15 % of the pixels between the inner lips [8, 2]
+    (luminance minus saturation: the lips' edge is as bright but redder): the teeth, where
+    the lips part. None where they enclose fewer than 20 pixels."""
+    from skimage.draw import polygon
+
+    rows, cols = polygon(inner[:, 1], inner[:, 0], image.shape[:2])
+    pixels = image[rows, cols].astype(np.float64)
     if len(pixels) < 20:
-        return reference.colors[2].numpy()
+        return None
     luminance = pixels @ np.array([0.299, 0.587, 0.114]) / 255.0
     saturation = (pixels.max(1) - pixels.min(1)) / np.maximum(pixels.max(1), 1.0)
     white = luminance - saturation

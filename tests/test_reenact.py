@@ -204,12 +204,11 @@ def test_appearance_flags_what_passes_beside_the_face():
 
 def test_painted_teeth_have_the_colour_of_his_real_teeth(run):
     """His source frame's lips are closed, so the renderer makes up the teeth it paints into
-    an opening (models.avatar.face_colors); they have the colour of his real teeth: the
-    whitest 15 % between his inner lips on the frames where they part (how a recording's own
-    teeth are measured, models.video_avatar.own_teeth), not a bright white."""
-    from skimage.draw import polygon
-
+    an opening (models.avatar.face_colors); they have the colour of his real teeth on the
+    frames where his lips part, measured as a recording's own teeth are
+    (models.video_avatar.whitest_between_lips), not a bright white."""
     from models.avatar import face_colors
+    from models.video_avatar import whitest_between_lips
 
     out, _, _ = run
     fitted = np.load(out / "motion.npz")
@@ -217,17 +216,12 @@ def test_painted_teeth_have_the_colour_of_his_real_teeth(run):
     width = np.linalg.norm(lips[:, 16] - lips[:, 0], axis=1)
     opened = set(np.flatnonzero((lips[:, 66, 1] - lips[:, 62, 1]) / width > 0.05).tolist())
     assert len(opened) >= 10
-    whitest = []
-    for k, real in enumerate(reenact.read_lossless(out / "real.mkv")):
-        if k in opened:
-            rows, cols = polygon(lips[k, 60:68, 1], lips[k, 60:68, 0], real.shape[:2])
-            pixels = real[rows, cols].astype(np.float64)
-            white = (pixels @ [0.299, 0.587, 0.114] / 255
-                     - np.ptp(pixels, axis=1) / np.maximum(pixels.max(1), 1.0))
-            whitest.append(pixels[white >= np.percentile(white, 85)].mean(0))
+    whitest = [whitest_between_lips(real, lips[k, 60:68])
+               for k, real in enumerate(reenact.read_lossless(out / "real.mkv")) if k in opened]
+    his = np.mean([w for w in whitest if w is not None], 0)
     source = np.asarray(Image.open(out / "source.png").convert("RGB"))
     at_rest = fitted["avatar_landmarks"]
     _, _, teeth = face_colors(source, at_rest, np.linalg.norm(at_rest[16] - at_rest[0]))
-    error = np.abs(teeth - np.mean(whitest, 0)).mean()
-    print(f"painted teeth {teeth.round()}, his {np.mean(whitest, 0).round()}: {error:.1f}")
+    error = np.abs(teeth - his).mean()
+    print(f"painted teeth {teeth.round()}, his {his.round()}: {error:.1f}")
     assert error < 25.0
