@@ -32,7 +32,8 @@ LASH_BAND = (0.15, 0.6)  # range of the height of the lash band (margin and lash
                          #   slides down rigidly with the margin ...
 LASH_SHARE = 0.7         # ... and at most this share of the strip
 LOWER_LID_SKIN = 0.35    # the same for the rising lower lid
-MEET = 0.8               # where the shut lids meet, from the upper lid line (0..1)
+MEET = 0.9               # where the shut lids meet, from the upper lid line (0..1): the
+                         #   upper lid does the blink, the lower one rises a little
 LID_OVERSHOOT = 0.10     # a shut lid reaches this far past the lower lid line
 LID_RAMP = 0.6           # the shut lid turns into smooth skin over this part of it (0..1)
 LID_MIX = 0.5            # its tone shifts this far towards the skin below the eye (0..1)
