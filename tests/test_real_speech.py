@@ -3,7 +3,7 @@
 import numpy as np
 
 from models.audio_io import load_audio
-from train.real_speech import align, energy_envelope, pearson, pronunciation, reference_jaw
+from train.real_speech import align, energy_envelope, in_room, pearson, pronunciation, reference_jaw
 
 
 def test_alignment_of_a_real_recording():
@@ -102,3 +102,23 @@ def test_rendered_mouth_is_measured_on_the_frames():
     assert pearson(gaps, motion[:, ms.index("jaw_open")]) > 0.95
     assert gaps[4] - gaps[0] > 0.1           # (the default portrait smiles: lips apart at rest)
     assert abs(gaps[6] - gaps[0]) < 0.01 and abs(gaps[5] - gaps[2]) < 0.01
+
+
+def test_a_room_keeps_the_words_and_echoes_at_the_ratio_asked():
+    """`--room RT60 DRR`: the recording through a synthetic room whose direct sound is DRR dB
+    above its echo, the echo 60 dB down after RT60; the phones stay those of the dry sound."""
+    from train.augment import room_impulse
+
+    for drr in (10.0, 0.0):
+        ir = room_impulse(np.random.default_rng(0), 0.5, drr).astype(np.float64)
+        assert ir.size == 8000
+        assert abs(10 * np.log10(ir[0] ** 2 / np.sum(ir[1:] ** 2)) - drr) < 1e-3
+        tail = ir[1:] ** 2
+        assert np.sum(tail[-800:]) < 1e-4 * np.sum(tail[:800])     # the last 50 ms: < -40 dB
+    click = np.zeros(16000, np.float32)
+    click[8000] = 1.0
+    rec = {"name": "click", "audio": click, "phones": [("AA", 0.5, 0.6)]}
+    wet = in_room(rec, 0.5, 0.0)
+    assert wet["phones"] == rec["phones"] and wet["audio"].shape == click.shape
+    assert np.argmax(np.abs(wet["audio"])) == 8000             # the direct sound first
+    assert np.sum(wet["audio"][8001:] ** 2) > 0.4 * np.sum(wet["audio"] ** 2)   # DRR 0: half

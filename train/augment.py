@@ -28,15 +28,21 @@ from train.synth import RATE, _to_int16, copy_stats, write_shard
 TELEPHONE_BAND = (300.0, 3400.0)
 
 
-def room_impulse(rng: np.random.Generator, rt60: float) -> np.ndarray:
-    """A synthetic room impulse response at 16 kHz: direct path + decaying diffuse tail."""
+def room_impulse(rng: np.random.Generator, rt60: float,
+                 drr_db: float | None = None) -> np.ndarray:
+    """A synthetic room impulse response at 16 kHz: direct path + decaying diffuse tail.
+    drr_db: the direct sound's energy over the tail's (a microphone near the speaker: +10 dB;
+    as far as the echo is loud: 0 dB); None draws the tail's level, about -3 to -17 dB."""
     n = int(rt60 * RATE)
     t = np.arange(n) / RATE
     tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)      # -60 dB at rt60
     tail[: int(0.003 * RATE)] = 0.0                              # first reflections after 3 ms
     ir = np.zeros(n)
     ir[0] = 1.0
-    ir += tail * rng.uniform(0.05, 0.25)
+    if drr_db is None:
+        ir += tail * rng.uniform(0.05, 0.25)
+    else:
+        ir += tail * np.sqrt(10 ** (-drr_db / 10) / np.sum(tail ** 2))
     return (ir / np.sqrt(np.sum(ir ** 2))).astype(np.float32)
 
 

