@@ -32,7 +32,7 @@ def room_impulse(rng: np.random.Generator, rt60: float,
                  drr_db: float | None = None) -> np.ndarray:
     """A synthetic room impulse response at 16 kHz: direct path + decaying diffuse tail.
     drr_db: the direct sound's energy over the tail's (a microphone near the speaker: +10 dB;
-    as far as the echo is loud: 0 dB); None draws the tail's level, about -3 to -17 dB."""
+    as far as the echo is loud: 0 dB); None draws the tail's level, about +4 to -17 dB."""
     n = int(rt60 * RATE)
     t = np.arange(n) / RATE
     tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)      # -60 dB at rt60
