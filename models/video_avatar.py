@@ -16,7 +16,8 @@ generated. Preparation runs once per clip and is cached by the file's content ha
     turning points   ping-pong playback over the calmest PLAY_SECONDS of the range (the
                      least mouth activity), between two still ticks near its ends
     mouth at rest    each played tick whose mouth moved, with its mouth motion undone by the
-                     renderer and the nearest closed ticks' lips laid over it
+                     renderer (all but a smile held for a second or more: held_smile) and
+                     the nearest closed ticks' lips laid over it
                      (models.mouth_rest: a warp cannot close an open mouth), the window
                      around the mouth kept as JPEG beside the recording
     mouth fields     each played tick's own expression fields for the mouth at rest (stored,
@@ -29,7 +30,8 @@ Playback (VideoPlayback, one per session): session frame t shows the recorded ti
 there, so reversing is not seen as a jump), with its mouth at rest (VideoAvatar.shown). Its
 mouth is brought to the generated state: the tick's crop and landmarks become an Avatar
 (frame_avatar: its own expression fields, the reference's colours) rendered with a motion
-that changes only the mouth, by (generated - shown), its opening kept within the widest the
+that changes only the mouth, by (generated - shown; the held smile the tick keeps at rest
+stays, and the generated stretch of the lips adds to it), its opening kept within the widest the
 recording opens the mouth (models.mouth_reach). Where the two already agree the crop is
 shown as it is. With the head as recorded, only a window around the mouth is drawn
 (mouth_window) and pasted into the crop. Where the generated lips part, the opening is
@@ -117,6 +119,9 @@ LOWER_FACE = (*range(4, 13), 35, 33, 31)   # the jaw line and the nose's base: w
 SECOND_FACE = 0.6              # another face this large (share of the main face's width):
                                #   two people
 MOUTH = [ms.index(n) for n in ms.MOUTH]
+WIDE = ms.index("mouth_wide")
+SMILE_HOLD = 25                # ticks: mouth_wide held this long (its running median) is a
+                               #   smile, kept when the mouth is brought to rest (held_smile)
 POSE = [ms.index(n) for n in ms.POSE]
 HEAD_MOTION_STYLE = "video_head_motion"    # a session style control: see VideoPlayback
 MOUTH_FIELDS = [ms.EXPRESSION.index(ms.NAMES[i]) for i in MOUTH]   # their expression rows
@@ -128,7 +133,7 @@ WINDOW_REACH = 1.5             # face widths the window must span: the mouth fie
                                #   0.4 above and 0.65 below it (franck.mp4, full amplitude)
 WINDOW_DROP = 0.11             # the window's centre this far below the mouth's (face widths)
 WINDOW_FADE = 3                # coarse nodes over which the mouth fields fade out at its edges
-PREP_VERSION = 13              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 14              # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -383,7 +388,9 @@ class VideoPlayback:
         shown = [v.shown(tick) for tick in ticks]           # (crop, landmarks, mouth) each
         recorded = v.motion[ticks].copy()
         recorded[:, MOUTH] = [mouth for _, _, mouth in shown]
-        change = mouth_change(np.asarray(motion, np.float32), recorded)
+        target = np.array(motion, np.float32)       # the generated stretch on the held smile
+        target[:, WIDE] = np.clip(target[:, WIDE] + recorded[:, WIDE], ms.LOW[WIDE], ms.HIGH[WIDE])
+        change = mouth_change(target, recorded)
         change[:, POSE] = self.head_motion * np.asarray(motion, np.float32)[:, POSE]
         out = np.empty((len(motion), v.size, v.size, 3), np.uint8)
         # the head as recorded: only a window around the mouth changes
@@ -741,6 +748,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
                                        (len(played), 2, len(MOUTH), 2, *reference.flow.shape[-2:]))
     rest_landmarks = smoothed[played.start:played.stop].astype(np.float32)
     rest_mouth = motion[played.start:played.stop][:, MOUTH].astype(np.float32)
+    smile = held_smile(motion[:, WIDE])
     rest_offsets, rest_origins = [0], np.zeros((len(played), 2), np.int32)
     # the lips laid over each come from the closed ticks nearest in time (the light and the
     # lips' look drift over a recording), faded from one to the next; else the reference's
@@ -760,13 +768,14 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     def at_rest(tick: int) -> tuple[bytes, tuple[int, int], np.ndarray, np.ndarray]:
         """(the JPEG of the window around the tick's mouth at rest, or b"" where its mouth
         did not move; that window's origin; its landmarks at rest; its mouth fields)"""
-        if np.abs(motion[tick, MOUTH]).max() < UNCHANGED:
+        undone = _kept_smile(motion[tick], smile[tick])
+        if np.abs(undone[MOUTH]).max() < UNCHANGED:
             return b"", (0, 0), smoothed[tick], mouth_fields(smoothed[tick], size)
-        rest = landmarks_at_rest(smoothed[tick], motion[tick])
+        rest = landmarks_at_rest(smoothed[tick], undone)
         flow = mouth_fields(rest, size)
         window, origin = mouth_at_rest(reference, closed_lips(tick),
                                        _read_jpeg(work / "frames.jpg", offsets, tick),
-                                       smoothed[tick].astype(np.float32), motion[tick],
+                                       smoothed[tick].astype(np.float32), undone,
                                        rest, flow)
         return _jpeg(window), origin, rest, flow
 
@@ -779,6 +788,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
                 if data:
                     out.write(data)
                     rest_mouth[k] = 0.0
+                    rest_mouth[k, MOUTH.index(WIDE)] = smile[tick]
                 rest_offsets.append(out.tell())
                 if k % 25 == 0:
                     progress("the mouth at rest", 0.92 + 0.07 * k / len(played))
@@ -831,6 +841,26 @@ def landmarks_at_rest(landmarks: np.ndarray, motion: np.ndarray) -> np.ndarray:
     """A recorded tick's landmarks [68, 2] with its mouth motion (of motion [D]) undone and
     the inner lips touching: where mouth_at_rest puts them."""
     return closed_inner_lips(ms.landmarks(landmarks, _undo(motion)[0])).astype(np.float32)
+
+
+def held_smile(wide: np.ndarray) -> np.ndarray:
+    """The part of each tick's mouth_wide [T] its mouth keeps at rest [T]: a smile held for a
+    second or more (the running median over SMILE_HOLD ticks, never more than the tick's own,
+    never below 0). Speech's quick stretches and narrowings are undone with the rest of the
+    mouth; a held smile undone left its raised cheeks around lips pulled in to neutral (a
+    grimace: franck.mp4's laugh, its identity distance 0.40-0.46 raised to 0.47-0.51)."""
+    wide = np.asarray(wide, np.float64)
+    half = SMILE_HOLD // 2
+    padded = np.pad(wide, half, mode="edge")
+    running = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+    return np.clip(np.minimum(running, wide), 0.0, None).astype(np.float32)
+
+
+def _kept_smile(motion: np.ndarray, smile: float) -> np.ndarray:
+    """A tick's motion [D] less the held smile it keeps at rest: the mouth motion to undo."""
+    undone = np.array(motion, np.float32)
+    undone[WIDE] -= smile
+    return undone
 
 
 def _undo(motion: np.ndarray) -> np.ndarray:

@@ -21,11 +21,13 @@ from models import motion_space as ms
 from models.mouth_reach import MouthReach, face_gap
 from models.video_avatar import (
     MOUTH,
+    WIDE,
     WINDOW,
     VideoAvatarError,
     VideoLimits,
     VideoPlayback,
     frame_avatar,
+    held_smile,
     load_video_avatar,
     prepare_any_avatar,
     prepare_video_avatar,
@@ -203,9 +205,11 @@ def test_mouth_follows_the_generated_motion(franck):
     frame_of = {v.tick_at(k): k for k in range(2 * v.ticks)}
     index = np.array([frame_of[closed]])
     recorded, landmarks, mouth = v.shown(closed)            # its mouth at rest
-    # the motion it is shown with: the crop as it is, nothing rendered
+    # the motion it is shown with: the crop as it is, nothing rendered (the generated
+    # stretch of the lips adds to the smile the tick keeps at rest)
     wanted = v.motion[[closed]].copy()
     wanted[0, MOUTH] = mouth
+    wanted[0, WIDE] = 0.0
     same = playback.frames(Renderer(), index, wanted)
     np.testing.assert_array_equal(same[0], recorded)
     assert playback.rendered == 0
@@ -233,6 +237,7 @@ def test_generated_openings_stay_within_the_persons_reach(franck):
     recorded, landmarks, mouth = v.shown(tick)
     shown = v.motion[[tick]].copy()
     shown[0, MOUTH] = mouth
+    shown[0, WIDE] = 0.0                          # generated: on the smile kept at rest
     wanted = shown.copy()
     wanted[0, ms.index("jaw_open")] = 1.0
     playback, free = VideoPlayback(v), VideoPlayback(v)
@@ -295,7 +300,10 @@ def test_played_mouths_are_at_rest(franck):
     recorded = v.tick_crop(tick)
     assert mouth_gap(recorded) > 0.03, "the clip has no open mouth to close"
     crop, landmarks, mouth = v.shown(tick)
-    assert not mouth.any() and v.info["ticks_at_rest"] > len(played) // 2
+    kept = np.zeros(len(MOUTH), np.float32)                   # all undone but a held smile
+    kept[MOUTH.index(WIDE)] = held_smile(v.motion[:, WIDE])[tick]
+    np.testing.assert_array_equal(mouth, kept)
+    assert v.info["ticks_at_rest"] > len(played) // 2
     assert mouth_gap(crop) < 0.35 * mouth_gap(recorded)   # the warp alone: ~0.5 (dlib)
     k = tick - v.turns[0]
     x0, y0 = v.rest_origins[k]
@@ -311,6 +319,37 @@ def test_played_mouths_are_at_rest(franck):
     wanted[0, ms.index("jaw_open")] = 0.6
     opened = VideoPlayback(v).frames(Renderer(), np.array([frame_of[tick]]), wanted)[0]
     assert mouth_gap(opened) > mouth_gap(crop) + 0.04
+
+
+def test_a_held_smile_is_kept_at_rest(franck):
+    """The mouth brought to rest keeps a smile held for a second or more (held_smile: the
+    running median of mouth_wide; speech's quick stretches and narrowings are undone), so
+    franck's laugh at rest is a closed-lipped smile as wide as the recorded one (dlib: the
+    mouth corners' distance), not lips pulled in to neutral under raised cheeks."""
+    wide = np.zeros(100, np.float32)
+    wide[10:60] = 0.8                                         # a smile held 2 s
+    wide[70:75] = 0.6                                         # a stretch of 0.2 s
+    wide[80:90] = -0.3                                        # lips narrowed
+    wide[30] = 0.5                                            # a dip within the smile
+    held = held_smile(wide)
+    assert np.all(held[15:55][np.arange(40) != 15] == pytest.approx(0.8))
+    assert held[30] == pytest.approx(0.5)                     # never more than the tick's own
+    assert np.all(held[70:75] == 0) and np.all(held[80:90] == 0) and held[0] == 0
+
+    v = franck
+    played = np.arange(v.turns[0], v.turns[1] + 1)
+    smile = held_smile(v.motion[:, WIDE])
+    tick = int(played[np.argmax(smile[played])])
+    assert smile[tick] > 0.3, "the clip's first seconds have franck's laugh"
+    recorded = v.tick_crop(tick)
+    crop, _, _ = v.shown(tick)
+
+    def corners(image):
+        lm = face.detect_faces(image, landmarker="dlib")[0].landmarks
+        return np.linalg.norm(lm[54] - lm[48]) / np.linalg.norm(lm[16] - lm[0])
+
+    assert mouth_gap(recorded) > 0.03 and mouth_gap(crop) < 0.35 * mouth_gap(recorded)
+    assert corners(crop) > 0.99 * corners(recorded)   # (1.05; with the smile undone, 0.974)
 
 
 def test_closed_lips_come_from_the_nearest_closed_ticks():
