@@ -768,7 +768,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     def at_rest(tick: int) -> tuple[bytes, tuple[int, int], np.ndarray, np.ndarray]:
         """(the JPEG of the window around the tick's mouth at rest, or b"" where its mouth
         did not move; that window's origin; its landmarks at rest; its mouth fields)"""
-        undone = _kept_smile(motion[tick], smile[tick])
+        undone = _to_undo(motion[tick], smile[tick])
         if np.abs(undone[MOUTH]).max() < UNCHANGED:
             return b"", (0, 0), smoothed[tick], mouth_fields(smoothed[tick], size)
         rest = landmarks_at_rest(smoothed[tick], undone)
@@ -856,7 +856,7 @@ def held_smile(wide: np.ndarray) -> np.ndarray:
     return np.clip(np.minimum(running, wide), 0.0, None).astype(np.float32)
 
 
-def _kept_smile(motion: np.ndarray, smile: float) -> np.ndarray:
+def _to_undo(motion: np.ndarray, smile: float) -> np.ndarray:
     """A tick's motion [D] less the held smile it keeps at rest: the mouth motion to undo."""
     undone = np.array(motion, np.float32)
     undone[WIDE] -= smile
