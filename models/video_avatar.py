@@ -14,7 +14,8 @@ generated. Preparation runs once per clip and is cached by the file's content ha
                      and its full Avatar (models.avatar.build_avatar)
     motion           every tick's motion against the reference (fit_clip_motion)
     turning points   ping-pong playback over the calmest PLAY_SECONDS of the range (the
-                     least mouth activity), between two still ticks near its ends
+                     least mouth activity; a laugh in it left out where that leaves at
+                     least half), between two still ticks near its ends
     mouth at rest    each played tick whose mouth moved, with its mouth motion undone by the
                      renderer (all but a smile held for a second or more: held_smile) and
                      the nearest closed ticks' lips laid over it
@@ -120,6 +121,8 @@ SECOND_FACE = 0.6              # another face this large (share of the main face
                                #   two people
 MOUTH = [ms.index(n) for n in ms.MOUTH]
 WIDE = ms.index("mouth_wide")
+LAUGH = 0.6                    # a held smile (held_smile) this broad is a laugh: playback
+LAUGH_KEEP = 0.5               #   keeps out of it where that leaves this share of the range
 SMILE_HOLD = 25                # ticks: mouth_wide held this long (its running median) is a
                                #   smile, kept when the mouth is brought to rest (held_smile)
 POSE = [ms.index(n) for n in ms.POSE]
@@ -133,7 +136,7 @@ WINDOW_REACH = 1.5             # face widths the window must span: the mouth fie
                                #   0.4 above and 0.65 below it (franck.mp4, full amplitude)
 WINDOW_DROP = 0.11             # the window's centre this far below the mouth's (face widths)
 WINDOW_FADE = 3                # coarse nodes over which the mouth fields fade out at its edges
-PREP_VERSION = 14              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 16              # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):
@@ -498,6 +501,22 @@ def turning_points(measures: dict, start: int, stop: int) -> tuple[int, int]:
     return start + a, start + b
 
 
+def without_laughs(smile: np.ndarray, start: int, stop: int) -> tuple[int, int]:
+    """The longest stretch of [start, stop) with no laugh in it (a held smile, smile [T] from
+    held_smile, of LAUGH or more, and SMILE_HOLD / 2 ticks either side, where it builds up and
+    fades), or all of [start, stop) when that would keep less than LAUGH_KEEP of it. A laugh
+    played under a generated mouth is a laughing face that speaks: its eyes and cheeks stay
+    while the mouth says something else (franck.mp4 laughs for 3 s at the start of his first
+    20 s, the farthest frames from him by a face recognition network)."""
+    laughing = np.zeros(stop - start, bool)
+    for k in np.flatnonzero(smile[start:stop] >= LAUGH):
+        laughing[max(k - SMILE_HOLD // 2, 0): k + SMILE_HOLD // 2 + 1] = True
+    a, b = longest_run(np.where(laughing, LOST, 0), np.zeros(len(laughing), int))
+    if b - a < LAUGH_KEEP * (stop - start):
+        return start, stop
+    return start + a, start + b
+
+
 def calmest(motion: np.ndarray, start: int, stop: int) -> tuple[int, int]:
     """The stretch of PLAY_SECONDS (or all of [start, stop) if shorter) whose mouth is
     calmest: the least mean |mouth parameters| of the fitted motion [T, D] (the reference
@@ -729,7 +748,8 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
     bank = build_bank((_read_jpeg(work / "frames.jpg", offsets, t) for t in banked),
                       landmarks[banked])
     smoothed = _smooth_landmarks(landmarks)
-    turns = turning_points(measures, *calmest(motion, *play))
+    smile = held_smile(motion[:, WIDE])
+    turns = turning_points(measures, *without_laughs(smile, *calmest(motion, *play)))
     info = {
         "clip": path.name, "size": size, "width": clip.width, "height": clip.height,
         "fps": clip.fps, "duration_s": round(float(clip.duration), 2),
@@ -748,7 +768,6 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
                                        (len(played), 2, len(MOUTH), 2, *reference.flow.shape[-2:]))
     rest_landmarks = smoothed[played.start:played.stop].astype(np.float32)
     rest_mouth = motion[played.start:played.stop][:, MOUTH].astype(np.float32)
-    smile = held_smile(motion[:, WIDE])
     rest_offsets, rest_origins = [0], np.zeros((len(played), 2), np.int32)
     # the lips laid over each come from the closed ticks nearest in time (the light and the
     # lips' look drift over a recording), faded from one to the next; else the reference's

@@ -32,6 +32,7 @@ from models.video_avatar import (
     prepare_any_avatar,
     prepare_video_avatar,
     video_cache_dir,
+    without_laughs,
 )
 
 SIZE = 256
@@ -350,6 +351,23 @@ def test_a_held_smile_is_kept_at_rest(franck):
 
     assert mouth_gap(recorded) > 0.03 and mouth_gap(crop) < 0.35 * mouth_gap(recorded)
     assert corners(crop) > 0.99 * corners(recorded)   # (1.05; with the smile undone, 0.974)
+
+
+def test_a_laugh_stays_out_of_playback():
+    """Playback keeps to the longest stretch without a laugh (a smile held at LAUGH or more,
+    with SMILE_HOLD / 2 ticks either side) when that leaves at least half of the range; a
+    person who laughs through most of it keeps all of it."""
+    smile = np.zeros(500, np.float32)
+    smile[30:100] = 0.9                                       # a 3 s laugh near the start
+    smile[200:210] = 0.4                                      # a smile: not a laugh
+    assert without_laughs(smile, 0, 500) == (112, 500)
+    assert without_laughs(smile, 50, 400) == (112, 400)
+    smile[470:480] = 0.7                                      # a short one near the end
+    assert without_laughs(smile, 0, 500) == (112, 458)
+    assert without_laughs(smile, 0, 150) == (0, 150)          # 38 of 150 ticks: keep all
+    laughing = np.full(500, 0.8, np.float32)
+    laughing[200:300] = 0.0
+    assert without_laughs(laughing, 0, 500) == (0, 500)
 
 
 def test_closed_lips_come_from_the_nearest_closed_ticks():
