@@ -55,7 +55,7 @@ KILLED_CHILDREN, KILLED_EACH = 3, 2
 KINDS = ("clean", "no goodbye", "never connects", "websocket", "headless", "headless vanishes")
 THREAD_SLACK = 4             # executor threads are made on demand, up to cores + 4
 FD_SLACK = 20
-RSS_SLACK_MB = 80
+RSS_SLACK_MB = 120
 RSS_HALF_SLACK_MB = 45
 
 
@@ -274,8 +274,10 @@ def test_churn_200_sessions(churn_server):
     # Memory, read with no session live. The allocator's high-water mark follows the most
     # sessions live at once (a CI run whose warm-up peaked lower grew 216 MB, level over its
     # second half); the warm-up holds the server's maximum, so from the baseline on a measured
-    # run moved by -9 MB (+25 MB at the middle). A leak of 0.5 MB a session (a few seconds of
-    # one session's audio and frames) would fail the whole run's bound and its second half's.
+    # run moved by -9 MB (+25 MB at the middle). In the whole suite on a loaded 2-core machine
+    # the mark still rose 81 MB over the first 60 sessions after it and fell 27 MB over the
+    # second half: the second half's bound is the leak check. A leak of 0.6 MB a session (a
+    # few seconds of one session's audio and frames) would fail both bounds.
     assert after["rss_mb"] - base["rss_mb"] < RSS_SLACK_MB, result
     assert after["rss_mb"] - middle["rss_mb"] < RSS_HALF_SLACK_MB, result
 
