@@ -8,7 +8,8 @@ For every output pixel x of frame n (models/render.py `compose` is the torch ref
     colour = plate(x) + (colour - plate(x)) * bilinear(matte, x + d)
                                                         ...the person over the still plate
     eyes   in each eye's window: eyelid and gaze (models/eyes.py) move the sampling point,
-           the shut lid blends to smooth skin (smooth image), the lash line darkens
+           the shut lid blends to smooth skin (smooth image), its lashes hang below the
+           margin, the lash line darkens
     mouth  in the mouth's window: cavity, teeth and tongue (models/mouth.py) over the colour,
            by how far the lips part
     out    = colour rounded to uint8 [N, S, S, 3] (or float, for tests)
@@ -143,8 +144,9 @@ def _eye(image, smooth, offset, p, top_table, bottom_table, x, y, size, coarse,
     on_lid = _sigmoid((margin - v) / edge)
     ramp = _clamp01(t / tl.load(p + 25))
     in_band = _clamp01((v - margin + lash_band) / (tl.load(p + 29) * lash_band + 1e-3) + 0.5)
+    closing = tl.load(p + 30)
     smoothing = (tl.minimum(closed / tl.load(p + 26), 1.0) * _smoothstep(ramp)
-                 * (1.0 - in_band))
+                 * (1.0 - in_band * (1.0 - closing)))
     lid_weight = on_lid * tl.where(on_strip, smoothing, 0.0)
     rise = bottom - margin_below
     t_below = _clamp01((bottom + skin_below - v) / (rise + skin_below))
@@ -157,12 +159,18 @@ def _eye(image, smooth, offset, p, top_table, bottom_table, x, y, size, coarse,
     down = tl.load(p + 20) * across * visible
     shift_v = lid_shift * on_lid + below_shift * on_lower_lid + down
 
+    # the lashes of a closing lid hang below the margin, mirrored
+    hang_at = (v - margin) / lash_band
+    hanging = closing * _sigmoid((v - margin) / edge) * _clamp01(1.0 - hang_at)
+    hang = top - _clamp01(hang_at) * lash_band - v
+
     # the lash line of a closing lid
     lash = tl.load(p + 21)
     band = tl.exp(-((v - margin + 0.5 * lash) / lash) * ((v - margin + 0.5 * lash) / lash))
     darken = tl.load(p + 22) * band * _clamp01(opening / tl.load(p + 23))
 
-    # sample: the eye where it looks, the smooth skin above the lid strip and below the eye
+    # sample: the eye where it looks, the smooth skin above the lid strip and below the eye,
+    # the hanging lashes
     wx = x + along * ax + shift_v * nx
     wy = y + along * ay + shift_v * ny
     ddx, ddy = _displacement(offset, wx, wy, size, coarse)
@@ -177,11 +185,18 @@ def _eye(image, smooth, offset, p, top_table, bottom_table, x, y, size, coarse,
     wy = y + below * ny
     ddx, ddy = _displacement(offset, wx, wy, size, coarse)
     r_lo, g_lo, b_lo = _rgb(smooth, wx + ddx, wy + ddy, size)
+    wx = x + hang * nx
+    wy = y + hang * ny
+    ddx, ddy = _displacement(offset, wx, wy, size, coarse)
+    r_la, g_la, b_la = _rgb(image, wx + ddx, wy + ddy, size)
     mix = tl.load(p + 27) * t
+    r = r + (r_up + (r_lo - r_up) * mix - r) * lid_weight
+    g = g + (g_up + (g_lo - g_up) * mix - g) * lid_weight
+    b = b + (b_up + (b_lo - b_up) * mix - b) * lid_weight
     keep = 1.0 - darken
-    r = (r + (r_up + (r_lo - r_up) * mix - r) * lid_weight) * keep
-    g = (g + (g_up + (g_lo - g_up) * mix - g) * lid_weight) * keep
-    b = (b + (b_up + (b_lo - b_up) * mix - b) * lid_weight) * keep
+    r = (r + (tl.minimum(r, r_la) - r) * hanging) * keep
+    g = (g + (tl.minimum(g, g_la) - g) * hanging) * keep
+    b = (b + (tl.minimum(b, b_la) - b) * hanging) * keep
     return r, g, b
 
 

@@ -23,7 +23,8 @@ EYE_FIELDS = WINDOW + (
     "gaze_along", "gaze_down",         # iris travel, pixels
     "lash", "lash_dark", "open_full",  # lash band width, its darkness, a full opening
     "edge", "lid_ramp", "lid_max_closed", "lid_mix",          # models/eyes.py constants
-    "lash_band", "band_fade")          # pixels; a constant
+    "lash_band", "band_fade",          # pixels; a constant
+    "closing")                         # 0 open .. 1 shut: the lashes fold and hang
 MOUTH_FIELDS = WINDOW + (
     "face_size", "start", "stop",      # pixels per face width; span of the lip tables
     "arch_centre", "arch_width", "lip_line", "upper_show", "arch_dip", "jaw_line",

@@ -7,10 +7,13 @@ slides down rigidly with the margin: the lashes go with the lid, unstretched, an
 stays behind where the open eye had it. The rest of the strip stretches smoothly to follow
 and is blended into smooth skin tone (taken above the lid and below the eye from a blurred
 copy of the portrait), so a shut lid reads as skin, not streaks; the eyeball below stays
-unsquashed until it is covered, and a darker lash line marks the margin. Gaze slides the
-eyeball's texture inside the visible opening, most in the middle, none at the corners.
-Everything is an offset added to the output position before the warp's backward map is
-looked up, plus colour weights.
+unsquashed until it is covered, and a darker lash line marks the margin. As the lid shuts,
+its lashes turn to hang down: the band above the margin turns to lid skin too, and the band
+is drawn again below the margin, mirrored (its roots at the margin, its tips as far below it
+as they reached above), where it is darker than what lies there. Gaze slides the eyeball's
+texture inside the visible opening, most in the middle, none at the corners. Everything is
+an offset added to the output position before the warp's backward map is looked up, plus
+colour weights.
 """
 
 from dataclasses import dataclass
@@ -57,6 +60,8 @@ class EyeLook:
     lid_above: torch.Tensor    # where the lid's skin tone is sampled: above the lid...
     lid_below: torch.Tensor    # ...and below the eye, output pixels
     lid_mix: torch.Tensor      # 0..1, weight of the tone below the eye
+    lashes: torch.Tensor       # where the lashes hanging below the margin are sampled
+    hanging: torch.Tensor      # 0..1, how much those lashes show (where darker)
 
 
 def eyelid(points: torch.Tensor, eye: torch.Tensor, blink: torch.Tensor, gaze: torch.Tensor,
@@ -93,11 +98,12 @@ def eyelid(points: torch.Tensor, eye: torch.Tensor, blink: torch.Tensor, gaze: t
     on_strip = v > top - skin
     lid_shift = -slide * t * t * (3.0 - 2.0 * t)
     closed = slide / (slide + skin)                                        # 0 open .. ~0.6 shut
+    closing = torch.clamp((blink - 0.15) / 0.6, 0.0, 1.0)                 # 0 open .. 1 shut
     on_lid = torch.sigmoid((margin - v) / EDGE)
     ramp = torch.clamp(t / LID_RAMP, 0.0, 1.0)                            # sharp at the lid's top
     in_band = torch.clamp((v - margin + band) / (BAND_FADE * band + 1e-3) + 0.5, 0.0, 1.0)
     smoothing = (torch.clamp(closed / LID_MAX_CLOSED, max=1.0) * ramp * ramp * (3 - 2 * ramp)
-                 * (1.0 - in_band))
+                 * (1.0 - in_band * (1.0 - closing)))                      # the band folds away
     lid_weight = on_lid * torch.where(on_strip, smoothing, torch.zeros_like(v))
     rise = bottom - margin_below
     skin_below = LOWER_LID_SKIN * hw
@@ -112,16 +118,22 @@ def eyelid(points: torch.Tensor, eye: torch.Tensor, blink: torch.Tensor, gaze: t
     shift_v = lid_shift * on_lid + below_shift * on_lower_lid + down
     offset = along[..., None] * axis[:, None, :] + shift_v[..., None] * normal[:, None, :]
 
+    # The lashes of a shutting lid hang below its margin (the band above it folds into lid
+    # skin, above): a pixel s of the band below the margin shows the open eye's band s above
+    # its lid, the lashes s of the way from root to tip.
+    s = (v - margin) / band
+    hanging = closing * torch.sigmoid((v - margin) / EDGE) * torch.clamp(1.0 - s, 0.0, 1.0)
+    lashes = (top - torch.clamp(s, 0.0, 1.0) * band - v)[..., None] * normal[:, None, :]
+
     # A darker lash line along the margin of a closing lid.
     lash = torch.clamp(LASH_WIDTH * hw, min=0.6)
-    closing = torch.clamp((blink - 0.15) / 0.6, 0.0, 1.0)
-    band = torch.exp(-(((v - margin + 0.5 * lash) / lash) ** 2))
-    darken = LASH_DARKEN * closing * band * torch.clamp(opening / (0.15 * hw), 0, 1)
+    line = torch.exp(-(((v - margin + 0.5 * lash) / lash) ** 2))
+    darken = LASH_DARKEN * closing * line * torch.clamp(opening / (0.15 * hw), 0, 1)
 
     # The shut lid's skin tone: between the skin above the strip and below the eye.
     above = (top - skin - v)[..., None] * normal[:, None, :]
     below = (bottom + LID_BELOW * hw - v)[..., None] * normal[:, None, :]
-    return EyeLook(offset, darken, lid_weight, above, below, LID_MIX * t)
+    return EyeLook(offset, darken, lid_weight, above, below, LID_MIX * t, lashes, hanging)
 
 
 def lid_skin_heights(image: np.ndarray, landmarks: np.ndarray, skin: np.ndarray) -> np.ndarray:

@@ -172,15 +172,17 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
         points, index = _window(eye_window_centre(eye, face_width, scale), height, width, size)
         look = eyelid(points, eye, expression[:, _BLINKS[side], None], gaze, lid_skin[side])
         # sample the portrait where the eye looks, the smooth skin above the lid and below
-        # the eye, all in one lookup: [N, 3P, 2]
+        # the eye, and the lashes hanging from a shut lid, all in one lookup: [N, 4P, 2]
         wanted = torch.cat([points + look.shift, points + look.lid_above,
-                            points + look.lid_below], 1)
+                            points + look.lid_below, points + look.lashes], 1)
         at = wanted + warp.sample(offset, wanted, size).permute(0, 2, 1)
-        color = warp.sample(textures, at, size)                            # [N, 6, 3P]
+        color = warp.sample(textures, at, size)                            # [N, 6, 4P]
         p = points.shape[1]
-        sharp = color[:, :3, :p]
-        tone = mix(color[:, 3:, p:2 * p], color[:, 3:, 2 * p:], look.lid_mix[:, None])
-        color = mix(sharp, tone, look.lid[:, None]) * (1.0 - look.darken[:, None])
+        sharp, hanging = color[:, :3, :p], color[:, :3, 3 * p:]
+        tone = mix(color[:, 3:, p:2 * p], color[:, 3:, 2 * p:3 * p], look.lid_mix[:, None])
+        color = mix(sharp, tone, look.lid[:, None])
+        lashes = torch.minimum(color, hanging)                             # darker only
+        color = mix(color, lashes, look.hanging[:, None]) * (1.0 - look.darken[:, None])
         color = color.permute(1, 0, 2).reshape(3, -1)
         frame.scatter_(1, index.reshape(1, -1).expand(3, -1), color)
 

@@ -75,7 +75,7 @@ def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size, frame_size):
         lash=torch.clamp(eyes.LASH_WIDTH * half, min=0.6), lash_dark=eyes.LASH_DARKEN * closing,
         open_full=0.15 * half, edge=eyes.EDGE, lid_ramp=eyes.LID_RAMP,
         lid_max_closed=eyes.LID_MAX_CLOSED, lid_mix=eyes.LID_MIX, lash_band=lid_skin[1] * half,
-        band_fade=eyes.BAND_FADE)
+        band_fade=eyes.BAND_FADE, closing=closing)
     return _pack(fields, EYE_FIELDS, eye.shape[0], half), torch.stack([top, bottom], 1)
 
 
