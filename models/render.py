@@ -164,22 +164,22 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
     frame = (still + (person - still) * alpha).reshape(3, n * size * size)  # planar
 
     # Eyes: sample again with lid and gaze offsets, darken the closing lid margin.
-    textures = torch.cat([image, smooth_image])[None]                      # [1, 6, S, S]
     height, width = window_size(frame_size, EYE_WINDOW)
     gaze = take(expression, (_E["gaze_x"], _E["gaze_y"]))
     for side in range(2):
         eye = eye_points[:, side * 6:(side + 1) * 6]
         points, index = _window(eye_window_centre(eye, face_width, scale), height, width, size)
         look = eyelid(points, eye, expression[:, _BLINKS[side], None], gaze, lid_skin[side])
-        # sample the portrait where the eye looks, the smooth skin above the lid and below
-        # the eye, and the lashes hanging from a shut lid, all in one lookup: [N, 4P, 2]
-        wanted = torch.cat([points + look.shift, points + look.lid_above,
-                            points + look.lid_below, points + look.lashes], 1)
-        at = wanted + warp.sample(offset, wanted, size).permute(0, 2, 1)
-        color = warp.sample(textures, at, size)                            # [N, 6, 4P]
+        # the portrait where the eye looks and the lashes hanging from a shut lid, the smooth
+        # skin above the lid and below the eye: [N, 4P, 2] warped in one lookup, then two
         p = points.shape[1]
-        sharp, hanging = color[:, :3, :p], color[:, :3, 3 * p:]
-        tone = mix(color[:, 3:, p:2 * p], color[:, 3:, 2 * p:3 * p], look.lid_mix[:, None])
+        wanted = torch.cat([points + look.shift, points + look.lashes,
+                            points + look.lid_above, points + look.lid_below], 1)
+        at = wanted + warp.sample(offset, wanted, size).permute(0, 2, 1)
+        portrait = warp.sample(image[None], at[:, :2 * p], size)          # [N, 3, 2P]
+        skin = warp.sample(smooth_image[None], at[:, 2 * p:], size)       # [N, 3, 2P]
+        sharp, hanging = portrait[..., :p], portrait[..., p:]
+        tone = mix(skin[..., :p], skin[..., p:], look.lid_mix[:, None])
         color = mix(sharp, tone, look.lid[:, None])
         lashes = torch.minimum(color, hanging)                             # darker only
         color = mix(color, lashes, look.hanging[:, None]) * (1.0 - look.darken[:, None])
