@@ -485,6 +485,11 @@ def longest_run(status: np.ndarray, track: np.ndarray) -> tuple[int, int]:
     return best
 
 
+def longest_without(mask: np.ndarray) -> tuple[int, int]:
+    """[start, stop) of the longest run of ticks where mask [T] (bool) is False."""
+    return longest_run(np.where(mask, LOST, 0), np.zeros(len(mask), int))
+
+
 def turning_points(measures: dict, start: int, stop: int) -> tuple[int, int]:
     """Two ticks of the run [start, stop) to play back and forth between: in its first and
     last TURN_SEARCH, where the face is stillest with its eyes open (a turn in mid blink or
@@ -511,7 +516,7 @@ def without_laughs(smile: np.ndarray, start: int, stop: int) -> tuple[int, int]:
     laughing = np.zeros(stop - start, bool)
     for k in np.flatnonzero(smile[start:stop] >= LAUGH):
         laughing[max(k - SMILE_HOLD // 2, 0): k + SMILE_HOLD // 2 + 1] = True
-    a, b = longest_run(np.where(laughing, LOST, 0), np.zeros(len(laughing), int))
+    a, b = longest_without(laughing)
     if b - a < LAUGH_KEEP * (stop - start):
         return start, stop
     return start + a, start + b
@@ -720,7 +725,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
 
     # 3. playback stays where no hand hides the mouth
     hidden = hidden_mouths(shares, looked)
-    play = longest_run(np.where(hidden, LOST, 0), np.zeros(len(hidden), int))
+    play = longest_without(hidden)
     if (play[1] - play[0]) / FPS < limits.min_seconds:
         raise VideoAvatarError(
             f"a hand covers the mouth too often: the longest stretch without is "
