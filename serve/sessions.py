@@ -211,11 +211,14 @@ class Server:
         live.closed = True
         self.sessions.pop(live.id, None)
         self.metrics.count("sessions_ended_total")
-        log.info("session %s ended: %s; %d live", live.label, reason, len(self.sessions))
         try:
             self.collect(live)
         except Exception:
             log.exception("final metrics of session %s", live.label)
+        p, s = live.clock.player.stats, live.session.stats
+        log.info("session %s ended: %s; %d live (frames shown %d, repeated %d, skipped %d, "
+                 "not rendered late %d in %d catch-ups)", live.label, reason,
+                 len(self.sessions), p.shown, p.repeated, p.skipped, s.late_frames, s.catch_ups)
         live.clock.end_tracks()
         for task in live.tasks:
             task.cancel()
@@ -361,11 +364,29 @@ def join_session_threads(timeout: float) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name in SESSION_THREADS and t.is_alive()]
 
 
+def raise_media_path() -> bool:
+    """Put this thread (the event loop's) and the threads it starts from now on (media
+    clocks, encoders, the executor's) COMPUTE_NICE above its nice, so that the sessions'
+    compute (at_lower_priority) lands at the machine's usual nice: below the media path as
+    before, but level with other busy processes instead of below every one of them (beside
+    three busy processes 2 % of the slots showed a fresh picture; benchmarks/RESULTS.md).
+    Needs CAP_SYS_NICE (root; `docker run --cap-add SYS_NICE`) or an RLIMIT_NICE that allows
+    it; without, nothing changes (False). Call it after the engine's thread pools exist:
+    they are compute and keep the nice they were made with."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) - COMPUTE_NICE)
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def at_lower_priority(make):
     """make() in a fresh thread that first lowers its own priority (nice + COMPUTE_NICE): the
     threads it starts, a session's motion and render workers, inherit that priority. When
     the CPU is short, the media clocks and the network (event loop, encoders) come first:
-    pictures may repeat, but sound and pacing go on."""
+    pictures may repeat, but sound and pacing go on. (server.py raises the media path first
+    where it may, so that the compute lands at the usual nice: raise_media_path.)"""
     result = {}
 
     def run():

@@ -249,10 +249,10 @@ def test_microphone_sound_stays_whole_under_load(server):
     catch up). The sender clock's figure is reported beside it: it adds the loaded server's
     send jitter, which the receiver's jitter buffer takes out. (The session is
     benchmarks/overload_sound.py's.)"""
-    from benchmarks.overload_sound import one_session
+    from benchmarks.overload_sound import one_run
 
     clip = speech_clip(("Front_Center", "Rear_Right"))
-    result = {"busy_processes": BUSY_PROCESSES} | one_session(server.url, clip, BUSY_PROCESSES)
+    result = {"busy_processes": BUSY_PROCESSES} | one_run(server.url, clip, BUSY_PROCESSES)
     report("microphone_under_load", result)
     for row in result["utterances"]:
         assert row["corr_media"] >= 0.95, f"an utterance's sound was cut or skipped: {result}"

@@ -120,3 +120,40 @@ def test_metrics_are_prometheus_text():
     assert 'talking_head_latency_seconds_bucket{le="+Inf"} 2' in lines
     assert "talking_head_render_latency_seconds_count 1" in lines
     assert "# TYPE talking_head_latency_seconds histogram" in lines
+
+
+def test_compute_runs_below_the_media_path_and_level_with_other_processes():
+    """The media path (the thread that raises itself, and the threads it starts) goes
+    COMPUTE_NICE above the usual nice where the process may (root, CAP_SYS_NICE), so that
+    the sessions' compute threads (at_lower_priority) land at the usual nice: below the
+    media path, level with other busy processes. Where it may not, the compute goes below
+    instead, as before. Run in a thread of its own: pytest's keeps its nice."""
+    import os
+    import threading
+
+    from serve.preparation import COMPUTE_NICE
+    from serve.sessions import at_lower_priority, raise_media_path
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen = {}
+
+    def media_path():
+        seen["usual"] = nice()
+        seen["raised"] = raise_media_path()
+        seen["media"] = nice()
+        seen["compute"] = at_lower_priority(nice)
+        started = threading.Thread(target=lambda: seen.setdefault("clock", nice()))
+        started.start()
+        started.join()
+
+    thread = threading.Thread(target=media_path)
+    thread.start()
+    thread.join()
+    usual = seen["usual"]
+    if seen["raised"]:
+        assert (seen["media"], seen["clock"], seen["compute"]) == (
+            usual - COMPUTE_NICE, usual - COMPUTE_NICE, usual), seen
+    else:
+        assert (seen["media"], seen["compute"]) == (usual, usual + COMPUTE_NICE), seen
