@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         use_loopback_for_media()
     if not raise_media_path():
         print("note: the media path could not be raised above other processes (needs "
-              "CAP_SYS_NICE): the sessions' compute runs below every busy process on this "
-              "machine, and pictures may freeze beside one", flush=True)
+              "CAP_SYS_NICE: root, or docker run --cap-add SYS_NICE), so the sessions' compute "
+              "runs below every busy process on this machine: pictures may freeze beside one",
+              flush=True)
     print(f"serving http://{args.host}:{args.port} ({server.engine.name} engine, {args.size} px, "
           f"up to {limits.max_sessions} sessions)", flush=True)
     if made_token:
