@@ -45,7 +45,7 @@ from aiohttp import web
 from serve.http import QuietBadHttp
 from serve.limits import Limits, check_limits, limit_flags
 from serve.routes import make_app
-from serve.sessions import SESSION_THREADS, raise_media_path
+from serve.sessions import NOT_RAISED, SESSION_THREADS, raise_media_path
 from serve.startup import STARTUP_ERRORS, build_server
 from stream.engine import DEFAULT_CHECKPOINT, ENGINES
 from stream.webrtc import is_loopback, use_loopback_for_media
@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if loopback:
         use_loopback_for_media()
     if not raise_media_path():
-        print("note: the media path could not be raised above other processes (needs "
-              "CAP_SYS_NICE: root, or docker run --cap-add SYS_NICE), so the sessions' compute "
-              "runs below every busy process on this machine: pictures may freeze beside one",
-              flush=True)
+        print(NOT_RAISED, flush=True)
     print(f"serving http://{args.host}:{args.port} ({server.engine.name} engine, {args.size} px, "
           f"up to {limits.max_sessions} sessions)", flush=True)
     if made_token:

@@ -364,6 +364,12 @@ def join_session_threads(timeout: float) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name in SESSION_THREADS and t.is_alive()]
 
 
+NOT_RAISED = ("note: the media path could not be raised above other processes (needs "
+              "CAP_SYS_NICE: root, or docker run --cap-add SYS_NICE), so the sessions' compute "
+              "runs below every busy process on this machine: pictures may freeze beside one")
+_media_nice: int | None = None       # the raised media path's nice (raise_media_path)
+
+
 def raise_media_path() -> bool:
     """Put this thread (the event loop's) and the threads it starts from now on (media
     clocks, encoders, the executor's) COMPUTE_NICE above its nice, so that the sessions'
@@ -371,13 +377,16 @@ def raise_media_path() -> bool:
     before, but level with other busy processes instead of below every one of them (beside
     three busy processes 2 % of the slots showed a fresh picture; benchmarks/RESULTS.md).
     Needs CAP_SYS_NICE (root; `docker run --cap-add SYS_NICE`) or an RLIMIT_NICE that allows
-    it; without, nothing changes (False). Call it after the engine's thread pools exist:
-    they are compute and keep the nice they were made with."""
+    it; without, nothing changes (False: say NOT_RAISED). Call it after the engine's thread
+    pools exist: they are compute and keep the nice they were made with."""
+    global _media_nice
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) - COMPUTE_NICE)
+        nice = os.getpriority(os.PRIO_PROCESS, tid) - COMPUTE_NICE
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
     except (AttributeError, OSError):
         return False
+    _media_nice = nice
     return True
 
 
@@ -385,15 +394,15 @@ def at_lower_priority(make):
     """make() in a fresh thread that first lowers its own priority (nice + COMPUTE_NICE): the
     threads it starts, a session's motion and render workers, inherit that priority. When
     the CPU is short, the media clocks and the network (event loop, encoders) come first:
-    pictures may repeat, but sound and pacing go on. (server.py raises the media path first
-    where it may, so that the compute lands at the usual nice: raise_media_path.)"""
+    pictures may repeat, but sound and pacing go on. Where the media path was raised
+    (raise_media_path), COMPUTE_NICE below that, whichever thread calls: the usual nice."""
     result = {}
 
     def run():
         try:
             tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid)
-                           + COMPUTE_NICE)
+            base = os.getpriority(os.PRIO_PROCESS, tid) if _media_nice is None else _media_nice
+            os.setpriority(os.PRIO_PROCESS, tid, base + COMPUTE_NICE)
         except (AttributeError, OSError):          # not Linux: same priority, still works
             pass
         try:
