@@ -215,10 +215,11 @@ class Server:
             self.collect(live)
         except Exception:
             log.exception("final metrics of session %s", live.label)
-        p, s = live.clock.player.stats, live.session.stats
+        player, stats = live.clock.player.stats, live.session.stats
         log.info("session %s ended: %s; %d live (frames shown %d, repeated %d, skipped %d, "
                  "not rendered late %d in %d catch-ups)", live.label, reason,
-                 len(self.sessions), p.shown, p.repeated, p.skipped, s.late_frames, s.catch_ups)
+                 len(self.sessions), player.shown, player.repeated, player.skipped,
+                 stats.late_frames, stats.catch_ups)
         live.clock.end_tracks()
         for task in live.tasks:
             task.cancel()
@@ -377,8 +378,9 @@ def raise_media_path() -> bool:
     before, but level with other busy processes instead of below every one of them (beside
     three busy processes 2 % of the slots showed a fresh picture; benchmarks/RESULTS.md).
     Needs CAP_SYS_NICE (root; `docker run --cap-add SYS_NICE`) or an RLIMIT_NICE that allows
-    it; without, nothing changes (False: say NOT_RAISED). Call it after the engine's thread
-    pools exist: they are compute and keep the nice they were made with."""
+    it; without, nothing changes (False: say NOT_RAISED). The engine's thread pools are
+    compute and keep the nice they were made with: make them before (server.py) or in
+    at_lower_priority (a Ray replica)."""
     global _media_nice
     try:
         tid = threading.get_native_id()
