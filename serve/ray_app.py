@@ -42,7 +42,7 @@ from aiohttp import web
 from serve.limits import Limits
 from serve.ray_sessions import ReplicaIds
 from serve.routes import make_app
-from serve.sessions import NOT_RAISED, at_lower_priority, raise_media_path
+from serve.sessions import at_lower_priority
 from serve.startup import STARTUP_ERRORS, build_server, prepare_files
 from stream.webrtc import is_loopback, use_loopback_for_media
 
@@ -70,8 +70,6 @@ class TalkingHead:
 
         args = Namespace(**options)
         replica = serve.get_replica_context().replica_id.unique_id
-        if not raise_media_path():          # this loop's thread: the replica's media path
-            print(NOT_RAISED, flush=True)
         loop = asyncio.get_running_loop()   # (below the media of sessions already running)
         self.server = await loop.run_in_executor(None, at_lower_priority, lambda: build_server(
             args, limits, token, ReplicaIds(replica, key)))
@@ -244,10 +242,7 @@ def deployment(args, drain: bool):
 
     options = {"max_ongoing_requests": REQUESTS_PER_SESSION * args.max_sessions + 16,
                "ray_actor_options": {"num_cpus": args.replica_cpus,
-                                     "num_gpus": 1 if args.device == "cuda" else 0,
-                                     # Ray starts workers at nice 15: a replica's media
-                                     # path and compute would yield to any busy process
-                                     "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}},
+                                     "num_gpus": 1 if args.device == "cuda" else 0},
                "request_router_config": RequestRouterConfig(
                    request_router_class=ROUTER, request_routing_stats_period_s=STATS_PERIOD_S),
                "health_check_period_s": HEALTH_PERIOD_S,

@@ -379,8 +379,8 @@ def raise_media_path() -> bool:
     three busy processes 2 % of the slots showed a fresh picture; benchmarks/RESULTS.md).
     Needs CAP_SYS_NICE (root; `docker run --cap-add SYS_NICE`) or an RLIMIT_NICE that allows
     it; without, nothing changes (False: say NOT_RAISED). The engine's thread pools are
-    compute and keep the nice they were made with: make them before (server.py) or in
-    at_lower_priority (a Ray replica)."""
+    compute and keep the nice they were made with: make them before (as server.py does) or
+    in at_lower_priority."""
     global _media_nice
     try:
         tid = threading.get_native_id()

@@ -126,7 +126,7 @@ def test_compute_runs_below_the_media_path_and_level_with_other_processes(monkey
     """The media path (the thread that raises itself, and the threads it starts) goes
     COMPUTE_NICE above the usual nice where the process may (root, CAP_SYS_NICE), so that
     the sessions' compute threads (at_lower_priority) land at the usual nice, whichever
-    thread starts them (one made before the raise too, as a Ray replica's executor may be):
+    thread starts them (one made before the raise too, as an executor's may be):
     below the media path, level with other busy processes. Where it may not, the compute
     goes below instead, as before. Run in threads of their own: pytest's keeps its nice."""
     import os
