@@ -9,7 +9,8 @@ recordings (Front_Center, Rear_Right, 1 s of silence around each) as its microph
 `--busy` processes spin on the machine (started as the session connects; the suite runs one
 such session: tests/test_server.py's under-load test), or `--at-once` sessions together
 (with --busy 0: the server's own overload). The clients stand for browsers on other
-machines: where this process may (root), they run above both servers (clients_first).
+machines: where this process may (root), they run above both servers
+(webrtc_client.clients_first).
 Per run, the server's share of fresh frames; per utterance: the envelope
 correlation of the received sound with what the microphone sent, at the best single delay,
 on the "media" clock (the RTP timeline a receiver plays by) and on the "sender" clock (RTCP
@@ -26,7 +27,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import numpy as np
 from benchmarks.webrtc_client import (
     ROOT,
     Client,
+    clients_first,
     delay_of,
     envelope,
     http_session,
@@ -46,16 +47,6 @@ from benchmarks.webrtc_client import (
 from stream.engine import DEFAULT_CHECKPOINT
 
 SPIN = "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n"
-
-
-def clients_first() -> None:
-    """The clients stand for browsers on other machines: this thread and those it starts go
-    above both servers (nice -20, where this process may), so that what is measured is the
-    server, not a client starved beside it. The busy processes are put back to nice 0."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -20)
-    except OSError:
-        pass
 
 
 def _usual_nice() -> None:
@@ -141,13 +132,13 @@ def main() -> None:
                                   "--checkpoint", str(DEFAULT_CHECKPOINT), root=root)
                for name, root in roots.items()}
     rows = {name: [] for name in roots}
-    clients_first()
     try:
-        for i in range(args.sessions):
-            for name, server in servers.items():
-                rows[name].append(one_run(server.url, clip, args.busy, args.at_once))
-                print(f"{name} {i}: {json.dumps(rows[name][-1])}", flush=True)
-                time.sleep(2.0)                    # the spinners are gone; the next starts anew
+        with clients_first():
+            for i in range(args.sessions):
+                for name, server in servers.items():
+                    rows[name].append(one_run(server.url, clip, args.busy, args.at_once))
+                    print(f"{name} {i}: {json.dumps(rows[name][-1])}", flush=True)
+                    time.sleep(2.0)                # the spinners are gone; the next starts anew
     finally:
         for server in servers.values():
             server.stop()
