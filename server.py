@@ -78,6 +78,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per operation (default 1: every session runs "
                              "its stages on threads of their own; 0: torch's default)")
+    parser.add_argument("--raise-media-path", action="store_true",
+                        help="run the media path above the usual nice (needs CAP_SYS_NICE) so "
+                             "that the sessions' compute runs level with other busy processes "
+                             "instead of below them: pictures keep coming beside them")
     parser.add_argument("--fault-injection", action="store_true",
                         help="tests only: accept {\"type\": \"fault\"} websocket messages that "
                              "break one session on purpose (loopback only)")
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if loopback:
         use_loopback_for_media()
-    if not raise_media_path():
+    if args.raise_media_path and not raise_media_path():
         print(NOT_RAISED, flush=True)
     print(f"serving http://{args.host}:{args.port} ({server.engine.name} engine, {args.size} px, "
           f"up to {limits.max_sessions} sessions)", flush=True)
