@@ -378,11 +378,10 @@ def raise_media_path() -> bool:
     before, but level with other busy processes instead of below every one of them (beside
     three busy processes 2 % of the slots showed a fresh picture; benchmarks/RESULTS.md).
     Needs CAP_SYS_NICE (root; `docker run --cap-add SYS_NICE`) or an RLIMIT_NICE that allows
-    it; without, nothing changes (False: say NOT_RAISED). `server.py --raise-media-path`
-    (off by default: the whole suite's Ray test failed twice beside it, unexplained; RESULTS).
-    The engine's thread pools are
-    compute and keep the nice they were made with: make them before (as server.py does) or
-    in at_lower_priority."""
+    it; without, nothing changes (False: say NOT_RAISED). Asked for with `server.py
+    --raise-media-path` (off by default; benchmarks/RESULTS.md says why). The engine's
+    thread pools are compute and keep the nice they were made with: make them before (as
+    server.py does) or in at_lower_priority."""
     global _media_nice
     try:
         tid = threading.get_native_id()
