@@ -35,6 +35,7 @@ from benchmarks.webrtc_client import Client, http_session, mouth_box, speech_cli
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[ray]'")
 
+from serve.preparation import COMPUTE_NICE  # noqa: E402
 from serve.ray_sessions import owner  # noqa: E402  (needs no Ray; after the skip all the same)
 
 OUT = Path(os.environ.get("TEST_OUTPUT_DIR", webrtc_client.ROOT / "out" / "tests"))
@@ -79,6 +80,15 @@ def mouth_signal(client: Client, avatar_box) -> tuple[np.ndarray, np.ndarray]:
     signal_ = np.array([(f.to_ndarray(format="rgb24")[rows, cols].astype(np.float32)
                          @ weights).std() for _, f, _ in client.video])
     return times, signal_
+
+
+def thread_nices(pid: int) -> list[int]:
+    """The nice of each thread of process `pid` (field 19 of /proc/PID/task/TID/stat)."""
+    nices = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        nices.append(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return nices
 
 
 def mouth_change(times, signal_, start, end) -> float:
@@ -324,6 +334,7 @@ def test_two_replicas_affinity_and_a_replica_lost(ray_server, tmp_path):
             replica_a = owner(a.session)
             async with http.get(f"{url}/replicas/{replica_a}/health") as r:
                 health_a = await r.json()
+            nices = thread_nices(health_a["pid"])
             killed = time.perf_counter()
             os.kill(health_a["pid"], signal.SIGKILL)        # a crash, not a clean stop
             await asyncio.sleep(1.0)
@@ -348,10 +359,10 @@ def test_two_replicas_affinity_and_a_replica_lost(ray_server, tmp_path):
             for w in watchers:
                 w.cancel()
         return (a, b, c, d, readies, full, headless_slots, closes, fps, killed, new_session_s,
-                replacement_s, bad, health_a, uploaded, pictures, video, census)
+                replacement_s, bad, health_a, uploaded, pictures, video, census, nices)
 
     (a, b, c, d, readies, full, headless_slots, closes, fps, killed, new_session_s,
-     replacement_s, bad, health_a, uploaded, pictures, video, census) = asyncio.run(run())
+     replacement_s, bad, health_a, uploaded, pictures, video, census, nices) = asyncio.run(run())
 
     # one session on each replica; every websocket on its owner
     assert owner(a.session) != owner(b.session), (a.session, b.session)
@@ -425,11 +436,15 @@ def test_two_replicas_affinity_and_a_replica_lost(ray_server, tmp_path):
               "full": full[2][:2], "bad_input": bad,
               "session_start_with_the_upload_s": [round(t, 2) for _, _, t in full[:2]],
               "video_upload": {k: v for k, v in video.items() if k != "sessions"},
-              "cluster_totals": census}
+              "cluster_totals": census, "replica_thread_nices": sorted(set(nices))}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "ray_serve.json").write_text(json.dumps(result, indent=2))
     print(f"\nray_serve: {json.dumps(result)}")
 
+    # the replica runs like a standalone server: its media path at the usual nice (not Ray's
+    # 15), its sessions' compute COMPUTE_NICE below (not 19: nothing beside a busy process)
+    usual = os.getpriority(os.PRIO_PROCESS, 0)
+    assert min(nices) == usual and max(nices) == usual + COMPUTE_NICE, nices
     for name, value in fps.items():
         assert value >= 22.0, f"session {name} decoded too few frames: {result}"
     for name, (speech, idle) in mouths.items():
