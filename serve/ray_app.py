@@ -197,10 +197,10 @@ def cluster_environment(args) -> None:
     """What a cluster started here inherits: the proxies load serve/ray_proxy.py, the workers
     import the project from its root; on a loopback --host, a single node on 127.0.0.1.
     Its workers (the replicas, Serve's proxy) run at the usual nice like a standalone
-    server, not at Ray's default of 15: a replica's compute (at_lower_priority, 10 below
-    its media path) would otherwise sit at 19 and get nothing beside any busy process
-    (benchmarks/RESULTS.md). $RAY_worker_niceness, where set, is kept; a cluster started
-    elsewhere (--ray-address) keeps what its `ray start` was given."""
+    server, not at Ray's default of 15, where a replica's media path sits below every busy
+    process on the machine (beside three, its sessions' sound was lost; benchmarks/
+    RESULTS.md). $RAY_worker_niceness, where set, is kept; a cluster started elsewhere
+    (--ray-address) keeps what its `ray start` was given."""
     os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = PROXY_CALLBACK
     if not args.ray_address:
         os.environ.setdefault("RAY_worker_niceness", "0")
