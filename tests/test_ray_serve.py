@@ -86,7 +86,10 @@ def thread_nices(pid: int) -> list[int]:
     """The nice of each thread of process `pid` (field 19 of /proc/PID/task/TID/stat)."""
     nices = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text()
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):     # the thread ended meanwhile
+            continue
         nices.append(int(stat[stat.rindex(")") + 2:].split()[16]))
     return nices
 
