@@ -42,7 +42,7 @@ from aiohttp import web
 from serve.limits import Limits
 from serve.ray_sessions import ReplicaIds
 from serve.routes import make_app
-from serve.sessions import NOT_RAISED, at_lower_priority, raise_media_path
+from serve.sessions import at_lower_priority
 from serve.startup import STARTUP_ERRORS, build_server, prepare_files
 from stream.webrtc import is_loopback, use_loopback_for_media
 
@@ -73,8 +73,6 @@ class TalkingHead:
         loop = asyncio.get_running_loop()   # (below the media of sessions already running)
         self.server = await loop.run_in_executor(None, at_lower_priority, lambda: build_server(
             args, limits, token, ReplicaIds(replica, key)))
-        if args.raise_media_path and not raise_media_path():   # as server.py does
-            print(NOT_RAISED, flush=True)          # (in the replica's Ray log)
         self.server.avatars.shared = SharedAvatars()    # uploads serve every replica
         self.server.cluster = self.census = Census(replica)   # its totals in /metrics
         if is_loopback(args.host):
@@ -195,15 +193,8 @@ def serve_on_ray(args, limits: Limits, token: str | None) -> int:
 
 def cluster_environment(args) -> None:
     """What a cluster started here inherits: the proxies load serve/ray_proxy.py, the workers
-    import the project from its root; on a loopback --host, a single node on 127.0.0.1.
-    Its workers (the replicas, Serve's proxy) run at the usual nice like a standalone
-    server, not at Ray's default of 15, where a replica's media path sits below every busy
-    process on the machine (beside three, its sessions' sound was lost; benchmarks/
-    RESULTS.md). $RAY_worker_niceness, where set, is kept; a cluster started elsewhere
-    (--ray-address) keeps what its `ray start` was given."""
+    import the project from its root; on a loopback --host, a single node on 127.0.0.1."""
     os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = PROXY_CALLBACK
-    if not args.ray_address:
-        os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     if is_loopback(args.host) and not args.ray_address:
