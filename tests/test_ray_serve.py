@@ -82,14 +82,13 @@ def mouth_signal(client: Client, avatar_box) -> tuple[np.ndarray, np.ndarray]:
 
 
 def thread_nices(pid: int) -> list[int]:
-    """The nice of each thread of process `pid` (field 19 of /proc/PID/task/TID/stat)."""
+    """The nice of each thread of process `pid` (Linux: a nice per thread id)."""
     nices = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            stat = (task / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):     # the thread ended meanwhile
+            nices.append(os.getpriority(os.PRIO_PROCESS, int(tid)))
+        except OSError:                                  # the thread ended meanwhile
             continue
-        nices.append(int(stat[stat.rindex(")") + 2:].split()[16]))
     return nices
 
 
