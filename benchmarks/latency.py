@@ -315,6 +315,7 @@ def session_summary(session, player, output, start: float, tracer) -> dict:
     stages = {k: round(v, 2) for k, v in session.stats.stage_means().items()}
     stages["encode"] = round(float(np.mean([s.encode_ms for s in slots])), 2)
     late = getattr(session.stats, "late_frames", 0)   # not rendered: slots already played
+    thinned = getattr(session.stats, "thinned_frames", 0)   # not rendered: short of compute
     # rendered - due of every frame rendered (+: after its slot): what a margin must cover
     lateness = [(t - (player.start + index / FPS)) * 1000 for index, t in tracer.taken]
     return {
@@ -326,9 +327,10 @@ def session_summary(session, player, output, start: float, tracer) -> dict:
         "fps": round(len(fresh) / span, 2), "output_fps": round(len(slots) / span, 2),
         "slots": len(slots), "fresh_frames": len(fresh),
         "repeated_frames": player.stats.repeated,
-        "dropped_frames": (player.stats.skipped + session.dropped_frames + late
+        "dropped_frames": (player.stats.skipped + session.dropped_frames + late + thinned
                            + output.dropped_frames),
-        "late_frames": late, "encoder_dropped_slots": output.dropped_slots,
+        "late_frames": late, "thinned_frames": thinned,
+        "encoder_dropped_slots": output.dropped_slots,
         "av_offset_ms": round(float(np.median([(s.out - s.due) * 1000 for s in slots])), 1),
         "stages_ms": stages,
         "video_kbps": round(output.bytes * 8 / 1000 / span, 1),

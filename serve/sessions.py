@@ -217,9 +217,9 @@ class Server:
             log.exception("final metrics of session %s", live.label)
         player, stats = live.clock.player.stats, live.session.stats
         log.info("session %s ended: %s; %d live (frames shown %d, repeated %d, skipped %d, "
-                 "not rendered late %d in %d catch-ups)", live.label, reason,
-                 len(self.sessions), player.shown, player.repeated, player.skipped,
-                 stats.late_frames, stats.catch_ups)
+                 "not rendered late %d in %d catch-ups, not rendered short of compute %d)",
+                 live.label, reason, len(self.sessions), player.shown, player.repeated,
+                 player.skipped, stats.late_frames, stats.catch_ups, stats.thinned_frames)
         live.clock.end_tracks()
         for task in live.tasks:
             task.cancel()

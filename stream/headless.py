@@ -214,6 +214,7 @@ class FastClock(HeadlessClock):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, capacity=10**9, **kwargs)       # never drops: it waits
+        self.session.thin_when_behind = False     # each frame leaves with its own sound
         self._next = 0                     # next session frame to take
         self._empty_since: float | None = None
 

@@ -39,6 +39,10 @@ leaving out the frames in between (counted in late_frames; their slots were play
 repeated picture), and goes on from there with the carry it had, so the picture is in step
 with the sound again and freezes only while it is behind. A machine that is short of
 compute for good shows fresh frames in bursts between catch-ups instead of none at all.
+A renderer that is busy all the time and still late (more sessions than the cores can
+render) renders every other or every third frame (stream/render_stride.py), in time, instead
+of every frame late (counted in thinned_frames); it then skips every chunk already late, and
+tries all frames again after a back-off.
 
 Barge-in: interrupt() cuts the timeline at the first block boundary not yet handed out;
 queued audio, features, motion and frames after it are dropped, chunks in flight are
@@ -59,6 +63,7 @@ from models.avatar import Avatar
 from models.video_avatar import HEAD_MOTION_STYLE, VideoAvatar, VideoPlayback
 from stream.audio import PLAYBACK_RATE, RATE, AudioInput
 from stream.engine import Engine
+from stream.render_stride import RenderStride
 
 PLAYBACK_PER_FRAME = PLAYBACK_RATE // 25      # 1920 samples of 48 kHz audio per frame
 # what a barge-in closes over the first chunk after the cut (the model then idles)
@@ -96,6 +101,7 @@ class SessionStats:
     frames: int = 0
     interrupts: int = 0
     late_frames: int = 0     # real time: not rendered, their slots had already been played
+    thinned_frames: int = 0  # real time: not rendered, the renderer short of compute (stride)
     catch_ups: int = 0       # real time: jumps of the features and motion to the newest audio
     errors: list[str] = field(default_factory=list)
     stage_ms: dict[str, float] = field(                 # total wall ms per stage
@@ -118,6 +124,11 @@ class Session:
                  first_chunk: int | None = None, realtime: bool = False,
                  jitter_ms: float = 100.0, max_frames_queued: int = 250):
         self.engine, self.realtime = engine, realtime
+        # real time, the renderer short of compute: render every other frame on time rather
+        # than every frame late (stream/render_stride.py); off for a consumer that needs
+        # every frame (fast pacing sends each frame with its own sound)
+        self.render_stride = RenderStride()
+        self.thin_when_behind = realtime
         self._video_head_motion = 0.0      # HEAD_MOTION_STYLE: see set_style
         self.avatar = avatar
         c = engine.feature_config
@@ -152,6 +163,7 @@ class Session:
         self._features_finished = False    # ... and the feature stream was flushed
         self._features_waiting = False     # blocks whose audio is in, not yet encoded
         self._rendered = 0                 # frames rendered (index + 1 of the last one)
+        self._worked = (0.0, 0.0)          # stage ms of the two threads at the last render
         self.dropped_frames = 0            # frames lost because the consumer fell behind
         self._epoch = 0
         self._settle_at = -1               # frame index where a barge-in ramp starts
@@ -613,40 +625,65 @@ class Session:
                     if not batch:
                         continue
                 t0 = time.perf_counter()
-                motion = np.concatenate([c.motion for c in batch])           # [sum n, D]
-                avatar, playback = self._avatar, self._playback
-                if playback is None:
-                    images = self.engine.render(avatar, motion)
-                else:
-                    index = np.concatenate([np.arange(c.start, c.start + len(c.motion))
-                                            for c in batch])
-                    images = playback.frames(self.engine, index, motion)
+                index = np.concatenate([np.arange(c.start, c.start + len(c.motion))
+                                        for c in batch])                      # [sum n]
+                stride = self.render_stride if self.thin_when_behind else None
+                drawn = [k for k in range(len(index))
+                         if stride is None or stride.renders(int(index[k]))]
+                images = {}
+                if drawn:
+                    motion = np.concatenate([c.motion for c in batch])[drawn]  # [drawn, D]
+                    avatar, playback = self._avatar, self._playback
+                    if playback is None:
+                        out = self.engine.render(avatar, motion)
+                    else:
+                        out = playback.frames(self.engine, index[drawn], motion)
+                    images = dict(zip(drawn, out, strict=True))
                 done = time.perf_counter()
-                self.stats.add("render", (done - t0) * 1000, len(images))
+                if drawn:
+                    self.stats.add("render", (done - t0) * 1000, len(drawn))
                 with self._lock:
                     if batch[0].epoch != self._epoch:
                         continue
+                    late = drawn and int(index[drawn[0]]) < self._delivered
+                    self.stats.thinned_frames += len(index) - len(drawn)
                     offset = 0
                     for chunk in batch:
                         self.stats.chunks += 1
                         for i in range(len(chunk.motion)):
-                            self._put_frame(Frame(chunk.start + i, images[offset + i],
-                                                  chunk.motion[i], chunk.speech[i],
-                                                  chunk.audio_arrived, done,
-                                                  chunk.own_arrived[i]))
+                            if offset + i in images:
+                                self._put_frame(Frame(chunk.start + i, images[offset + i],
+                                                      chunk.motion[i], chunk.speech[i],
+                                                      chunk.audio_arrived, done,
+                                                      chunk.own_arrived[i]))
                         offset += len(chunk.motion)
                         self._rendered = chunk.start + len(chunk.motion)
                     self._lock.notify_all()
+                if stride is not None and drawn:
+                    stride.observe(done, late, len(index), self._busiest_thread_seconds())
         except Exception as e:
             self.stats.errors.append(f"render: {e.__class__.__name__}: {e}")
             self._closed = True
 
+    def _busiest_thread_seconds(self) -> float:
+        """Seconds the busier of the two threads worked since the last call (render thread)."""
+        ms = self.stats.stage_ms
+        now = (ms["render"], ms["features"] + ms["motion"])
+        last, self._worked = self._worked, now
+        return max(now[0] - last[0], now[1] - last[1]) / 1000
+
     def _skip_late(self, batch: list[_Chunk]) -> list[_Chunk]:
         """Real time: chunks whose slots the player passed more than LATE_MARGIN frames ago
-        would only be skipped, so they are not rendered (counted in late_frames)."""
+        would only be skipped, so they are not rendered (counted in late_frames). A renderer
+        known to be short of compute (rendering fewer frames) also skips a chunk whose slots
+        have all passed when a newer one waits: its time goes to frames that can still be
+        shown (a late frame still replaces the picture on screen, so the newest is kept)."""
+        thin = self.render_stride.stride > 1
         kept = []
-        for chunk in batch:
-            if chunk.start + len(chunk.motion) + LATE_MARGIN <= self._delivered:
+        for i, chunk in enumerate(batch):
+            newer = i + 1 < len(batch) or not self._render_queue.empty()
+            margin = 0 if thin and newer else LATE_MARGIN
+            if chunk.start + len(chunk.motion) + margin <= self._delivered:
                 with self._lock:
                     self.stats.late_frames += len(chunk.motion)
                     self._rendered = chunk.start + len(chunk.motion)

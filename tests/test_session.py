@@ -226,6 +226,7 @@ def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, s
     from stream.player import Player
 
     session = Session(SlowRender(engine, 0.08), avatar, seed=0, realtime=True)
+    session.thin_when_behind = False        # every frame rendered, late (the next test thins)
     player = Player(session)
     played = []
     try:
@@ -258,6 +259,56 @@ def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, s
         part = audio[lo:lo + PLAYBACK_PER_FRAME]
         expected[: part.size] = part
         assert np.array_equal(a, expected)
+
+
+def play_in_real_time(session, audio: np.ndarray, tail: float = 1.0) -> list:
+    """Push `audio` (48 kHz) in 20 ms pieces at real-time pace while a Player plays the
+    session; returns the Player and what it played [(slot, image, audio)]."""
+    from stream.player import Player
+
+    player = Player(session)
+    played = []
+    t0 = time.perf_counter()
+    for i in range(0, audio.size, 960):
+        while time.perf_counter() < t0 + i / 48000:
+            played += player.play()
+            time.sleep(0.005)
+        session.push_audio(audio[i:i + 960], 48000)
+    end = time.perf_counter() + tail
+    while time.perf_counter() < end:
+        played += player.play()
+        time.sleep(0.005)
+    return player, played
+
+
+def test_renderer_short_of_compute_renders_fewer_frames_on_time(engine, avatar, speech48):
+    """A renderer at less than half real time: rendering every frame, nearly all come after
+    their slots and the picture freezes; rendering every other or third frame
+    (stream/render_stride.py), those come in time and are shown in their own slots. The
+    sound is the same either way: every slot its own 40 ms."""
+    audio = np.tile(speech48, 3)[: 10 * 48000]
+    shown = {}
+    for thin in (False, True):
+        session = Session(SlowRender(engine, 0.08), avatar, seed=0, realtime=True)
+        session.thin_when_behind = thin
+        try:
+            player, played = play_in_real_time(session, audio)
+        finally:
+            session.close()
+        shown[thin] = player.stats.shown
+        stride = session.render_stride
+        if thin:
+            assert stride.stride >= 2 and session.stats.thinned_frames > 0
+        else:
+            assert stride.changes == 0 and session.stats.thinned_frames == 0
+        assert len(played) >= 240
+        for k, _, a in played:
+            lo = k * PLAYBACK_PER_FRAME
+            expected = np.zeros(PLAYBACK_PER_FRAME, np.float32)
+            part = audio[lo:lo + PLAYBACK_PER_FRAME]
+            expected[: part.size] = part
+            assert np.array_equal(a, expected)
+    assert shown[True] >= 3 * max(shown[False], 5), shown
 
 
 class SlowMotion(SlowRender):
