@@ -311,6 +311,7 @@ class Server:
         p, c = live.clock.player.stats, live.counted
         now = {"frames_shown_total": p.shown, "frames_repeated_total": p.repeated,
                "frames_skipped_total": p.skipped,
+               "frames_thinned_total": live.session.stats.thinned_frames,
                "frames_dropped_total": live.session.dropped_frames + live.clock.video.dropped,
                "audio_frames_dropped_total": live.clock.audio.dropped}
         for name, value in now.items():
@@ -330,6 +331,8 @@ class Server:
                 "queued_seconds": round(live.feed.queued_seconds, 2),
                 "hearing_speech": live.session.audio.speaking(),
                 "shown": p.shown, "repeated": p.repeated, "skipped": p.skipped,
+                "thinned": live.session.stats.thinned_frames,
+                "render_stride": live.session.render_stride.stride,
                 "dropped": live.session.dropped_frames + live.clock.video.dropped,
                 "video_dropped": live.clock.video.dropped,
                 "audio_dropped": live.clock.audio.dropped,

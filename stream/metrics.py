@@ -25,6 +25,8 @@ HELP = {
     "frames_shown_total": "Slots that showed their own frame.",
     "frames_repeated_total": "Slots that repeated an older frame (compute behind).",
     "frames_skipped_total": "Frames skipped because they were late.",
+    "frames_thinned_total": ("Frames not rendered: a session short of compute rendered every "
+                             "2nd or 3rd frame (stream/render_stride.py)."),
     "frames_dropped_total": "Frames dropped (session queue full or the sender fell behind).",
     "audio_frames_dropped_total": "20 ms audio frames dropped (the sender fell behind).",
     "bad_requests_total": "Requests refused with a 4xx error.",
