@@ -175,8 +175,10 @@ async def metrics(request):
         server.collect(live)
     rates = {live.label: live.clock.rates() for live in server.sessions.values()}
     cluster = await server.cluster.gauges() if server.cluster is not None else {}
+    thinned = sum(live.session.render_stride.stride > 1 for live in server.sessions.values())
     text = server.metrics.render(
         gauges={"sessions": len(server.sessions), "sessions_max": server.max_sessions,
+                "sessions_short_of_compute": thinned,
                 "video_avatars_preparing": len(server.avatars.preparing), **process_stats(),
                 **cluster},
         labelled={"session_fps": {k: round(v[0], 2) for k, v in rates.items()},

@@ -18,6 +18,8 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0
 HELP = {
     "sessions": "Sessions streaming now.",
     "sessions_max": "Most sessions served at once (--max-sessions).",
+    "sessions_short_of_compute": ("Sessions rendering every 2nd or 3rd frame now: the machine "
+                                  "is short of compute for them (stream/render_stride.py)."),
     "sessions_started_total": "Sessions started.",
     "sessions_rejected_total": "Offers refused because the server was full.",
     "session_fps": "Fresh frames shown per second, per session (last 5 s).",

@@ -156,7 +156,8 @@ def test_health_metrics_and_page(server):
         text = r.read().decode()
     for name in ("talking_head_sessions ", "talking_head_latency_seconds_bucket",
                  "talking_head_render_latency_seconds_bucket", "talking_head_frames_dropped_total",
-                 "talking_head_frames_repeated_total", "talking_head_frames_thinned_total"):
+                 "talking_head_frames_repeated_total", "talking_head_frames_thinned_total",
+                 "talking_head_sessions_short_of_compute "):
         assert name in text
     with urllib.request.urlopen(server.url + "/") as r:
         assert b"<video" in r.read()
