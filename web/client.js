@@ -333,13 +333,16 @@ async function updateStats() {
   const vt = video.estimatedPlayoutTimestamp, at = audio && audio.estimatedPlayoutTimestamp;
   stats.avOffsetMs = vt && at ? vt - at : null;
   stats.freshFps = app.server.fps;
+  stats.renderStride = app.server.render_stride;
   showStats(stats);
 }
 
 function showStats(s) {
   const ms = (v) => (v == null ? "–" : `${Math.round(v)} ms`);
   $("stat-fps").textContent = s.fps == null ? "–" : `${s.fps.toFixed(1)} fps`;
-  $("stat-fresh").textContent = s.freshFps == null ? "–" : `${s.freshFps.toFixed(1)} fps`;
+  $("stat-fresh").textContent = s.freshFps == null ? "–" : `${s.freshFps.toFixed(1)} fps` +
+    (s.renderStride > 1 ? ` (every ${s.renderStride === 2 ? "2nd" : "3rd"} frame: the server ` +
+     "is short of compute)" : "");
   $("stat-latency").textContent = ms(s.latencyMs);
   $("stat-offset").textContent = s.avOffsetMs == null ? "–" :
     `${s.avOffsetMs > 0 ? "+" : ""}${Math.round(s.avOffsetMs)} ms`;
