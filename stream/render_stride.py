@@ -1,12 +1,13 @@
 """A real-time session short of compute renders every other frame on time, not every frame late.
 
-With more sessions than the cores can render (four at 256 px on 2 cores need about 2.4) every
-session rendered every frame after its slot had been played: the player skipped them all and
-the pictures froze between catch-ups (2-27 fresh frames of ~230 per session; benchmarks/
-RESULTS.md, "The server's own overload"). A session whose renderer is saturated and late
-renders only the frames whose index is a multiple of `stride` (2, then 3): the renderer's work
-falls by that factor, the player shows each rendered frame for `stride` slots (its repeats),
-and the sound is untouched (it never depended on the pictures).
+With more sessions than the cores can render (two at 512 px on 2 cores need about 2.4), every
+session rendered every frame after its slot had been played: the player could only skip them,
+and each session showed 2-27 fresh frames of 320 (benchmarks/RESULTS.md, "A session short of
+compute renders every other frame on time"; with the stride 82-187). A session that is late
+while its compute is saturated renders only the frames whose index is a multiple of `stride`
+(2, then 3): the renderer's work falls by that factor, the player shows each rendered frame
+for `stride` slots (its repeats), and the sound is untouched (it never depended on the
+pictures).
 
 Going up a step needs all three: the rendered frames came after their slots for LATE_SECONDS
 without a break, one of the session's two threads (the renderer, or the features and motion)
@@ -23,7 +24,8 @@ SETTLE_SECONDS pass before lateness counts again (the backlog drains).
 Coming down: a session cannot see what the others would need at the lower stride, so it
 tries: after `backoff` seconds (PROBE_SECONDS, doubled each time a try goes late again
 within STABLE_SECONDS, up to PROBE_MAX_SECONDS) it renders one step more. A failed try costs
-about LATE_SECONDS of late frames, at most once a minute when the machine stays short.
+about SETTLE_SECONDS + LATE_SECONDS of late frames, about once a minute when the machine stays
+short.
 """
 
 MAX_STRIDE = 3

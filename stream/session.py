@@ -41,8 +41,8 @@ with the sound again and freezes only while it is behind. A machine that is shor
 compute for good shows fresh frames in bursts between catch-ups instead of none at all.
 A renderer that is busy all the time and still late (more sessions than the cores can
 render) renders every other or every third frame (stream/render_stride.py), in time, instead
-of every frame late (counted in thinned_frames); it then skips every chunk already late, and
-tries all frames again after a back-off.
+of every frame late (counted in thinned_frames); it then skips a late chunk when a newer one
+waits, and tries all frames again after a back-off.
 
 Barge-in: interrupt() cuts the timeline at the first block boundary not yet handed out;
 queued audio, features, motion and frames after it are dropped, chunks in flight are
@@ -101,7 +101,7 @@ class SessionStats:
     frames: int = 0
     interrupts: int = 0
     late_frames: int = 0     # real time: not rendered, their slots had already been played
-    thinned_frames: int = 0  # real time: not rendered, the renderer short of compute (stride)
+    thinned_frames: int = 0  # real time: not rendered, the session short of compute (stride)
     catch_ups: int = 0       # real time: jumps of the features and motion to the newest audio
     errors: list[str] = field(default_factory=list)
     stage_ms: dict[str, float] = field(                 # total wall ms per stage
@@ -645,7 +645,7 @@ class Session:
                 with self._lock:
                     if batch[0].epoch != self._epoch:
                         continue
-                    late = drawn and int(index[drawn[0]]) < self._delivered
+                    late = bool(drawn) and int(index[drawn[0]]) < self._delivered
                     self.stats.thinned_frames += len(index) - len(drawn)
                     offset = 0
                     for chunk in batch:
@@ -666,7 +666,8 @@ class Session:
             self._closed = True
 
     def _busiest_thread_seconds(self) -> float:
-        """Seconds the busier of the two threads worked since the last call (render thread)."""
+        """Seconds the busier of the session's two threads (features and motion, render) worked
+        since the last call; called by the render thread."""
         ms = self.stats.stage_ms
         now = (ms["render"], ms["features"] + ms["motion"])
         last, self._worked = self._worked, now
