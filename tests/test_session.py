@@ -221,49 +221,10 @@ class SlowRender:
         return self.engine.render(avatar, motion)
 
 
-def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, speech48):
-    """Compute at half real time: video repeats/skips frames, audio plays every slot, in sync."""
-    from stream.player import Player
-
-    session = Session(SlowRender(engine, 0.08), avatar, seed=0, realtime=True)
-    session.thin_when_behind = False        # every frame rendered, late (the next test thins)
-    player = Player(session)
-    played = []
-    try:
-        audio = speech48[: 3 * 48000]
-        t0 = time.perf_counter()
-        for i in range(0, audio.size, 960):
-            while time.perf_counter() < t0 + i / 48000:
-                played += player.play()
-                time.sleep(0.005)
-            session.push_audio(audio[i:i + 960], 48000)
-        end = time.perf_counter() + 1.0
-        while time.perf_counter() < end:
-            played += player.play()
-            time.sleep(0.005)
-    finally:
-        session.close()
-    slots = [k for k, _, _ in played]
-    assert slots == list(range(slots[0], slots[0] + len(slots)))      # no slot missing
-    assert len(slots) >= 60
-    s = player.stats
-    assert s.repeated > 0 and s.shown + s.repeated <= s.slots
-    # frames already too late are not rendered at all, so the picture does not fall further
-    # and further behind the sound (at half speed it would be ~3 s behind by the end)
-    assert session.stats.late_frames > 0
-    assert max(s.latency_ms[-10:]) < 1500
-    # every slot carries exactly its own 40 ms of the input audio
-    for k, _, a in played:
-        lo = k * PLAYBACK_PER_FRAME
-        expected = np.zeros(PLAYBACK_PER_FRAME, np.float32)
-        part = audio[lo:lo + PLAYBACK_PER_FRAME]
-        expected[: part.size] = part
-        assert np.array_equal(a, expected)
-
-
-def play_in_real_time(session, audio: np.ndarray, tail: float = 1.0) -> list:
+def play_in_real_time(session, audio: np.ndarray, tail: float = 1.0):
     """Push `audio` (48 kHz) in 20 ms pieces at real-time pace while a Player plays the
-    session; returns the Player and what it played [(slot, image, audio)]."""
+    session, then play `tail` seconds more; returns the Player and what it played
+    [(slot, image, audio)]."""
     from stream.player import Player
 
     player = Player(session)
@@ -279,6 +240,37 @@ def play_in_real_time(session, audio: np.ndarray, tail: float = 1.0) -> list:
         played += player.play()
         time.sleep(0.005)
     return player, played
+
+
+def assert_own_sound(played: list, audio: np.ndarray) -> None:
+    """Every slot played exactly its own 40 ms of the input audio (zeros after its end)."""
+    for k, _, a in played:
+        lo = k * PLAYBACK_PER_FRAME
+        expected = np.zeros(PLAYBACK_PER_FRAME, np.float32)
+        part = audio[lo:lo + PLAYBACK_PER_FRAME]
+        expected[: part.size] = part
+        assert np.array_equal(a, expected)
+
+
+def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, speech48):
+    """Compute at half real time: video repeats/skips frames, audio plays every slot, in sync."""
+    session = Session(SlowRender(engine, 0.08), avatar, seed=0, realtime=True)
+    session.thin_when_behind = False        # every frame rendered, late (the next test thins)
+    audio = speech48[: 3 * 48000]
+    try:
+        player, played = play_in_real_time(session, audio)
+    finally:
+        session.close()
+    slots = [k for k, _, _ in played]
+    assert slots == list(range(slots[0], slots[0] + len(slots)))      # no slot missing
+    assert len(slots) >= 60
+    s = player.stats
+    assert s.repeated > 0 and s.shown + s.repeated <= s.slots
+    # frames already too late are not rendered at all, so the picture does not fall further
+    # and further behind the sound (at half speed it would be ~3 s behind by the end)
+    assert session.stats.late_frames > 0
+    assert max(s.latency_ms[-10:]) < 1500
+    assert_own_sound(played, audio)
 
 
 def test_renderer_short_of_compute_renders_fewer_frames_on_time(engine, avatar, speech48):
@@ -302,12 +294,7 @@ def test_renderer_short_of_compute_renders_fewer_frames_on_time(engine, avatar, 
         else:
             assert stride.changes == 0 and session.stats.thinned_frames == 0
         assert len(played) >= 240
-        for k, _, a in played:
-            lo = k * PLAYBACK_PER_FRAME
-            expected = np.zeros(PLAYBACK_PER_FRAME, np.float32)
-            part = audio[lo:lo + PLAYBACK_PER_FRAME]
-            expected[: part.size] = part
-            assert np.array_equal(a, expected)
+        assert_own_sound(played, audio)
     assert shown[True] >= 3 * max(shown[False], 5), shown
 
 
