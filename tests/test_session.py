@@ -274,14 +274,14 @@ def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, s
 
 
 def test_renderer_short_of_compute_renders_fewer_frames_on_time(engine, avatar, speech48):
-    """A renderer at less than half real time: rendering every frame, nearly all come after
-    their slots and the picture freezes; rendering every other or third frame
-    (stream/render_stride.py), those come in time and are shown in their own slots. The
-    sound is the same either way: every slot its own 40 ms."""
+    """A renderer slower than real time (60 ms a frame and the real render): rendering every
+    frame, nearly all come after their slots and the picture freezes; rendering every other
+    or third frame (stream/render_stride.py), those come in time and are shown in their own
+    slots. The sound is the same either way: every slot its own 40 ms."""
     audio = np.tile(speech48, 3)[: 10 * 48000]
     shown = {}
     for thin in (False, True):
-        session = Session(SlowRender(engine, 0.08), avatar, seed=0, realtime=True)
+        session = Session(SlowRender(engine, 0.06), avatar, seed=0, realtime=True)
         session.thin_when_behind = thin
         try:
             player, played = play_in_real_time(session, audio)
