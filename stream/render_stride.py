@@ -10,15 +10,14 @@ for `stride` slots (its repeats), and the sound is untouched (it never depended 
 pictures).
 
 Going up a step needs all three: the rendered frames came after their slots for LATE_SECONDS
-without a break, one of the session's two threads (the renderer, or the features and motion)
-was working for at least BUSY_SHARE of that time, and the renderer got through no more than
-CATCH_UP_RATE times real time of the timeline meanwhile. Frames late while both threads wait
-for work are a schedule too tight, not compute too short: the media clock's resync delays the
-player for those (stream/webrtc.py). Where the features and motion are what is behind (several
-sessions share the cores, and the renderer waits for them), rendering fewer frames gives them
-the cores the renderer took. A renderer late after a hiccup (another process took the cores
-for a moment) catches up by itself, faster than real time (it renders what queued up in
-batches, cheaper per frame: stream/session.py), and keeps every frame. After a change,
+without a break, the renderer was working for at least BUSY_SHARE of that time, and it got
+through no more than CATCH_UP_RATE times real time of the timeline meanwhile. Frames late
+while the renderer waits for work are not its doing: a schedule too tight (the media clock's
+resync delays the player for that, stream/webrtc.py), or features and motion behind (the
+motion thread catches up by jumping to the newest audio, stream/session.py; rendering fewer
+frames would only lose the first on-time frame after a jump). A renderer late after a hiccup
+(another process took the cores for a moment) catches up by itself, faster than real time (it
+renders what queued up in batches, cheaper per frame), and keeps every frame. After a change,
 SETTLE_SECONDS pass before lateness counts again (the backlog drains).
 
 Coming down: a session cannot see what the others would need at the lower stride, so it
@@ -30,7 +29,7 @@ short.
 
 MAX_STRIDE = 3
 LATE_SECONDS = 0.5       # continuously late this long (and busy) before rendering fewer frames
-BUSY_SHARE = 0.8         # of that time one of the session's threads worked: compute is behind
+BUSY_SHARE = 0.8         # of that time spent rendering: the renderer itself is behind
 CATCH_UP_RATE = 1.1      # timeline frames rendered per frame of wall time above this: catching up
 FPS = 25
 SETTLE_SECONDS = 1.0     # after a change, lateness counts again only after this
@@ -49,7 +48,7 @@ class RenderStride:
         self.changes = 0                   # stride changes, up or down
         self._last: float | None = None    # when the last render call ended
         self._late_since: float | None = None    # start of a late streak
-        self._busy = 0.0                   # seconds the busiest thread worked since then
+        self._busy = 0.0                   # seconds spent rendering since then
         self._frames = 0                   # timeline frames rendered since then
         self._quiet_until = 0.0            # lateness ignored before this (after a change)
         self._backoff = PROBE_SECONDS
@@ -60,9 +59,9 @@ class RenderStride:
         return index % self.stride == 0
 
     def observe(self, now: float, late: bool, frames: int, busy: float) -> None:
-        """A render call ended at `now`. Since the call before: it covered `frames` frames of
-        the timeline (those the stride left out included), and the session's busiest thread
-        worked `busy` seconds; `late`: its frames came after their slots had been played."""
+        """A render call ended at `now`. Since the call before, the renderer covered `frames`
+        frames of the timeline (those the stride left out included) and spent `busy` seconds
+        rendering; `late`: this call's frames came after their slots had been played."""
         since, self._last = self._last, now
         if self._lowered_at is not None and now - self._lowered_at >= STABLE_SECONDS:
             self._lowered_at, self._backoff = None, PROBE_SECONDS     # the try held

@@ -163,7 +163,7 @@ class Session:
         self._features_finished = False    # ... and the feature stream was flushed
         self._features_waiting = False     # blocks whose audio is in, not yet encoded
         self._rendered = 0                 # frames rendered (index + 1 of the last one)
-        self._worked = (0.0, 0.0)          # stage ms of the two threads at the last render
+        self._rendered_seconds = 0.0       # time spent rendering, at the last stride check
         self.dropped_frames = 0            # frames lost because the consumer fell behind
         self._epoch = 0
         self._settle_at = -1               # frame index where a barge-in ramp starts
@@ -660,18 +660,16 @@ class Session:
                         self._rendered = chunk.start + len(chunk.motion)
                     self._lock.notify_all()
                 if stride is not None and drawn:
-                    stride.observe(done, late, len(index), self._busiest_thread_seconds())
+                    stride.observe(done, late, len(index), self._render_seconds())
         except Exception as e:
             self.stats.errors.append(f"render: {e.__class__.__name__}: {e}")
             self._closed = True
 
-    def _busiest_thread_seconds(self) -> float:
-        """Seconds the busier of the session's two threads (features and motion, render) worked
-        since the last call; called by the render thread."""
-        ms = self.stats.stage_ms
-        now = (ms["render"], ms["features"] + ms["motion"])
-        last, self._worked = self._worked, now
-        return max(now[0] - last[0], now[1] - last[1]) / 1000
+    def _render_seconds(self) -> float:
+        """Seconds spent rendering since the last call (render thread)."""
+        total = self.stats.stage_ms["render"] / 1000
+        last, self._rendered_seconds = self._rendered_seconds, total
+        return total - last
 
     def _skip_late(self, batch: list[_Chunk]) -> list[_Chunk]:
         """Real time: chunks whose slots the player passed more than LATE_MARGIN frames ago
