@@ -163,7 +163,6 @@ class Session:
         self._features_finished = False    # ... and the feature stream was flushed
         self._features_waiting = False     # blocks whose audio is in, not yet encoded
         self._rendered = 0                 # frames rendered (index + 1 of the last one)
-        self._rendered_seconds = 0.0       # time spent rendering, at the last stride check
         self.dropped_frames = 0            # frames lost because the consumer fell behind
         self._epoch = 0
         self._settle_at = -1               # frame index where a barge-in ramp starts
@@ -660,16 +659,10 @@ class Session:
                         self._rendered = chunk.start + len(chunk.motion)
                     self._lock.notify_all()
                 if stride is not None and drawn:
-                    stride.observe(done, late, len(index), self._render_seconds())
+                    stride.observe(done, late, len(index), done - t0)
         except Exception as e:
             self.stats.errors.append(f"render: {e.__class__.__name__}: {e}")
             self._closed = True
-
-    def _render_seconds(self) -> float:
-        """Seconds spent rendering since the last call (render thread)."""
-        total = self.stats.stage_ms["render"] / 1000
-        last, self._rendered_seconds = self._rendered_seconds, total
-        return total - last
 
     def _skip_late(self, batch: list[_Chunk]) -> list[_Chunk]:
         """Real time: chunks whose slots the player passed more than LATE_MARGIN frames ago
