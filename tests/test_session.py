@@ -208,7 +208,9 @@ def test_a_consumer_that_stops_taking_frames_loses_the_oldest_not_memory(engine,
 
 
 class SlowRender:
-    """The real engine with a renderer slowed down (compute falling behind real time)."""
+    """The real engine with a renderer that takes `seconds_per_frame` a frame (compute falling
+    behind real time): the real render, padded with sleep to that time whatever the machine's
+    own speed, so a test sees the same shortage on a fast and a slow machine."""
 
     def __init__(self, engine, seconds_per_frame):
         self.engine, self.delay = engine, seconds_per_frame
@@ -217,8 +219,10 @@ class SlowRender:
         return getattr(self.engine, name)
 
     def render(self, avatar, motion):
-        time.sleep(self.delay * len(motion))
-        return self.engine.render(avatar, motion)
+        due = time.perf_counter() + self.delay * len(motion)
+        frames = self.engine.render(avatar, motion)
+        time.sleep(max(0.0, due - time.perf_counter()))
+        return frames
 
 
 def play_in_real_time(session, audio: np.ndarray, tail: float = 1.0):
@@ -274,7 +278,7 @@ def test_player_keeps_audio_continuous_when_video_falls_behind(engine, avatar, s
 
 
 def test_renderer_short_of_compute_renders_fewer_frames_on_time(engine, avatar, speech48):
-    """A renderer slower than real time (60 ms a frame and the real render): rendering every
+    """A renderer slower than real time (60 ms a frame): rendering every
     frame, nearly all come after their slots and the picture freezes; rendering every other
     or third frame (stream/render_stride.py), those come in time and are shown in their own
     slots. The sound is the same either way: every slot its own 40 ms."""
