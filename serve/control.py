@@ -45,6 +45,7 @@ MAX_BAD_MESSAGES = 20
 WS_SEND_BUFFER = 64 * 1024     # kernel send buffer of a websocket
 SAMPLE_TYPES = {"s16": np.dtype("<i2"), "f32": np.dtype("<f4")}
 OVERSIZE_READ = 4          # messages up to this many times --max-ws-message are read, then refused
+SLOW_RENDER = 0.06         # seconds a frame of the "slow" fault's renderer (real time: 0.04)
 
 
 async def websocket(request):
@@ -117,6 +118,23 @@ async def serve_channel(request, make_channel):
         live.channels.discard(channel)
         channel.closed()
     return ws
+
+
+class SlowRender:
+    """--fault-injection's "slow" (tests): the session's engine with a render that takes
+    SLOW_RENDER a frame, a machine short of compute for that session alone."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def render(self, avatar, motion):
+        due = time.perf_counter() + SLOW_RENDER * len(motion)
+        frames = self.engine.render(avatar, motion)
+        time.sleep(max(0.0, due - time.perf_counter()))
+        return frames
 
 
 class ControlChannel:
@@ -298,6 +316,8 @@ class ControlChannel:
                                                                basis=avatar.basis[:0, :1])
         elif fault == "handler":    # an unexpected exception in this websocket's handler
             raise RuntimeError("injected fault")
+        elif fault == "slow":       # this session's renderer slower than real time
+            self.live.session.engine = SlowRender(self.live.session.engine)
         else:
-            raise ClientError(400, 'fault must be "engine" or "handler"')
+            raise ClientError(400, 'fault must be "engine", "handler" or "slow"')
         await self.send({"type": "ok", "for": "fault", "fault": fault})

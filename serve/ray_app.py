@@ -98,7 +98,8 @@ class TalkingHead:
         server = self.server
         self.census.report(len(server.sessions), server.max_sessions)
         return {"sessions": len(server.sessions), "starting": server.starting,
-                "max": server.max_sessions, "stopping": server.stopping, "time": time.time()}
+                "max": server.max_sessions, "short": server.short_of_compute,
+                "stopping": server.stopping, "time": time.time()}
 
     def record_autoscaling_stats(self) -> dict:
         return {"sessions": len(self.server.sessions) + self.server.starting}

@@ -9,10 +9,14 @@ serve/ray_proxy.py):
   running, any replica: it answers 410 (the session ended with its replica) or 404 (forged);
   never another replica's session, since each replica looks up only its own.
 - "new" (POST /offer, POST /sessions) or none: replicas in order of free room. Room is what
-  each replica last reported (record_routing_stats: sessions, starting, max, stopping; about
-  once a second) less the sessions this router sent it since, so that sessions started back
-  to back spread out before the next report. A replica that is stopping (draining before it
-  is removed) comes last. A full deployment: the emptiest replica answers 503 itself.
+  each replica last reported (record_routing_stats: sessions, starting, max, short, stopping;
+  about once a second) less the sessions this router sent it since, so that sessions started
+  back to back spread out before the next report. A replica with room whose sessions are
+  short of compute (rendering every 2nd or 3rd frame: a slower or busier machine) comes
+  after every replica with room whose sessions render every frame, whatever their room: one
+  more session there would take frames from the ones it has. A replica that is stopping
+  (draining before it is removed) comes last. A full deployment: the emptiest replica
+  answers 503 itself.
 """
 
 import math
@@ -25,6 +29,12 @@ from serve.ray_sessions import NEW_SESSION, owner
 
 RECENT_SECONDS = 10.0          # sessions sent to a replica are counted until it reports them
 UNREPORTED_ROOM = 10**6        # the room of a fresh replica while none has reported
+
+
+def preference(room: float, short: int) -> tuple:
+    """Sort key (highest first) of a replica for a new session: `room`, the sessions it can
+    still take (-inf: stopping); `short`, its sessions short of compute now."""
+    return room > 0, room > 0 and short == 0, room
 
 
 class SessionRouter(RequestRouter):
@@ -45,7 +55,8 @@ class SessionRouter(RequestRouter):
         # session started before its first report (up to a second) would go to it
         known = [(r.routing_stats or {}).get("max") for r in candidate_replicas]
         size = max((m for m in known if m is not None), default=UNREPORTED_ROOM)
-        ranked = sorted(candidate_replicas, key=lambda r: self.room(r, size), reverse=True)
+        ranked = sorted(candidate_replicas, key=lambda r: preference(
+            self.room(r, size), (r.routing_stats or {}).get("short", 0)), reverse=True)
         if session == NEW_SESSION and ranked:
             self.sent[ranked[0].replica_id.unique_id].append(time.time())
         return [[r] for r in ranked]

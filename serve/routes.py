@@ -31,7 +31,8 @@
                                 slot of the utterance left), "interrupted"
     POST   /sessions/{id}/audio an audio file to speak (any format FFmpeg reads)
     DELETE /sessions/{id}       end a session (also POST /sessions/{id}/close)
-    GET    /health              {"status": "ok", "sessions", "max_sessions", ...}
+    GET    /health              {"status": "ok", "sessions", "sessions_short_of_compute",
+                                 "max_sessions", ...}
     GET    /metrics             Prometheus text: sessions, fps, latency histograms, frames
     GET    /ws/{session}        the session's websocket (serve.control)
 Errors are JSON {"error": "..."} with a 4xx/5xx status; no traceback ever reaches a client.
@@ -164,6 +165,7 @@ async def health(request):
     server = server_of(request)
     return web.json_response({"status": "stopping" if server.stopping else "ok",
                               "sessions": len(server.sessions),
+                              "sessions_short_of_compute": server.short_of_compute,
                               "max_sessions": server.max_sessions, "engine": server.engine.name,
                               "size": server.size, "avatars": len(server.avatars.bundled),
                               **process_stats(), **server.ids.health()})
@@ -175,10 +177,9 @@ async def metrics(request):
         server.collect(live)
     rates = {live.label: live.clock.rates() for live in server.sessions.values()}
     cluster = await server.cluster.gauges() if server.cluster is not None else {}
-    thinned = sum(live.session.render_stride.stride > 1 for live in server.sessions.values())
     text = server.metrics.render(
         gauges={"sessions": len(server.sessions), "sessions_max": server.max_sessions,
-                "sessions_short_of_compute": thinned,
+                "sessions_short_of_compute": server.short_of_compute,
                 "video_avatars_preparing": len(server.avatars.preparing), **process_stats(),
                 **cluster},
         labelled={"session_fps": {k: round(v[0], 2) for k, v in rates.items()},

@@ -115,6 +115,13 @@ class Server:
     def max_sessions(self) -> int:
         return self.limits.max_sessions
 
+    @property
+    def short_of_compute(self) -> int:
+        """Live sessions rendering every 2nd or 3rd frame now (stream/render_stride.py): this
+        machine has no compute to spare, and another session here would take frames from
+        them. /health and /metrics report it; a Ray replica reports it to the routers."""
+        return sum(live.session.render_stride.stride > 1 for live in self.sessions.values())
+
     def live(self, session_id: str) -> LiveSession:
         live = self.sessions.get(session_id)
         if live is None:

@@ -229,6 +229,21 @@ def test_avatar_store_keeps_the_newest_within_its_bounds(monkeypatch):
     assert store.put("d", record(10)) and store.bytes == 70     # replaced, not counted twice
 
 
+def test_a_new_session_goes_where_sessions_render_every_frame():
+    """The router's order for a new session (serve/ray_router.py): replicas with room whose
+    sessions all render every frame, most room first; then those with room whose sessions
+    are short of compute; then full ones; a stopping replica last."""
+    import math
+
+    from serve.ray_router import preference
+
+    replicas = {"roomy, 1 short": (3, 1), "calm": (1, 0), "calmer": (2, 0), "full": (0, 0),
+                "full, 2 short": (0, 2), "stopping": (-math.inf, 0), "1 room, short": (1, 1)}
+    order = sorted(replicas, key=lambda name: preference(*replicas[name]), reverse=True)
+    assert order[:4] == ["calmer", "calm", "roomy, 1 short", "1 room, short"]
+    assert set(order[4:6]) == {"full", "full, 2 short"} and order[-1] == "stopping"
+
+
 def test_the_default_server_does_not_import_ray():
     import subprocess
     import sys

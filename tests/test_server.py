@@ -152,6 +152,7 @@ def test_health_metrics_and_page(server):
     with urllib.request.urlopen(server.url + "/health") as r:
         health = json.load(r)
     assert health["status"] == "ok" and health["max_sessions"] == MAX_SESSIONS
+    assert health["sessions_short_of_compute"] == 0
     with urllib.request.urlopen(server.url + "/metrics") as r:
         text = r.read().decode()
     for name in ("talking_head_sessions ", "talking_head_latency_seconds_bucket",
@@ -800,6 +801,41 @@ def test_engine_failure_ends_only_that_session(server):
     assert after["talking_head_session_errors_total"] == before[
         "talking_head_session_errors_total"] + 1
     assert gaps.max() < 1.0, gaps.max()                    # the witness never noticed
+
+
+def test_a_session_short_of_compute_is_reported(server):
+    """A session whose renderer falls behind real time (injected: 60 ms a frame) renders
+    every 2nd or 3rd frame and says so in its stats; /health and /metrics count it among the
+    sessions short of compute (what a load balancer routes by; a Ray router sends new
+    sessions elsewhere: serve/ray_router.py), and frames keep coming."""
+    async def run():
+        async with await http_session() as http:
+            client = Client(server.url)
+            await client.connect(http)
+            await client.wait_for_video()
+            before = await (await http.get(server.url + "/health")).json()
+            async with http.ws_connect(f"{server.url}/ws/{client.session}") as ws:
+                await ws.receive_json()
+                await ws.send_json({"type": "fault", "fault": "slow"})
+                stats, deadline = [], time.monotonic() + 30
+                while not any(m.get("render_stride", 1) > 1 for m in stats):
+                    assert time.monotonic() < deadline, stats
+                    stats.append(await ws.receive_json(timeout=5))
+                health = await (await http.get(server.url + "/health")).json()
+                gauges = await metrics(http, server.url)
+            frames = len(client.video)
+            await asyncio.sleep(1.0)
+            arrived = len(client.video) - frames
+            await client.close()
+        return before, stats, health, gauges, arrived
+
+    before, stats, health, gauges, arrived = asyncio.run(run())
+    report("short_of_compute", {"stats": stats[-1], "frames_in_1s": arrived})
+    assert {"type": "ok", "for": "fault", "fault": "slow"} in stats
+    assert before["sessions_short_of_compute"] == 0
+    assert health["sessions_short_of_compute"] == 1, health
+    assert gauges["talking_head_sessions_short_of_compute"] == 1
+    assert arrived >= 20          # the stream goes on at 25 fps, each picture held 2-3 slots
 
 
 def test_slow_websocket_consumer_is_dropped(server):
