@@ -167,8 +167,9 @@ def ray_flags(parser: argparse.ArgumentParser) -> None:
                             "up to --max-sessions sessions")
     group.add_argument("--replicas", type=int, help="replicas, fixed (default 1)")
     group.add_argument("--autoscale", metavar="MIN:MAX", type=replica_range,
-                       help="between MIN and MAX replicas, by sessions per replica; a "
-                            "replica is removed only once its sessions have ended")
+                       help="between MIN and MAX replicas, by sessions per replica (one "
+                            "with a session short of compute counts as full); a replica is "
+                            "removed only once its sessions have ended")
     group.add_argument("--ray-address", help="an existing cluster ('auto': the one `ray "
                                              "start` made here; default: start one here)")
     group.add_argument("--ray-cpus", type=int,

@@ -102,7 +102,8 @@ class TalkingHead:
                 "stopping": server.stopping, "time": time.time()}
 
     def record_autoscaling_stats(self) -> dict:
-        return {"sessions": len(self.server.sessions) + self.server.starting}
+        return {"sessions": len(self.server.sessions) + self.server.starting,
+                "short": self.server.short_of_compute}
 
     async def check_health(self) -> None:
         """Fails (Serve then replaces the replica) when the media clocks of this replica's

@@ -244,6 +244,36 @@ def test_a_new_session_goes_where_sessions_render_every_frame():
     assert set(order[4:6]) == {"full", "full, 2 short"} and order[-1] == "stopping"
 
 
+def test_a_replica_short_of_compute_counts_as_full_for_autoscaling():
+    """The autoscaling policy (serve/ray_autoscale.py) on Serve's own context: one more
+    session must find room on a replica whose sessions render every frame, so a replica
+    that had a session short of compute for most of the look-back window counts as full."""
+    from ray.serve.config import AutoscalingContext
+
+    from serve.ray_autoscale import SessionsPolicy
+
+    def wanted(sessions: dict, short: dict, low: int = 1, high: int = 4) -> int:
+        ctx = AutoscalingContext(
+            deployment_id=None, deployment_name="TalkingHead", app_name="talking_head",
+            current_num_replicas=len(sessions), target_num_replicas=len(sessions),
+            running_replicas=list(sessions), total_num_requests=0.0,
+            total_queued_requests=0.0, aggregated_metrics={"sessions": sessions,
+                                                           "short": short},
+            raw_metrics={}, capacity_adjusted_min_replicas=low,
+            capacity_adjusted_max_replicas=high, policy_state={}, last_scale_up_time=None,
+            last_scale_down_time=None, current_time=0.0, config=None)
+        return SessionsPolicy(max_sessions=4)(ctx)[0]
+
+    assert wanted({"a": 1.0}, {"a": 0.0}) == 1                 # room for one more
+    assert wanted({"a": 1.0}, {"a": 1.0}) == 2                 # short: a replica more
+    assert wanted({"a": 1.0}, {"a": 0.3}) == 1                 # short for a moment only
+    assert wanted({"a": 1.0, "b": 0.0}, {"a": 1.0, "b": 0.0}) == 2     # b has room
+    assert wanted({"a": 2.0, "b": 3.0}, {"a": 0.0, "b": 1.0}) == 2     # 2 + 4 + 1 of 8
+    assert wanted({"a": 3.0, "b": 1.0}, {"a": 1.0, "b": 1.0}) == 3     # both short
+    assert wanted({"a": 3.0, "b": 1.0}, {"a": 1.0, "b": 1.0}, high=2) == 2
+    assert wanted({"a": 4.0}, {}) == 2                         # older replicas: sessions only
+
+
 def test_the_default_server_does_not_import_ray():
     import subprocess
     import sys
