@@ -121,17 +121,18 @@ async def serve_channel(request, make_channel):
 
 
 class SlowRender:
-    """--fault-injection's "slow" (tests): the session's engine with a render that takes
-    SLOW_RENDER a frame, a machine short of compute for that session alone."""
+    """--fault-injection's "slow" (and tests): `engine` with a render that takes
+    `seconds_per_frame` a frame, a machine short of compute for that session alone; the real
+    render padded with sleep to that time, so it is the same on a fast and a slow machine."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, engine, seconds_per_frame: float = SLOW_RENDER):
+        self.engine, self.delay = engine, seconds_per_frame
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
     def render(self, avatar, motion):
-        due = time.perf_counter() + SLOW_RENDER * len(motion)
+        due = time.perf_counter() + self.delay * len(motion)
         frames = self.engine.render(avatar, motion)
         time.sleep(max(0.0, due - time.perf_counter()))
         return frames

@@ -7,6 +7,7 @@ import pytest
 
 from models import motion_space
 from models.audio_io import load_audio
+from serve.control import SlowRender
 from stream.render_file import render_file
 from stream.session import PLAYBACK_PER_FRAME, Session
 
@@ -205,24 +206,6 @@ def test_a_consumer_that_stops_taking_frames_loses_the_oldest_not_memory(engine,
         assert kept == list(range(frames - 20, frames))
     finally:
         session.close()
-
-
-class SlowRender:
-    """The real engine with a renderer that takes `seconds_per_frame` a frame (compute falling
-    behind real time): the real render, padded with sleep to that time whatever the machine's
-    own speed, so a test sees the same shortage on a fast and a slow machine."""
-
-    def __init__(self, engine, seconds_per_frame):
-        self.engine, self.delay = engine, seconds_per_frame
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-    def render(self, avatar, motion):
-        due = time.perf_counter() + self.delay * len(motion)
-        frames = self.engine.render(avatar, motion)
-        time.sleep(max(0.0, due - time.perf_counter()))
-        return frames
 
 
 def play_in_real_time(session, audio: np.ndarray, tail: float = 1.0):
