@@ -15,7 +15,9 @@ The protocol of face-reenactment papers (FOMM, LivePortrait), with the project's
                the same CropBox and resampling, so it is pixel-aligned with the avatar's crop
     motion     models.motion_space.fit_motion of every tick's landmarks (in crop pixels)
                against the avatar's own landmarks, smoothed as train.prepare_videos smooths
-               (see fit_clip_motion for why this fit)
+               (see fit_clip_motion for why this fit); then its head pose refined against
+               the real crop (models.pose_refine: analysis by synthesis at 256 px, six pose
+               numbers a tick; --no-refine-pose keeps the landmark fit's pose)
     render     models.render.render from the avatar and that motion only
     measure    an independent tool on the frames (dlib's HOG detector and 68-point predictor,
                dlib's face-recognition embedding), for the renderer and for the frozen
@@ -32,8 +34,9 @@ and max). Frames stream through in batches: nothing holds the clip's frames.
 Writes DIR/real.mkv and DIR/rendered.mkv (FFV1, lossless: decoding gives the exact RGB back;
 25 fps, the same ticks in the same order), DIR/source.png (the source frame's crop: the
 frozen baseline), DIR/metrics.json and DIR/motion.npz (per tick: the motion rendered, the
-tracked landmarks in crop pixels it was fitted to, their status, the video frame shown; the
-avatar's landmarks), and prints a table. Bad input (not a video, damaged, no usable face):
+landmark fit's motion before the pose was refined, the tracked landmarks in crop pixels it
+was fitted to, their status, the video frame shown; the avatar's landmarks), and prints a
+table. Bad input (not a video, damaged, no usable face):
 one line on stderr, exit code 2.
 
 The development clip (default --video) is the FGNet talking-face sequence, franck.mp4 from the
@@ -84,6 +87,7 @@ from models.face_track import (
     probe,
     track_faces,
 )
+from models.pose_refine import PoseRefiner, refine_pose
 from models.recording import (
     FPS,
     LUMA,
@@ -100,6 +104,7 @@ from models.recording import (
 from train.prepare_videos import PrepareConfig
 
 SIZES = (512, 256)
+REFINE_SIZE = 256              # the pose is refined on an avatar of this size (models.pose_refine)
 BATCH = 25                     # ticks rendered, written and measured together
 FOREHEAD = 0.25                # the face box is raised by this share of its height
 PICK_SECONDS = 10.0            # the source frame comes from the clip's first seconds
@@ -397,10 +402,12 @@ def make_source(path: Path, start: float, end: float, config: TrackConfig,
 
 def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None = None,
             start: float = 0.0, size: int = 512, pick_seconds: float = PICK_SECONDS,
-            identity_every: int = 1) -> dict:
+            identity_every: int = 1, refine: bool = True) -> dict:
     """Run the benchmark (see the module doc); returns what metrics.json holds.
     `identity_every`: the identity embedding (~80 ms an image on a 2-core CPU, two a tick)
-    on every n-th tick only."""
+    on every n-th tick only. `refine`: the head pose refined against the real crops."""
+    import torch
+
     started = time.perf_counter()
     code = code_version()                   # now: the files may change while this runs
     if size not in SIZES:
@@ -474,18 +481,35 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
     # 3. motion against the avatar's landmarks
     t = time.perf_counter()
     in_crop = box.to_crop(ticks.landmarks.astype(np.float64) * source_frame.scale, size)
-    motion = fit_clip_motion(in_crop, avatar.landmarks.numpy().astype(np.float64))
+    fitted = fit_clip_motion(in_crop, avatar.landmarks.numpy().astype(np.float64))
     times["fit_s"] = time.perf_counter() - t
-    np.savez_compressed(out / "motion.npz", motion=motion, names=np.array(ms.NAMES),
-                        landmarks=in_crop.astype(np.float32), status=ticks.status,
-                        frames=tick_frames, avatar_landmarks=avatar.landmarks.numpy())
     _say(f"{len(tick_frames)} frames at {FPS} fps, source frame {source_index} "
          f"({frame_times[source_index]:.2f} s); tracking {times['track_s']:.1f} s, "
          f"fitting {times['fit_s']:.1f} s")
 
-    # 4. render, write and measure, batch by batch
-    scores = _render_and_measure(path, start, end, full, box, size, avatar, source, motion,
-                                 tick_frames, out, times, identity_every)
+    # One torch thread from here on: on a busy 2-core machine two of its threads wait on each
+    # other and the renderer costs ten times the CPU (238 vs 22 ms a frame at 512, 2026-12-03).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # 4. the real crops written, the pose refined against them
+        refiner = None
+        if refine:
+            small = avatar if size == REFINE_SIZE else \
+                prepare_avatar(source_frame.image, REFINE_SIZE, cache=False)
+            refiner = PoseRefiner(small)
+        _crop_and_refine(path, start, end, full, box, size, tick_frames, fitted, in_crop,
+                         refiner, out, times)
+        motion = fitted if refiner is None else refine_pose(fitted, refiner.corrections())
+        np.savez_compressed(out / "motion.npz", motion=motion, fitted=fitted,
+                            names=np.array(ms.NAMES), landmarks=in_crop.astype(np.float32),
+                            status=ticks.status, frames=tick_frames,
+                            avatar_landmarks=avatar.landmarks.numpy())
+
+        # 5. render, write and measure, batch by batch
+        scores = _render_and_measure(size, avatar, source, motion, out, times, identity_every)
+    finally:
+        torch.set_num_threads(threads)
     renderer, frozen, real_no_face = scores
     times["total_s"] = time.perf_counter() - started
     K = len(tick_frames)
@@ -507,12 +531,14 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
                    "mouth_gap": float(m["mouth_gap"][source_index]),
                    "eye_aspect": [float(m["eye_left"][source_index]),
                                   float(m["eye_right"][source_index])]},
-        "fit": {"neutral": "avatar landmarks", "smooth_frames": SMOOTH_FRAMES},
+        "fit": {"neutral": "avatar landmarks", "smooth_frames": SMOOTH_FRAMES,
+                "pose": f"refined at {REFINE_SIZE} px" if refine else "landmark fit"},
         "identity_every": identity_every,
         "renderer": renderer.summary(), "frozen": frozen.summary(),
         "times": {k: round(v, 2) for k, v in times.items()},
         "ms_per_frame": {k[:-2]: round(1000 * times[k] / K, 1)
-                         for k in ("track_s", "fit_s", "crop_s", "render_s", "measure_s")},
+                         for k in ("track_s", "fit_s", "crop_s", "refine_s", "render_s",
+                                   "measure_s")},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "code": code,
@@ -521,12 +547,45 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
     return metrics
 
 
-def _render_and_measure(path, start, end, config, box: CropBox, size, avatar, source, motion,
-                        tick_frames, out: Path, times: dict, identity_every: int = 1):
-    """Stream the clip's frames once more: crop each real frame like the avatar, render its
-    ticks' motion, write both files, measure the renderer's frames and the frozen `source`
-    crop against them (identity on every identity_every-th tick). Returns (renderer Scores,
-    frozen Scores, frames whose real crop shows no face)."""
+def _crop_and_refine(path, start, end, config, box: CropBox, size, tick_frames, fitted,
+                     landmarks, refiner: PoseRefiner | None, out: Path, times: dict) -> None:
+    """Stream the clip's frames once more: crop each tick's real frame like the avatar, write
+    DIR/real.mkv, and hand each crop with its fitted motion and tracked landmarks to
+    `refiner` (when given), in order."""
+    times.update(crop_s=0.0, refine_s=0.0)
+    frames = frames_in_range(path, start, end, config, problems := [])
+    writer = LosslessWriter(out / "real.mkv", size)
+    crop, next_frame = None, 0
+    try:
+        for k, wanted in enumerate(tick_frames):
+            t = time.perf_counter()
+            while next_frame <= wanted:             # a tick may repeat the frame before it
+                frame = next(frames, None)
+                if frame is None:
+                    raise ReenactInputError(
+                        f"the video ended early on the second read ({problems or 'no error'})")
+                if next_frame == wanted:
+                    crop = crop_image(frame.image, box, size)
+                next_frame += 1
+            writer.write(crop[None])
+            times["crop_s"] += time.perf_counter() - t
+            if refiner is not None:
+                t = time.perf_counter()
+                refiner.add(fitted[k], crop, landmarks[k])
+                times["refine_s"] += time.perf_counter() - t
+            if (k + 1) % (10 * BATCH) == 0 or k + 1 == len(tick_frames):
+                _say(f"  {k + 1}/{len(tick_frames)} frames cropped"
+                     + (", pose refined" if refiner is not None else ""))
+    finally:
+        writer.close()
+
+
+def _render_and_measure(size, avatar, source, motion, out: Path, times: dict,
+                        identity_every: int = 1):
+    """Render the ticks' motion batch by batch beside DIR/real.mkv read back, write
+    DIR/rendered.mkv, measure the renderer's frames and the frozen `source` crop against the
+    real ones (identity on every identity_every-th tick). Returns (renderer Scores, frozen
+    Scores, frames whose real crop shows no face)."""
     import torch
 
     from models.render import render
@@ -534,39 +593,21 @@ def _render_and_measure(path, start, end, config, box: CropBox, size, avatar, so
     source_seen = look(source)
     renderer, frozen = Scores(), Scores()
     real_no_face = 0
-    times.update(render_s=0.0, measure_s=0.0, crop_s=0.0, write_s=0.0)
-    frames = frames_in_range(path, start, end, config, problems := [])
-    crops: dict[int, np.ndarray] = {}
-    next_frame = 0
-    writers = (LosslessWriter(out / "real.mkv", size), LosslessWriter(out / "rendered.mkv", size))
-    # One thread: on a busy 2-core machine two of torch's threads wait on each other and the
-    # renderer costs ten times the CPU (238 vs 22 ms a frame at 512, measured 2026-12-03).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    times.update(render_s=0.0, measure_s=0.0, write_s=0.0)
+    reals = read_lossless(out / "real.mkv")
+    writer = LosslessWriter(out / "rendered.mkv", size)
     try:
-        for a in range(0, len(tick_frames), BATCH):
-            wanted = tick_frames[a:a + BATCH]
-            t = time.perf_counter()
-            crops = {k: v for k, v in crops.items() if k >= wanted[0]}
-            while next_frame <= wanted[-1]:
-                frame = next(frames, None)
-                if frame is None:
-                    raise ReenactInputError(
-                        f"the video ended early on the second read ({problems or 'no error'})")
-                if next_frame >= wanted[0]:
-                    crops[next_frame] = crop_image(frame.image, box, size)
-                next_frame += 1
-            real = np.stack([crops[k] for k in wanted])
-            times["crop_s"] += time.perf_counter() - t
+        for a in range(0, len(motion), BATCH):
+            batch = motion[a:a + BATCH]
+            real = [next(reals) for _ in batch]
 
             t = time.perf_counter()
             with torch.no_grad():
-                rendered = render(avatar, motion[a:a + BATCH]).numpy()
+                rendered = render(avatar, batch).numpy()
             times["render_s"] += time.perf_counter() - t
 
             t = time.perf_counter()
-            writers[0].write(real)
-            writers[1].write(rendered)
+            writer.write(rendered)
             times["write_s"] += time.perf_counter() - t
 
             t = time.perf_counter()
@@ -579,13 +620,11 @@ def _render_and_measure(path, start, end, config, box: CropBox, size, avatar, so
                 renderer.add(image, truth, truth_seen, look(image, identity))
                 frozen.add(source, truth, truth_seen, source_seen)
             times["measure_s"] += time.perf_counter() - t
-            done = a + len(wanted)
-            if done % (10 * BATCH) < BATCH or done == len(tick_frames):
-                _say(f"  {done}/{len(tick_frames)} frames")
+            done = a + len(batch)
+            if done % (10 * BATCH) < BATCH or done == len(motion):
+                _say(f"  {done}/{len(motion)} frames")
     finally:
-        torch.set_num_threads(threads)
-        for writer in writers:
-            writer.close()
+        writer.close()
     return renderer, frozen, real_no_face
 
 
@@ -612,7 +651,8 @@ def format_table(metrics: dict) -> str:
                  "source frame "
                  f"{metrics['source']['frame']} ({metrics['source']['time_s']:.2f} s)")
     lines.append(f"wall: tracking {t['track_s']:.1f} s, avatar {t['avatar_s']:.1f} s, fitting "
-                 f"{t['fit_s']:.1f} s, cropping {t['crop_s']:.1f} s, rendering "
+                 f"{t['fit_s']:.1f} s, cropping {t['crop_s']:.1f} s, refining the pose "
+                 f"{t['refine_s']:.1f} s, rendering "
                  f"{t['render_s']:.1f} s, measuring "
                  f"{t['measure_s']:.1f} s, total {t['total_s']:.1f} s; peak RSS "
                  f"{metrics['peak_rss_mb']:.0f} MB")
@@ -631,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the source frame comes from this many first seconds")
     parser.add_argument("--identity-every", type=int, default=1, metavar="N",
                         help="identity distance on every N-th frame only (speed)")
+    parser.add_argument("--no-refine-pose", dest="refine", action="store_false",
+                        help="render the landmark fit's head pose as it is (no refinement "
+                        "against the real frames)")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     if args.start < 0 or (args.seconds is not None and args.seconds <= 0) \
@@ -639,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = reenact(args.video, args.out, seconds=args.seconds, start=args.start,
                           size=args.size, pick_seconds=args.pick_seconds,
-                          identity_every=args.identity_every)
+                          identity_every=args.identity_every, refine=args.refine)
     except (RecordingError, VideoInputError, PortraitError, ClipUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
