@@ -20,8 +20,8 @@ lands on the real one:
                  refinement adds no shake of its own
 
 Only the six pose numbers change; nothing else of the real frame reaches the renderer. It
-renders at the working size given (256 px by default: the pose is in degrees and face widths,
-the same at every size), about 0.15 s a frame on one core.
+renders on the avatar it is given, at that avatar's size (benchmarks.reenact uses 256 px: the
+pose is in degrees and face widths, the same at every size): 160-250 ms a frame on one core.
 """
 
 from __future__ import annotations
