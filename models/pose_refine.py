@@ -11,11 +11,10 @@ hand (a self-reenactment), the six pose parameters are refined so that the rende
 lands on the real one:
 
     per frame    Gauss-Newton on the luma inside the tracked face (face_region; blurred, so
-                 a step sees a few pixels of misplacement),
-                 its Jacobian by finite differences (one batch of 7 renders), Levenberg-
-                 Marquardt damping; started from the previous frame's correction, ITERATIONS
-                 steps (the first frame FIRST_ITERATIONS), each step and the whole
-                 correction bounded
+                 a step sees a few pixels of misplacement), its Jacobian by finite
+                 differences (one batch of 7 renders), Levenberg-Marquardt damping; started
+                 from the previous frame's correction, ITERATIONS steps (the first frame
+                 FIRST_ITERATIONS), each step and the whole correction bounded
     over time    the corrections smoothed along the frames (models.recording.smooth), so the
                  refinement adds no shake of its own
 
@@ -27,12 +26,12 @@ pose is in degrees and face widths, the same at every size): 160-250 ms a frame 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from models import motion_space as ms
 from models.avatar import Avatar
 from models.recording import LUMA, smooth
+from models.render import render
 
 POSE = [ms.index(n) for n in ms.POSE]                   # the six head pose parameters
 DELTA = np.array([0.5, 0.5, 0.5, 0.005, 0.005, 0.005])  # finite-difference steps (deg, face
@@ -101,7 +100,7 @@ class PoseRefiner:
         for _ in range(FIRST_ITERATIONS if first else ITERATIONS):
             trials = correction + np.vstack([np.zeros(len(POSE)), np.diag(DELTA)])  # [7, 6]
             images = self._render(motion, trials)
-            lumas = np.stack([self._luma(im, region) for im in images])         # [7, P]
+            lumas = np.stack([self._luma(im, region) for im in images])             # [7, P]
             residual = lumas[0] - truth
             error = min(error, float(np.mean(residual ** 2)))
             jacobian = (lumas[1:] - lumas[0]).T / DELTA                            # [P, 6]
@@ -139,12 +138,10 @@ class PoseRefiner:
     # -- one frame ----------------------------------------------------------------------------
 
     def _render(self, motion: np.ndarray, corrections: np.ndarray) -> np.ndarray:
-        from models.render import render
-
+        """Frames [N, S, S, 3] of motion [D] with each of corrections [N, 6] added."""
         motions = np.repeat(np.asarray(motion, np.float64)[None], len(corrections), 0)
         motions[:, POSE] += corrections
-        with torch.no_grad():
-            return render(self.avatar, ms.clip(motions.astype(np.float32))).numpy()
+        return render(self.avatar, ms.clip(motions.astype(np.float32))).numpy()
 
     def _luma(self, image: np.ndarray, region: np.ndarray) -> np.ndarray:
         return ndimage.gaussian_filter(image.astype(np.float64) @ LUMA, self.sigma)[region]
