@@ -95,6 +95,7 @@ from models.recording import (
     RecordingError,
     SourcePick,
     appearance_deviation,
+    face_box,
     fit_clip_motion,
     frames_in_range,
     pick_source_frame,
@@ -106,7 +107,6 @@ from train.prepare_videos import PrepareConfig
 SIZES = (512, 256)
 REFINE_SIZE = 256              # the pose is refined on an avatar of this size (models.pose_refine)
 BATCH = 25                     # ticks rendered, written and measured together
-FOREHEAD = 0.25                # the face box is raised by this share of its height
 PICK_SECONDS = 10.0            # the source frame comes from the clip's first seconds
 # The tracker keeps faces down to this width (source pixels), so that a clip of faces too
 # small for an avatar (models.avatar.MIN_FACE_WIDTH) is refused as such, not as "no face".
@@ -259,16 +259,6 @@ def look(image: np.ndarray, identity: bool = True) -> Seen | None:
     box = max(boxes, key=lambda b: (b[0][2] - b[0][0]) * (b[0][3] - b[0][1]))[0]
     landmarks = mf.dlib_landmarks(image, box)
     return Seen(landmarks, mf.identity_embedding(image, landmarks) if identity else None)
-
-
-def face_box(landmarks: np.ndarray, size: int) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) pixel bounds of the landmarks, raised by FOREHEAD of their
-    height, clipped to the image."""
-    (x0, y0), (x1, y1) = landmarks.min(0), landmarks.max(0)
-    y0 -= FOREHEAD * (y1 - y0)
-    left, top = (int(np.clip(np.floor(v), 0, size - 1)) for v in (x0, y0))
-    right, bottom = (int(np.clip(np.ceil(v) + 1, 1, size)) for v in (x1, y1))
-    return left, top, max(right, left + 8), max(bottom, top + 8)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

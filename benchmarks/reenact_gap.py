@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks.reenact import LUMA, face_box, look, read_lossless
 
 # Bands of the face box, as shares of its height from the top (the box is raised by a quarter
-# of the landmarks' height for the forehead: benchmarks.reenact.FOREHEAD).
+# of the landmarks' height for the forehead: models.recording.FOREHEAD).
 BANDS = {"hair and forehead": (0.0, 0.25), "eyes": (0.25, 0.45), "nose and cheeks": (0.45, 0.65),
          "mouth": (0.65, 0.88), "chin and neck": (0.88, 1.0)}
 

@@ -10,8 +10,9 @@ renderer": yaw 0.84, pitch 0.80, scale 0.71 of the commanded). Where the real fr
 hand (a self-reenactment), the six pose parameters are refined so that the rendered face
 lands on the real one:
 
-    per frame    Gauss-Newton on the luma inside the tracked face (face_region; blurred, so
-                 a step sees a few pixels of misplacement), its Jacobian by finite
+    per frame    Gauss-Newton on the luma inside the tracked face's box (the box the
+                 benchmark measures on, models.recording.face_box; blurred, so a step sees a
+                 few pixels of misplacement), its Jacobian by finite
                  differences (one batch of 7 renders), Levenberg-Marquardt damping; started
                  from the previous frame's correction, ITERATIONS steps (the first frame
                  FIRST_ITERATIONS), each step and the whole correction bounded
@@ -30,7 +31,7 @@ from scipy import ndimage
 
 from models import motion_space as ms
 from models.avatar import Avatar
-from models.recording import LUMA, smooth
+from models.recording import LUMA, face_box, smooth
 from models.render import render
 
 POSE = [ms.index(n) for n in ms.POSE]                   # the six head pose parameters
@@ -42,27 +43,8 @@ ITERATIONS = 3              # Gauss-Newton steps a frame, from the previous fram
 FIRST_ITERATIONS = 10       # ... and for a clip's first frame, from none (pitch and height
                             #   trade against each other, and take longer to tell apart)
 BLUR = 1.0 / 256            # the luma's Gaussian blur, as a share of the frame side
-FOREHEAD = 0.25             # the compared box is raised by this share of the landmarks' height
 SMOOTH_FRAMES = 9           # the corrections' Savitzky-Golay window (frames)
 DAMPING = 1e-3              # Levenberg-Marquardt's starting damping
-
-
-def face_region(landmarks: np.ndarray, size: int) -> np.ndarray:
-    """Pixels [size, size] bool the pose is judged on: the box around landmarks [68, 2]
-    (pixels of a size x size frame), raised by FOREHEAD of its height. The eyes and the mouth
-    stay in: with them left out (the boxes of their points, widened by 0.25-0.6 of their
-    width), franck's first 20 s lost face-box SSIM (0.886 -> 0.880) and dlib's eye-opening
-    correlation (0.906 -> 0.889)."""
-    region = np.zeros((size, size), bool)
-    (x0, y0), (x1, y1) = landmarks.min(0), landmarks.max(0)
-    y0 -= FOREHEAD * (y1 - y0)
-    region[_span(y0, y1, size), _span(x0, x1, size)] = True
-    return region
-
-
-def _span(low: float, high: float, size: int) -> slice:
-    first = int(np.clip(np.floor(low), 0, size - 1))
-    return slice(first, int(np.clip(np.ceil(high) + 1, first + 1, size)))
 
 
 class PoseRefiner:
@@ -70,7 +52,11 @@ class PoseRefiner:
     the previous one's correction); `corrections` then gives them smoothed over time.
 
     avatar: the avatar the motion is rendered on, at the working size the refinement renders
-    (any of models.avatar.SIZES; the real frames and landmarks are scaled to it)."""
+    (any of models.avatar.SIZES; the real frames and landmarks are scaled to it).
+
+    The eyes and the mouth stay in the compared box: with them left out (the boxes of their
+    points, widened by 0.25-0.6 of their width), franck's first 20 s lost face-box SSIM
+    (0.886 -> 0.880) and dlib's eye-opening correlation (0.906 -> 0.889)."""
 
     def __init__(self, avatar: Avatar):
         self.avatar = avatar
@@ -92,7 +78,8 @@ class PoseRefiner:
 
             real = np.asarray(Image.fromarray(real).resize((self.size, self.size),
                                                            Image.BILINEAR))
-        region = face_region(landmarks * scale, self.size)
+        left, top, right, bottom = face_box(landmarks * scale, self.size)
+        region = (slice(top, bottom), slice(left, right))
         truth = self._luma(real, region)
         first = self._previous is None
         correction = np.zeros(len(POSE)) if first else self._previous.copy()
@@ -143,10 +130,10 @@ class PoseRefiner:
         motions[:, POSE] += corrections
         return render(self.avatar, ms.clip(motions.astype(np.float32))).numpy()
 
-    def _luma(self, image: np.ndarray, region: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(image.astype(np.float64) @ LUMA, self.sigma)[region]
+    def _luma(self, image: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
+        return ndimage.gaussian_filter(image.astype(np.float64) @ LUMA, self.sigma)[region].ravel()
 
-    def _error(self, image: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
+    def _error(self, image: np.ndarray, truth: np.ndarray, region: tuple[slice, slice]) -> float:
         return float(np.mean((self._luma(image, region) - truth) ** 2))
 
 

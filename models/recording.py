@@ -31,6 +31,7 @@ FIT_CHUNK = 500                # frames per fit_motion call (memory)
 SMOOTH_FRAMES = 5              # Savitzky-Golay window (motion frames); 1: none
 SMOOTH_ORDER = 2
 LUMA = np.array([0.299, 0.587, 0.114])
+FOREHEAD = 0.25                # the face box is raised by this share of the landmarks' height
 
 
 class RecordingError(ValueError):
@@ -77,6 +78,17 @@ def smooth(motion: np.ndarray, frames: int = 5, order: int = 2) -> np.ndarray:
     windows = motion[starts[:, None] + np.arange(frames)]          # [T, frames, D]
     rows = fit[np.arange(T) - starts]                              # [T, frames]
     return ms.clip(np.einsum("tf,tfd->td", rows, windows).astype(np.float32))
+
+
+def face_box(landmarks: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel bounds of landmarks [68, 2] in a size x size frame,
+    raised by FOREHEAD of their height for the forehead, clipped to the frame: the face a
+    rendered frame is compared with the real one on (benchmarks.reenact, models.pose_refine)."""
+    (x0, y0), (x1, y1) = landmarks.min(0), landmarks.max(0)
+    y0 -= FOREHEAD * (y1 - y0)
+    left, top = (int(np.clip(np.floor(v), 0, size - 1)) for v in (x0, y0))
+    right, bottom = (int(np.clip(np.ceil(v) + 1, 1, size)) for v in (x1, y1))
+    return left, top, max(right, left + 8), max(bottom, top + 8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from models import motion_space as ms
 from models.avatar import prepare_avatar
@@ -57,8 +58,7 @@ def test_a_clip_of_frames_untracked_ones_and_a_larger_frame(avatar, scene):
     refiner = PoseRefiner(avatar)
     for k in range(4):
         refiner.add(fitted, real, landmarks if k != 2 else np.full_like(landmarks, np.nan))
-    large = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(real).resize(
-        (512, 512)))
+    large = np.asarray(Image.fromarray(real).resize((512, 512)))
     refiner.add(fitted, large, 2 * landmarks)
     corrections = refiner.corrections()
     assert corrections.shape == (5, 6)
