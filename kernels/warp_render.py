@@ -11,7 +11,8 @@ For every output pixel x of frame n (models/render.py `compose` is the torch ref
            the shut lid blends to smooth skin (smooth image), its lashes hang below the
            margin, the lash line darkens
     mouth  in the mouth's window: cavity, teeth and tongue (models/mouth.py) over the colour,
-           by how far the lips part
+           by how far the lips part; the portrait's own opening (a smile's teeth) over
+           them, sampled where it lies on the skull
     out    = colour rounded to uint8 [N, S, S, 3] (or float, for tests)
 
 Inputs (all float32, contiguous):
@@ -201,9 +202,10 @@ def _eye(image, smooth, offset, p, top_table, bottom_table, x, y, size, coarse,
 
 
 @triton.jit
-def _mouth(p, tables, x, y, r, g, b, CURVE: tl.constexpr):
+def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     """The mouth interior over colour (r, g, b) at output pixels (x, y) (models/mouth.py).
-    p points at the MOUTH_FIELDS, tables at the upper lip, lower lip, opening, shade rows."""
+    p points at the MOUTH_FIELDS, tables at the upper lip, lower lip, opening, shade, and
+    rest upper and lower lip rows; image is the portrait (its own opening, on the skull)."""
     cx = tl.load(p + 4)
     cy = tl.load(p + 5)
     ax = tl.load(p + 6)
@@ -257,6 +259,22 @@ def _mouth(p, tables, x, y, r, g, b, CURVE: tl.constexpr):
     mr = teeth * tl.load(p + 24) + tongue_w * tl.load(p + 27) + cavity_w * tl.load(p + 21)
     mg = teeth * tl.load(p + 25) + tongue_w * tl.load(p + 28) + cavity_w * tl.load(p + 22)
     mb = teeth * tl.load(p + 26) + tongue_w * tl.load(p + 29) + cavity_w * tl.load(p + 23)
+
+    # over it all, the portrait's own opening where it lies on the skull
+    own_top = _lookup(tables + 4 * CURVE, u, start, stop, CURVE)
+    own_gap = _lookup(tables + 5 * CURVE, u, start, stop, CURVE) - own_top
+    depth = (v - own_top) / tl.maximum(own_gap, 1.0)
+    low = tl.load(p + 40)
+    shown = _clamp01((own_gap / fs - low) / (tl.load(p + 41) - low))
+    fade = tl.load(p + 39)
+    w_own = (_sigmoid((v - own_top) / edge) * _clamp01((tl.load(p + 38) + fade - depth) / fade)
+             * shown)
+    sx = tl.load(p + 32) * x + tl.load(p + 33) * y + tl.load(p + 34)
+    sy = tl.load(p + 35) * x + tl.load(p + 36) * y + tl.load(p + 37)
+    own_r, own_g, own_b = _rgb(image, sx, sy, size)
+    mr = mr + (own_r - mr) * w_own
+    mg = mg + (own_g - mg) * w_own
+    mb = mb + (own_b - mb) * w_own
     r = r + (tl.minimum(tl.maximum(mr, 0.0), 255.0) - r) * coverage
     g = g + (tl.minimum(tl.maximum(mg, 0.0), 255.0) - g) * coverage
     b = b + (tl.minimum(tl.maximum(mb, 0.0), 255.0) - b) * coverage
@@ -324,7 +342,7 @@ def warp_render_kernel(
     p = params + 2 * GROUP
     meets, inside = _in_window(p, x, y, x0, y0, BLOCK_H, BLOCK_W)
     if meets:
-        mr, mg, mb = _mouth(p, tables + 4 * CURVE, x, y, r, g, b, CURVE)
+        mr, mg, mb = _mouth(Portrait, p, tables + 4 * CURVE, x, y, r, g, b, size, CURVE)
         r = tl.where(inside, mr, r)
         g = tl.where(inside, mg, g)
         b = tl.where(inside, mb, b)

@@ -6,12 +6,13 @@ them.
                               mouth; the row's first fields are EYE_FIELDS or MOUTH_FIELDS
     tables  [N, TABLES, CURVE] per frame, curves tabulated over u: eye 0 upper and lower lid,
                               eye 1 upper and lower lid, the mouth's upper lip, lower lip,
-                              opening (0..1) and the teeth's shade across the arch
+                              opening (0..1), the teeth's shade across the arch, and its
+                              upper and lower lip at rest (the portrait's own opening)
 """
 
 CURVE = 33          # samples per curve table (models/curves.py CURVE_SAMPLES)
-GROUP = 32          # parameters per overlay, padded
-TABLES = 8
+GROUP = 48          # parameters per overlay, padded
+TABLES = 10
 OVERLAYS = 3
 
 WINDOW = ("origin_x", "origin_y", "width", "height",         # the overlay's pixel window
@@ -30,5 +31,7 @@ MOUTH_FIELDS = WINDOW + (
     "arch_centre", "arch_width", "lip_line", "upper_show", "arch_dip", "jaw_line",
     "lower_show", "gap_mid", "edge",
     "lip_r", "lip_g", "lip_b", "teeth_r", "teeth_g", "teeth_b",
-    "tongue_r", "tongue_g", "tongue_b", "shade_start", "shade_stop")
+    "tongue_r", "tongue_g", "tongue_b", "shade_start", "shade_stop",
+    "skull_xx", "skull_xy", "skull_x", "skull_yx", "skull_yy", "skull_y",  # render.skull_map
+    "own_keep", "own_fade", "own_gap_low", "own_gap_high")    # models/mouth.py constants
 assert len(EYE_FIELDS) <= GROUP and len(MOUTH_FIELDS) <= GROUP

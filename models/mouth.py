@@ -28,6 +28,13 @@ TEETH_ARCH = 0.045              # how far the arch's edge recedes at its ends
 TOOTH_GAPS = (0.0, 0.30, 0.54, 0.73)   # between teeth, in arch half-widths
 EDGE = 0.6                      # anti-aliasing width of the lip edge, pixels
 REACH = 1.1                     # tables span u in [-REACH, REACH] (mouth half-widths)
+# A portrait's own opening (a smile's teeth) stays on the skull as the jaw drops: its upper
+# OWN_KEEP share as it is, fading out over the next OWN_FADE towards the portrait's own lower
+# lip (whose inner edge must not show inside the new opening), for openings of OWN_GAP face
+# widths or more (a closed mouth's slit is not kept).
+OWN_KEEP = 0.7
+OWN_FADE = 0.2
+OWN_GAP = (0.004, 0.012)
 
 
 def _step(x: torch.Tensor, width: float | torch.Tensor = EDGE) -> torch.Tensor:
@@ -43,12 +50,13 @@ def teeth_shade() -> torch.Tensor:
 
 
 def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
-          jaw_lips: torch.Tensor, face_size: torch.Tensor,
-          colors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+          jaw_lips: torch.Tensor, face_size: torch.Tensor, colors: torch.Tensor,
+          own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """points [N, P, 2] output pixels; inner lips 60..67 [N, 8, 2] as moved (`lips`), at rest
     under the same head pose (`rest_lips`, where the upper teeth are) and moved by the jaw
     only (`jaw_lips`, where the lower teeth are); face_size [N] pixels per face width;
-    colors [3, 3] skin, lips, teeth. Returns colour [N, P, 3] (0..255) and coverage [N, P]."""
+    colors [3, 3] skin, lips, teeth; own [N, P, 3] the portrait where each point lies on the
+    skull (models.render.skull_map). Returns colour [N, P, 3] (0..255) and coverage [N, P]."""
     fs = face_size[:, None]
     u, v, half, frame = feature_frame(points, lips[:, 0], lips[:, 4])
 
@@ -66,6 +74,7 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     opened_table = torch.clamp((lower_table - upper_table - rest_gap) / (0.008 * fs), 0.0, 1.0)
     at_u = Lookup(u, start, stop)
     upper, lower, opened = at_u(upper_table), at_u(lower_table), at_u(opened_table)
+    own_top, own_bottom = at_u(rest_upper), at_u(rest_lower)
     gap = lower - upper
     coverage = _step(v - upper) * _step(lower - v) * opened
 
@@ -111,4 +120,11 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     tongue_color = lip_color * constant([0.62, 0.36, 0.36], lip_color)
     color = (teeth[..., None] * teeth_color + tongue_w[..., None] * tongue_color
              + cavity_w[..., None] * lip_color)
+    # Over it all, the portrait's own opening where it lies on the skull.
+    own_gap = own_bottom - own_top
+    depth = (v - own_top) / torch.clamp(own_gap, min=1.0)                 # 0 .. 1 down it
+    shown = torch.clamp((own_gap / fs - OWN_GAP[0]) / (OWN_GAP[1] - OWN_GAP[0]), 0.0, 1.0)
+    w_own = _step(v - own_top) * torch.clamp((OWN_KEEP + OWN_FADE - depth) / OWN_FADE,
+                                             0.0, 1.0) * shown
+    color = color + (own - color) * w_own[..., None]
     return color, coverage

@@ -104,6 +104,22 @@ def _landmarks(pose, landmarks, landmark_depth, basis, expression):
     return lips, eye_points, rest_lips, jaw_lips
 
 
+def skull_map(rest_lips: torch.Tensor, portrait_lips: torch.Tensor) -> torch.Tensor:
+    """[N, 2, 3]: output pixel (x, y, 1) -> the portrait pixel that shows the same point of
+    the skull, near the mouth: the similarity that takes the inner lips' corners at rest
+    under the head pose (rest_lips [N, 8, 2]) to the portrait's own (portrait_lips [8, 2]).
+    The upper teeth are fixed to the skull (models/mouth.py keeps a portrait's own there)."""
+    a, b = rest_lips[:, 0], rest_lips[:, 4]                                # [N, 2]
+    d = b - a
+    e = (portrait_lips[4] - portrait_lips[0]).expand_as(d)
+    norm = (d * d).sum(-1).clamp(min=1e-6)
+    c = (e * d).sum(-1) / norm                                             # scale * cos
+    s = (e[:, 1] * d[:, 0] - e[:, 0] * d[:, 1]) / norm                     # scale * sin
+    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], 1)  # [N, 2, 2]
+    shift = portrait_lips[0] - (rot @ a[..., None])[..., 0]                # [N, 2]
+    return torch.cat([rot, shift[..., None]], -1)
+
+
 def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_mask, size):
     """Backward map on the coarse grid: source pixel position of each node [N, Q, 2] and the
     nodes themselves [1, Q, 2]."""
@@ -143,13 +159,14 @@ def warp_layers(layers: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
 
 
 def compose(image, smooth_image, plate, matte, offset, eye_points, expression, scale, face_width,
-            lid_skin, lips, rest_lips, jaw_lips, colors, frame_size: int | None = None
+            lid_skin, lips, rest_lips, jaw_lips, colors, skull_map, frame_size: int | None = None
             ) -> torch.Tensor:
     """Everything per output pixel, once the motion is known: upsample the coarse backward
     displacement offset [N, 2, h, w] (pixels), sample the portrait and the person's matte,
     put the person over the still background plate (models.background), draw the eyes and the
     mouth. eye_points [N, 12, 2], expression [N, E], scale [N] (head pose), lips, rest_lips,
-    jaw_lips [N, 8, 2] (see _landmarks); the rest are the avatar's fields; frame_size: the
+    jaw_lips [N, 8, 2] (see _landmarks), skull_map [N, 2, 3] (output pixels -> the portrait's
+    under the head pose alone: see skull_map); the rest are the avatar's fields; frame_size: the
     frame the image is a window of (Avatar.frame_size: it sizes the overlay windows; None:
     the image's own size). Returns the frames planar, [3, N*S*S] float (0..255).
     kernels/warp_render.py does this in one fused pass."""
@@ -191,7 +208,9 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
     points, index = _window(lips.mean(1), height, width, size)
     index3 = index.reshape(1, -1).expand(3, -1)
     patch = frame.gather(1, index3).reshape(3, n, -1).permute(1, 2, 0)    # [N, P, 3]
-    color, coverage = mouth(points, lips, rest_lips, jaw_lips, face_width * scale, colors)
+    on_skull = points @ skull_map[:, :, :2].transpose(1, 2) + skull_map[:, None, :, 2]
+    own = warp.sample(image[None], on_skull, size).permute(0, 2, 1)       # [N, P, 3]
+    color, coverage = mouth(points, lips, rest_lips, jaw_lips, face_width * scale, colors, own)
     color = mix(patch, torch.clamp(color, 0.0, 255.0), coverage[..., None])
     frame.scatter_(1, index3, color.permute(2, 0, 1).reshape(3, -1))
 
@@ -214,7 +233,7 @@ def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, d
 
     offset = (source - nodes).reshape(n, coarse, coarse, 2).permute(0, 3, 1, 2).contiguous()
     overlays = (eye_points, expression, pose.scale, face_width, lid_skin, lips, rest_lips,
-                jaw_lips, colors)
+                jaw_lips, colors, skull_map(rest_lips, landmarks[60:68]))
     return offset, overlays
 
 

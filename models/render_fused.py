@@ -79,10 +79,11 @@ def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size, frame_size):
     return _pack(fields, EYE_FIELDS, eye.shape[0], half), torch.stack([top, bottom], 1)
 
 
-def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, size, frame_size):
+def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, frame_size):
     """The mouth (inner lips [N, 8, 2] as moved, at rest, moved by the jaw only; face_size
-    [N] pixels per face width; colors [3, 3]): its parameters [N, GROUP] and tables
-    [N, 4, CURVE]: upper lip, lower lip, opening, teeth shade (models/mouth.py, per frame)."""
+    [N] pixels per face width; colors [3, 3]; skull_map [N, 2, 3]): its parameters
+    [N, GROUP] and tables [N, 6, CURVE]: upper lip, lower lip, opening, teeth shade, upper
+    and lower lip at rest (models/mouth.py, per frame)."""
     n = lips.shape[0]
     fs = face_size[:, None]
     half, frame = _frame(lips[:, 0], lips[:, 4])
@@ -117,14 +118,19 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, size, frame_size)
         lip_r=lip_color[0], lip_g=lip_color[1], lip_b=lip_color[2],
         teeth_r=teeth_color[0], teeth_g=teeth_color[1], teeth_b=teeth_color[2],
         tongue_r=tongue[0], tongue_g=tongue[1], tongue_b=tongue[2],
-        shade_start=-1.0, shade_stop=1.0)
-    tables = torch.stack([upper_table, lower_table, opened, shade], 1)
+        shade_start=-1.0, shade_stop=1.0,
+        skull_xx=skull_map[:, 0, 0], skull_xy=skull_map[:, 0, 1], skull_x=skull_map[:, 0, 2],
+        skull_yx=skull_map[:, 1, 0], skull_yy=skull_map[:, 1, 1], skull_y=skull_map[:, 1, 2],
+        own_keep=mouth_shape.OWN_KEEP, own_fade=mouth_shape.OWN_FADE,
+        own_gap_low=mouth_shape.OWN_GAP[0], own_gap_high=mouth_shape.OWN_GAP[1])
+    tables = torch.stack([upper_table, lower_table, opened, shade, rest_upper, rest_lower], 1)
     return _pack(fields, MOUTH_FIELDS, n, half), tables
 
 
 def overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin, lips,
-                   rest_lips, jaw_lips, colors, frame_size: int | None = None):
-    """The kernel's params [N, 3, GROUP] and tables [N, 8, CURVE] from compose's arguments."""
+                   rest_lips, jaw_lips, colors, skull_map, frame_size: int | None = None):
+    """The kernel's params [N, 3, GROUP] and tables [N, TABLES, CURVE] from compose's
+    arguments."""
     size = image.shape[-1]
     frame_size = frame_size or size
     gaze = take(expression, (_E["gaze_x"], _E["gaze_y"]))
@@ -135,21 +141,21 @@ def overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin, l
                                 face_width, scale, size, frame_size)
         rows.append(row)
         tables.append(table)
-    row, table = mouth_inputs(lips, rest_lips, jaw_lips, face_width * scale, colors, size,
-                              frame_size)
+    row, table = mouth_inputs(lips, rest_lips, jaw_lips, face_width * scale, colors,
+                              skull_map, size, frame_size)
     rows.append(row)
     tables.append(table)
     return torch.stack(rows, 1), torch.cat(tables, 1)
 
 
 def render_fused(image, smooth_image, plate, matte, offset, eye_points, expression, scale,
-                 face_width, lid_skin, lips, rest_lips, jaw_lips, colors,
+                 face_width, lid_skin, lips, rest_lips, jaw_lips, colors, skull_map,
                  frame_size: int | None = None, **kernel_options):
     """render.compose + rounding in one kernel: frames [N, S, S, 3] uint8 (float32 0..255
     with out_float=True). In a plugin export, the TensorRT plugin node instead.
     kernel_options go to kernels.warp_render.warp_render (out_float, block)."""
     params, tables = overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin,
-                                    lips, rest_lips, jaw_lips, colors, frame_size)
+                                    lips, rest_lips, jaw_lips, colors, skull_map, frame_size)
     portrait = torch.cat([image, matte])                                   # [4, S, S]
     layers = torch.cat([smooth_image, plate])                              # [6, S, S]
     if dispatch.exporting_plugins():
