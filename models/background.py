@@ -33,6 +33,9 @@ PERSON_INPUT = 256         # side of the image the selfie segmentation takes
 HOLE_MATTE = 0.02          # matte above this is person: the fill does not trust the pixel
 SOLID = 0.05               # matte from this up is person enough that the plate replaces it
 HOLE_GROW = 0.04           # the hole grows by this (face widths), past the hair's soft edge
+SOLID_GROW = 0.03          # the plate replaces the crop this far (face widths) past the solid
+                           #   person: a thin rim the segmentation leaves out (a helmet ring's
+                           #   edge) moves with the person instead of staying on the plate
 
 
 def person_matte(crop: np.ndarray) -> np.ndarray:
@@ -106,13 +109,19 @@ def background_plate(crop: np.ndarray, person: np.ndarray, face_width: float) ->
     """The crop [S, S, 3] uint8 with the person (matte [S, S]) taken out and the background
     filled in from the rest: [S, S, 3] float32. The fill takes nothing of the person nor of
     the pixels just outside the matte (hair's halo); it replaces the person where the matte
-    is at least SOLID (fainter, the pixel is mostly background and stays)."""
+    is at least SOLID (fainter, the pixel is mostly background and stays) and SOLID_GROW
+    around it. There the crop differs from the plate only where something of the person is
+    left that the segmentation missed, and `unmix` gives those pixels to the person: left on
+    the still plate, such a rim showed as a ghost line beside the moved person (the default
+    avatar's helmet ring, 2026-12-06)."""
     from scipy import ndimage
 
     untrusted = ndimage.binary_dilation(person > HOLE_MATTE,
                                         iterations=max(1, round(HOLE_GROW * face_width)))
     filled = fill(crop.astype(np.float64), ~untrusted)
-    return np.where((person >= SOLID)[..., None], filled, crop).astype(np.float32)
+    solid = ndimage.binary_dilation(person >= SOLID,
+                                    iterations=max(1, round(SOLID_GROW * face_width)))
+    return np.where(solid[..., None], filled, crop).astype(np.float32)
 
 
 def unmix(crop: np.ndarray, plate: np.ndarray, matte: np.ndarray

@@ -232,7 +232,7 @@ def test_a_moving_head_uncovers_the_background_instead_of_stretching_it(avatars,
     uncovered = (matte > 0.99) & (moved < 0.01)
     uncovered = ndimage.binary_erosion(uncovered, iterations=2)
     uncovered[int(avatar.pivot[1]):] = False
-    assert uncovered.sum() > 200
+    assert uncovered.sum() > 100            # (the matte reaches background.SOLID_GROW past it)
     assert np.abs(frame[uncovered] - plate[uncovered]).mean() < 2.0
     assert np.abs(frame[uncovered] - crop[uncovered]).mean() > 10.0
 
