@@ -9,7 +9,9 @@ portrait (lip colour for the cavity and tongue; the portrait's own teeth if it s
 else a shaded ivory from the skin's light: models.avatar.face_colors).
 
 Only the part of the opening beyond the portrait's own (a smiling portrait's parted lips)
-is painted, so zero motion reproduces the portrait exactly.
+is painted, so zero motion reproduces the portrait exactly; over the painted opening the
+portrait's own (a smile's teeth) stays where it lies on the skull, so a smile keeps its
+teeth as the jaw drops and the new opening grows below them.
 """
 
 import torch
@@ -30,8 +32,8 @@ EDGE = 0.6                      # anti-aliasing width of the lip edge, pixels
 REACH = 1.1                     # tables span u in [-REACH, REACH] (mouth half-widths)
 # A portrait's own opening (a smile's teeth) stays on the skull as the jaw drops: its upper
 # OWN_KEEP share as it is, fading out over the next OWN_FADE towards the portrait's own lower
-# lip (whose inner edge must not show inside the new opening), for openings of OWN_GAP face
-# widths or more (a closed mouth's slit is not kept).
+# lip (whose inner edge must not show inside the new opening); kept in full for own openings
+# of OWN_GAP[1] face widths or more, not at all under OWN_GAP[0] (a closed mouth's slit).
 OWN_KEEP = 0.7
 OWN_FADE = 0.2
 OWN_GAP = (0.004, 0.012)
