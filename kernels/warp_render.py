@@ -260,17 +260,23 @@ def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     mg = teeth * tl.load(p + 25) + tongue_w * tl.load(p + 28) + cavity_w * tl.load(p + 22)
     mb = teeth * tl.load(p + 26) + tongue_w * tl.load(p + 29) + cavity_w * tl.load(p + 23)
 
-    # over it all, the portrait's own opening where it lies on the skull
+    # over it all, the portrait's own opening where it lies on the skull: above it its top
+    # row continued, below it faded as far as the lower lip has dropped
     own_top = _lookup(tables + 4 * CURVE, u, start, stop, CURVE)
-    own_gap = _lookup(tables + 5 * CURVE, u, start, stop, CURVE) - own_top
+    own_bottom = _lookup(tables + 5 * CURVE, u, start, stop, CURVE)
+    own_gap = own_bottom - own_top
     depth = (v - own_top) / tl.maximum(own_gap, 1.0)
     low = tl.load(p + 40)
     shown = _clamp01((own_gap / fs - low) / (tl.load(p + 41) - low))
     fade = tl.load(p + 39)
-    w_own = (_sigmoid((v - own_top) / edge) * _clamp01((tl.load(p + 38) + fade - depth) / fade)
-             * shown)
-    sx = tl.load(p + 32) * x + tl.load(p + 33) * y + tl.load(p + 34)
-    sy = tl.load(p + 35) * x + tl.load(p + 36) * y + tl.load(p + 37)
+    kept = _clamp01((tl.load(p + 38) + fade - depth) / fade)
+    dropped = _clamp01((lower - own_bottom) / tl.load(p + 42))
+    w_own = (1.0 - dropped * (1.0 - kept)) * shown
+    lift = tl.maximum(own_top + tl.load(p + 43) * own_gap - v, 0.0)
+    ox = x - lift * ay                                       # lifted along the normal
+    oy = y + lift * ax
+    sx = tl.load(p + 32) * ox + tl.load(p + 33) * oy + tl.load(p + 34)
+    sy = tl.load(p + 35) * ox + tl.load(p + 36) * oy + tl.load(p + 37)
     own_r, own_g, own_b = _rgb(image, sx, sy, size)
     mr = mr + (own_r - mr) * w_own
     mg = mg + (own_g - mg) * w_own

@@ -33,5 +33,6 @@ MOUTH_FIELDS = WINDOW + (
     "lip_r", "lip_g", "lip_b", "teeth_r", "teeth_g", "teeth_b",
     "tongue_r", "tongue_g", "tongue_b", "shade_start", "shade_stop",
     "skull_xx", "skull_xy", "skull_x", "skull_yx", "skull_yy", "skull_y",  # render.skull_map
-    "own_keep", "own_fade", "own_gap_low", "own_gap_high")    # models/mouth.py constants
+    "own_keep", "own_fade", "own_gap_low", "own_gap_high",    # models/mouth.py constants
+    "own_drop", "own_inset")           # pixels; a constant
 assert len(EYE_FIELDS) <= GROUP and len(MOUTH_FIELDS) <= GROUP

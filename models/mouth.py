@@ -11,11 +11,14 @@ else a shaded ivory from the skin's light: models.avatar.face_colors).
 Only the part of the opening beyond the portrait's own (a smiling portrait's parted lips)
 is painted, so zero motion reproduces the portrait exactly; over the painted opening the
 portrait's own (a smile's teeth) stays where it lies on the skull, so a smile keeps its
-teeth as the jaw drops and the new opening grows below them.
+teeth as the jaw drops and the new opening grows below them. A raised upper lip uncovers
+more of the same teeth (their top row continued up to the lip), and while the lower lip
+stays where it was, so does the foot of the portrait's own opening.
 """
 
 import torch
 
+from models import warp
 from models.constants import constant, table, take
 from models.curves import CURVE_SAMPLES, Lookup, curve_table, feature_frame, project
 
@@ -37,6 +40,9 @@ REACH = 1.1                     # tables span u in [-REACH, REACH] (mouth half-w
 OWN_KEEP = 0.7
 OWN_FADE = 0.2
 OWN_GAP = (0.004, 0.012)
+OWN_DROP = 0.01                 # ... that fade comes in fully as the lower lip drops this far
+OWN_INSET = 0.1                 # above its own opening, a raised upper lip shows the row this
+                                #   share down it (its teeth's top), continued up to the lip
 
 
 def _step(x: torch.Tensor, width: float | torch.Tensor = EDGE) -> torch.Tensor:
@@ -53,12 +59,13 @@ def teeth_shade() -> torch.Tensor:
 
 def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
           jaw_lips: torch.Tensor, face_size: torch.Tensor, colors: torch.Tensor,
-          own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+          portrait: torch.Tensor, skull_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """points [N, P, 2] output pixels; inner lips 60..67 [N, 8, 2] as moved (`lips`), at rest
     under the same head pose (`rest_lips`, where the upper teeth are) and moved by the jaw
     only (`jaw_lips`, where the lower teeth are); face_size [N] pixels per face width;
-    colors [3, 3] skin, lips, teeth; own [N, P, 3] the portrait where each point lies on the
-    skull (models.render.skull_map). Returns colour [N, P, 3] (0..255) and coverage [N, P]."""
+    colors [3, 3] skin, lips, teeth; portrait [3, S, S] and skull_map [N, 2, 3] (output pixel
+    -> the portrait pixel on the same point of the skull: models.render.skull_map). Returns
+    colour [N, P, 3] (0..255) and coverage [N, P]."""
     fs = face_size[:, None]
     u, v, half, frame = feature_frame(points, lips[:, 0], lips[:, 4])
 
@@ -122,11 +129,17 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     tongue_color = lip_color * constant([0.62, 0.36, 0.36], lip_color)
     color = (teeth[..., None] * teeth_color + tongue_w[..., None] * tongue_color
              + cavity_w[..., None] * lip_color)
-    # Over it all, the portrait's own opening where it lies on the skull.
+    # Over it all, the portrait's own opening where it lies on the skull; above it (a raised
+    # upper lip) its top row continued, below it as far as the lower lip has dropped, faded.
     own_gap = own_bottom - own_top
     depth = (v - own_top) / torch.clamp(own_gap, min=1.0)                 # 0 .. 1 down it
     shown = torch.clamp((own_gap / fs - OWN_GAP[0]) / (OWN_GAP[1] - OWN_GAP[0]), 0.0, 1.0)
-    w_own = _step(v - own_top) * torch.clamp((OWN_KEEP + OWN_FADE - depth) / OWN_FADE,
-                                             0.0, 1.0) * shown
+    dropped = torch.clamp((lower - own_bottom) / (OWN_DROP * fs), 0.0, 1.0)
+    kept = torch.clamp((OWN_KEEP + OWN_FADE - depth) / OWN_FADE, 0.0, 1.0)
+    w_own = (1.0 - dropped * (1.0 - kept)) * shown
+    lift = torch.relu(own_top + OWN_INSET * own_gap - v)                  # [N, P] pixels
+    at = points + lift[..., None] * frame[2][:, None, :]
+    on_skull = at @ skull_map[:, :, :2].transpose(1, 2) + skull_map[:, None, :, 2]
+    own = warp.sample(portrait[None], on_skull, portrait.shape[-1]).permute(0, 2, 1)
     color = color + (own - color) * w_own[..., None]
     return color, coverage

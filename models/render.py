@@ -208,9 +208,8 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
     points, index = _window(lips.mean(1), height, width, size)
     index3 = index.reshape(1, -1).expand(3, -1)
     patch = frame.gather(1, index3).reshape(3, n, -1).permute(1, 2, 0)    # [N, P, 3]
-    on_skull = points @ skull_map[:, :, :2].transpose(1, 2) + skull_map[:, None, :, 2]
-    own = warp.sample(image[None], on_skull, size).permute(0, 2, 1)       # [N, P, 3]
-    color, coverage = mouth(points, lips, rest_lips, jaw_lips, face_width * scale, colors, own)
+    color, coverage = mouth(points, lips, rest_lips, jaw_lips, face_width * scale, colors,
+                            image, skull_map)
     color = mix(patch, torch.clamp(color, 0.0, 255.0), coverage[..., None])
     frame.scatter_(1, index3, color.permute(2, 0, 1).reshape(3, -1))
 

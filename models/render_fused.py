@@ -122,7 +122,8 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, 
         skull_xx=skull_map[:, 0, 0], skull_xy=skull_map[:, 0, 1], skull_x=skull_map[:, 0, 2],
         skull_yx=skull_map[:, 1, 0], skull_yy=skull_map[:, 1, 1], skull_y=skull_map[:, 1, 2],
         own_keep=mouth_shape.OWN_KEEP, own_fade=mouth_shape.OWN_FADE,
-        own_gap_low=mouth_shape.OWN_GAP[0], own_gap_high=mouth_shape.OWN_GAP[1])
+        own_gap_low=mouth_shape.OWN_GAP[0], own_gap_high=mouth_shape.OWN_GAP[1],
+        own_drop=mouth_shape.OWN_DROP * face_size, own_inset=mouth_shape.OWN_INSET)
     tables = torch.stack([upper_table, lower_table, opened, shade, rest_upper, rest_lower], 1)
     return _pack(fields, MOUTH_FIELDS, n, half), tables
 

@@ -97,6 +97,33 @@ def test_a_smile_keeps_its_own_teeth_as_the_jaw_drops(avatars, size):
 
 
 @pytest.mark.parametrize("size", [512, 256])
+def test_a_raised_upper_lip_uncovers_her_own_teeth(avatars, size):
+    """An 'f' or an 'ee' raises the upper lip: what it uncovers is more of her own teeth, and
+    with the jaw still, the foot of her own opening stays as it was (before: a grey band of
+    painted teeth under the lip, 25-30 grey levels darker than her teeth, and her opening's
+    lower 40 % painted over, 15-41 levels off)."""
+    avatar = avatars["astronaut", size]
+    motion = ms.neutral(2)
+    motion[1, ms.index("upper_lip_raise")] = 0.45
+    frames = render(avatar, motion).numpy().astype(np.float64) @ [0.299, 0.587, 0.114]
+    lm, width = avatar.landmarks.numpy(), float(avatar.face_width)
+    upper, lower = lm[[61, 62, 63]], lm[[67, 66, 65]]          # inner lips, left to right
+    strip, teeth, foot = [], [], []
+    for x in range(int(np.ceil(upper[0, 0])), int(upper[2, 0]) + 1):
+        top = np.interp(x, upper[:, 0], upper[:, 1])
+        bottom = np.interp(x, lower[:, 0], lower[:, 1])
+        strip += [(y, x) for y in range(int(np.floor(top - 0.012 * width)), int(np.floor(top)))]
+        row = int(np.ceil(top + 1))
+        teeth += [(y, x) for y in range(row, int(np.ceil(top + 1 + 0.01 * width)))]
+        foot += [(y, x) for y in range(int(np.ceil(top + 0.6 * (bottom - top))), int(bottom))]
+    strip, teeth, foot = (tuple(np.array(p).T) for p in (strip, teeth, foot))
+    assert len(strip[0]) >= 6 and len(foot[0]) >= 10
+    assert frames[0][strip].mean() - frames[0][teeth].mean() > 15     # her lip, at rest
+    assert abs(frames[1][strip].mean() - frames[0][teeth].mean()) < 8.0
+    assert np.abs(frames[1][foot] - frames[0][foot]).mean() < 3.0
+
+
+@pytest.mark.parametrize("size", [512, 256])
 def test_blink_closes_the_eyes_for_the_landmark_detector(avatars, size):
     motion = ms.neutral(2)
     motion[1, ms.index("blink_left")] = motion[1, ms.index("blink_right")] = 1.0
