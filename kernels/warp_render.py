@@ -260,8 +260,8 @@ def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     mg = teeth * tl.load(p + 25) + tongue_w * tl.load(p + 28) + cavity_w * tl.load(p + 22)
     mb = teeth * tl.load(p + 26) + tongue_w * tl.load(p + 29) + cavity_w * tl.load(p + 23)
 
-    # over it all, the portrait's own opening where it lies on the skull: above it its top
-    # row continued, below it faded as far as the lower lip has dropped
+    # over it all, the portrait's own opening where it lies on the skull: above it its teeth's
+    # top row continued, then gum; its foot faded as far as the lower lip has dropped
     own_top = _lookup(tables + 4 * CURVE, u, start, stop, CURVE)
     own_bottom = _lookup(tables + 5 * CURVE, u, start, stop, CURVE)
     own_gap = own_bottom - own_top
@@ -271,13 +271,20 @@ def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     fade = tl.load(p + 39)
     kept = _clamp01((tl.load(p + 38) + fade - depth) / fade)
     dropped = _clamp01((lower - own_bottom) / tl.load(p + 42))
-    w_own = (1.0 - dropped * (1.0 - kept)) * shown
+    teeth_low = tl.load(p + 44)
+    teeth_shown = _clamp01((own_gap / fs - teeth_low) / (tl.load(p + 45) - teeth_low))
+    inside = _sigmoid((v - own_top) / edge)
+    w_own = (inside + (1.0 - inside) * teeth_shown) * (1.0 - dropped * (1.0 - kept)) * shown
     lift = tl.maximum(own_top + tl.load(p + 43) * own_gap - v, 0.0)
     ox = x - lift * ay                                       # lifted along the normal
     oy = y + lift * ax
     sx = tl.load(p + 32) * ox + tl.load(p + 33) * oy + tl.load(p + 34)
     sy = tl.load(p + 35) * ox + tl.load(p + 36) * oy + tl.load(p + 37)
     own_r, own_g, own_b = _rgb(image, sx, sy, size)
+    gum = _clamp01((own_top - v - tl.load(p + 46)) / tl.load(p + 47))
+    own_r = own_r + (tl.load(p + 48) - own_r) * gum
+    own_g = own_g + (tl.load(p + 49) - own_g) * gum
+    own_b = own_b + (tl.load(p + 50) - own_b) * gum
     mr = mr + (own_r - mr) * w_own
     mg = mg + (own_g - mg) * w_own
     mb = mb + (own_b - mb) * w_own

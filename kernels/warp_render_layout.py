@@ -11,7 +11,7 @@ them.
 """
 
 CURVE = 33          # samples per curve table (models/curves.py CURVE_SAMPLES)
-GROUP = 48          # parameters per overlay, padded
+GROUP = 56          # parameters per overlay, padded
 TABLES = 10
 OVERLAYS = 3
 
@@ -34,5 +34,7 @@ MOUTH_FIELDS = WINDOW + (
     "tongue_r", "tongue_g", "tongue_b", "shade_start", "shade_stop",
     "skull_xx", "skull_xy", "skull_x", "skull_yx", "skull_yy", "skull_y",  # render.skull_map
     "own_keep", "own_fade", "own_gap_low", "own_gap_high",    # models/mouth.py constants
-    "own_drop", "own_inset")           # pixels; a constant
+    "own_drop", "own_inset",           # pixels; a constant
+    "own_teeth_low", "own_teeth_high", "gum_at", "gum_over",  # constants; pixels
+    "gum_r", "gum_g", "gum_b")
 assert len(EYE_FIELDS) <= GROUP and len(MOUTH_FIELDS) <= GROUP

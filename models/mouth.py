@@ -11,9 +11,10 @@ else a shaded ivory from the skin's light: models.avatar.face_colors).
 Only the part of the opening beyond the portrait's own (a smiling portrait's parted lips)
 is painted, so zero motion reproduces the portrait exactly; over the painted opening the
 portrait's own (a smile's teeth) stays where it lies on the skull, so a smile keeps its
-teeth as the jaw drops and the new opening grows below them. A raised upper lip uncovers
-more of the same teeth (their top row continued up to the lip), and while the lower lip
-stays where it was, so does the foot of the portrait's own opening.
+teeth as the jaw drops and the new opening grows below them. Where the portrait shows its
+teeth, a raised upper lip uncovers more of them (their top row continued up, turning to gum
+higher up); and while the lower lip stays where it was, so does the foot of the portrait's
+own opening.
 """
 
 import torch
@@ -41,8 +42,15 @@ OWN_KEEP = 0.7
 OWN_FADE = 0.2
 OWN_GAP = (0.004, 0.012)
 OWN_DROP = 0.01                 # ... that fade comes in fully as the lower lip drops this far
-OWN_INSET = 0.1                 # above its own opening, a raised upper lip shows the row this
-                                #   share down it (its teeth's top), continued up to the lip
+# Above the portrait's own opening a raised upper lip shows the row OWN_INSET of the way down
+# it (its teeth's top), continued up; for own openings of OWN_TEETH[1] face widths or more
+# (none under OWN_TEETH[0]: a slit's rows are lip, not teeth); from GUM_AT face widths above
+# it that turns into gum (the lip colour x GUM_TONE) over the next GUM_OVER.
+OWN_INSET = 0.1
+OWN_TEETH = (0.04, 0.06)
+GUM_AT = 0.015
+GUM_OVER = 0.015
+GUM_TONE = 0.9
 
 
 def _step(x: torch.Tensor, width: float | torch.Tensor = EDGE) -> torch.Tensor:
@@ -130,16 +138,22 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     color = (teeth[..., None] * teeth_color + tongue_w[..., None] * tongue_color
              + cavity_w[..., None] * lip_color)
     # Over it all, the portrait's own opening where it lies on the skull; above it (a raised
-    # upper lip) its top row continued, below it as far as the lower lip has dropped, faded.
+    # upper lip) its teeth's top row continued, then gum; its foot faded as far as the lower
+    # lip has dropped.
     own_gap = own_bottom - own_top
     depth = (v - own_top) / torch.clamp(own_gap, min=1.0)                 # 0 .. 1 down it
     shown = torch.clamp((own_gap / fs - OWN_GAP[0]) / (OWN_GAP[1] - OWN_GAP[0]), 0.0, 1.0)
+    teeth_shown = torch.clamp((own_gap / fs - OWN_TEETH[0]) / (OWN_TEETH[1] - OWN_TEETH[0]),
+                              0.0, 1.0)
+    inside = _step(v - own_top)
     dropped = torch.clamp((lower - own_bottom) / (OWN_DROP * fs), 0.0, 1.0)
     kept = torch.clamp((OWN_KEEP + OWN_FADE - depth) / OWN_FADE, 0.0, 1.0)
-    w_own = (1.0 - dropped * (1.0 - kept)) * shown
+    w_own = (inside + (1.0 - inside) * teeth_shown) * (1.0 - dropped * (1.0 - kept)) * shown
     lift = torch.relu(own_top + OWN_INSET * own_gap - v)                  # [N, P] pixels
     at = points + lift[..., None] * frame[2][:, None, :]
     on_skull = at @ skull_map[:, :, :2].transpose(1, 2) + skull_map[:, None, :, 2]
     own = warp.sample(portrait[None], on_skull, portrait.shape[-1]).permute(0, 2, 1)
+    gum = torch.clamp(((own_top - v) / fs - GUM_AT) / GUM_OVER, 0.0, 1.0)
+    own = own + (lip_color * GUM_TONE - own) * gum[..., None]
     color = color + (own - color) * w_own[..., None]
     return color, coverage

@@ -123,7 +123,11 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, 
         skull_yx=skull_map[:, 1, 0], skull_yy=skull_map[:, 1, 1], skull_y=skull_map[:, 1, 2],
         own_keep=mouth_shape.OWN_KEEP, own_fade=mouth_shape.OWN_FADE,
         own_gap_low=mouth_shape.OWN_GAP[0], own_gap_high=mouth_shape.OWN_GAP[1],
-        own_drop=mouth_shape.OWN_DROP * face_size, own_inset=mouth_shape.OWN_INSET)
+        own_drop=mouth_shape.OWN_DROP * face_size, own_inset=mouth_shape.OWN_INSET,
+        own_teeth_low=mouth_shape.OWN_TEETH[0], own_teeth_high=mouth_shape.OWN_TEETH[1],
+        gum_at=mouth_shape.GUM_AT * face_size, gum_over=mouth_shape.GUM_OVER * face_size,
+        gum_r=lip_color[0] * mouth_shape.GUM_TONE, gum_g=lip_color[1] * mouth_shape.GUM_TONE,
+        gum_b=lip_color[2] * mouth_shape.GUM_TONE)
     tables = torch.stack([upper_table, lower_table, opened, shade, rest_upper, rest_lower], 1)
     return _pack(fields, MOUTH_FIELDS, n, half), tables
 
