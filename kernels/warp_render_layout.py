@@ -36,5 +36,5 @@ MOUTH_FIELDS = WINDOW + (
     "own_keep", "own_fade", "own_gap_low", "own_gap_high",    # models/mouth.py constants
     "own_drop", "own_inset",           # pixels; a constant
     "own_teeth_low", "own_teeth_high", "gum_at", "gum_over",  # constants; pixels
-    "gum_r", "gum_g", "gum_b")
+    "gum_r", "gum_g", "gum_b")         # the gum's colour
 assert len(EYE_FIELDS) <= GROUP and len(MOUTH_FIELDS) <= GROUP
