@@ -47,6 +47,14 @@ def eye_aspect_ratio(lm: np.ndarray) -> float:
     return float(np.mean(ratios))
 
 
+def own_opening(lm: np.ndarray):
+    """Columns x of a portrait's own opening between its inner lips (landmarks 61..63 above,
+    67..65 below), each with the upper and lower inner lip's y there: [(x, top, bottom)]."""
+    upper, lower = lm[[61, 62, 63]], lm[[67, 66, 65]]          # inner lips, left to right
+    return [(x, np.interp(x, upper[:, 0], upper[:, 1]), np.interp(x, lower[:, 0], lower[:, 1]))
+            for x in range(int(np.ceil(upper[0, 0])), int(upper[2, 0]) + 1)]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
@@ -81,12 +89,8 @@ def test_a_smile_keeps_its_own_teeth_as_the_jaw_drops(avatars, size):
     motion = ms.neutral(4)
     motion[:, ms.index("jaw_open")] = [0.0, 0.1, 0.2, 0.4]
     frames = render(avatar, motion).numpy().astype(np.float64)
-    lm = avatar.landmarks.numpy()
-    upper, lower = lm[[61, 62, 63]], lm[[67, 66, 65]]          # inner lips, left to right
     teeth = []                                  # the upper 60 % of her own opening
-    for x in range(int(np.ceil(upper[0, 0])), int(upper[2, 0]) + 1):
-        top = np.interp(x, upper[:, 0], upper[:, 1])
-        bottom = np.interp(x, lower[:, 0], lower[:, 1])
+    for x, top, bottom in own_opening(avatar.landmarks.numpy()):
         teeth += [(y, x) for y in range(int(np.ceil(top + 1)), int(top + 0.6 * (bottom - top)) + 1)]
     rows, cols = np.array(teeth).T
     assert len(rows) >= 20
@@ -106,15 +110,11 @@ def test_a_raised_upper_lip_uncovers_her_own_teeth(avatars, size):
     motion = ms.neutral(2)
     motion[1, ms.index("upper_lip_raise")] = 0.45
     frames = render(avatar, motion).numpy().astype(np.float64) @ [0.299, 0.587, 0.114]
-    lm, width = avatar.landmarks.numpy(), float(avatar.face_width)
-    upper, lower = lm[[61, 62, 63]], lm[[67, 66, 65]]          # inner lips, left to right
+    lifted, row = 0.012 * float(avatar.face_width), 0.01 * float(avatar.face_width)
     strip, teeth, foot = [], [], []
-    for x in range(int(np.ceil(upper[0, 0])), int(upper[2, 0]) + 1):
-        top = np.interp(x, upper[:, 0], upper[:, 1])
-        bottom = np.interp(x, lower[:, 0], lower[:, 1])
-        strip += [(y, x) for y in range(int(np.floor(top - 0.012 * width)), int(np.floor(top)))]
-        row = int(np.ceil(top + 1))
-        teeth += [(y, x) for y in range(row, int(np.ceil(top + 1 + 0.01 * width)))]
+    for x, top, bottom in own_opening(avatar.landmarks.numpy()):
+        strip += [(y, x) for y in range(int(np.floor(top - lifted)), int(np.floor(top)))]
+        teeth += [(y, x) for y in range(int(np.ceil(top + 1)), int(np.ceil(top + 1 + row)))]
         foot += [(y, x) for y in range(int(np.ceil(top + 0.6 * (bottom - top))), int(bottom))]
     strip, teeth, foot = (tuple(np.array(p).T) for p in (strip, teeth, foot))
     assert len(strip[0]) >= 6 and len(foot[0]) >= 10
