@@ -224,7 +224,6 @@ def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     lower = _lookup(tables + CURVE, u, start, stop, CURVE)
     opened = _lookup(tables + 2 * CURVE, u, start, stop, CURVE)
     gap = lower - upper
-    coverage = _sigmoid((v - upper) / edge) * _sigmoid((lower - v) / edge) * opened
 
     # the teeth: arch coordinate ta in [-1, 1]
     ta = (u * half - tl.load(p + 12)) / tl.load(p + 13)
@@ -275,6 +274,10 @@ def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     teeth_shown = _clamp01((own_gap / fs - teeth_low) / (tl.load(p + 45) - teeth_low))
     inside = _sigmoid((v - own_top) / edge)
     w_own = (inside + (1.0 - inside) * teeth_shown) * (1.0 - dropped * (1.0 - kept)) * shown
+    # painted: the opening beyond the portrait's own, and all of it where the own is kept
+    parted = _clamp01(gap / (0.008 * fs))                   # models.mouth.PARTING
+    coverage = (_sigmoid((v - upper) / edge) * _sigmoid((lower - v) / edge)
+                * (opened + (1.0 - opened) * shown * parted))
     lift = tl.maximum(own_top + tl.load(p + 43) * own_gap - v, 0.0)
     ox = x - lift * ay                                       # lifted along the normal
     oy = y + lift * ax

@@ -11,7 +11,9 @@ else a shaded ivory from the skin's light: models.avatar.face_colors).
 Only the part of the opening beyond the portrait's own (a smiling portrait's parted lips)
 is painted, so zero motion reproduces the portrait exactly; over the painted opening the
 portrait's own (a smile's teeth) stays where it lies on the skull, so a smile keeps its
-teeth as the jaw drops and the new opening grows below them. Where the portrait shows its
+teeth as the jaw drops and the new opening grows below them. Where the own opening is
+wide enough to keep, all of the moved opening is painted: the warp would stretch its teeth
+where the lips move over them (an 'oo' over a smile). Where the portrait shows its
 teeth, a raised upper lip uncovers more of them (their top row continued up, turning to gum
 higher up); and while the lower lip stays where it was, so does the foot of the portrait's
 own opening.
@@ -32,7 +34,14 @@ UPPER_TEETH_SHOW = 0.016        # incisor edge below the relaxed lip line, face 
 LOWER_TEETH_SHOW = 0.010        # lower incisor edge above the jaw's lower lip line
 TEETH_ARCH = 0.045              # how far the arch's edge recedes at its ends
 TOOTH_GAPS = (0.0, 0.30, 0.54, 0.73)   # between teeth, in arch half-widths
+UPPER_TEETH_SHADOW = 0.62       # upper teeth's light right under the lip (1 at LIP_SHADE below)
+LIP_SHADE = 0.03                #   face widths
+LOWER_TEETH_LIGHT = 0.68        # lower teeth's light (in the upper lip's and the jaw's shadow)
+CAVITY_LIGHT = (0.16, 0.07)     # the cavity's light (x lip colour) by the lips, mid-opening
+CURL_SHADOW = 0.5               # light at the edge of the opening, where the lips curl in
+CURL_WIDTH = 0.01               #   over this many face widths
 EDGE = 0.6                      # anti-aliasing width of the lip edge, pixels
+PARTING = 0.008                 # face widths over which a parting of the lips comes in
 REACH = 1.1                     # tables span u in [-REACH, REACH] (mouth half-widths)
 # A portrait's own opening (a smile's teeth) stays on the skull as the jaw drops: its upper
 # OWN_KEEP share as it is, fading out over the next OWN_FADE towards the portrait's own lower
@@ -88,12 +97,11 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     rest_upper = curve_table(take(rest_u, UPPER), take(rest_v, UPPER), start, stop)
     rest_lower = curve_table(take(rest_u, LOWER), take(rest_v, LOWER), start, stop)
     rest_gap = torch.relu(rest_lower - rest_upper)
-    opened_table = torch.clamp((lower_table - upper_table - rest_gap) / (0.008 * fs), 0.0, 1.0)
+    opened_table = torch.clamp((lower_table - upper_table - rest_gap) / (PARTING * fs), 0.0, 1.0)
     at_u = Lookup(u, start, stop)
     upper, lower, opened = at_u(upper_table), at_u(lower_table), at_u(opened_table)
     own_top, own_bottom = at_u(rest_upper), at_u(rest_lower)
     gap = lower - upper
-    coverage = _step(v - upper) * _step(lower - v) * opened
 
     # Where the teeth are: arch coordinate ta in [-1, 1], edges from the rest and jaw lips.
     arch_centre = (rest_u[:, :1] + rest_u[:, 4:5]) / 2 * half[:, None]
@@ -112,7 +120,8 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     # Cavity: nearly black at the back, a little light from the lips near the edges.
     across = torch.clamp((v - upper) / torch.clamp(gap, min=1.0), 0.0, 1.0)
     back = 4.0 * across * (1.0 - across)                                   # 1 mid-opening
-    light = (0.16 - 0.09 * back) * (1.0 - 0.35 * u * u)
+    near, far = CAVITY_LIGHT
+    light = (near + (far - near) * back) * (1.0 - 0.35 * u * u)
     # Tongue: a rounded shape low in the mouth, seen when the mouth is open wide.
     gap_mid = torch.clamp(lo_v[:, 2:3] - up_v[:, 2:3], min=0.0)
     bulge = torch.sqrt(torch.clamp(1.0 - (u / 0.85) ** 2, min=0.0) + 1e-6)
@@ -121,7 +130,8 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     tongue = _step(v - tongue_top, 1.2) * wide_open
     tongue_light = 0.55 + 0.45 * torch.clamp((v - tongue_top) / (0.04 * fs), 0.0, 1.0)
     # The lips curl inwards: a soft shadow along the edge of the opening.
-    inset = 0.5 + 0.5 * torch.clamp(torch.minimum(v - upper, lower - v) / (0.01 * fs), 0.0, 1.0)
+    inset = CURL_SHADOW + (1.0 - CURL_SHADOW) * torch.clamp(
+        torch.minimum(v - upper, lower - v) / (CURL_WIDTH * fs), 0.0, 1.0)
 
     # Compose per channel-free weights first, colours once at the end:
     # colour = cavity + tongue + lower teeth + upper teeth, each over the previous.
@@ -130,8 +140,9 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     rest = (1.0 - w_upper) * (1.0 - lower_teeth)
     w_tongue = rest * tongue
     w_cavity = rest * (1.0 - tongue)
-    from_upper_lip = torch.clamp((v - upper) / (0.03 * fs), 0.0, 1.0)
-    teeth = (w_upper * (0.62 + 0.38 * from_upper_lip) + w_lower * 0.68) * shade * inset
+    from_upper_lip = torch.clamp((v - upper) / (LIP_SHADE * fs), 0.0, 1.0)
+    under_lip = UPPER_TEETH_SHADOW + (1.0 - UPPER_TEETH_SHADOW) * from_upper_lip
+    teeth = (w_upper * under_lip + w_lower * LOWER_TEETH_LIGHT) * shade * inset
     tongue_w = w_tongue * tongue_light * inset
     cavity_w = w_cavity * light * inset
     tongue_color = lip_color * constant([0.62, 0.36, 0.36], lip_color)
@@ -149,6 +160,10 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     dropped = torch.clamp((lower - own_bottom) / (OWN_DROP * fs), 0.0, 1.0)
     kept = torch.clamp((OWN_KEEP + OWN_FADE - depth) / OWN_FADE, 0.0, 1.0)
     w_own = (inside + (1.0 - inside) * teeth_shown) * (1.0 - dropped * (1.0 - kept)) * shown
+    # Painted: the opening beyond the portrait's own, and all of it where the own is kept
+    # (the warp would stretch a smile's teeth where the lips move over them).
+    parted = torch.clamp(gap / (PARTING * fs), 0.0, 1.0)
+    coverage = _step(v - upper) * _step(lower - v) * (opened + (1.0 - opened) * shown * parted)
     lift = torch.relu(own_top + OWN_INSET * own_gap - v)                  # [N, P] pixels
     at = points + lift[..., None] * frame[2][:, None, :]
     on_skull = at @ skull_map[:, :, :2].transpose(1, 2) + skull_map[:, None, :, 2]

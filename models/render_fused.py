@@ -99,7 +99,8 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, 
     rest_upper = curve_table(take(rest_u, upper), take(rest_v, upper), start, stop)
     rest_lower = curve_table(take(rest_u, lower), take(rest_v, lower), start, stop)
     rest_gap = torch.relu(rest_lower - rest_upper)
-    opened = torch.clamp((lower_table - upper_table - rest_gap) / (0.008 * fs), 0.0, 1.0)
+    parting = mouth_shape.PARTING * fs
+    opened = torch.clamp((lower_table - upper_table - rest_gap) / parting, 0.0, 1.0)
     shade = table(mouth_shape.teeth_shade, lips).expand(n, -1)
     _, jaw_v = project(jaw_lips, frame, half)
     height, width = window_size(frame_size, MOUTH_WINDOW)
