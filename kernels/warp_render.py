@@ -244,15 +244,17 @@ def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     wide_open = _clamp01((gap_mid - 0.05 * fs) / (0.06 * fs))
     tongue = _sigmoid((v - tongue_top) / 1.2) * wide_open
     tongue_light = 0.55 + 0.45 * _clamp01((v - tongue_top) / (0.04 * fs))
-    inset = 0.5 + 0.5 * _clamp01(tl.minimum(v - upper, lower - v) / (0.01 * fs))
+    curl = tl.load(p + 51)
+    inset = curl + (1.0 - curl) * _clamp01(tl.minimum(v - upper, lower - v) / tl.load(p + 52))
 
     w_upper = upper_teeth
     w_lower = lower_teeth * (1.0 - w_upper)
     rest = (1.0 - w_upper) * (1.0 - lower_teeth)
     w_tongue = rest * tongue
     w_cavity = rest * (1.0 - tongue)
-    from_upper_lip = _clamp01((v - upper) / (0.03 * fs))
-    teeth = (w_upper * (0.62 + 0.38 * from_upper_lip) + w_lower * 0.68) * shade * inset
+    from_upper_lip = _clamp01((v - upper) / tl.load(p + 54))
+    under_lip = tl.load(p + 53) + (1.0 - tl.load(p + 53)) * from_upper_lip
+    teeth = (w_upper * under_lip + w_lower * tl.load(p + 55)) * shade * inset
     tongue_w = w_tongue * tongue_light * inset
     cavity_w = w_cavity * light * inset
     mr = teeth * tl.load(p + 24) + tongue_w * tl.load(p + 27) + cavity_w * tl.load(p + 21)

@@ -36,5 +36,8 @@ MOUTH_FIELDS = WINDOW + (
     "own_keep", "own_fade", "own_gap_low", "own_gap_high",    # models/mouth.py constants
     "own_drop", "own_inset",           # pixels; a constant
     "own_teeth_low", "own_teeth_high", "gum_at", "gum_over",  # constants; pixels
-    "gum_r", "gum_g", "gum_b")         # the gum's colour
+    "gum_r", "gum_g", "gum_b",         # the gum's colour
+    "curl_shadow", "curl_width",       # the lips' inward curl: a constant; pixels
+    "teeth_shadow", "lip_shade",       # upper teeth right under the lip: a constant; pixels
+    "lower_light")                     # a constant
 assert len(EYE_FIELDS) <= GROUP and len(MOUTH_FIELDS) <= GROUP

@@ -29,14 +29,14 @@ from models.curves import CURVE_SAMPLES, Lookup, curve_table, feature_frame, pro
 UPPER = (0, 1, 2, 3, 4)         # 60 61 62 63 64
 LOWER = (0, 7, 6, 5, 4)         # 60 67 66 65 64
 
-TEETH_HALF_WIDTH = 0.19         # half the visible dental arch, face widths
+TEETH_HALF_WIDTH = 0.23         # half the visible dental arch, face widths
 UPPER_TEETH_SHOW = 0.016        # incisor edge below the relaxed lip line, face widths
 LOWER_TEETH_SHOW = 0.010        # lower incisor edge above the jaw's lower lip line
 TEETH_ARCH = 0.045              # how far the arch's edge recedes at its ends
 TOOTH_GAPS = (0.0, 0.30, 0.54, 0.73)   # between teeth, in arch half-widths
 UPPER_TEETH_SHADOW = 0.62       # upper teeth's light right under the lip (1 at LIP_SHADE below)
 LIP_SHADE = 0.03                #   face widths
-LOWER_TEETH_LIGHT = 0.68        # lower teeth's light (in the upper lip's and the jaw's shadow)
+LOWER_TEETH_LIGHT = 0.5         # lower teeth's light (in the upper lip's and the jaw's shadow)
 CAVITY_LIGHT = (0.16, 0.07)     # the cavity's light (x lip colour) by the lips, mid-opening
 CURL_SHADOW = 0.5               # light at the edge of the opening, where the lips curl in
 CURL_WIDTH = 0.01               #   over this many face widths

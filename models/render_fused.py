@@ -128,7 +128,10 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, 
         own_teeth_low=mouth_shape.OWN_TEETH[0], own_teeth_high=mouth_shape.OWN_TEETH[1],
         gum_at=mouth_shape.GUM_AT * face_size, gum_over=mouth_shape.GUM_OVER * face_size,
         gum_r=lip_color[0] * mouth_shape.GUM_TONE, gum_g=lip_color[1] * mouth_shape.GUM_TONE,
-        gum_b=lip_color[2] * mouth_shape.GUM_TONE)
+        gum_b=lip_color[2] * mouth_shape.GUM_TONE,
+        curl_shadow=mouth_shape.CURL_SHADOW, curl_width=mouth_shape.CURL_WIDTH * face_size,
+        teeth_shadow=mouth_shape.UPPER_TEETH_SHADOW, lip_shade=mouth_shape.LIP_SHADE * face_size,
+        lower_light=mouth_shape.LOWER_TEETH_LIGHT)
     tables = torch.stack([upper_table, lower_table, opened, shade, rest_upper, rest_lower], 1)
     return _pack(fields, MOUTH_FIELDS, n, half), tables
 
