@@ -10,7 +10,7 @@ The protocol of face-reenactment papers (FOMM, LivePortrait), with the project's
                shown at that moment (a 24 fps clip repeats one frame in 24)
     source     one frame, picked as a video avatar would pick it (pick_source_frame: face
                found, big enough, frontal, eyes open, mouth closed, still, nothing
-               unusual in front of or beside the face)
+               unusual in front of or beside the face, no hand over the mouth)
     avatar     models.avatar.prepare_avatar on that frame; every real frame is cropped with
                the same CropBox and resampling, so it is pixel-aligned with the avatar's crop
     motion     models.motion_space.fit_motion of every tick's landmarks (in crop pixels)
@@ -87,6 +87,7 @@ from models.face_track import (
     probe,
     track_faces,
 )
+from models.hands import covered, find_hands
 from models.pose_refine import PoseRefiner, refine_pose
 from models.recording import (
     FPS,
@@ -102,6 +103,7 @@ from models.recording import (
     thumbnail,
     ticks_onto_frames,
 )
+from models.video_avatar import HAND_EVERY, HAND_REACH, LOWER_FACE, hidden_mouths
 from train.prepare_videos import PrepareConfig
 
 SIZES = (512, 256)
@@ -422,6 +424,8 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
     problems: list[str] = []
     thumbs: list[tuple[np.ndarray, float]] = []   # the first pick_seconds, small, and their
                                                   # pixels per source pixel
+    hands: list[list[np.ndarray] | None] = []     # their hands' hulls (source pixels), on
+                                                  # every HAND_EVERY-th (as a video avatar)
 
     def keep_early(frames: Iterator[Frame]) -> Iterator[Frame]:
         first = None
@@ -429,6 +433,9 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
             first = frame.time if first is None else first
             if frame.time < first + pick_seconds:
                 small, scale = thumbnail(frame.image)
+                hands.append([h.hull() / frame.scale for h in find_hands(frame.image)
+                              if h.reach() >= HAND_REACH]
+                             if len(thumbs) % HAND_EVERY == 0 else None)
                 thumbs.append((small, scale * frame.scale))
             yield frame
 
@@ -456,8 +463,10 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
         [small for small, _ in thumbs],
         track.landmarks[early] * np.array([scale for _, scale in thumbs])[:, None, None])
     thumbs.clear()
+    hidden = _hand_over_mouth(hands, track.landmarks[early])
     try:
-        pick = pick_source_frame(track.landmarks, early, appearance=appearance)
+        pick = pick_source_frame(track.landmarks, early[~hidden] if (~hidden).any() else early,
+                                 appearance=appearance)
     except (RecordingError, PortraitError):
         pick = pick_source_frame(track.landmarks)          # the whole range, or its reason
     full = TrackConfig(max_side=1 << 16, min_face=TRACK_MIN_FACE)   # frames at full size
@@ -519,6 +528,7 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
                    "roll_deg": float(m["roll"][source_index]),
                    "yaw": float(m["yaw"][source_index]),
                    "mouth_gap": float(m["mouth_gap"][source_index]),
+                   "hand_over_mouth_frames": int(hidden.sum()),
                    "eye_aspect": [float(m["eye_left"][source_index]),
                                   float(m["eye_right"][source_index])]},
         "fit": {"neutral": "avatar landmarks", "smooth_frames": SMOOTH_FRAMES,
@@ -535,6 +545,18 @@ def reenact(video: str | Path | None, out: str | Path, *, seconds: float | None 
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _hand_over_mouth(hands: list[list[np.ndarray] | None], landmarks: np.ndarray) -> np.ndarray:
+    """Early frames [F] bool whose mouth a hand hides, as a video avatar finds them
+    (models.video_avatar.hidden_mouths): hands [F] (hulls in source pixels, None where not
+    looked), landmarks [F, 68, 2] (source pixels, NaN where no face)."""
+    looked = np.array([h is not None for h in hands], bool)
+    shares = np.zeros(len(hands))
+    for k in np.flatnonzero(looked):
+        if hands[k] and np.isfinite(landmarks[k]).all():
+            shares[k] = covered(hands[k], landmarks[k][list(LOWER_FACE)])
+    return hidden_mouths(shares, looked) if looked.any() else np.zeros(len(hands), bool)
 
 
 def _crop_and_refine(path, start, end, config, box: CropBox, size, tick_frames, fitted,

