@@ -29,7 +29,7 @@ from models.curves import CURVE_SAMPLES, Lookup, curve_table, feature_frame, pro
 UPPER = (0, 1, 2, 3, 4)         # 60 61 62 63 64
 LOWER = (0, 7, 6, 5, 4)         # 60 67 66 65 64
 
-TEETH_HALF_WIDTH = 0.23         # half the visible dental arch, face widths
+TEETH_HALF_WIDTH = 0.19         # half the visible dental arch, face widths
 UPPER_TEETH_SHOW = 0.016        # incisor edge below the relaxed lip line, face widths
 LOWER_TEETH_SHOW = 0.010        # lower incisor edge above the jaw's lower lip line
 TEETH_ARCH = 0.045              # how far the arch's edge recedes at its ends
