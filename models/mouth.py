@@ -37,7 +37,6 @@ TOOTH_GAPS = (0.0, 0.30, 0.54, 0.73)   # between teeth, in arch half-widths
 UPPER_TEETH_SHADOW = 0.62       # upper teeth's light right under the lip (1 at LIP_SHADE below)
 LIP_SHADE = 0.03                #   face widths
 LOWER_TEETH_LIGHT = 0.5         # lower teeth's light (in the upper lip's and the jaw's shadow)
-CAVITY_LIGHT = (0.16, 0.07)     # the cavity's light (x lip colour) by the lips, mid-opening
 CURL_SHADOW = 0.5               # light at the edge of the opening, where the lips curl in
 CURL_WIDTH = 0.01               #   over this many face widths
 EDGE = 0.6                      # anti-aliasing width of the lip edge, pixels
@@ -120,8 +119,7 @@ def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
     # Cavity: nearly black at the back, a little light from the lips near the edges.
     across = torch.clamp((v - upper) / torch.clamp(gap, min=1.0), 0.0, 1.0)
     back = 4.0 * across * (1.0 - across)                                   # 1 mid-opening
-    near, far = CAVITY_LIGHT
-    light = (near + (far - near) * back) * (1.0 - 0.35 * u * u)
+    light = (0.16 - 0.09 * back) * (1.0 - 0.35 * u * u)
     # Tongue: a rounded shape low in the mouth, seen when the mouth is open wide.
     gap_mid = torch.clamp(lo_v[:, 2:3] - up_v[:, 2:3], min=0.0)
     bulge = torch.sqrt(torch.clamp(1.0 - (u / 0.85) ** 2, min=0.0) + 1e-6)
