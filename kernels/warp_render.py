@@ -253,7 +253,8 @@ def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     w_tongue = rest * tongue
     w_cavity = rest * (1.0 - tongue)
     from_upper_lip = _clamp01((v - upper) / tl.load(p + 54))
-    under_lip = tl.load(p + 53) + (1.0 - tl.load(p + 53)) * from_upper_lip
+    shadow = tl.load(p + 53)
+    under_lip = shadow + (1.0 - shadow) * from_upper_lip
     teeth = (w_upper * under_lip + w_lower * tl.load(p + 55)) * shade * inset
     tongue_w = w_tongue * tongue_light * inset
     cavity_w = w_cavity * light * inset
