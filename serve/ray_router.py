@@ -10,12 +10,12 @@ serve/ray_proxy.py):
   never another replica's session, since each replica looks up only its own.
 - "new" (POST /offer, POST /sessions) or none: replicas in order of free room. Room is what
   each replica last reported (record_routing_stats: sessions, starting, max, short, stopping;
-  about once a second) less the sessions this router sent it since, so that sessions started
-  back to back spread out before the next report. A replica with room whose sessions are
-  short of compute (rendering every 2nd or 3rd frame: a slower or busier machine) comes
-  after every replica with room whose sessions render every frame, whatever their room: one
-  more session there would take frames from the ones it has. A replica that is stopping
-  (draining before it is removed) comes last. A full deployment: the emptiest replica
+  about once a second) less the sessions this router sent it that the report may not hold yet,
+  so that sessions started back to back spread out before the next report. A replica with room
+  whose sessions are short of compute (rendering every 2nd or 3rd frame: a slower or busier
+  machine) comes after every replica with room whose sessions render every frame, whatever
+  their room: one more session there would take frames from the ones it has. A replica that is
+  stopping (draining before it is removed) comes last. A full deployment: the emptiest replica
   answers 503 itself.
 """
 
@@ -28,7 +28,19 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from serve.ray_sessions import NEW_SESSION, owner
 
 RECENT_SECONDS = 10.0          # sessions sent to a replica are counted until it reports them
+IN_FLIGHT_SECONDS = 2.0        # ... in a report stamped this long after they were sent
 UNREPORTED_ROOM = 10**6        # the room of a fresh replica while none has reported
+
+
+def forget_reported(sent: deque, reported: float, now: float) -> None:
+    """Drop from `sent` (times, oldest first, a session was sent to a replica) those that its
+    report stamped `reported` holds, and any older than RECENT_SECONDS. A session counts as
+    reported only in a report stamped IN_FLIGHT_SECONDS after it was sent: the request reaches
+    the replica a little later, and a report made in between does not hold it (counted as
+    room, the next session would go to the same replica and be refused while another had
+    room). Counting a session too long only reorders replicas: each one decides itself."""
+    while sent and (sent[0] <= reported - IN_FLIGHT_SECONDS or sent[0] < now - RECENT_SECONDS):
+        sent.popleft()
 
 
 def preference(room: float, short: int) -> tuple:
@@ -68,9 +80,7 @@ class SessionRouter(RequestRouter):
         if stats.get("stopping"):
             return -math.inf
         sent = self.sent[replica.replica_id.unique_id]
-        while sent and (sent[0] <= stats.get("time", 0.0)
-                        or sent[0] < time.time() - RECENT_SECONDS):
-            sent.popleft()                      # reported by now (or long ago)
+        forget_reported(sent, stats.get("time", 0.0), time.time())
         if "max" not in stats:                  # not reported yet: a fresh replica, empty
             return size - len(sent)
         return stats["max"] - stats["sessions"] - stats["starting"] - len(sent)

@@ -244,6 +244,26 @@ def test_a_new_session_goes_where_sessions_render_every_frame():
     assert set(order[4:6]) == {"full", "full, 2 short"} and order[-1] == "stopping"
 
 
+def test_a_session_sent_counts_until_a_report_made_after_it_arrived():
+    """The router's count of the sessions it sent a replica (serve/ray_router.py): a report
+    made while the request was on its way (the replica's stats at 0.02 s after it was sent;
+    a POST /sessions took 0.04 s) does not hold it, so it still counts; a report made well
+    after does, and so does time (before: the 0.02 s report dropped it, the next session went
+    to the same, now full, replica and got 503 while the other had room, in a CI run of
+    test_two_replicas_affinity_and_a_replica_lost)."""
+    from collections import deque
+
+    from serve.ray_router import IN_FLIGHT_SECONDS, RECENT_SECONDS, forget_reported
+
+    sent = deque([100.0, 100.5])
+    forget_reported(sent, reported=100.02, now=100.6)
+    assert list(sent) == [100.0, 100.5]
+    forget_reported(sent, reported=100.0 + IN_FLIGHT_SECONDS, now=102.1)
+    assert list(sent) == [100.5]
+    forget_reported(sent, reported=0.0, now=100.5 + RECENT_SECONDS + 0.1)
+    assert list(sent) == []
+
+
 def test_a_replica_short_of_compute_counts_as_full_for_autoscaling():
     """The autoscaling policy (serve/ray_autoscale.py) on Serve's own context: one more
     session must find room on a replica whose sessions render every frame, so a replica
