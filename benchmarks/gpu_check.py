@@ -150,7 +150,7 @@ def check_warp_render(avatar_tensors, seed: int) -> list[dict]:
     from models.avatar import Avatar
 
     named = dict(zip((f.name for f in fields(Avatar)), avatar_tensors, strict=True))
-    textures = [named[name] for name in ("image", "smooth_image", "plate", "matte")]
+    textures = [named[name] for name in ("image", "smooth_image", "plate", "matte", "own_mouth")]
     n, size = motion.shape[0], textures[0].shape[-1]
     with torch.no_grad():
         offset, overlays = frame_layers(*avatar_tensors, motion)

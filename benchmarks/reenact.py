@@ -365,8 +365,9 @@ def make_source(path: Path, start: float, end: float, config: TrackConfig,
                 pick: SourcePick, tracked: np.ndarray, size: int):
     """(avatar, crop box, frame index, frame, crop) of the best picked frame the avatar
     accepts: prepare_avatar on the frame itself, the CropBox it used and the frame cropped
-    with it (crop_image: the real frames' crop; checked against the avatar's own crop, which
-    may differ from it by rounding where the avatar splits the head from the background)."""
+    with it (crop_image: the real frames' crop; checked against the avatar's own crop above
+    the nose, which may differ from it by rounding where the avatar splits the head from the
+    background; below it the avatar's lips may be closed: models.mouth_close)."""
     problem = None
     for index in pick.order[:5]:
         frame = _decode_one(path, start, end, config, int(index))
@@ -383,7 +384,9 @@ def make_source(path: Path, start: float, end: float, config: TrackConfig,
         box = crop_box(face, image.shape[1], image.shape[0])
         avatar = prepare_avatar(image, size, cache=False)
         crop = crop_image(image, box, size)
-        if np.abs(avatar.crop().astype(np.float64) - crop).mean() > CROP_TOLERANCE:
+        above = int(avatar.landmarks[33, 1])           # (below: lips it may have closed)
+        if np.abs(avatar.crop()[:above].astype(np.float64) - crop[:above]).mean() \
+                > CROP_TOLERANCE:
             raise RuntimeError("the avatar's crop is not the crop of its CropBox: "
                                "models.avatar.prepare_avatar and crop_box disagree")
         return avatar, box, int(index), frame, crop

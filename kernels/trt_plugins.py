@@ -153,7 +153,7 @@ def register() -> None:
         scalars = q_strides + k_strides + k_strides + q_strides + [h, len_q, len_k]
         return launch(kernel, (trtp.cdiv(len_q, block_m), b * h, 1), scalars)
 
-    # fused warp-render: portrait [4, S, S], layers [6, S, S], offset [N, 2, h, w], params,
+    # fused warp-render: portrait [7, S, S], layers [6, S, S], offset [N, 2, h, w], params,
     # tables
     # -> frames [N, S, S, 3] uint8
     @trtp.register(f"{NAMESPACE}::{WARP_RENDER}")

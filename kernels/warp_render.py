@@ -16,7 +16,8 @@ For every output pixel x of frame n (models/render.py `compose` is the torch ref
     out    = colour rounded to uint8 [N, S, S, 3] (or float, for tests)
 
 Inputs (all float32, contiguous):
-    portrait           [4, S, S]       the portrait (0..255) and the person's matte (0..1)
+    portrait           [7, S, S]       the portrait (0..255), the person's matte (0..1) and
+                                       the photo as it shows its mouth (Avatar.own_mouth)
     layers             [6, S, S]       the portrait blurred and the background plate, 0..255
     offset             [N, 2, h, w]    backward displacement on the coarse grid, pixels
     params, tables     per-frame overlay parameters and curve tables: the layout is in
@@ -205,7 +206,8 @@ def _eye(image, smooth, offset, p, top_table, bottom_table, x, y, size, coarse,
 def _mouth(image, p, tables, x, y, r, g, b, size, CURVE: tl.constexpr):
     """The mouth interior over colour (r, g, b) at output pixels (x, y) (models/mouth.py).
     p points at the MOUTH_FIELDS, tables at the upper lip, lower lip, opening, shade, and
-    rest upper and lower lip rows; image is the portrait (its own opening, on the skull)."""
+    own upper and lower lip rows; image is the photo as it shows its mouth (its own opening,
+    on the skull: Avatar.own_mouth)."""
     cx = tl.load(p + 4)
     cy = tl.load(p + 5)
     ax = tl.load(p + 6)
@@ -315,7 +317,7 @@ def _in_window(p, x, y, x0, y0, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 @triton.jit
 def warp_render_kernel(
-    Portrait, Layers,           # [4, S, S], [6, S, S] float32 (see the module doc)
+    Portrait, Layers,           # [7, S, S], [6, S, S] float32 (see the module doc)
     Offset,                     # [N, 2, h, w] float32, pixels
     Params,                     # [N, 3, GROUP] float32
     Tables,                     # [N, TABLES, CURVE] float32
@@ -361,7 +363,8 @@ def warp_render_kernel(
     p = params + 2 * GROUP
     meets, inside = _in_window(p, x, y, x0, y0, BLOCK_H, BLOCK_W)
     if meets:
-        mr, mg, mb = _mouth(Portrait, p, tables + 4 * CURVE, x, y, r, g, b, size, CURVE)
+        mr, mg, mb = _mouth(Portrait + 4 * size * size, p, tables + 4 * CURVE, x, y, r, g, b,
+                            size, CURVE)
         r = tl.where(inside, mr, r)
         g = tl.where(inside, mg, g)
         b = tl.where(inside, mb, b)
@@ -389,8 +392,8 @@ def warp_render(portrait: torch.Tensor, layers: torch.Tensor, offset: torch.Tens
                 params: torch.Tensor, tables: torch.Tensor, out_float: bool = False,
                 block: tuple[int, int] = (BLOCK_H, BLOCK_W)) -> torch.Tensor:
     """Frames [N, S, S, 3] (uint8, or float32 0..255 with out_float) from the portrait with
-    its matte [4, S, S], its smooth copy with the background plate [6, S, S], the coarse
-    displacement [N, 2, h, w] and the per-frame
+    its matte and its own mouth [7, S, S], its smooth copy with the background plate
+    [6, S, S], the coarse displacement [N, 2, h, w] and the per-frame
     overlay parameters [N, 3, GROUP] and tables [N, TABLES, CURVE] (see the module doc).
     block: the (rows, columns) of pixels one program draws (powers of two)."""
     n, size, coarse = offset.shape[0], portrait.shape[-1], offset.shape[-1]
@@ -398,9 +401,9 @@ def warp_render(portrait: torch.Tensor, layers: torch.Tensor, offset: torch.Tens
         raise ValueError(f"warp_render: params {tuple(params.shape)}, tables "
                          f"{tuple(tables.shape)} do not match [N, {OVERLAYS}, {GROUP}], "
                          f"[N, {TABLES}, {CURVE}]")
-    if portrait.shape[0] != 4 or layers.shape[0] != 6:
+    if portrait.shape[0] != 7 or layers.shape[0] != 6:
         raise ValueError(f"warp_render: portrait {tuple(portrait.shape)}, layers "
-                         f"{tuple(layers.shape)} are not [4, S, S], [6, S, S]")
+                         f"{tuple(layers.shape)} are not [7, S, S], [6, S, S]")
     portrait, layers, offset, params, tables = (t.float().contiguous() for t in
                                                 (portrait, layers, offset, params, tables))
     out = torch.empty(n, size, size, 3, device=portrait.device,

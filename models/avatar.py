@@ -6,7 +6,9 @@ Runs once per portrait and is cached by the hash of the decoded pixels:
     -> detect faces, keep the largest (a warning when there are several), refuse tiny ones
     -> crop and align to the working square (eyes level, face width 30% of the square,
        up to 40% when the photo is too small, padded with a blurred edge beyond that)
-    -> landmarks on the crop, the personal landmark basis, the expression flow fields,
+    -> landmarks on the crop; parted lips closed (models.mouth_close: jaw_open 0 is a
+       closed mouth, whatever the photo shows)
+    -> the personal landmark basis, the expression flow fields,
        the head depth map and mask, skin / lip / teeth colours, the person's matte and the
        background plate behind it (models.background).
 
@@ -35,6 +37,7 @@ from models.face import (
     detect_faces,
     find_landmarks,
 )
+from models.mouth_close import close_lips
 
 SIZES = (512, 256)
 MAX_PIXELS = 40_000_000
@@ -48,7 +51,7 @@ TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour
 TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
 TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 19              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 20              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -93,6 +96,10 @@ class Avatar:
     plate: torch.Tensor            # [3, S, S] the crop with the person taken out and the
                                    #   background filled in: what a moving head uncovers
     matte: torch.Tensor            # [1, S, S] 0..1, the person over that plate
+    own_mouth: torch.Tensor        # [3, S, S] the crop as the photo shows its mouth: where
+                                   #   preparation closed its lips (models.mouth_close), her
+                                   #   own opening (a smile's teeth) comes from here
+    own_lips: torch.Tensor         # [8, 2] the inner lips 60..67 as the photo shows them
 
     @property
     def size(self) -> int:
@@ -340,8 +347,11 @@ def face_colors(crop: np.ndarray, lm: np.ndarray, face_width: float) -> np.ndarr
     return np.clip(np.stack([skin, lips, teeth]), 0, 255).astype(np.float32)
 
 
-def build_avatar(crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
-    """The render state of an aligned crop [S, S, 3] with its landmarks [68, 2]."""
+def build_avatar(crop: np.ndarray, landmarks: np.ndarray,
+                 shown: tuple[np.ndarray, np.ndarray] | None = None) -> Avatar:
+    """The render state of an aligned crop [S, S, 3] with its landmarks [68, 2]; `shown`:
+    the crop and landmarks as the photo shows them, where the crop's parted lips were closed
+    (models.mouth_close): the mouth's colours (her own teeth) are read from those."""
     from scipy import ndimage
 
     size = crop.shape[0]
@@ -352,7 +362,7 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
     expression = [ms.index(n) for n in ms.EXPRESSION]
     flow, jacobian = warp.expression_fields(face, basis, placement, size)
     pivot_xy = placement.to_image(ms.PIVOT[:2])
-    colors = face_colors(crop, landmarks, placement.scale)
+    colors = face_colors(*(shown or (crop, landmarks)), placement.scale)
     c, s = np.cos(placement.angle), np.sin(placement.angle)
     blur = (SMOOTH_IMAGE_BLUR * placement.scale,) * 2 + (0,)
     person = background.person_matte(crop)
@@ -376,6 +386,8 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray) -> Avatar:
         smooth_image=ndimage.gaussian_filter(crop.astype(np.float32), blur).transpose(2, 0, 1),
         plate=plate.transpose(2, 0, 1),
         matte=matte[None],
+        own_mouth=(shown or (crop, landmarks))[0].transpose(2, 0, 1),
+        own_lips=(shown or (crop, landmarks))[1][60:68],
     )
     return Avatar(**{k: torch.from_numpy(np.array(v, np.float32)) for k, v in arrays.items()})
 
@@ -420,7 +432,9 @@ def prepare_avatar(source=DEFAULT_AVATAR, size: int = 512, *, detector: str = "h
     face, faces = main_face(image, detector)
     box = crop_box(face, image.shape[1], image.shape[0])
     crop = crop_image(image, box, size)
-    avatar = build_avatar(crop, _crop_landmarks(crop, face, box, size))
+    landmarks = _crop_landmarks(crop, face, box, size)
+    closed, closed_landmarks = close_lips(crop, landmarks)
+    avatar = build_avatar(closed, closed_landmarks, shown=(crop, landmarks))
     if path is not None:
         _save(path, avatar, faces)
     _refuse_flawed(avatar)

@@ -8,10 +8,11 @@ in. Shapes are in the mouth's own frame, sizes in face widths; colours come from
 portrait (lip colour for the cavity and tongue; the portrait's own teeth if it shows them,
 else a shaded ivory from the skin's light: models.avatar.face_colors).
 
-Only the part of the opening beyond the portrait's own (a smiling portrait's parted lips)
-is painted, so zero motion reproduces the portrait exactly; over the painted opening the
-portrait's own (a smile's teeth) stays where it lies on the skull, so a smile keeps its
-teeth as the jaw drops and the new opening grows below them. Where the own opening is
+Only the part of the opening beyond the avatar's own at rest is painted, so zero motion
+reproduces the portrait exactly. Over the painted opening the photo's own (a smile's teeth:
+Avatar.own_mouth between Avatar.own_lips; preparation closed those lips, models.mouth_close)
+stays where it lies on the skull, so a smile keeps its teeth as the jaw drops and the new
+opening grows below them. Where the own opening is
 wide enough to keep, all of the moved opening is painted: the warp would stretch its teeth
 where the lips move over them (an 'oo' over a smile). Where the portrait shows its
 teeth, a raised upper lip uncovers more of them (their top row continued up, turning to gum
@@ -74,39 +75,44 @@ def teeth_shade() -> torch.Tensor:
 
 
 def mouth(points: torch.Tensor, lips: torch.Tensor, rest_lips: torch.Tensor,
-          jaw_lips: torch.Tensor, face_size: torch.Tensor, colors: torch.Tensor,
-          portrait: torch.Tensor, skull_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+          own_lips: torch.Tensor, jaw_lips: torch.Tensor, face_size: torch.Tensor,
+          colors: torch.Tensor, portrait: torch.Tensor,
+          skull_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """points [N, P, 2] output pixels; inner lips 60..67 [N, 8, 2] as moved (`lips`), at rest
-    under the same head pose (`rest_lips`, where the upper teeth are) and moved by the jaw
-    only (`jaw_lips`, where the lower teeth are); face_size [N] pixels per face width;
-    colors [3, 3] skin, lips, teeth; portrait [3, S, S] and skull_map [N, 2, 3] (output pixel
-    -> the portrait pixel on the same point of the skull: models.render.skull_map). Returns
-    colour [N, P, 3] (0..255) and coverage [N, P]."""
+    under the same head pose (`rest_lips`), as the photo shows them under that pose
+    (`own_lips`: its own opening, where the upper teeth are; the rest lips unless
+    preparation closed them, models.mouth_close) and moved by the jaw only (`jaw_lips`,
+    where the lower teeth are); face_size [N] pixels per face width; colors [3, 3] skin,
+    lips, teeth; portrait [3, S, S] the photo as it shows its mouth (Avatar.own_mouth) and
+    skull_map [N, 2, 3] (output pixel -> the portrait pixel on the same point of the skull:
+    models.render.skull_map). Returns colour [N, P, 3] (0..255) and coverage [N, P]."""
     fs = face_size[:, None]
     u, v, half, frame = feature_frame(points, lips[:, 0], lips[:, 4])
 
-    # The lip curves and the opening beyond the portrait's own, as tables over u.
+    # The lip curves and the opening beyond the rest's, as tables over u.
     up_u, up_v = project(take(lips, UPPER), frame, half)
     lo_u, lo_v = project(take(lips, LOWER), frame, half)
     rest_u, rest_v = project(rest_lips, frame, half)
+    own_u, own_v = project(own_lips, frame, half)
     start = torch.full_like(fs, -REACH)
     stop = torch.full_like(fs, REACH)
     upper_table = curve_table(up_u, up_v, start, stop)
     lower_table = curve_table(lo_u, lo_v, start, stop)
-    rest_upper = curve_table(take(rest_u, UPPER), take(rest_v, UPPER), start, stop)
-    rest_lower = curve_table(take(rest_u, LOWER), take(rest_v, LOWER), start, stop)
-    rest_gap = torch.relu(rest_lower - rest_upper)
+    rest_gap = torch.relu(curve_table(take(rest_u, LOWER), take(rest_v, LOWER), start, stop)
+                          - curve_table(take(rest_u, UPPER), take(rest_v, UPPER), start, stop))
+    own_upper = curve_table(take(own_u, UPPER), take(own_v, UPPER), start, stop)
+    own_lower = curve_table(take(own_u, LOWER), take(own_v, LOWER), start, stop)
     opened_table = torch.clamp((lower_table - upper_table - rest_gap) / (PARTING * fs), 0.0, 1.0)
     at_u = Lookup(u, start, stop)
     upper, lower, opened = at_u(upper_table), at_u(lower_table), at_u(opened_table)
-    own_top, own_bottom = at_u(rest_upper), at_u(rest_lower)
+    own_top, own_bottom = at_u(own_upper), at_u(own_lower)
     gap = lower - upper
 
-    # Where the teeth are: arch coordinate ta in [-1, 1], edges from the rest and jaw lips.
-    arch_centre = (rest_u[:, :1] + rest_u[:, 4:5]) / 2 * half[:, None]
+    # Where the teeth are: arch coordinate ta in [-1, 1], edges from the own and jaw lips.
+    arch_centre = (own_u[:, :1] + own_u[:, 4:5]) / 2 * half[:, None]
     ta = (u * half[:, None] - arch_centre) / (TEETH_HALF_WIDTH * fs)
     ta2 = ta * ta
-    lip_line = (rest_v[:, 2:3] + rest_v[:, 6:7]) / 2
+    lip_line = (own_v[:, 2:3] + own_v[:, 6:7]) / 2
     upper_edge = lip_line + (UPPER_TEETH_SHOW - TEETH_ARCH * ta2) * fs
     _, jaw_v = project(jaw_lips, frame, half)
     lower_edge = jaw_v[:, 6:7] - (LOWER_TEETH_SHOW - 0.7 * TEETH_ARCH * ta2) * fs

@@ -89,9 +89,10 @@ def _window(centre: torch.Tensor, height: int, width: int, size: int):
     return coords, index
 
 
-def _landmarks(pose, landmarks, landmark_depth, basis, expression):
-    """Moved inner lips [N, 8, 2], eyes without the blink [N, 12, 2], inner lips at rest
-    and moved by the jaw only (both under the head pose), in output pixels."""
+def _landmarks(pose, landmarks, landmark_depth, basis, expression, own_lips):
+    """Moved inner lips [N, 8, 2], eyes without the blink [N, 12, 2], inner lips at rest,
+    as the photo shows them (own_lips [8, 2]: Avatar.own_lips) and moved by the jaw only
+    (all three under the head pose), in output pixels."""
     moved = landmarks + torch.einsum("ne,ekc->nkc", expression, basis)     # [N, 68, 2]
     keep_open = constant([0.0 if e in _BLINKS else 1.0 for e in range(expression.shape[1])],
                          expression)                                       # [E]
@@ -99,9 +100,10 @@ def _landmarks(pose, landmarks, landmark_depth, basis, expression):
     lips = pose.forward(moved[:, 60:68], landmark_depth[None, 60:68])
     eye_points = pose.forward(unblinked[:, 36:48], landmark_depth[None, 36:48])
     rest_lips = pose.forward(landmarks[None, 60:68], landmark_depth[None, 60:68])
+    own = pose.forward(own_lips[None], landmark_depth[None, 60:68])
     jaw = expression[:, _E["jaw_open"], None, None] * basis[_E["jaw_open"], 60:68]
     jaw_lips = pose.forward(landmarks[None, 60:68] + jaw, landmark_depth[None, 60:68])
-    return lips, eye_points, rest_lips, jaw_lips
+    return lips, eye_points, rest_lips, own, jaw_lips
 
 
 def skull_map(rest_lips: torch.Tensor, portrait_lips: torch.Tensor) -> torch.Tensor:
@@ -158,17 +160,17 @@ def warp_layers(layers: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return sampled.reshape(layers.shape[0], n, size * size)               # from [1, C, N*S, S]
 
 
-def compose(image, smooth_image, plate, matte, offset, eye_points, expression, scale, face_width,
-            lid_skin, lips, rest_lips, jaw_lips, colors, skull_map, frame_size: int | None = None
-            ) -> torch.Tensor:
+def compose(image, smooth_image, plate, matte, own_mouth, offset, eye_points, expression, scale,
+            face_width, lid_skin, lips, rest_lips, own_lips, jaw_lips, colors, skull_map,
+            frame_size: int | None = None) -> torch.Tensor:
     """Everything per output pixel, once the motion is known: upsample the coarse backward
     displacement offset [N, 2, h, w] (pixels), sample the portrait and the person's matte,
     put the person over the still background plate (models.background), draw the eyes and the
     mouth. eye_points [N, 12, 2], expression [N, E], scale [N] (head pose), lips, rest_lips,
-    jaw_lips [N, 8, 2] (see _landmarks), skull_map [N, 2, 3] (output pixels -> the portrait's
-    under the head pose alone: see skull_map); the rest are the avatar's fields; frame_size: the
-    frame the image is a window of (Avatar.frame_size: it sizes the overlay windows; None:
-    the image's own size). Returns the frames planar, [3, N*S*S] float (0..255).
+    own_lips, jaw_lips [N, 8, 2] (see _landmarks), skull_map [N, 2, 3] (output pixels -> the
+    portrait's under the head pose alone: see skull_map); the rest are the avatar's fields;
+    frame_size: the frame the image is a window of (Avatar.frame_size: it sizes the overlay
+    windows; None: the image's own size). Returns the frames planar, [3, N*S*S] float (0..255).
     kernels/warp_render.py does this in one fused pass."""
     n, size = offset.shape[0], image.shape[-1]
     frame_size = frame_size or size
@@ -208,8 +210,8 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
     points, index = _window(lips.mean(1), height, width, size)
     index3 = index.reshape(1, -1).expand(3, -1)
     patch = frame.gather(1, index3).reshape(3, n, -1).permute(1, 2, 0)    # [N, P, 3]
-    color, coverage = mouth(points, lips, rest_lips, jaw_lips, face_width * scale, colors,
-                            image, skull_map)
+    color, coverage = mouth(points, lips, rest_lips, own_lips, jaw_lips, face_width * scale,
+                            colors, own_mouth, skull_map)
     color = mix(patch, torch.clamp(color, 0.0, 255.0), coverage[..., None])
     frame.scatter_(1, index3, color.permute(2, 0, 1).reshape(3, -1))
 
@@ -218,27 +220,27 @@ def compose(image, smooth_image, plate, matte, offset, eye_points, expression, s
 
 def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
                  head_mask, face_rotation, pivot, face_width, colors, lid_skin,
-                 smooth_image, plate, matte, motion: torch.Tensor):
+                 smooth_image, plate, matte, own_mouth, own_lips, motion: torch.Tensor):
     """Everything per frame (the avatar's fields, in order, then motion [N, D]): the coarse
     backward displacement offset [N, 2, h, w] and the overlays' inputs, the arguments of
-    compose after the textures (image, smooth_image, plate, matte) and offset."""
+    compose after the textures (image, smooth_image, plate, matte, own_mouth) and offset."""
     n, size, coarse = motion.shape[0], image.shape[-1], flow.shape[-1]
     expression = take(motion, _EXPRESSION)                                 # [N, E]
     pose = Pose(motion, face_rotation, pivot, face_width)
-    lips, eye_points, rest_lips, jaw_lips = _landmarks(pose, landmarks, landmark_depth, basis,
-                                                       expression)
+    lips, eye_points, rest_lips, own, jaw_lips = _landmarks(pose, landmarks, landmark_depth,
+                                                            basis, expression, own_lips)
     source, nodes = _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth,
                                 head_mask, size)
 
     offset = (source - nodes).reshape(n, coarse, coarse, 2).permute(0, 3, 1, 2).contiguous()
-    overlays = (eye_points, expression, pose.scale, face_width, lid_skin, lips, rest_lips,
+    overlays = (eye_points, expression, pose.scale, face_width, lid_skin, lips, rest_lips, own,
                 jaw_lips, colors, skull_map(rest_lips, landmarks[60:68]))
     return offset, overlays
 
 
 def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
                    head_mask, face_rotation, pivot, face_width, colors, lid_skin,
-                   smooth_image, plate, matte, motion: torch.Tensor,
+                   smooth_image, plate, matte, own_mouth, own_lips, motion: torch.Tensor,
                    frame_size: int | None = None) -> torch.Tensor:
     """The renderer on explicit tensors (the fields of Avatar, in order, then motion [N, D];
     frame_size as Avatar.frame_size when the image is a window of a larger frame).
@@ -247,13 +249,13 @@ def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
     offset, overlays = frame_layers(image, landmarks, landmark_depth, basis, flow,
                                     flow_jacobian, depth, head_mask, face_rotation, pivot,
                                     face_width, colors, lid_skin, smooth_image, plate, matte,
-                                    motion)
+                                    own_mouth, own_lips, motion)
     if dispatch.fused(image):
         from models.render_fused import render_fused
 
-        return render_fused(image, smooth_image, plate, matte, offset, *overlays,  # uint8
-                            frame_size=frame_size)
-    frame = compose(image, smooth_image, plate, matte, offset, *overlays,
+        return render_fused(image, smooth_image, plate, matte, own_mouth, offset,  # uint8
+                            *overlays, frame_size=frame_size)
+    frame = compose(image, smooth_image, plate, matte, own_mouth, offset, *overlays,
                     frame_size=frame_size)                                 # [3, N*S*S]
     frame = frame.add_(0.5).to(torch.uint8)                                # values in 0..255
     return frame.t().reshape(n, size, size, 3)
@@ -281,16 +283,16 @@ class Renderer(torch.nn.Module):
 
     def forward(self, image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
                 head_mask, face_rotation, pivot, face_width, colors, lid_skin, smooth_image,
-                plate, matte, motion):
+                plate, matte, own_mouth, own_lips, motion):
         return render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
                               depth, head_mask, face_rotation, pivot, face_width, colors,
-                              lid_skin, smooth_image, plate, matte, motion,
-                              frame_size=self.frame_size)
+                              lid_skin, smooth_image, plate, matte, own_mouth, own_lips,
+                              motion, frame_size=self.frame_size)
 
 
 INPUT_NAMES = ("image", "landmarks", "landmark_depth", "basis", "flow", "flow_jacobian",
                "depth", "head_mask", "face_rotation", "pivot", "face_width", "colors",
-               "lid_skin", "smooth_image", "plate", "matte", "motion")
+               "lid_skin", "smooth_image", "plate", "matte", "own_mouth", "own_lips", "motion")
 
 
 def export_onnx(avatar: Avatar, path: str | Path) -> Path:

@@ -79,11 +79,12 @@ def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size, frame_size):
     return _pack(fields, EYE_FIELDS, eye.shape[0], half), torch.stack([top, bottom], 1)
 
 
-def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, frame_size):
-    """The mouth (inner lips [N, 8, 2] as moved, at rest, moved by the jaw only; face_size
-    [N] pixels per face width; colors [3, 3]; skull_map [N, 2, 3]): its parameters
-    [N, GROUP] and tables [N, 6, CURVE]: upper lip, lower lip, opening, teeth shade, upper
-    and lower lip at rest (models/mouth.py, per frame)."""
+def mouth_inputs(lips, rest_lips, own_lips, jaw_lips, face_size, colors, skull_map, size,
+                 frame_size):
+    """The mouth (inner lips [N, 8, 2] as moved, at rest, as the photo shows them, moved by
+    the jaw only; face_size [N] pixels per face width; colors [3, 3]; skull_map [N, 2, 3]):
+    its parameters [N, GROUP] and tables [N, 6, CURVE]: upper lip, lower lip, opening, teeth
+    shade, the photo's own upper and lower inner lip (models/mouth.py, per frame)."""
     n = lips.shape[0]
     fs = face_size[:, None]
     half, frame = _frame(lips[:, 0], lips[:, 4])
@@ -92,13 +93,15 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, 
     up_u, up_v = project(take(lips, upper), frame, half)
     lo_u, lo_v = project(take(lips, lower), frame, half)
     rest_u, rest_v = project(rest_lips, frame, half)
+    own_u, own_v = project(own_lips, frame, half)
     start = torch.full_like(fs, -mouth_shape.REACH)
     stop = torch.full_like(fs, mouth_shape.REACH)
     upper_table = curve_table(up_u, up_v, start, stop)
     lower_table = curve_table(lo_u, lo_v, start, stop)
-    rest_upper = curve_table(take(rest_u, upper), take(rest_v, upper), start, stop)
-    rest_lower = curve_table(take(rest_u, lower), take(rest_v, lower), start, stop)
-    rest_gap = torch.relu(rest_lower - rest_upper)
+    rest_gap = torch.relu(curve_table(take(rest_u, lower), take(rest_v, lower), start, stop)
+                          - curve_table(take(rest_u, upper), take(rest_v, upper), start, stop))
+    own_upper = curve_table(take(own_u, upper), take(own_v, upper), start, stop)
+    own_lower = curve_table(take(own_u, lower), take(own_v, lower), start, stop)
     parting = mouth_shape.PARTING * fs
     opened = torch.clamp((lower_table - upper_table - rest_gap) / parting, 0.0, 1.0)
     shade = table(mouth_shape.teeth_shade, lips).expand(n, -1)
@@ -109,9 +112,9 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, 
     tongue = (lip_color[0] * 0.62, lip_color[1] * 0.36, lip_color[2] * 0.36)
     fields = _window_fields(origin, height, width, centre, axis, half) | dict(
         face_size=face_size, start=-mouth_shape.REACH, stop=mouth_shape.REACH,
-        arch_centre=(rest_u[:, 0] + rest_u[:, 4]) / 2 * half,
+        arch_centre=(own_u[:, 0] + own_u[:, 4]) / 2 * half,
         arch_width=mouth_shape.TEETH_HALF_WIDTH * face_size,
-        lip_line=(rest_v[:, 2] + rest_v[:, 6]) / 2,
+        lip_line=(own_v[:, 2] + own_v[:, 6]) / 2,
         upper_show=mouth_shape.UPPER_TEETH_SHOW * face_size,
         arch_dip=mouth_shape.TEETH_ARCH * face_size,
         jaw_line=jaw_v[:, 6], lower_show=mouth_shape.LOWER_TEETH_SHOW * face_size,
@@ -132,12 +135,13 @@ def mouth_inputs(lips, rest_lips, jaw_lips, face_size, colors, skull_map, size, 
         curl_shadow=mouth_shape.CURL_SHADOW, curl_width=mouth_shape.CURL_WIDTH * face_size,
         teeth_shadow=mouth_shape.UPPER_TEETH_SHADOW, lip_shade=mouth_shape.LIP_SHADE * face_size,
         lower_light=mouth_shape.LOWER_TEETH_LIGHT)
-    tables = torch.stack([upper_table, lower_table, opened, shade, rest_upper, rest_lower], 1)
+    tables = torch.stack([upper_table, lower_table, opened, shade, own_upper, own_lower], 1)
     return _pack(fields, MOUTH_FIELDS, n, half), tables
 
 
 def overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin, lips,
-                   rest_lips, jaw_lips, colors, skull_map, frame_size: int | None = None):
+                   rest_lips, own_lips, jaw_lips, colors, skull_map,
+                   frame_size: int | None = None):
     """The kernel's params [N, 3, GROUP] and tables [N, TABLES, CURVE] from compose's
     arguments."""
     size = image.shape[-1]
@@ -150,22 +154,23 @@ def overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin, l
                                 face_width, scale, size, frame_size)
         rows.append(row)
         tables.append(table)
-    row, table = mouth_inputs(lips, rest_lips, jaw_lips, face_width * scale, colors,
+    row, table = mouth_inputs(lips, rest_lips, own_lips, jaw_lips, face_width * scale, colors,
                               skull_map, size, frame_size)
     rows.append(row)
     tables.append(table)
     return torch.stack(rows, 1), torch.cat(tables, 1)
 
 
-def render_fused(image, smooth_image, plate, matte, offset, eye_points, expression, scale,
-                 face_width, lid_skin, lips, rest_lips, jaw_lips, colors, skull_map,
-                 frame_size: int | None = None, **kernel_options):
+def render_fused(image, smooth_image, plate, matte, own_mouth, offset, eye_points, expression,
+                 scale, face_width, lid_skin, lips, rest_lips, own_lips, jaw_lips, colors,
+                 skull_map, frame_size: int | None = None, **kernel_options):
     """render.compose + rounding in one kernel: frames [N, S, S, 3] uint8 (float32 0..255
     with out_float=True). In a plugin export, the TensorRT plugin node instead.
     kernel_options go to kernels.warp_render.warp_render (out_float, block)."""
     params, tables = overlay_inputs(image, eye_points, expression, scale, face_width, lid_skin,
-                                    lips, rest_lips, jaw_lips, colors, skull_map, frame_size)
-    portrait = torch.cat([image, matte])                                   # [4, S, S]
+                                    lips, rest_lips, own_lips, jaw_lips, colors, skull_map,
+                                    frame_size)
+    portrait = torch.cat([image, matte, own_mouth])                        # [7, S, S]
     layers = torch.cat([smooth_image, plate])                              # [6, S, S]
     if dispatch.exporting_plugins():
         from kernels.plugin_nodes import warp_render_node

@@ -51,6 +51,7 @@ def test_default_avatar_is_the_astronaut_aligned(default):
         "flow_jacobian": (2, len(ms.EXPRESSION), 4, h, h), "depth": (1, 3, h, h),
         "head_mask": (1, 1, h, h), "face_rotation": (2, 2), "pivot": (3,), "face_width": (),
         "colors": (3, 3), "lid_skin": (2, 2), "smooth_image": (3, s, s),
+        "own_mouth": (3, s, s), "own_lips": (8, 2),
     }
     for name, shape in shapes.items():
         assert tuple(getattr(default, name).shape) == shape, name

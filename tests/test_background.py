@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import background
+from models import background, mouth_close, warp
 from models import motion_space as ms
 from models.avatar import crop_box, crop_image, main_face, prepare_avatar, read_image
 
@@ -55,9 +55,14 @@ def test_the_plate_takes_the_person_out_and_the_crop_comes_back(avatar, request)
     assert np.abs(plate[:, head] - image[:, head]).mean() > 20.0   # no face left in the plate
     outside = matte < background.SOLID
     np.testing.assert_array_equal(plate[:, outside], image[:, outside])
-    # the head's colours over the plate give back the aligned photo (to rounding)
+    # the head's colours over the plate give back the aligned photo (to rounding), but for
+    # the mouth and chin, where preparation closes parted lips (models.mouth_close)
     photo = read_image(ASSETS / request.node.callspec.params["avatar"])
     face, _ = main_face(photo)
     crop = crop_image(photo, crop_box(face, photo.shape[1], photo.shape[0]), 512).astype(int)
     error = np.abs(avatar.crop().astype(int) - crop)
-    assert error.max() <= 1
+    lm = avatar.landmarks.numpy()
+    ys, xs = np.mgrid[:512, :512]
+    canonical = ms.place(lm).to_canonical(np.stack([xs, ys], -1).reshape(-1, 2))
+    mouth = (warp.ellipse_radius(canonical, mouth_close.MOUTH_ELLIPSE) < 1.0).reshape(512, 512)
+    assert error[~mouth].max() <= 1

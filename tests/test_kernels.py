@@ -124,7 +124,7 @@ def per_pixel(avatar, motion, **kernel_options):
     from models.render import compose, frame_layers
     from models.render_fused import render_fused
 
-    textures = avatar.image, avatar.smooth_image, avatar.plate, avatar.matte
+    textures = avatar.image, avatar.smooth_image, avatar.plate, avatar.matte, avatar.own_mouth
     n, size = motion.shape[0], avatar.size
     with torch.no_grad():
         offset, overlays = frame_layers(*avatar.tensors(), motion)
