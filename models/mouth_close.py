@@ -162,8 +162,9 @@ def edges_from_teeth(crop: np.ndarray, landmarks: np.ndarray) -> MouthFrame:
     return frame
 
 
-def _at(luminance: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return bilinear(luminance[..., None], points)[..., 0]
+def _at(channel: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """One channel [H, W] at pixels points [..., 2] (bilinear)."""
+    return bilinear(channel[..., None], points)[..., 0]
 
 
 def closing_moves(landmarks: np.ndarray,
@@ -219,13 +220,13 @@ def _inverse(controls: np.ndarray, moves: np.ndarray, queries: np.ndarray,
     spline through controls [K, 2] with moves [K, 2], faded out by inside(points) [Q]."""
     k = len(controls)
     system = np.zeros((k + 3, k + 3))
-    system[:k, :k] = warp._tps_kernel(controls, controls) + SMOOTHING * np.eye(k)
+    system[:k, :k] = warp.tps_kernel(controls, controls) + SMOOTHING * np.eye(k)
     system[:k, k:] = np.concatenate([np.ones((k, 1)), controls], 1)
     system[k:, :k] = system[:k, k:].T
     coefficients = np.linalg.solve(system, np.concatenate([moves, np.zeros((3, 2))]))
 
     def field(points):
-        basis = np.concatenate([warp._tps_kernel(points, controls), np.ones((len(points), 1)),
+        basis = np.concatenate([warp.tps_kernel(points, controls), np.ones((len(points), 1)),
                                 points], 1)
         return (basis @ coefficients) * inside(points)[:, None]
 

@@ -44,7 +44,7 @@ def grid_points(size: int) -> np.ndarray:
     return np.stack([xs, ys], -1)
 
 
-def _tps_kernel(points: np.ndarray, controls: np.ndarray) -> np.ndarray:
+def tps_kernel(points: np.ndarray, controls: np.ndarray) -> np.ndarray:
     """r^2 log r between points [Q, 2] and controls [K, 2] -> [Q, K] (0 at r = 0), computed
     as r^2 log(r^2) / 2 from squared distances (no square roots; |p|^2 + |c|^2 - 2 p.c: one
     matrix product, ~4x faster than differences, equal to 1e-13)."""
@@ -59,14 +59,14 @@ def tps_interpolator(controls: np.ndarray, queries: np.ndarray,
     [K, 2] at Q query points [Q, 2] with a (lightly smoothed) thin-plate spline. Use
     coordinates in face widths so `smoothing` has a fixed meaning."""
     k = len(controls)
-    kernel = _tps_kernel(controls, controls)
+    kernel = tps_kernel(controls, controls)
     affine = np.concatenate([np.ones((k, 1)), controls], 1)                # [K, 3]
     system = np.zeros((k + 3, k + 3))
     system[:k, :k] = kernel + smoothing * np.eye(k)
     system[:k, k:] = affine
     system[k:, :k] = affine.T
     inverse = np.linalg.inv(system)[:, :k]                                 # [K+3, K]
-    q_kernel = _tps_kernel(queries, controls)
+    q_kernel = tps_kernel(queries, controls)
     q_affine = np.concatenate([np.ones((len(queries), 1)), queries], 1)
     return np.concatenate([q_kernel, q_affine], 1) @ inverse               # [Q, K]
 
