@@ -362,7 +362,8 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray,
     expression = [ms.index(n) for n in ms.EXPRESSION]
     flow, jacobian = warp.expression_fields(face, basis, placement, size)
     pivot_xy = placement.to_image(ms.PIVOT[:2])
-    colors = face_colors(*(shown or (crop, landmarks)), placement.scale)
+    shown_crop, shown_landmarks = shown or (crop, landmarks)
+    colors = face_colors(shown_crop, shown_landmarks, placement.scale)
     c, s = np.cos(placement.angle), np.sin(placement.angle)
     blur = (SMOOTH_IMAGE_BLUR * placement.scale,) * 2 + (0,)
     person = background.person_matte(crop)
@@ -386,8 +387,8 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray,
         smooth_image=ndimage.gaussian_filter(crop.astype(np.float32), blur).transpose(2, 0, 1),
         plate=plate.transpose(2, 0, 1),
         matte=matte[None],
-        own_mouth=(shown or (crop, landmarks))[0].transpose(2, 0, 1),
-        own_lips=(shown or (crop, landmarks))[1][60:68],
+        own_mouth=shown_crop.transpose(2, 0, 1),
+        own_lips=shown_landmarks[60:68],
     )
     return Avatar(**{k: torch.from_numpy(np.array(v, np.float32)) for k, v in arrays.items()})
 

@@ -10,14 +10,13 @@ else a shaded ivory from the skin's light: models.avatar.face_colors).
 
 Only the part of the opening beyond the avatar's own at rest is painted, so zero motion
 reproduces the portrait exactly. Over the painted opening the photo's own (a smile's teeth:
-Avatar.own_mouth between Avatar.own_lips; preparation closed those lips, models.mouth_close)
-stays where it lies on the skull, so a smile keeps its teeth as the jaw drops and the new
-opening grows below them. Where the own opening is
-wide enough to keep, all of the moved opening is painted: the warp would stretch its teeth
-where the lips move over them (an 'oo' over a smile). Where the portrait shows its
-teeth, a raised upper lip uncovers more of them (their top row continued up, turning to gum
-higher up); and while the lower lip stays where it was, so does the foot of the portrait's
-own opening.
+Avatar.own_mouth between Avatar.own_lips; preparation closed those lips,
+models.mouth_close) stays where it lies on the skull, so a smile keeps its teeth as the jaw
+drops and the new opening grows below them. Where the own opening is wide enough to keep,
+all of the moved opening is painted: the warp would stretch its teeth where the lips move
+over them (an 'oo' over a smile). Where the portrait shows its teeth, a raised upper lip
+uncovers more of them (their top row continued up, turning to gum higher up); and while the
+lower lip stays where it was, so does the foot of the portrait's own opening.
 """
 
 import torch

@@ -9,9 +9,9 @@ closes a source's lips before animating it ("lip zero"), and the avatar is made 
 closed crop. The photo as it was stays with the avatar (Avatar.own_mouth, own_lips): when
 the lips part, the renderer shows her own teeth where the photo has them (models.mouth).
 
-The lips meet on a line UPPER_SHARE of the way down the opening: the inner edge of each lip
-moves to it, its outer edge follows part of the way (the lip stretches over the teeth), and
-the chin follows the lower lip a little (the jaw comes up). The face is cut along the meeting
+The lips meet on a line UPPER_SHARE of the way down the opening (the upper lip moving at most
+UPPER_MOST): each lip moves to it whole (OUTER_FOLLOW), and the chin follows the lower lip
+part of the way (the jaw comes up). The face is cut along the meeting
 line, as the renderer cuts it: above it a field that moves the upper lip down, below it one
 that moves the lower lip up (each a thin-plate spline through the landmarks and the lips'
 edges, vanishing on an ellipse around the mouth and chin), so the teeth between them are
@@ -27,7 +27,7 @@ import numpy as np
 
 from models import motion_space as ms
 from models import warp
-from models.mouth_bank import bilinear
+from models.mouth_bank import bilinear, lip_gap
 
 UPPER = (60, 61, 62, 63, 64)     # inner lips, corner to corner
 LOWER = (60, 67, 66, 65, 64)
@@ -56,13 +56,6 @@ STEP = 0.5               # pixels per step of that search
 LINE_SHADE = 0.25        # the line the lips press together on: its light lowered this much
 LINE_WIDTH = 0.007       #   over this many face widths either side
 SEAM = 0.5               # pixels: the soft edge where the lips meet
-
-
-def lip_gap(landmarks: np.ndarray) -> float:
-    """How far the inner lips of landmarks [68, 2] part: the mean distance of the upper
-    inner lip's three points from the lower's, in face widths."""
-    gap = np.linalg.norm(landmarks[list(UPPER[1:4])] - landmarks[list(LOWER[1:4])], axis=-1)
-    return float(gap.mean() / ms.place(landmarks).scale)
 
 
 class MouthFrame:
@@ -121,9 +114,10 @@ def edges_from_teeth(crop: np.ndarray, landmarks: np.ndarray) -> MouthFrame:
     lower edge at the mouth's sides (and the lower lip on the lower teeth): closing those
     would leave the teeth between the lips. Where the opening's brightest pixels outshine the
     lips by TEETH_CONTRAST, each edge is followed outwards (towards its outer lip, at most
-    REACH of the way) while the pixels are less red than halfway from the teeth's redness to
-    the lips' (teeth in the lips' shadow are as dark as lips, but still grey), or as dark as
-    the mouth's cavity (CAVITY of the lips' light: the dark between the rows)."""
+    REACH of the way) while the pixels are less red than TEETH_EDGE of the way from the
+    teeth's redness to the lips' (teeth in the lips' shadow are as dark as lips, but still
+    grey), or as dark as the mouth's cavity (CAVITY of the lips' light: the dark between the
+    rows)."""
     frame = MouthFrame(landmarks)
     image = crop.astype(np.float32)
     luminance = image @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -239,7 +233,7 @@ def _inverse(controls: np.ndarray, moves: np.ndarray, queries: np.ndarray,
 def close_lips(crop: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The crop [S, S, 3] uint8 and its landmarks [68, 2] with the lips closed (the same
     arrays when they already are: lip_gap under CLOSE_FROM)."""
-    if lip_gap(landmarks) < CLOSE_FROM:
+    if lip_gap(landmarks[60:68], ms.place(landmarks).scale) < CLOSE_FROM:
         return crop, landmarks
     placement = ms.place(landmarks)
     matrix_inv = np.linalg.inv(placement.matrix())

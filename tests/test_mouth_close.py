@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.path import Path as MplPath
+from test_render import inner_lip_gap, landmarks_of
 
-from models import face
 from models import motion_space as ms
 from models.avatar import prepare_avatar
-from models.mouth_close import close_lips, lip_gap
+from models.mouth_bank import lip_gap
+from models.mouth_close import close_lips
 from models.render import render
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -19,11 +20,7 @@ LUMINANCE = np.array([0.299, 0.587, 0.114])
 
 def dlib_gap(frame: np.ndarray) -> float:
     """The inner lips' mean gap on a frame, in pixels, as dlib's predictor finds it."""
-    found = face.detect_faces(frame, landmarker="dlib")
-    assert found, "dlib lost the face"
-    lm = found[0].landmarks
-    return float(np.mean([np.linalg.norm(lm[a] - lm[b]) for a, b in ((61, 67), (62, 66),
-                                                                     (63, 65))]))
+    return inner_lip_gap(landmarks_of(frame))
 
 
 def photo(avatar) -> np.ndarray:
@@ -73,7 +70,7 @@ def test_a_closed_mouth_is_left_as_it_is():
     """Grace Hopper's lips are closed: her crop and landmarks come back untouched."""
     avatar = prepare_avatar(ASSETS / "grace_hopper.jpg", 512, cache=False)
     crop, landmarks = photo(avatar), avatar.landmarks.numpy()
-    assert lip_gap(landmarks) < 0.01
+    assert lip_gap(landmarks[60:68], ms.place(landmarks).scale) < 0.01
     closed, closed_landmarks = close_lips(crop, landmarks)
     assert closed is crop and closed_landmarks is landmarks
     np.testing.assert_array_equal(avatar.own_lips.numpy(), landmarks[60:68])
