@@ -87,7 +87,7 @@ from models.face_track import (
     probe,
     track_faces,
 )
-from models.hands import covered, find_hands
+from models.hands import HAND_REACH, covered, find_hands
 from models.pose_refine import PoseRefiner, refine_pose
 from models.recording import (
     FPS,
@@ -103,7 +103,7 @@ from models.recording import (
     thumbnail,
     ticks_onto_frames,
 )
-from models.video_avatar import HAND_EVERY, HAND_REACH, LOWER_FACE, hidden_mouths
+from models.video_avatar import HAND_EVERY, LOWER_FACE, hidden_mouths
 from train.prepare_videos import PrepareConfig
 
 SIZES = (512, 256)

@@ -22,8 +22,6 @@ import numpy as np
 
 
 def measure(portrait: Path, size: int, frames: int) -> dict:
-    import torch
-
     from benchmarks.reenact import look
     from models import face
     from models import motion_space as ms
@@ -31,8 +29,7 @@ def measure(portrait: Path, size: int, frames: int) -> dict:
     from models.render import render, sweep
 
     avatar = prepare_avatar(portrait, size, cache=False)
-    photo = avatar.own_mouth.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    source = look(photo)                # the crop as the photo shows it (its lips as they are)
+    source = look(avatar.photo())       # the crop as the photo shows it (lips, a hand)
     motion = sweep("jaw_open", frames)
     gaps, distances = [], []
     for frame in render(avatar, motion).numpy():

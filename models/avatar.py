@@ -20,7 +20,7 @@ import io
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,13 @@ from models.face import (
     detect_faces,
     find_landmarks,
 )
+from models.hands import HAND_REACH, covered, find_hands
 from models.mouth_close import close_lips
 
 SIZES = (512, 256)
 MAX_PIXELS = 40_000_000
 MIN_FACE_WIDTH = 64            # pixels, jaw point 0 to 16, in the photo
+HAND_MARGIN = 2                # pixels around a hand in front of the face drawn with it
 FACE_FRACTION = 0.30           # face width / working size, preferred
 MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room around the face
 EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
@@ -51,7 +53,7 @@ TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour
 TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
 TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 20              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 21              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -100,6 +102,11 @@ class Avatar:
                                    #   preparation closed its lips (models.mouth_close), her
                                    #   own opening (a smile's teeth) comes from here
     own_lips: torch.Tensor         # [8, 2] the inner lips 60..67 as the photo shows them
+    hand: torch.Tensor | None = None   # [4, S, S] a hand in front of the face as the photo
+                                   #   shows it: its colours (0..255) and how much of each
+                                   #   pixel it covers (0..1); None: no hand. Not a renderer
+                                   #   input (the face's fields hold what lies behind it): drawn
+                                   #   over the rendered frames (models.render.hand_in_front)
 
     @property
     def size(self) -> int:
@@ -117,8 +124,30 @@ class Avatar:
         crop = self.plate + (self.image - self.plate) * self.matte
         return crop.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
+    def photo(self) -> np.ndarray:
+        """The crop as the photo shows it [S, S, 3] uint8: its lips as they were (own_mouth)
+        and a hand in front of the face (hand), where it has one."""
+        shown = self.own_mouth
+        if self.hand is not None:
+            shown = shown + (self.hand[:3] - shown) * self.hand[3:]
+        return shown.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Its fields as numpy arrays by name (those it has: hand may be None), to be saved;
+        from_arrays takes them back."""
+        return {f.name: getattr(self, f.name).numpy() for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "Avatar":
+        """An avatar from arrays by name (a dict or an opened .npz; copied): KeyError where a
+        field it must have is missing."""
+        return cls(**{f.name: torch.from_numpy(np.array(arrays[f.name])) for f in fields(cls)
+                      if f.name in arrays or f.default is MISSING})
+
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
+        """The renderer's inputs (models.render.INPUT_NAMES but the motion)."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "hand")
 
 
 class AvatarWindow(Avatar):
@@ -348,10 +377,12 @@ def face_colors(crop: np.ndarray, lm: np.ndarray, face_width: float) -> np.ndarr
 
 
 def build_avatar(crop: np.ndarray, landmarks: np.ndarray,
-                 shown: tuple[np.ndarray, np.ndarray] | None = None) -> Avatar:
+                 shown: tuple[np.ndarray, np.ndarray] | None = None,
+                 hand: np.ndarray | None = None) -> Avatar:
     """The render state of an aligned crop [S, S, 3] with its landmarks [68, 2]; `shown`:
     the crop and landmarks as the photo shows them, where the crop's parted lips were closed
-    (models.mouth_close): the mouth's colours (her own teeth) are read from those."""
+    (models.mouth_close): the mouth's colours (her own teeth) are read from those. `hand`
+    [4, S, S]: a hand in front of the face (Avatar.hand), kept as it is."""
     from scipy import ndimage
 
     size = crop.shape[0]
@@ -390,7 +421,35 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray,
         own_mouth=shown_crop.transpose(2, 0, 1),
         own_lips=shown_landmarks[60:68],
     )
+    if hand is not None:
+        arrays["hand"] = hand
     return Avatar(**{k: torch.from_numpy(np.array(v, np.float32)) for k, v in arrays.items()})
+
+
+def behind_hand(crop: np.ndarray, hand: np.ndarray) -> np.ndarray:
+    """The crop [S, S, 3] uint8 with a hand [S, S] (0..1) taken out and what lies behind it
+    filled in from around it (background.fill, a push-pull fill): the face's fields never
+    hold a finger, so no warp of the face drags one along; the hand itself is drawn over
+    the frames (Avatar.hand)."""
+    filled = background.fill(crop.astype(np.float32), hand <= 0)
+    return filled.round().clip(0, 255).astype(np.uint8)
+
+
+def hand_over_face(crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """[S, S] 0..1: the hands in front of the face in an aligned crop [S, S, 3] with its
+    landmarks [68, 2] (each hand's own shape, models.hands.Hand.matte, grown by HAND_MARGIN
+    pixels: no fringe of a finger stays with the face), or None where no hand covers any of
+    the face. Hands whose fingers do not reach out (HAND_REACH) are left out: the hand model
+    takes a face looking down for one."""
+    from scipy import ndimage
+
+    outline = np.concatenate([landmarks[:17], landmarks[26:16:-1]])       # jaw, brows back
+    hands = [h for h in find_hands(crop) if h.reach() >= HAND_REACH and covered([h], outline)]
+    if not hands:
+        return None
+    size = crop.shape[0]
+    matte = np.max([h.matte(size, size) for h in hands], axis=0)
+    return ndimage.grey_dilation(matte, size=2 * HAND_MARGIN + 1)
 
 
 def _crop_landmarks(crop: np.ndarray, face: Face, box: CropBox, size: int) -> np.ndarray:
@@ -434,8 +493,12 @@ def prepare_avatar(source=DEFAULT_AVATAR, size: int = 512, *, detector: str = "h
     box = crop_box(face, image.shape[1], image.shape[0])
     crop = crop_image(image, box, size)
     landmarks = _crop_landmarks(crop, face, box, size)
+    matte, hand = hand_over_face(crop, landmarks), None
+    if matte is not None:                    # the hand drawn over the face behind it
+        hand = np.concatenate([crop.transpose(2, 0, 1), matte[None]]).astype(np.float32)
+        crop = behind_hand(crop, matte)
     closed, closed_landmarks = close_lips(crop, landmarks)
-    avatar = build_avatar(closed, closed_landmarks, shown=(crop, landmarks))
+    avatar = build_avatar(closed, closed_landmarks, shown=(crop, landmarks), hand=hand)
     if path is not None:
         _save(path, avatar, faces)
     _refuse_flawed(avatar)
@@ -473,8 +536,7 @@ def _save(path: Path, avatar: Avatar, faces: int) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-            np.savez(f, faces=np.array(faces),
-                     **{k.name: getattr(avatar, k.name).numpy() for k in fields(Avatar)})
+            np.savez(f, faces=np.array(faces), **avatar.arrays())
         os.replace(f.name, path)
     except OSError as e:
         warnings.warn(f"could not write the avatar cache ({e}); continuing without it",
@@ -488,7 +550,6 @@ def _save(path: Path, avatar: Avatar, faces: int) -> None:
 def _load(path: Path) -> tuple[Avatar, int] | None:
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k.name: torch.from_numpy(data[k.name].copy()) for k in fields(Avatar)}
-            return Avatar(**arrays), int(data["faces"])
+            return Avatar.from_arrays(data), int(data["faces"])
     except (OSError, KeyError, ValueError, EOFError):
         return None

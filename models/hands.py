@@ -68,6 +68,19 @@ HULL_DILATION = 0.12
 # from the side.
 DEPTH_SCALE = 1 / 0.4
 COVER_GRID = 64                  # rasterisation cells along the long side of the polygon's box
+HAND_REACH = 1.5                 # Hand.reach: fingers out; below it the hand model mostly sees
+                                 #   a face looking down as a hand (a fist over the mouth is
+                                 #   missed: said in the README)
+# A hand's own shape (Hand.matte): each bone a capsule of FINGER_RADIUS palm lengths (half a
+# finger's width and a little more, as HULL_DILATION), the palm filled, the edge soft over
+# MATTE_EDGE pixels.
+FINGER_RADIUS = 0.12
+MATTE_EDGE = 1.5
+# The bones between the 21 points (MediaPipe's HAND_CONNECTIONS) and the palm's outline.
+BONES = ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10),
+         (10, 11), (11, 12), (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (17, 18),
+         (18, 19), (19, 20), (0, 17))
+PALM = (0, 1, 5, 9, 13, 17)
 
 
 def palm_anchors() -> np.ndarray:
@@ -111,6 +124,33 @@ class Hand:
         disc = radius * np.stack([np.cos(angles), np.sin(angles)], 1)         # [16, 2]
         grown = (self.points[:, None, :] + disc[None]).reshape(-1, 2)         # [21 * 16, 2]
         return grown[ConvexHull(grown).vertices].astype(np.float32)
+
+    def matte(self, height: int, width: int) -> np.ndarray:
+        """[height, width] float32 0..1: the hand's own shape in an image of that size (the
+        fingers apart, unlike hull()): every bone a capsule of FINGER_RADIUS palm lengths
+        and the palm filled, the edge soft over MATTE_EDGE pixels."""
+        palm = self.palm or float(np.linalg.norm(self.points[9] - self.points[0]))
+        radius = max(1.0, FINGER_RADIUS * palm)
+        out = np.zeros((height, width), np.float32)
+        low = np.floor(self.points.min(0) - radius - MATTE_EDGE).astype(int)
+        high = np.ceil(self.points.max(0) + radius + MATTE_EDGE).astype(int) + 1
+        x0, y0 = np.maximum(low, 0)
+        x1, y1 = min(high[0], width), min(high[1], height)
+        if x0 >= x1 or y0 >= y1:
+            return out
+        y, x = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        pixels = np.stack([x, y], -1)[..., None, :]                        # [h, w, 1, 2]
+        a = self.points[[i for i, _ in BONES]]                             # [B, 2]
+        b = self.points[[j for _, j in BONES]]
+        along = np.clip(((pixels - a) * (b - a)).sum(-1)
+                        / np.maximum(((b - a) ** 2).sum(-1), 1e-6), 0.0, 1.0)
+        distance = np.linalg.norm(pixels - (a + along[..., None] * (b - a)), axis=-1).min(-1)
+        shape = np.clip((radius - distance) / MATTE_EDGE + 0.5, 0.0, 1.0)
+        inside = np.zeros((y1 - y0, x1 - x0), bool)
+        outline = self.points[list(PALM)] - (x0, y0)
+        inside[fill_polygon(outline[:, 1], outline[:, 0], inside.shape)] = True
+        out[y0:y1, x0:x1] = np.maximum(shape, inside)
+        return out
 
     def reach(self) -> float:
         """How far the fingers reach: the fingertips' (index to little finger) mean distance

@@ -261,15 +261,69 @@ def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
     return frame.t().reshape(n, size, size, 3)
 
 
-def render(avatar: Avatar, motion) -> torch.Tensor:
-    """Frames [N, S, S, 3] uint8 for motion [N, D] (array or tensor; [D] renders one frame)."""
+def render(avatar: Avatar, motion, hand: bool = True) -> torch.Tensor:
+    """Frames [N, S, S, 3] uint8 for motion [N, D] (array or tensor; [D] renders one frame);
+    the photo's hand in front of them (hand_in_front) unless `hand` is False."""
     motion = torch.as_tensor(np.asarray(motion, dtype=np.float32))
     if motion.ndim == 1:
         motion = motion[None]
     if motion.ndim != 2 or motion.shape[1] != ms.D:
         raise ValueError(f"motion must be [N, {ms.D}], got {tuple(motion.shape)}")
     with torch.no_grad():
-        return render_tensors(*avatar.tensors(), motion, frame_size=avatar.frame_size)
+        frames = render_tensors(*avatar.tensors(), motion, frame_size=avatar.frame_size)
+    if hand:
+        hand_in_front(avatar, frames.numpy(), motion)
+    return frames
+
+
+HAND_ANCHORS = 5                # the hand's box sampled HAND_ANCHORS x HAND_ANCHORS times
+
+
+def hand_in_front(avatar: Avatar, frames: np.ndarray, motion) -> np.ndarray:
+    """A hand in front of the face (Avatar.hand, as the photo shows it) drawn over rendered
+    frames [N, S, S, 3] uint8 of motion [N, D], in place; returns the frames. It moves with
+    the head as one flat piece at the depth of the face under its middle (the head pose at
+    points of its box, fitted by an affine map per frame); no expression moves it, and the
+    face behind it (filled in at preparation, models.avatar.behind_hand) moves and opens its
+    mouth on its own. Every engine's frames pass through here (stream.engine.Engine.render)."""
+    if avatar.hand is None:
+        return frames
+    import cv2
+
+    hand, size = avatar.hand.numpy(), avatar.size
+    ys, xs = np.nonzero(hand[3] > 0)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    patch = hand[:, y0:y1, x0:x1].transpose(1, 2, 0) * [1.0, 1.0, 1.0, 255.0]  # [h, w, 4]
+    grid = np.stack(np.meshgrid(np.linspace(x0, x1 - 1, HAND_ANCHORS),
+                                np.linspace(y0, y1 - 1, HAND_ANCHORS)), -1).reshape(-1, 2)
+    anchors = torch.from_numpy(grid.astype(np.float32))[None]              # [1, K, 2]
+    middle = torch.from_numpy(np.array([[[xs.mean(), ys.mean()]]], np.float32))
+    with torch.no_grad():
+        depth = warp.sample(avatar.depth[:, :1], middle, size)[:, 0].expand(1, len(grid))
+        pose = Pose(torch.as_tensor(np.asarray(motion, np.float32)).reshape(len(frames), -1),
+                    avatar.face_rotation, avatar.pivot, avatar.face_width)
+        moved = pose.forward(anchors, depth).numpy()                       # [N, K, 2]
+    source = np.concatenate([grid, np.ones((len(grid), 1))], 1)            # [K, 3]
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], np.float64)
+    for frame, there in zip(frames, moved, strict=True):
+        affine = np.linalg.lstsq(source, there, rcond=None)[0].T           # [2, 3] photo -> frame
+        out = corners @ affine[:, :2].T + affine[:, 2]
+        lo = np.clip(np.floor(out.min(0)) - 1, 0, size).astype(int)
+        hi = np.clip(np.ceil(out.max(0)) + 2, 0, size).astype(int)
+        if (hi <= lo).any():
+            continue
+        # frame pixel lo + q -> patch pixel: the inverse map, shifted to both boxes
+        back = np.linalg.inv(np.vstack([affine, [0.0, 0.0, 1.0]]))[:2]
+        back[:, 2] += back[:, :2] @ lo - (x0, y0)
+        drawn = cv2.warpAffine(patch.astype(np.float32), back, (int(hi[0] - lo[0]),
+                                                               int(hi[1] - lo[1])),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        region = frame[lo[1]:hi[1], lo[0]:hi[0]]
+        below = region.astype(np.float32)
+        cover = drawn[..., 3:] / 255.0
+        region[...] = (below + (drawn[..., :3] - below) * cover + 0.5).astype(np.uint8)
+    return frames
 
 
 class Renderer(torch.nn.Module):

@@ -78,7 +78,7 @@ from models.face_track import (
     read_frames,
     track_faces,
 )
-from models.hands import covered, find_hands
+from models.hands import HAND_REACH, covered, find_hands
 from models.mouth_bank import MouthBank, build_bank, choose_entries, fill_opening
 from models.mouth_reach import mouth_reach
 from models.mouth_rest import closed_inner_lips, closed_neighbours, lay_closed_lips, lips_closed
@@ -109,9 +109,6 @@ MAX_FACE_SHARE = 0.6           # face width / crop side at most (the renderer's 
                                #   a closer recording is refused, never padded
 HAND_EVERY = 2                 # ticks between looks for a hand (a hand takes longer to pass)
 HAND_COVERS = 0.1              # share of the lower face under a hand: that tick is hidden
-HAND_REACH = 1.5               # models.hands.Hand.reach: fingers out; below it the hand model
-                               #   mostly sees a face looking down as a hand (a fist over the
-                               #   mouth is missed: said in the README)
 HAND_MARGIN = 3                # ticks either side of a hidden one are left out too
 HAND_BRIDGE = 25               # hidden ticks this close: the ones between are hidden too (the
                                #   hand detector misses a hand in some frames)
@@ -828,7 +825,7 @@ def _prepare(path: Path, size: int, limits: VideoLimits, work: Path, progress: P
              rest_offsets=np.array(rest_offsets, np.int64), rest_origins=rest_origins,
              rest_landmarks=rest_landmarks,
              rest_mouth=rest_mouth, **(bank.arrays() if bank is not None else {}))
-    np.savez(work / "reference.npz", **{k: v.numpy() for k, v in vars(reference).items()})
+    np.savez(work / "reference.npz", **reference.arrays())
     info["ticks_at_rest"] = int(np.count_nonzero(np.diff(rest_offsets)))
     info["prepare_s"] = round(time.perf_counter() - started, 2)
     (work / "info.json").write_text(json.dumps(info, indent=1))
@@ -967,7 +964,7 @@ def load_video_avatar(folder: Path, info: dict | None = None) -> VideoAvatar | N
     """A prepared clip from its folder, or None when it is missing or unreadable."""
     try:
         with np.load(folder / "ticks.npz") as t, np.load(folder / "reference.npz") as r:
-            reference = Avatar(**{k: torch.from_numpy(r[k].copy()) for k in r.files})
+            reference = Avatar.from_arrays(r)
             if info is None:
                 info = json.loads((folder / "info.json").read_text())
             if not all((folder / name).is_file() for name in ("frames.jpg", "rest.jpg")):

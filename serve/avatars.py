@@ -16,11 +16,10 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models import video_cache
@@ -280,14 +279,14 @@ class Avatars:
 def avatar_npz(avatar: Avatar) -> bytes:
     """A prepared photo avatar's tensors as one .npz (another replica loads it as it is)."""
     out = io.BytesIO()
-    np.savez(out, **{f.name: getattr(avatar, f.name).numpy() for f in fields(Avatar)})
+    np.savez(out, **avatar.arrays())
     return out.getvalue()
 
 
 def unpack_photo(record: dict) -> Avatar:
     """A photo avatar shared by another replica."""
     with np.load(io.BytesIO(record["files"]["avatar.npz"])) as arrays:
-        return Avatar(**{k: torch.from_numpy(arrays[k]) for k in arrays.files})
+        return Avatar.from_arrays(arrays)
 
 
 def read_folder(folder: Path) -> dict[str, bytes]:

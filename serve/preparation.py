@@ -18,11 +18,10 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models.avatar import Avatar, prepare_avatar
@@ -105,7 +104,7 @@ class Preparer:
             raise ClientError(422, "this image could not be processed") from None
         finally:
             self.uploads -= 1
-        return Avatar(**{k: torch.from_numpy(v) for k, v in arrays.items()})
+        return Avatar.from_arrays(arrays)
 
     async def video(self, p: Preparation) -> VideoAvatar:
         """Videos are prepared in a child process of their own, for the reasons photos are
@@ -239,7 +238,7 @@ def prepare_arrays(source: bytes, size: int, max_pixels: int) -> dict[str, np.nd
                                  f"megapixels); the limit is {max_pixels / 1e6:g} megapixels: "
                                  "scale it down first")
     avatar = prepare_photo(source, size)
-    return {f.name: getattr(avatar, f.name).numpy() for f in fields(Avatar)}
+    return avatar.arrays()
 
 
 def _portrait_process_start() -> None:

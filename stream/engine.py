@@ -42,7 +42,8 @@ class EngineError(RuntimeError):
 
 class Engine:
     """Shared by every session of a process: one loaded model, per-session state elsewhere.
-    Each engine below adds render(avatar, motion [N, D]) -> frames [N, S, S, 3] uint8."""
+    Each engine below adds _draw(avatar, motion [N, D]) -> frames [N, S, S, 3] uint8, its
+    renderer; render() is that with the photo's hand in front (models.render.hand_in_front)."""
 
     name = "base"
 
@@ -66,6 +67,14 @@ class Engine:
     def generator(self, seed: int = 0, style: dict | None = None) -> MotionGenerator:
         return MotionGenerator(self.motion, self.silence_feature, seed=seed, style=style,
                                sampler=self._sampler())
+
+    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+        from models.render import hand_in_front
+
+        return hand_in_front(avatar, self._draw(avatar, motion), motion)
+
+    def _draw(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def draws_windows(self, size: int) -> bool:
         """Whether render() takes an AvatarWindow of a `size` frame now (video avatars draw
@@ -139,13 +148,13 @@ class TorchEngine(Engine):
 
         return sample
 
-    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+    def _draw(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
         from models.render import render, render_tensors
 
         motion = torch.from_numpy(np.asarray(motion, np.float32))
         if self.device.type == "cpu":
             with torch.inference_mode():
-                return render(avatar, motion).numpy()
+                return render(avatar, motion, hand=False).numpy()
         on_device = self._on_device(avatar)
 
         def draw(m: torch.Tensor) -> torch.Tensor:
@@ -238,7 +247,7 @@ class OnnxEngine(Engine):
             self._windows_ready.add(size)
             return True
 
-    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+    def _draw(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
         from export.renderer import OnnxRenderer, cached_cpu_renderer_export
 
         shape = (avatar.size, avatar.frame_size)
@@ -298,7 +307,7 @@ class TrtEngine(Engine):
     def _sampler(self):
         return self._motion_runner
 
-    def render(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
+    def _draw(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
         from export import trt
         from export.renderer import cached_renderer_export
 

@@ -132,9 +132,9 @@ def shoelace(polygon: np.ndarray) -> float:
 def test_reach_tells_fingers_from_a_face_looking_down(frames):
     """Fingers over a mouth reach far from the wrist; where the models take a face looking
     down for a hand (the development clip, frame 206: found with presence 0.98) they do
-    not (models.video_avatar keeps hands from HAND_REACH)."""
+    not (models.hands.HAND_REACH: the hands kept)."""
     from benchmarks import reenact
-    from models.video_avatar import HAND_REACH
+    from models.hands import HAND_REACH
 
     assert mh.find_hands(frames[200])[0].reach() > HAND_REACH + 0.3
     try:

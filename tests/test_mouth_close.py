@@ -23,11 +23,6 @@ def dlib_gap(frame: np.ndarray) -> float:
     return inner_lip_gap(landmarks_of(frame))
 
 
-def photo(avatar) -> np.ndarray:
-    """The crop as the photo shows it [S, S, 3] uint8 (Avatar.own_mouth)."""
-    return avatar.own_mouth.permute(1, 2, 0).numpy().round().astype(np.uint8)
-
-
 @pytest.mark.parametrize("size", [512, 256])
 def test_a_smiles_parted_lips_are_closed_at_rest(size):
     """The default avatar smiles with her lips apart. Before, jaw_open 0 was that smile, so
@@ -37,11 +32,11 @@ def test_a_smiles_parted_lips_are_closed_at_rest(size):
     avatar = prepare_avatar(size=size, cache=False)
     rest = render(avatar, ms.neutral(1)).numpy()[0]
     width = float(avatar.face_width)
-    shown, closed = dlib_gap(photo(avatar)), dlib_gap(rest)
+    shown, closed = dlib_gap(avatar.photo()), dlib_gap(rest)
     assert shown > 0.05 * width                                 # the photo's own opening
     assert closed < 0.2 * shown and closed < 0.012 * width, (shown, closed, width)
     nose = int(avatar.landmarks[33, 1])
-    error = rest[:nose].astype(np.float64) - photo(avatar)[:nose]
+    error = rest[:nose].astype(np.float64) - avatar.photo()[:nose]
     assert np.mean(error ** 2) <= 255.0 ** 2 * 1e-4               # PSNR 40 dB or more
 
 
@@ -61,7 +56,7 @@ def test_a_laugh_closes_over_its_teeth(wolfgang_langer_frames):
         grey = (rgb[..., 0] - rgb[..., 1]) / (rgb[..., 0] + 1.0) < 0.12
         return int(np.sum(inside & (light > 170) & grey))
 
-    shown = teeth(photo(avatar))
+    shown = teeth(avatar.photo())
     rest = teeth(render(avatar, ms.neutral(1)).numpy()[0])
     assert shown > 500 and rest < 0.1 * shown, (shown, rest)      # 1014 -> 0
 
@@ -69,7 +64,7 @@ def test_a_laugh_closes_over_its_teeth(wolfgang_langer_frames):
 def test_a_closed_mouth_is_left_as_it_is():
     """Grace Hopper's lips are closed: her crop and landmarks come back untouched."""
     avatar = prepare_avatar(ASSETS / "grace_hopper.jpg", 512, cache=False)
-    crop, landmarks = photo(avatar), avatar.landmarks.numpy()
+    crop, landmarks = avatar.photo(), avatar.landmarks.numpy()
     assert lip_gap(landmarks[60:68], ms.place(landmarks).scale) < 0.01
     closed, closed_landmarks = close_lips(crop, landmarks)
     assert closed is crop and closed_landmarks is landmarks
