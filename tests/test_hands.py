@@ -123,6 +123,23 @@ def test_hull_is_the_points_grown():
     assert shoelace(hull) == pytest.approx(expected, rel=0.02)
 
 
+def test_matte_is_the_bones_grown():
+    """A straight finger of one bone: the matte is a capsule of FINGER_RADIUS palm lengths
+    around it, its edge soft over MATTE_EDGE pixels, and nothing off the bones is covered."""
+    points = np.zeros((21, 2), np.float32)
+    points[:] = (20, 20)                                     # every other joint at the wrist
+    points[9] = (20, 120)                                    # palm length 100
+    points[10:13] = (20, 120)
+    matte = mh.Hand(points, 1.0).matte(200, 100)
+    radius = mh.FINGER_RADIUS * 100
+    row = matte[70]                                          # across the bone 0 -> 9
+    assert row[20] == 1.0 and row[int(20 + radius - 2)] == 1.0
+    assert row[int(20 + radius + 2):].max() == 0.0
+    assert matte[int(120 + radius + 2):].max() == 0.0 and matte[118, 20] == 1.0
+    width = row.sum()                                        # the soft edge is symmetric
+    assert width == pytest.approx(2 * radius, abs=1.0)
+
+
 def shoelace(polygon: np.ndarray) -> float:
     """Area of a simple polygon [K, 2]."""
     x, y = polygon[:, 0].astype(float), polygon[:, 1].astype(float)
