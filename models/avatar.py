@@ -459,7 +459,7 @@ def hand_over_face(image: np.ndarray, box: CropBox, crop: np.ndarray,
     return ndimage.grey_dilation(matte, size=2 * HAND_MARGIN + 1)
 
 
-def _palms_in_photo(image: np.ndarray, box: CropBox, size: int) -> list:
+def _palms_in_photo(image: np.ndarray, box: CropBox, size: int) -> list[Palm]:
     """The palms in the whole photo, in the pixels of its crop by `box` (each palm's box
     around its turned corners). The photo is looked at with at most PALM_PHOTO pixels on
     its long side (the detector sees 192; a 36-megapixel photo whole costs 0.7 s and
