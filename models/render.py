@@ -276,14 +276,11 @@ def render(avatar: Avatar, motion, hand: bool = True) -> torch.Tensor:
     return frames
 
 
-HAND_ANCHORS = 5                # the hand's box sampled HAND_ANCHORS x HAND_ANCHORS times
-
-
 def hand_in_front(avatar: Avatar, frames: np.ndarray, motion) -> np.ndarray:
     """A hand in front of the face (Avatar.hand, as the photo shows it) drawn over rendered
     frames [N, S, S, 3] uint8 of motion [N, D], in place; returns the frames. It moves with
-    the head as one flat piece at the depth of the face under its middle (the head pose at
-    points of its box, fitted by an affine map per frame); no expression moves it, and the
+    the head as one flat piece at the depth of the face under its middle (so an affine map
+    per frame: the head pose at three corners of its box); no expression moves it, and the
     face behind it (filled in at preparation, models.avatar.behind_hand) moves and opens its
     mouth on its own. Every engine's frames pass through here (stream.engine.Engine.render)."""
     if avatar.hand is None:
@@ -294,19 +291,17 @@ def hand_in_front(avatar: Avatar, frames: np.ndarray, motion) -> np.ndarray:
     ys, xs = np.nonzero(hand[3] > 0)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
     patch = hand[:, y0:y1, x0:x1].transpose(1, 2, 0) * [1.0, 1.0, 1.0, 255.0]  # [h, w, 4]
-    grid = np.stack(np.meshgrid(np.linspace(x0, x1 - 1, HAND_ANCHORS),
-                                np.linspace(y0, y1 - 1, HAND_ANCHORS)), -1).reshape(-1, 2)
-    anchors = torch.from_numpy(grid.astype(np.float32))[None]              # [1, K, 2]
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], np.float64)
+    anchors = torch.from_numpy(corners[:3].astype(np.float32))[None]       # [1, 3, 2]
     middle = torch.from_numpy(np.array([[[xs.mean(), ys.mean()]]], np.float32))
     with torch.no_grad():
-        depth = warp.sample(avatar.depth[:, :1], middle, size)[:, 0].expand(1, len(grid))
+        depth = warp.sample(avatar.depth[:, :1], middle, size)[:, 0].expand(1, 3)
         pose = Pose(torch.as_tensor(np.asarray(motion, np.float32)).reshape(len(frames), -1),
                     avatar.face_rotation, avatar.pivot, avatar.face_width)
-        moved = pose.forward(anchors, depth).numpy()                       # [N, K, 2]
-    source = np.concatenate([grid, np.ones((len(grid), 1))], 1)            # [K, 3]
-    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], np.float64)
+        moved = pose.forward(anchors, depth).numpy()                       # [N, 3, 2]
+    source = np.concatenate([corners[:3], np.ones((3, 1))], 1)             # [3, 3]
     for frame, there in zip(frames, moved, strict=True):
-        affine = np.linalg.lstsq(source, there, rcond=None)[0].T           # [2, 3] photo -> frame
+        affine = np.linalg.solve(source, there).T                          # [2, 3] photo -> frame
         out = corners @ affine[:, :2].T + affine[:, 2]
         lo = np.clip(np.floor(out.min(0)) - 1, 0, size).astype(int)
         hi = np.clip(np.ceil(out.max(0)) + 2, 0, size).astype(int)

@@ -73,9 +73,6 @@ class Engine:
 
         return hand_in_front(avatar, self._draw(avatar, motion), motion)
 
-    def _draw(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
     def draws_windows(self, size: int) -> bool:
         """Whether render() takes an AvatarWindow of a `size` frame now (video avatars draw
         only the window around the mouth: models.video_avatar.mouth_window)."""
