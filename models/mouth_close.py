@@ -16,8 +16,10 @@ line, as the renderer cuts it: above it a field that moves the upper lip down, b
 that moves the lower lip up (each a thin-plate spline through the landmarks and the lips'
 edges, vanishing on an ellipse around the mouth and chin), so the teeth between them are
 covered, not squeezed into a band. Past the mouth corners, where there is no cut, the two
-ease into one. A soft shadow marks the line the lips press together on. Everything here is
-numpy on the crop, once per portrait.
+ease into one. Whatever of the opening still shows (pixels drawn from between the lips, and
+near the meeting line anything as dark as the mouth's cavity: a laugh's dark corners) is
+filled in from the lips and skin around it. A soft shadow marks the line the lips press
+together on. Everything here is numpy on the crop, once per portrait.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ STEP = 0.5               # pixels per step of that search
 LINE_SHADE = 0.25        # the line the lips press together on: its light lowered this much
 LINE_WIDTH = 0.007       #   over this many face widths either side
 SEAM = 0.5               # pixels: the soft edge where the lips meet
+LEFT_BAND = 0.035        # what is left of the opening is looked for this far (face widths)
+LEFT_REACH = 1.4         #   either side of the meeting line and this far along it (mouth
+                         #   half widths: past the corners, where a laugh's corners are dark)
 
 
 class MouthFrame:
@@ -131,10 +136,7 @@ def edges_from_teeth(crop: np.ndarray, landmarks: np.ndarray) -> MouthFrame:
         return frame
     bright = luminance[opening] >= np.percentile(luminance[opening], 80)
     teeth_light, teeth_red = luminance[opening][bright].mean(), redness[opening][bright].mean()
-    body = np.concatenate([landmarks[list(outer)] + LIP_BODY * (landmarks[list(edge)]
-                                                                - landmarks[list(outer)])
-                           for outer, edge in ((UPPER_OUTER[1:4], UPPER[1:4]),
-                                               (LOWER_OUTER[1:4], LOWER[1:4]))])
+    body = _lip_body(landmarks)
     lip_light, lip_red = np.median(_at(luminance, body)), np.median(_at(redness, body))
     if teeth_light - lip_light < TEETH_CONTRAST or lip_red <= teeth_red:
         return frame
@@ -154,6 +156,15 @@ def edges_from_teeth(crop: np.ndarray, landmarks: np.ndarray) -> MouthFrame:
             moved = np.convolve(np.pad(moved, 1, mode="edge"), [0.25, 0.5, 0.25], "valid")
         edge[1:-1] += way * moved
     return frame
+
+
+def _lip_body(landmarks: np.ndarray) -> np.ndarray:
+    """Points [6, 2] in the lips' own body (LIP_BODY of the way in from their outer edges,
+    the middle three of each lip), where their colour is read."""
+    return np.concatenate([landmarks[list(outer)] + LIP_BODY * (landmarks[list(edge)]
+                                                                - landmarks[list(outer)])
+                           for outer, edge in ((UPPER_OUTER[1:4], UPPER[1:4]),
+                                               (LOWER_OUTER[1:4], LOWER[1:4]))])
 
 
 def _at(channel: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -258,6 +269,7 @@ def close_lips(crop: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.
     shape = (y1 - y0, x1 - x0)
     upper_weight = _upper_weight(pixels, frame).reshape(shape + (1,))
     drawn = np.zeros(shape + (3,))
+    opening = np.zeros(shape)                     # how much of each pixel is drawn from it
     for moves, weight in zip(layers, (upper_weight, 1.0 - upper_weight), strict=True):
         moves_c = np.concatenate([moves @ matrix_inv.T, np.zeros((len(ring), 2))])
         at = np.array(queries, copy=True)
@@ -266,11 +278,56 @@ def close_lips(crop: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.
         sampled = cv2.remap(crop, source[..., 0], source[..., 1], cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_REPLICATE)
         drawn += sampled.astype(np.float64) * weight
+        opening += _between_lips(source, frame) * weight[..., 0]
+    left = _left_open(drawn, opening, pixels, frame, _lip_light(crop, landmarks))
+    drawn = _filled(drawn, left)
     drawn *= 1.0 - LINE_SHADE * _lip_line(pixels, frame, placement.scale).reshape(shape + (1,))
     out = np.array(crop, copy=True)
     out[y0:y1, x0:x1] = np.where(near.reshape(shape + (1,)), np.clip(np.rint(drawn), 0, 255),
                                  crop[y0:y1, x0:x1])
     return out, closed_landmarks(landmarks, frame)
+
+
+def _lip_light(crop: np.ndarray, landmarks: np.ndarray) -> float:
+    """The lips' median luminance (0..255) in their own body on crop [S, S, 3]."""
+    luminance = crop.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return float(np.median(_at(luminance, _lip_body(landmarks))))
+
+
+def _between_lips(points: np.ndarray, frame: MouthFrame) -> np.ndarray:
+    """1 where pixels [..., 2] of the open crop lie between its inner lip edges (the
+    frame's, moved off the teeth), half a pixel in from each, else 0: [...]."""
+    u, v = np.moveaxis(frame.coordinates(points.astype(np.float64)), -1, 0)
+    return ((np.abs(u) < 1.0) & (v > frame.edge(frame.upper, u) + 0.5)
+            & (v < frame.edge(frame.lower, u) - 0.5)).astype(np.float64)
+
+
+def _left_open(drawn: np.ndarray, opening: np.ndarray, pixels: np.ndarray,
+               frame: MouthFrame, lip_light: float) -> np.ndarray:
+    """[h, w] bool: what the closed mouth drawn [h, w, 3] (over `pixels` [h * w, 2]) still
+    shows of the opening: pixels drawn mostly from between the lips (`opening` [h, w]), and
+    within LEFT_BAND face widths of the meeting line, out to LEFT_REACH half widths along
+    it, pixels as dark as the cavity (CAVITY of the lips' light): the corners of a laugh
+    lie past the landmarks' inner corners, where the two layers ease into one."""
+    u, v = frame.coordinates(pixels).T
+    band = ((np.abs(v - frame.meeting(np.clip(u, -1.0, 1.0))) < LEFT_BAND * frame.face_width)
+            & (np.abs(u) < LEFT_REACH)).reshape(opening.shape)
+    dark = drawn @ np.array([0.299, 0.587, 0.114]) < CAVITY * lip_light
+    return (opening > 0.5) | (band & dark)
+
+
+def _filled(drawn: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """drawn [h, w, 3] with the pixels `left` [h, w] (grown by 2 pixels, edges softened)
+    filled in from the lips and skin around them (models.background.fill, push-pull)."""
+    from scipy import ndimage
+
+    from models.background import fill
+
+    if not left.any():
+        return drawn
+    grown = ndimage.binary_dilation(left, iterations=2)
+    soft = ndimage.gaussian_filter(grown.astype(np.float64), 0.7)[..., None]
+    return drawn + (fill(drawn, ~grown) - drawn) * soft
 
 
 def _lip_line(pixels: np.ndarray, frame: MouthFrame, face_width: float) -> np.ndarray:
