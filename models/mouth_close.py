@@ -29,6 +29,7 @@ import numpy as np
 
 from models import motion_space as ms
 from models import warp
+from models.background import fill
 from models.mouth_bank import bilinear, lip_gap
 
 UPPER = (60, 61, 62, 63, 64)     # inner lips, corner to corner
@@ -320,8 +321,6 @@ def _filled(drawn: np.ndarray, left: np.ndarray) -> np.ndarray:
     """drawn [h, w, 3] with the pixels `left` [h, w] (grown by 2 pixels, edges softened)
     filled in from the lips and skin around them (models.background.fill, push-pull)."""
     from scipy import ndimage
-
-    from models.background import fill
 
     if not left.any():
         return drawn
