@@ -57,7 +57,7 @@ TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour
 TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
 TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 26              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 27              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 

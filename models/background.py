@@ -9,14 +9,14 @@ compose):
 where s is the backward map of the warp: the head moves, the neck bends, the torso stays
 (its motion is zero, so it is the portrait itself), and background pixels show the plate,
 which away from the person is the portrait too; only what the head uncovers is new.
-Prepared once per avatar (numpy):
+Prepared once per avatar:
 
     person  MediaPipe's selfie segmentation (assets/mediapipe, Apache-2.0) of the crop, 256 px,
             upsampled: a soft person/background matte with hair-level edges
     head    the person inside the head region (face, hair, hat, the neck), fading out down
             the neck: which pixels move with the head (models.head.head_mask)
-    plate   the crop with the person filled in from the background around it (push-pull: a
-            pyramid of weighted means, known pixels kept exactly)
+    plate   the crop with the person filled in from the background around it: its light
+            smooth, its texture continued (models.texture_fill: patches of the background)
     colours the person's own colours where the matte is soft (the crop with the plate's share
             taken out), so that the person over the unmoved plate is the crop again (but
             for a few rows where the person touches the crop's top edge: soften_cut_top)
@@ -37,6 +37,8 @@ HOLE_GROW = 0.04           # the hole grows by this (face widths), past the hair
 SOLID_GROW = 0.03          # the plate replaces the crop this far (face widths) past the solid
                            #   person: a thin rim the segmentation leaves out (a helmet ring's
                            #   edge) moves with the person instead of staying on the plate
+LIGHT_BLUR = 0.1           # the plate's light: the push-pull fill blurred by this (face widths);
+                           #   its texture: patches of what the photo has beyond that light
 CUT_ROWS = 0.008           # the person's top rows smoothed along the crop's top edge (share of
 CUT_BLUR = 0.03            #   the side) and the blur along it (share of the side)
 
@@ -108,20 +110,46 @@ def _upsample(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return image
 
 
-def background_plate(crop: np.ndarray, person: np.ndarray, face_width: float) -> np.ndarray:
-    """The crop [S, S, 3] uint8 with the person (matte [S, S]) taken out and the background
-    filled in from the rest: [S, S, 3] float32. The fill takes nothing of the person nor of
-    the pixels just outside the matte (hair's halo); it replaces the person where the matte
-    is at least SOLID (fainter, the pixel is mostly background and stays) and SOLID_GROW
-    around it. There the crop differs from the plate only where something of the person is
-    left that the segmentation missed, and `unmix` gives those pixels to the person: left on
-    the still plate, such a rim showed as a ghost line beside the moved person (the default
-    avatar's helmet ring, 2026-12-06)."""
+def plate_hole(person: np.ndarray, face_width: float) -> np.ndarray:
+    """The pixels [S, S] bool the plate does not take from the crop: the person (matte above
+    HOLE_MATTE) and HOLE_GROW face widths around it, past the hair's soft edge and halo."""
     from scipy import ndimage
 
-    untrusted = ndimage.binary_dilation(person > HOLE_MATTE,
-                                        iterations=max(1, round(HOLE_GROW * face_width)))
-    filled = fill(crop.astype(np.float64), ~untrusted)
+    return ndimage.binary_dilation(person > HOLE_MATTE,
+                                   iterations=max(1, round(HOLE_GROW * face_width)))
+
+
+def continue_background(image: np.ndarray, known: np.ndarray, face_width: float
+                        ) -> np.ndarray:
+    """The image [S, S, 3] with its unknown pixels (`known` [S, S] False) filled from the
+    known ones: [S, S, 3] float32. The light is the push-pull fill blurred by LIGHT_BLUR
+    face widths: smooth, so a room darkening towards the corner darkens behind the head
+    too. What the photo has beyond that light (a wall's grain, a flag's stars, the noise)
+    is continued with its own patches (models.texture_fill), so what a turning head
+    uncovers is not a blurred blob."""
+    from scipy import ndimage
+
+    from models import texture_fill
+
+    light = fill(np.asarray(image, np.float64), known)
+    light = ndimage.gaussian_filter(light, (LIGHT_BLUR * face_width,) * 2 + (0,))
+    grain = texture_fill.complete(image - light, known)
+    return np.clip(light + grain, 0.0, 255.0).astype(np.float32)
+
+
+def background_plate(crop: np.ndarray, person: np.ndarray, face_width: float) -> np.ndarray:
+    """The crop [S, S, 3] uint8 with the person (matte [S, S]) taken out and the background
+    filled in from the rest (continue_background): [S, S, 3] float32.
+    The fill takes nothing of the person nor of the pixels just outside the matte (hair's
+    halo: plate_hole); it replaces the person where the matte is at least SOLID (fainter,
+    the pixel is mostly background and stays) and SOLID_GROW around it. There the crop
+    differs from the plate only where something of the person is left that the segmentation
+    missed, and `unmix` gives those pixels to the person: left on the still plate, such a
+    rim showed as a ghost line beside the moved person (the default avatar's helmet ring,
+    2026-12-06)."""
+    from scipy import ndimage
+
+    filled = continue_background(crop, ~plate_hole(person, face_width), face_width)
     solid = ndimage.binary_dilation(person >= SOLID,
                                     iterations=max(1, round(SOLID_GROW * face_width)))
     return np.where(solid[..., None], filled, crop).astype(np.float32)

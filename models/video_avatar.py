@@ -133,7 +133,7 @@ WINDOW_REACH = 1.5             # face widths the window must span: the mouth fie
                                #   0.4 above and 0.65 below it (franck.mp4, full amplitude)
 WINDOW_DROP = 0.11             # the window's centre this far below the mouth's (face widths)
 WINDOW_FADE = 3                # coarse nodes over which the mouth fields fade out at its edges
-PREP_VERSION = 19              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 20              # bump when preparation changes: old cache entries are ignored
 
 
 class VideoAvatarError(PortraitError):

