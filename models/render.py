@@ -43,6 +43,8 @@ from models.mouth import mouth
 EYE_WINDOW = (0.26, 0.30)
 EYE_WINDOW_RAISE = 0.035
 MOUTH_WINDOW = (0.52, 0.68)
+VACATED = (0.6, 0.9)       # what the head leaves shows what it uncovered down to 0.6 face widths
+                           #   below the eyes, fading out by 0.9 (the chin; the neck below)
 
 _EXPRESSION = [ms.index(n) for n in ms.EXPRESSION]
 _E = {name: i for i, name in enumerate(ms.EXPRESSION)}
@@ -122,7 +124,8 @@ def skull_map(rest_lips: torch.Tensor, portrait_lips: torch.Tensor) -> torch.Ten
     return torch.cat([rot, shift[..., None]], -1)
 
 
-def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_mask, size):
+def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_mask, face_rotation,
+                pivot, face_width, size):
     """Backward map on the coarse grid: source pixel position of each node [N, Q, 2] and the
     nodes themselves [1, Q, 2]."""
     n, e, coarse = expression.shape[0], expression.shape[1], flow.shape[-1]
@@ -131,9 +134,16 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
     gy, gx = torch.meshgrid(centres, centres, indexing="ij")
     nodes = torch.stack([gx, gy], -1).reshape(1, -1, 2)                    # [1, Q, 2]
     nodes_n = nodes.expand(n, -1, -1)
-    # head pose, blended out over the background by the head mask
+    # head pose, blended out over the background by the head mask: a node follows the head
+    # where the head's pixel it is moved to is head, and, above the chin, where its own
+    # pixel was head: the head has left that one, and moved, the node shows what the head
+    # uncovered (left still, it was a copy of the hair beside a head turned and shifted far;
+    # below the chin the neck's fade to the still torso decides alone)
     head = pose.inverse(nodes_n, depth, size)                              # [N, Q, 2]
-    follows = warp.sample(head_mask, head, size)[:, 0, :, None]            # [N, Q, 1]
+    below = ((nodes - pivot[:2]) @ face_rotation)[..., 1] / face_width + ms.PIVOT[1]  # [1, Q]
+    t = torch.clamp((below - VACATED[0]) / (VACATED[1] - VACATED[0]), 0.0, 1.0)
+    left = warp.sample(head_mask, nodes, size)[:, 0] * (1.0 - t * t * (3.0 - 2.0 * t))
+    follows = torch.maximum(warp.sample(head_mask, head, size)[:, 0], left)[..., None]
     targets = nodes_n + follows * (head - nodes_n)
     # expression, both layers (upper and lower face, cut between the lips) as batch 2N
     per_unit = torch.cat([flow, flow_jacobian], 2).transpose(0, 1)         # [E, 2, 6, h, w]
@@ -230,7 +240,7 @@ def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, d
     lips, eye_points, rest_lips, own, jaw_lips = _landmarks(pose, landmarks, landmark_depth,
                                                             basis, expression, own_lips)
     source, nodes = _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth,
-                                head_mask, size)
+                                head_mask, face_rotation, pivot, face_width, size)
 
     offset = (source - nodes).reshape(n, coarse, coarse, 2).permute(0, 3, 1, 2).contiguous()
     overlays = (eye_points, expression, pose.scale, face_width, lid_skin, lips, rest_lips, own,

@@ -257,6 +257,40 @@ def test_a_moving_head_uncovers_the_background_instead_of_stretching_it(avatars,
     assert np.abs(frame[uncovered] - crop[uncovered]).mean() > 10.0
 
 
+@pytest.mark.parametrize("turn", [30.0, -30.0])
+def test_a_head_turned_and_shifted_far_leaves_no_copy_of_its_hair(avatars, turn):
+    """Where the head was and has gone (its pixels above the pivot, moved by the pose's
+    forward map, not landing within 8 px) the plate shows: a part of her hair stayed behind
+    as a detached blob when the head's own mask, sampled where the head moved a node to,
+    fell to zero (2026-12-07: 2681 / 2876 of these pixels more than 20 grey levels off the
+    plate; now 13 / 0)."""
+    from scipy import ndimage
+
+    from models import warp
+    from models.background import head_matte, person_matte
+    from models.head import Pose
+
+    avatar = avatars["astronaut", 512]
+    head = head_matte(person_matte(avatar.crop()), ms.place(avatar.landmarks.numpy())) > 0.99
+    head[int(avatar.pivot[1]):] = False
+    ys, xs = np.nonzero(head)
+    points = torch.tensor(np.stack([xs, ys], -1), dtype=torch.float32)[None]
+    motion = ms.neutral(1)
+    motion[0, ms.index("head_yaw")], motion[0, ms.index("head_x")] = turn, 0.15 * np.sign(turn)
+    pose = Pose(torch.from_numpy(motion), avatar.face_rotation, avatar.pivot, avatar.face_width)
+    moved = pose.forward(points, warp.sample(avatar.depth, points, 512)[:, 0])[0].numpy()
+    covered = np.zeros((512, 512), bool)
+    x, y = np.clip(np.round(moved).astype(int), 0, 511).T
+    covered[y, x] = True
+    covered = ndimage.binary_dilation(ndimage.binary_closing(covered, iterations=3),
+                                      iterations=8)
+    left = head & ~covered
+    assert left.sum() > 5000
+    frame = render(avatar, motion)[0].numpy().astype(float)
+    off = np.abs(frame - avatar.plate.permute(1, 2, 0).numpy()).max(-1)[left]
+    assert (off > 20).mean() < 0.02
+
+
 def test_batches_render_like_single_frames(avatars):
     avatar = avatars["astronaut", 256]
     rng = np.random.default_rng(1)
