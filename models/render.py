@@ -141,9 +141,9 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
     # below the chin the neck's fade to the still torso decides alone)
     head = pose.inverse(nodes_n, depth, size)                              # [N, Q, 2]
     below = ((nodes - pivot[:2]) @ face_rotation)[..., 1] / face_width + ms.PIVOT[1]  # [1, Q]
-    t = torch.clamp((below - VACATED[0]) / (VACATED[1] - VACATED[0]), 0.0, 1.0)
-    left = warp.sample(head_mask, nodes, size)[:, 0] * (1.0 - t * t * (3.0 - 2.0 * t))
-    follows = torch.maximum(warp.sample(head_mask, head, size)[:, 0], left)[..., None]
+    chin = torch.clamp((below - VACATED[0]) / (VACATED[1] - VACATED[0]), 0.0, 1.0)
+    vacated = warp.sample(head_mask, nodes, size)[:, 0] * (1.0 - chin * chin * (3.0 - 2.0 * chin))
+    follows = torch.maximum(warp.sample(head_mask, head, size)[:, 0], vacated)[..., None]
     targets = nodes_n + follows * (head - nodes_n)
     # expression, both layers (upper and lower face, cut between the lips) as batch 2N
     per_unit = torch.cat([flow, flow_jacobian], 2).transpose(0, 1)         # [E, 2, 6, h, w]
