@@ -284,10 +284,10 @@ def test_a_head_turned_and_shifted_far_leaves_no_copy_of_its_hair(avatars, turn)
     covered[y, x] = True
     covered = ndimage.binary_dilation(ndimage.binary_closing(covered, iterations=3),
                                       iterations=8)
-    left = head & ~covered
-    assert left.sum() > 5000
+    vacated = head & ~covered
+    assert vacated.sum() > 5000
     frame = render(avatar, motion)[0].numpy().astype(float)
-    off = np.abs(frame - avatar.plate.permute(1, 2, 0).numpy()).max(-1)[left]
+    off = np.abs(frame - avatar.plate.permute(1, 2, 0).numpy()).max(-1)[vacated]
     assert (off > 20).mean() < 0.02
 
 
