@@ -29,7 +29,7 @@ ROUNDS = (4, 3, 2, 1)      # match-and-vote rounds: the coarsest level, the next
                            #   the finest (its matches come from the level below, nearly right)
 PASSES = 2                 # PatchMatch passes (forward, backward) per round
 SEARCH = 16                # above the coarsest level the random search starts at 1/16 of the side
-LOCALITY = 20000.0          # a patch one image side away costs this much (mean squared grey
+LOCALITY = 20000.0         # a patch one image side away costs this much (mean squared grey
                            #   levels), so the hole takes the texture beside it (the flag next to
                            #   her ear, not the sky beyond her head) unless a far one fits better
 SPREAD = 75                # percentile of the patch distances that sets the votes' weights
