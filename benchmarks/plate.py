@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 
-def held_out(crop: np.ndarray, person: np.ndarray, face_width: float, shift: float):
+def held_out(person: np.ndarray, face_width: float, shift: float):
     """The hole and the held-out pixels [S, S] bool for a hole moved `shift` face widths."""
     from models.background import plate_hole
 
@@ -72,7 +72,7 @@ def main() -> None:
         person = person_matte(crop.astype(np.uint8))
         face_width = float(avatar.face_width)
         for shift in (-args.shift, args.shift):
-            hole, test = held_out(crop, person, face_width, shift)
+            hole, test = held_out(person, face_width, shift)
             known = ~hole & ~test
             row = {"held_out_px": int(test.sum())}
             for label in ("push_pull", "plate"):

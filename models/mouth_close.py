@@ -32,6 +32,7 @@ from models import warp
 from models.background import fill
 from models.mouth_bank import bilinear, lip_gap
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)   # luminance of RGB
 UPPER = (60, 61, 62, 63, 64)     # inner lips, corner to corner
 LOWER = (60, 67, 66, 65, 64)
 UPPER_OUTER = (49, 50, 51, 52, 53)   # outer lips, between the corners
@@ -126,7 +127,7 @@ def edges_from_teeth(crop: np.ndarray, landmarks: np.ndarray) -> MouthFrame:
     rows)."""
     frame = MouthFrame(landmarks)
     image = crop.astype(np.float32)
-    luminance = image @ np.array([0.299, 0.587, 0.114], np.float32)
+    luminance = image @ LUMA
     redness = (image[..., 0] - image[..., 1]) / (image[..., 0] + 1.0)
     inner = np.concatenate([frame.pixels(frame.knots, frame.upper),
                             frame.pixels(frame.knots[::-1], frame.lower[::-1])])
@@ -291,7 +292,7 @@ def close_lips(crop: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.
 
 def _lip_light(crop: np.ndarray, landmarks: np.ndarray) -> float:
     """The lips' median luminance (0..255) in their own body on crop [S, S, 3]."""
-    luminance = crop.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    luminance = crop.astype(np.float32) @ LUMA
     return float(np.median(_at(luminance, _lip_body(landmarks))))
 
 
@@ -311,7 +312,7 @@ def _left_open(drawn: np.ndarray, opening: np.ndarray, pixels: np.ndarray,
     it, pixels as dark as the cavity (CAVITY of the lips' light): the corners of a laugh
     lie past the landmarks' inner corners, where the two layers ease into one."""
     band = near_meeting_line(pixels, frame).reshape(opening.shape)
-    dark = drawn @ np.array([0.299, 0.587, 0.114]) < CAVITY * lip_light
+    dark = drawn @ LUMA < CAVITY * lip_light
     return (opening > 0.5) | (band & dark)
 
 
