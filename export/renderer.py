@@ -1,9 +1,9 @@
 """The renderer as ONNX (one graph per working size, the avatar's tensors as inputs) and its
 onnxruntime runner. The graph itself is written by models.render.export_onnx; here it is
-cached by working size (and frame size, for an AvatarWindow) and renderer source hash, and
-run. onnxruntime's CPU provider runs
-the graph rewritten by export.ort_cpu (planar layout, GridSample as gathers): as exported,
-it is about 3x slower than torch on a CPU; rewritten, it is not slower.
+cached by working size (and frame size: a close-up, an AvatarWindow) and renderer source
+hash, and run. onnxruntime's CPU provider runs the graph rewritten by export.ort_cpu
+(planar layout, GridSample as gathers): as exported, it is about 3x slower than torch on a
+CPU; rewritten, it is not slower.
 """
 
 import hashlib

@@ -1,6 +1,6 @@
 """The onnx engine's graphs exported before a server starts: in parallel, each with a line.
 
-    python -m export.warm [--size 512] [--checkpoint PATH] [--windows]
+    python -m export.warm [--size 512] [--checkpoint PATH] [--windows] [--close-ups]
 
 The onnx engine exports its three graphs (audio encoder, motion sampler, renderer at the
 working size) on first use and caches them (export/*.py, keyed by configuration, checkpoint
@@ -13,7 +13,10 @@ cores, benchmarks/cold_start.py); it says what it does and when each graph was d
 keeps the exporters' output out of the log unless one fails (then its tail is shown). A
 fourth graph, the renderer of video avatars' mouth windows (models.video_avatar.mouth_window),
 is exported in the background the first time a video avatar needs it
-(OnnxEngine.draws_windows; video frames are drawn whole until then), or here with --windows.
+(OnnxEngine.draws_windows; video frames are drawn whole until then), or here with --windows;
+a fifth, the renderer of close-ups (photos with little room around the face, their eye and
+mouth windows larger: Avatar.frame_size), the first time a close-up is drawn (by the torch
+renderer until then), or here with --close-ups.
 """
 
 import argparse
@@ -26,7 +29,8 @@ from pathlib import Path
 
 RENDERER, ENCODER, MOTION = "renderer", "audio encoder", "motion sampler"
 WINDOWS = "renderer of video avatars' mouth windows"     # exported when first needed
-PROCESSES = ((RENDERER, WINDOWS), (ENCODER, MOTION))     # what each process exports, in turn
+CLOSE_UP = "renderer of close-ups"                       # exported when first needed
+PROCESSES = ((RENDERER, WINDOWS, CLOSE_UP), (ENCODER, MOTION))   # each process's, in turn
 
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -36,9 +40,10 @@ class ExportError(RuntimeError):
     pass
 
 
-def missing_exports(checkpoint: str | Path, size: int, windows: bool = False) -> list[str]:
-    """Which of the graphs (RENDERER, ENCODER, MOTION, and WINDOWS if asked for) are not
-    cached yet."""
+def missing_exports(checkpoint: str | Path, size: int, windows: bool = False,
+                    close_ups: bool = False) -> list[str]:
+    """Which of the graphs (RENDERER, ENCODER, MOTION, and WINDOWS and CLOSE_UP if asked for)
+    are not cached yet."""
     from export.audio_encoder import audio_encoder_path
     from export.motion import motion_export_path
     from export.renderer import cpu_renderer_path
@@ -48,6 +53,8 @@ def missing_exports(checkpoint: str | Path, size: int, windows: bool = False) ->
     missing = [] if cpu_renderer_path(size).is_file() else [RENDERER]
     if windows and not window_renderer_ready(size):
         missing.append(WINDOWS)
+    if close_ups and not close_up_renderer_ready(size):
+        missing.append(CLOSE_UP)
     model = load_motion_model(checkpoint)
     if not audio_encoder_path(FeatureConfig.of(model.feature_config)).is_file():
         missing.append(ENCODER)
@@ -64,6 +71,20 @@ def window_renderer_ready(size: int) -> bool:
     return cpu_renderer_path(WINDOW[size], size).is_file()
 
 
+def close_up_renderer_ready(size: int) -> bool:
+    """Whether the renderer graph of close-ups of `size` is cached."""
+    from export.renderer import cpu_renderer_path
+    from models.avatar import close_up_frame_size
+
+    return cpu_renderer_path(size, close_up_frame_size(size)).is_file()
+
+
+def ready(job: str, size: int) -> bool:
+    """Whether the graph of an export job started when first needed (WINDOWS, CLOSE_UP) is
+    cached."""
+    return (window_renderer_ready if job == WINDOWS else close_up_renderer_ready)(size)
+
+
 def _export(jobs: tuple[str, ...], checkpoint: str, size: int, log: str, done) -> None:
     """Export `jobs` in turn, in a child process whose output goes to `log`; each job's name
     is put on the `done` queue when its graph is written."""
@@ -77,13 +98,22 @@ def _export(jobs: tuple[str, ...], checkpoint: str, size: int, log: str, done) -
     logging.disable(logging.WARNING)
     model = None
     for job in jobs:
-        if job in (RENDERER, WINDOWS):
+        if job in (RENDERER, WINDOWS, CLOSE_UP):
             from export.renderer import cached_cpu_renderer_export
             from models.avatar import prepare_avatar
 
             photo = prepare_avatar(size=size)
             if job == RENDERER:
                 cached_cpu_renderer_export(photo)
+            elif job == CLOSE_UP:                  # any avatar with a close-up's face width
+                from dataclasses import replace
+
+                import torch
+
+                from models.avatar import CLOSE_UP_FRACTION
+
+                cached_cpu_renderer_export(replace(
+                    photo, face_width=torch.tensor(CLOSE_UP_FRACTION * size)))
             else:                                  # any avatar: a window of its frame
                 from models.video_avatar import frame_avatar
 
@@ -131,13 +161,14 @@ def finished(process, log: str) -> str | None:
     return "" if process.exitcode == 0 else text[-3000:] or f"exit code {process.exitcode}"
 
 
-def warm_onnx(checkpoint: str | Path, size: int, say=print, windows: bool = False) -> list[str]:
+def warm_onnx(checkpoint: str | Path, size: int, say=print, windows: bool = False,
+              close_ups: bool = False) -> list[str]:
     """Export what the onnx engine lacks for `checkpoint` and `size` (see the module doc);
     returns the jobs run. Raises ExportError (with the exporter's last lines) if one fails.
     A missing checkpoint is left to the engine to report."""
     if not Path(checkpoint).is_file():
         return []
-    jobs = missing_exports(checkpoint, size, windows)
+    jobs = missing_exports(checkpoint, size, windows, close_ups)
     if not jobs:
         return []
     say(f"first start with this model and size: exporting the networks to ONNX (about 15 s "
@@ -174,9 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--windows", action="store_true",
                         help="also the renderer of video avatars' mouth windows")
+    parser.add_argument("--close-ups", action="store_true",
+                        help="also the renderer of close-ups (photos with little room around "
+                             "the face)")
     args = parser.parse_args(argv)
     try:
-        if not warm_onnx(args.checkpoint, args.size, windows=args.windows):
+        if not warm_onnx(args.checkpoint, args.size, windows=args.windows,
+                         close_ups=args.close_ups):
             print("the onnx graphs for this model and size are cached already")
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,9 +4,10 @@ Runs once per portrait and is cached by the hash of the decoded pixels:
 
     read the image (checked: a real, complete image of at most 40 megapixels)
     -> detect faces, keep the largest (a warning when there are several), refuse tiny ones
-    -> crop and align to the working square (eyes level, face width 30% of the square,
-       up to 40% when the photo is too small; a square taller than the photo keeps the
-       photo's top and continues its bottom edge, blurred, with the photo's grain)
+    -> crop and align to the working square (eyes level, face width 30% of the square;
+       a close-up of up to 60% when the photo has too little room around the face, rather
+       than pixels made up; a square still taller than the photo keeps the photo's top and
+       continues its bottom edge, blurred, with the photo's grain)
     -> landmarks on the crop; parted lips closed (models.mouth_close: jaw_open 0 is a
        closed mouth, whatever the photo shows)
     -> the personal landmark basis, the expression flow fields,
@@ -47,7 +48,11 @@ MIN_FACE_WIDTH = 64            # pixels, jaw point 0 to 16, in the photo
 HAND_MARGIN = 2                # pixels around a hand in front of the face filled in behind it
 PALM_PHOTO = 1024              # long side at which a whole photo is searched for palms
 FACE_FRACTION = 0.30           # face width / working size, preferred
-MAX_FACE_FRACTION = 0.40       # allowed when the photo has too little room around the face
+MAX_FACE_FRACTION = 0.40       # the largest face the renderer's usual eye and mouth windows hold
+CLOSE_UP_FRACTION = 0.60       # allowed when the photo has too little room around the face: a
+                               #   close-up, its windows sized for it (Avatar.frame_size)
+CLOSE_UP_FRAME = CLOSE_UP_FRACTION / MAX_FACE_FRACTION
+CLOSE_UP_TOLERANCE = 1.02      # a face this much over MAX_FACE_FRACTION still fits the windows
 EYE_LINE = 0.40                # height of the eyes' midpoint in the crop, preferred
 EDGE_BAND = 2                  # pixels of the photo's edge that the crop continues beyond it
 EDGE_FADE = 0.05               # the photo fades into what is made up beyond it over this (side)
@@ -57,7 +62,7 @@ TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour
 TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
 TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 27              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 28              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -71,6 +76,11 @@ class ImageTooLargeError(PortraitError):
 
 class FaceUnusableError(PortraitError):
     """Eyes shut, or the face turned away (models.recording.portrait_flaw)."""
+
+
+def close_up_frame_size(size: int) -> int:
+    """Avatar.frame_size of a close-up of this working size."""
+    return round(size * CLOSE_UP_FRAME)
 
 
 class SeveralFacesWarning(UserWarning):
@@ -117,11 +127,17 @@ class Avatar:
         return int(self.image.shape[-1])
 
     @property
+    def close_up(self) -> bool:
+        """Whether its face is wider than MAX_FACE_FRACTION of its size (crop_box's close-up
+        of a photo with little room around the face)."""
+        return float(self.face_width) > MAX_FACE_FRACTION * self.size * CLOSE_UP_TOLERANCE
+
+    @property
     def frame_size(self) -> int:
-        """The side of the frame this avatar is rendered into: its own size (AvatarWindow:
-        the larger frame it is a window of). The renderer sizes its eye and mouth windows
-        for it."""
-        return self.size
+        """The side of the frame the renderer sizes this avatar's eye and mouth windows for
+        (they hold a face of up to MAX_FACE_FRACTION of it): its own size, or CLOSE_UP_FRAME
+        times it for a close-up (AvatarWindow: the larger frame it is a window of)."""
+        return close_up_frame_size(self.size) if self.close_up else self.size
 
     def crop(self) -> np.ndarray:
         """The aligned crop as an image [S, S, 3] uint8 (the person over the plate)."""
@@ -159,6 +175,8 @@ class AvatarWindow(Avatar):
     that frame (models.video_avatar: only the mouth changes, so only the region it moves is
     drawn). Its fields are the frame's, cut to the window; the overlays keep the frame's
     sizes (frame_size)."""
+
+    close_up = False               # the frame's face, not the window's, sizes its overlays
 
     def __init__(self, frame_size: int, **tensors):
         super().__init__(**tensors)
@@ -291,17 +309,18 @@ class CropBox:
 def crop_box(face: Face, width: int, height: int) -> CropBox:
     """Where to crop: eyes level, face width FACE_FRACTION of the side, the eyes' midpoint at
     EYE_LINE height, kept inside the photo where it has room (shifting, then shrinking the
-    margins down to MAX_FACE_FRACTION). A square still taller than the photo is lowered until
-    its top edge is the photo's: whatever is missing is made up below, where the torso
-    continues the photo's bottom edge plausibly, not above the head, where only a mirror of the
-    forehead or a made-up crown of hair could fill it (a head cut by the frame is a framing
-    people know)."""
+    margins down to CLOSE_UP_FRACTION: a close-up shows only the photo, where a wider square
+    showed a band of made-up pixels across the frame, blurred). A square still taller than the
+    photo is lowered until its top edge is the photo's: whatever is missing is made up below,
+    where the torso continues the photo's bottom edge plausibly, not above the head, where only
+    a mirror of the forehead or a made-up crown of hair could fill it (a head cut by the frame
+    is a framing people know)."""
     placement = ms.place(face.landmarks)
     angle = placement.angle
     reach = abs(np.cos(angle)) + abs(np.sin(angle))        # bounding half-extent per half side
     side = placement.scale / FACE_FRACTION
     side = min(side, min(width, height) / reach)
-    side = max(side, placement.scale / MAX_FACE_FRACTION)
+    side = max(side, placement.scale / CLOSE_UP_FRACTION)
     down = np.array([-np.sin(angle), np.cos(angle)])
     centre = placement.offset + down * (0.5 - EYE_LINE) * side
     half = side / 2 * reach

@@ -179,9 +179,10 @@ def compose(image, smooth_image, plate, matte, own_mouth, offset, eye_points, ex
     mouth. eye_points [N, 12, 2], expression [N, E], scale [N] (head pose), lips, rest_lips,
     own_lips, jaw_lips [N, 8, 2] (see _landmarks), skull_map [N, 2, 3] (output pixels -> the
     portrait's under the head pose alone: see skull_map); the rest are the avatar's fields;
-    frame_size: the frame the image is a window of (Avatar.frame_size: it sizes the overlay
-    windows; None: the image's own size). Returns the frames planar, [3, N*S*S] float (0..255).
-    kernels/warp_render.py does this in one fused pass."""
+    frame_size: the frame size the overlay windows are sized for (Avatar.frame_size: a
+    close-up's, or the frame the image is a window of; None: the image's own size).
+    Returns the frames planar, [3, N*S*S] float (0..255). kernels/warp_render.py does this in
+    one fused pass."""
     n, size = offset.shape[0], image.shape[-1]
     frame_size = frame_size or size
     # Full resolution: upsample the displacement and sample the portrait and the person's
@@ -253,7 +254,7 @@ def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
                    smooth_image, plate, matte, own_mouth, own_lips, motion: torch.Tensor,
                    frame_size: int | None = None) -> torch.Tensor:
     """The renderer on explicit tensors (the fields of Avatar, in order, then motion [N, D];
-    frame_size as Avatar.frame_size when the image is a window of a larger frame).
+    frame_size as Avatar.frame_size: a close-up's, or a window's of a larger frame).
     Returns frames [N, S, S, 3] uint8."""
     n, size = motion.shape[0], image.shape[-1]
     offset, overlays = frame_layers(image, landmarks, landmark_depth, basis, flow,
@@ -333,8 +334,8 @@ def hand_in_front(avatar: Avatar, frames: np.ndarray, motion) -> np.ndarray:
 
 class Renderer(torch.nn.Module):
     """render_tensors as a module, for ONNX export: inputs are the avatar's tensors and the
-    motion, so one graph serves every avatar of the same working size (and, for windows of
-    larger frames, the same frame size: Avatar.frame_size)."""
+    motion, so one graph serves every avatar of the same working size and frame size
+    (Avatar.frame_size: larger for a close-up and for a window of a larger frame)."""
 
     def __init__(self, frame_size: int | None = None):
         super().__init__()

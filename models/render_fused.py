@@ -54,7 +54,7 @@ def _window_fields(origin, height, width, centre, axis, half) -> dict:
 def eye_inputs(eye, blink, gaze, lid_skin, face_width, scale, size, frame_size):
     """One eye [N, 6, 2] (without the blink), blink [N], gaze [N, 2]: its parameters
     [N, GROUP] and lid tables [N, 2, CURVE] (models/eyes.py eyelid, per frame). size: the
-    image's, frame_size: the frame's it is a window of (render.compose)."""
+    image's, frame_size: the one the overlay windows are sized for (render.compose)."""
     left, upper, right, lower = eyes.EYE
     half, frame = _frame(eye[:, left], eye[:, right])
     centre, axis, _ = frame

@@ -281,10 +281,12 @@ def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray,
     are the crop itself; matte 1 and the crop as plate: with no head motion the frame is the
     crop wherever the mouth does not change.
 
-    With `window` (mouth_window's origin) it is an AvatarWindow of WINDOW[S] pixels around
-    the mouth: the fields cut to it and faded out towards its edges inside the frame, so that
-    the drawn window, pasted back into the crop, meets it without a seam (~2x less to draw
-    at 512 px)."""
+    An AvatarWindow, its overlays sized for the frame S whatever the face's width (a close
+    face is not a close-up here: Avatar.frame_size; only the mouth is drawn, MAX_FACE_SHARE).
+    With `window` (mouth_window's origin) it is one of WINDOW[S] pixels around the mouth: the
+    fields cut to it and faded out towards its edges inside the frame, so that the drawn
+    window, pasted back into the crop, meets it without a seam (~2x less to draw at 512 px).
+    """
     size = crop.shape[0]
     place = ms.place(landmarks)
     face = np.concatenate([place.to_canonical(landmarks), ms.CANONICAL[:, 2:]], 1)
@@ -345,9 +347,7 @@ def frame_avatar(reference: Avatar, crop: np.ndarray, landmarks: np.ndarray,
         own_mouth=image,
         own_lips=torch.from_numpy((landmarks[60:68] - shift).astype(np.float32)),
     )
-    if window:
-        return AvatarWindow(size, **tensors)
-    return Avatar(**tensors)
+    return AvatarWindow(size, **tensors)
 
 
 _ONES: dict[int, torch.Tensor] = {}

@@ -199,8 +199,10 @@ class OnnxEngine(Engine):
 
         self._motion_path = cached_motion_export(self.motion, checkpoint)
         self._motion_runner = OnnxMotionSampler(self._motion_path, threads=1)
-        self._window_exports: dict[int, tuple | None] = {}   # size -> running job, or None
-        self._windows_ready: set[int] = set()
+        # graphs exported when first needed (export.warm.WINDOWS, CLOSE_UP), by (job, size):
+        # the running export, or None once one failed; and those cached
+        self._exports: dict[tuple[str, int], tuple | None] = {}
+        self._exported: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
     def _encoder(self):
@@ -218,35 +220,56 @@ class OnnxEngine(Engine):
         again (frames stay whole)."""
         from export import warm
 
+        return self._graph_ready(warm.WINDOWS, size, "video frames are drawn whole")
+
+    def draws_close_ups(self, size: int) -> bool:
+        """True once the renderer of close-ups of this size (Avatar.close_up) is cached; the
+        first time it is not, it is exported in a child process as draws_windows' is, and
+        close-ups are drawn by the torch renderer meanwhile."""
+        from export import warm
+
+        return self._graph_ready(warm.CLOSE_UP, size, "close-ups are drawn by torch")
+
+    def _graph_ready(self, job: str, size: int, meanwhile: str) -> bool:
+        """Whether the graph of export.warm's `job` for `size` is cached; if not, its export
+        is started in the background (once; `meanwhile` says what is drawn instead)."""
+        from export import warm
+
+        key = (job, size)
         with self._lock:
-            if size in self._windows_ready:
+            if key in self._exported:
                 return True
-            if size not in self._window_exports:
-                if warm.window_renderer_ready(size):
-                    self._windows_ready.add(size)
+            if key not in self._exports:
+                if warm.ready(job, size):
+                    self._exported.add(key)
                     return True
-                log.info("exporting the renderer of video avatars' mouth windows (%d px) "
-                         "in the background; video frames are drawn whole until then", size)
-                self._window_exports[size] = warm.start_export(warm.WINDOWS, self.checkpoint,
-                                                              size)
-            job = self._window_exports[size]
-            if job is None:
+                log.info("exporting the %s (%d px) in the background; %s until then",
+                         job, size, meanwhile)
+                self._exports[key] = warm.start_export(job, self.checkpoint, size)
+            running = self._exports[key]
+            if running is None:
                 return False
-            outcome = warm.finished(*job)
+            outcome = warm.finished(*running)
             if outcome is None:
                 return False
             if outcome:
-                log.warning("exporting the window renderer failed; video frames stay whole:"
-                            "\n%s", outcome)
-                self._window_exports[size] = None
+                log.warning("exporting the %s failed; %s from now on:\n%s", job, meanwhile,
+                            outcome)
+                self._exports[key] = None
                 return False
-            del self._window_exports[size]                 # done: cached from now on
-            self._windows_ready.add(size)
+            del self._exports[key]                         # done: cached from now on
+            self._exported.add(key)
             return True
 
     def _draw(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
         from export.renderer import OnnxRenderer, cached_cpu_renderer_export
 
+        if avatar.close_up and not self.draws_close_ups(avatar.size):
+            from models.render import render
+
+            with torch.inference_mode():
+                return render(avatar, torch.from_numpy(np.asarray(motion, np.float32)),
+                              hand=False).numpy()
         shape = (avatar.size, avatar.frame_size)
         with self._renderers_lock:
             runner = self._renderers.get(shape)
@@ -309,7 +332,7 @@ class TrtEngine(Engine):
         from export.renderer import cached_renderer_export
 
         shape = (avatar.size, avatar.frame_size)
-        with self._lock:                      # one build per working size
+        with self._lock:                      # one build per (size, frame size)
             runner = self._renderers.get(shape)
             if runner is None:
                 stem = f"renderer{avatar.size}" + (

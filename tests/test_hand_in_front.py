@@ -91,27 +91,48 @@ def test_a_hand_kept_in_the_avatar_cache(avatar, tmp_path, monkeypatch):
     assert np.array_equal(first.hand.numpy(), again.hand.numpy())
 
 
-def test_a_palm_found_in_the_photo_lands_on_the_crops_hand(frames):
+def test_a_palm_found_in_the_photo_lands_on_the_crops_hand(frames, monkeypatch):
     """Where the palm detector misses a hand over a close crop (it sees a whole image at 192
     pixels), preparation looks for the palm in the photo and carries it into the crop. In
-    frame 120 (her hand over her nose and mouth) both now see it (the crop's old mirrored
-    padding hid it): the hand model started from the photo's palm finds the crop's hand."""
+    frame 120 (her hand over her nose and mouth) both see it in a crop framed as wide as
+    MAX_FACE_FRACTION allows (the crop's old mirrored padding hid it): the hand model started
+    from the photo's palm finds the crop's hand. In the close-up preparation makes of it, the
+    crop alone shows the detector no hand; the carried palm finds the same one."""
     from models import avatar as av
     from models.hands import find_hands
 
     image = frames[CLOSE_CROP]
     face, _ = av.main_face(image)
-    box = av.crop_box(face, image.shape[1], image.shape[0])
-    crop = av.crop_image(image, box, 512)
-    (own,) = find_hands(crop)
-    (carried,) = find_hands(crop, palms=av._palms_in_photo(image, box, 512))
+
+    def hands(box):
+        crop = av.crop_image(image, box, 512)
+        carried = find_hands(crop, palms=av._palms_in_photo(image, box, 512))
+        matte = av.hand_over_face(image, box, crop, av._crop_landmarks(crop, face, box, 512))
+        return crop, find_hands(crop), carried, matte
+
+    with monkeypatch.context() as framed_wide:
+        framed_wide.setattr(av, "CLOSE_UP_FRACTION", av.MAX_FACE_FRACTION)
+        wide = av.crop_box(face, image.shape[1], image.shape[0])
+    crop, (own,), (carried,), matte = hands(wide)
     palm = np.linalg.norm(own.points[9] - own.points[0])
     assert np.linalg.norm(carried.points - own.points, axis=1).mean() < 0.3 * palm   # 0.19
     a, b = own.matte(512, 512) > 0.5, carried.matte(512, 512) > 0.5
     assert (a & b).sum() / (a | b).sum() > 0.5                                        # 0.67
-    matte = av.hand_over_face(image, box, crop, av._crop_landmarks(crop, face, box, 512))
     assert matte is not None
     assert 0.04 < matte.mean() < 0.3                   # a hand, not the frame
+
+    close = av.crop_box(face, image.shape[1], image.shape[0])
+    assert close.side < 0.8 * wide.side
+    _, found, (carried,), matte = hands(close)
+    assert found == []
+    c, s = np.cos(wide.angle), np.sin(wide.angle)
+    u, v = ((own.points[:, :2] - 255.5) * (wide.side / 512)).T
+    in_photo = np.stack([wide.centre[0] + c * u - s * v, wide.centre[1] + s * u + c * v], -1)
+    expected = close.to_crop(in_photo, 512)                  # the wide crop's hand, here
+    palm = np.linalg.norm(expected[9] - expected[0])
+    assert np.linalg.norm(carried.points[:, :2] - expected, axis=1).mean() < 0.3 * palm
+    assert matte is not None
+    assert 0.04 < matte.mean() < 0.3
 
 
 def test_around_the_fingers_the_face_behind_shows(avatar):

