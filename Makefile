@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml integrations/client/pyproject.toml integrations/pipecat
 	$(PY) -m pip install --quiet -e integrations/client -e 'integrations/pipecat[webrtc]' \
 		-e integrations/livekit
 	$(PY) -c 'from models.texture_fill import compile_now; compile_now()'
+	$(PY) -m export.warm --size 512 --close-ups
 	touch $(STAMP)
 
 # Debian packages, installed only when missing (root or sudo).

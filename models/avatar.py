@@ -62,7 +62,7 @@ TEETH_CHROMA = 0.55            #   lips' shade), this share of the skin's colour
 TEETH_DARKEST = 140.0          #   real talking mouths: benchmarks/RESULTS.md), and their
 TEETH_BRIGHTEST = 235.0        #   luminance's bounds
 SMOOTH_IMAGE_BLUR = 0.012      # blur of the eyelid skin texture, face widths
-PREP_VERSION = 28              # bump when preparation changes: old cache entries are ignored
+PREP_VERSION = 29              # bump when preparation changes: old cache entries are ignored
 DEFAULT_AVATAR = Path(__file__).resolve().parent.parent / "assets" / "astronaut.png"
 
 
@@ -449,7 +449,7 @@ def build_avatar(crop: np.ndarray, landmarks: np.ndarray,
     blur = (SMOOTH_IMAGE_BLUR * placement.scale,) * 2 + (0,)
     person = background.person_matte(crop)
     plate = background.background_plate(crop, person, placement.scale)
-    colours, matte = background.soften_cut_top(*background.unmix(crop, plate, person))
+    colours, matte = background.soften_cut_edges(*background.unmix(crop, plate, person))
     arrays = dict(
         image=colours.transpose(2, 0, 1),
         landmarks=landmarks.astype(np.float32),

@@ -19,7 +19,7 @@ Prepared once per avatar:
             smooth, its texture continued (models.texture_fill: patches of the background)
     colours the person's own colours where the matte is soft (the crop with the plate's share
             taken out), so that the person over the unmoved plate is the crop again (but
-            for a few rows where the person touches the crop's top edge: soften_cut_top)
+            for a few rows where the person touches the crop's top or side edges: soften_cut_edges)
 """
 
 import numpy as np
@@ -39,7 +39,7 @@ SOLID_GROW = 0.03          # the plate replaces the crop this far (face widths) 
                            #   edge) moves with the person instead of staying on the plate
 LIGHT_BLUR = 0.1           # the plate's light: the push-pull fill blurred by this (face widths);
                            #   its texture: patches of what the photo has beyond that light
-CUT_ROWS = 0.008           # the person's top rows smoothed along the crop's top edge (share of
+CUT_ROWS = 0.008           # the person's outer rows smoothed along the crop's edges (share of
 CUT_BLUR = 0.03            #   the side) and the blur along it (share of the side)
 
 
@@ -178,13 +178,24 @@ def unmix(crop: np.ndarray, plate: np.ndarray, matte: np.ndarray
     return colours.astype(np.float32), alpha.astype(np.float32)
 
 
-def soften_cut_top(colours: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The person's colours [S, S, 3] and matte [S, S] with their top CUT_ROWS rows blurred
-    along the crop's top edge, fully at the edge, fading out downwards (the colours weighted
-    by the matte). The renderer repeats the crop's edge beyond it, so a head cut by the
-    frame (hair at the photo's top edge) that moves down draws its top row out upwards:
-    smooth, it draws out as a band of hair; sharp, as streaks. Where no person touches the
-    top rows (or only the blur's faint tail would reach) nothing changes."""
+def soften_cut_edges(colours: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The person's colours [S, S, 3] and matte [S, S] with their outer CUT_ROWS rows at the
+    crop's top, left and right edges blurred along the edge, fully at the edge, fading out
+    inwards (the colours weighted by the matte). The renderer repeats the crop's edge beyond
+    it, so a head cut by the frame that moves away from the edge (hair at the photo's top
+    edge under a nod; a close-up's hair at its sides under a turn: models.avatar.crop_box)
+    draws its outer row out: smooth, it draws out as a band of hair; sharp, as streaks. Where
+    no person touches those rows (or only the blur's faint tail would reach) nothing changes.
+    The bottom edge is left as it is: the torso there stays still."""
+    for turns in (0, 1, 3):                     # the top edge, then the right, then the left
+        colours, matte = (np.rot90(a, turns) for a in (colours, matte))
+        colours, matte = _soften_top_rows(colours, matte)
+        colours, matte = (np.ascontiguousarray(np.rot90(a, -turns)) for a in (colours, matte))
+    return colours, matte
+
+
+def _soften_top_rows(colours: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """soften_cut_edges at the top edge."""
     from scipy import ndimage
 
     size = matte.shape[0]
@@ -192,6 +203,15 @@ def soften_cut_top(colours: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, 
     m, f = matte[:rows].astype(np.float64), colours[:rows].astype(np.float64)
     if not m.any():
         return colours, matte
+    sigma = CUT_BLUR * size
+    m_blur = ndimage.gaussian_filter1d(m, sigma, axis=1, mode="nearest")
+    f_blur = ndimage.gaussian_filter1d(f * m[..., None], sigma, axis=1, mode="nearest")
+    f_blur = np.where(m_blur[..., None] > 1e-3, f_blur / np.maximum(m_blur, 1e-3)[..., None], f)
+    weight = (1.0 - np.arange(rows)[:, None] / rows) * (m_blur >= 0.01)   # [rows, S]
+    colours, matte = colours.copy(), matte.copy()
+    colours[:rows] = f + (f_blur - f) * weight[..., None]
+    matte[:rows] = m + (m_blur - m) * weight
+    return colours, matte
     sigma = CUT_BLUR * size
     m_blur = ndimage.gaussian_filter1d(m, sigma, axis=1, mode="nearest")
     f_blur = ndimage.gaussian_filter1d(f * m[..., None], sigma, axis=1, mode="nearest")
