@@ -212,12 +212,3 @@ def _soften_top_rows(colours: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray
     colours[:rows] = f + (f_blur - f) * weight[..., None]
     matte[:rows] = m + (m_blur - m) * weight
     return colours, matte
-    sigma = CUT_BLUR * size
-    m_blur = ndimage.gaussian_filter1d(m, sigma, axis=1, mode="nearest")
-    f_blur = ndimage.gaussian_filter1d(f * m[..., None], sigma, axis=1, mode="nearest")
-    f_blur = np.where(m_blur[..., None] > 1e-3, f_blur / np.maximum(m_blur, 1e-3)[..., None], f)
-    weight = (1.0 - np.arange(rows)[:, None] / rows) * (m_blur >= 0.01)   # [rows, S]
-    colours, matte = colours.copy(), matte.copy()
-    colours[:rows] = f + (f_blur - f) * weight[..., None]
-    matte[:rows] = m + (m_blur - m) * weight
-    return colours, matte
