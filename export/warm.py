@@ -96,13 +96,13 @@ def _export(jobs: tuple[str, ...], checkpoint: str, size: int, log: str, done) -
     os.dup2(fd, 2)
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
-    model = None
+    model = photo = None
     for job in jobs:
         if job in (RENDERER, WINDOWS, CLOSE_UP):
             from export.renderer import cached_cpu_renderer_export
             from models.avatar import prepare_avatar
 
-            photo = prepare_avatar(size=size)
+            photo = photo or prepare_avatar(size=size)         # once for all three graphs
             if job == RENDERER:
                 cached_cpu_renderer_export(photo)
             elif job == CLOSE_UP:                  # any avatar with a close-up's face width

@@ -99,21 +99,24 @@ def _sources(known: np.ndarray) -> np.ndarray:
     """Patch centres [H, W] bool whose whole patch is known and inside the image."""
     from scipy import ndimage
 
-    inside = np.zeros_like(known)
-    inside[RADIUS:-RADIUS, RADIUS:-RADIUS] = True
     whole = ndimage.binary_erosion(known, np.ones((2 * RADIUS + 1,) * 2, bool),
                                    border_value=0)
-    return whole & inside
+    return whole & _whole_patch(known.shape)
 
 
 def _targets(hole: np.ndarray) -> np.ndarray:
     """Patch centres [H, W] bool inside the image whose patch touches the hole."""
     from scipy import ndimage
 
-    inside = np.zeros_like(hole)
-    inside[RADIUS:-RADIUS, RADIUS:-RADIUS] = True
     near = ndimage.binary_dilation(hole, np.ones((2 * RADIUS + 1,) * 2, bool))
-    return near & inside
+    return near & _whole_patch(hole.shape)
+
+
+def _whole_patch(shape: tuple[int, int]) -> np.ndarray:
+    """Pixels [H, W] bool whose patch lies wholly inside the image."""
+    inside = np.zeros(shape, bool)
+    inside[RADIUS:-RADIUS, RADIUS:-RADIUS] = True
+    return inside
 
 
 def _random_matches(shape: tuple[int, int], sources: np.ndarray,
