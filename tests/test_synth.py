@@ -4,6 +4,7 @@ features from the audio front end, bad sentences skipped with a reason."""
 import argparse
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -50,6 +51,33 @@ def test_plans_keep_voices_and_sentences_of_the_splits_apart():
     assert seen["train"] == {"espeak", "festival"} == seen["val"]
     assert synth.plan_shard(config, "train", 1) == synth.plan_shard(config, "train", 1)
     assert synth.plan_shard(config, "train", 1) != synth.plan_shard(config, "train", 2)
+
+
+def test_the_neural_voice_speaks_only_training_examples_and_changes_nothing_else(tmp_path):
+    plain = synth.SynthConfig(shard_seconds=300.0)
+    mixed = replace(plain, piper_share=0.5)
+    # the default dataset is the one made before the voice existed, and so is validation
+    assert "piper_share" not in plain.to_dict() and mixed.to_dict()["piper_share"] == 0.5
+    assert synth.plan_shard(mixed, "val", 0) == synth.plan_shard(plain, "val", 0)
+    plans = [p for i in range(3) for p in synth.plan_shard(mixed, "train", i)]
+    share = np.mean([p.speaker.voice.engine == "piper" for p in plans])
+    assert 0.3 < share < 0.7, share
+    for plan in plans:
+        assert mixed.min_example_seconds * 0.5 < plan.estimated_seconds
+        assert plan.estimated_seconds < mixed.max_example_seconds * 1.3
+    # a small run all in the neural voice: its examples, labelled by its own durations
+    synth.run(HOURS, tmp_path, workers=1, config=replace(SMALL, piper_share=1.0),
+              show_progress=False)
+    examples = synth.load_examples(tmp_path, "train")
+    assert examples and {ex["voice"] for ex in examples} == {"piper/en_US-joe-medium"}
+    jaw = motion_space.index("jaw_open")
+    for ex in examples:
+        vowels = [(s, e) for p, s, e, _ in ex["phonemes"] if p in tts.VOWELS]
+        assert len(vowels) >= 5
+        opening = np.mean([ex["motion"][int((s + e) * 12.5), jaw] for s, e in vowels])
+        lead = ex["phonemes"][0][2]
+        assert opening > 0.1 and ex["motion"][: max(int((lead - 0.3) * 25), 0), jaw].max(
+            initial=0.0) < 1e-3
 
 
 def _arrays(path):

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.skipif(
 ESPEAK = [Voice("espeak", v) for v in ("en-us", "en-gb-x-rp+m1", "en-gb-scotland+klatt",
                                        "en-029+Annie", "en-us-nyc+f3")]
 FESTIVAL = tts.festival_voices()
-ALL = ESPEAK + FESTIVAL
+PIPER = tts.piper_voices()          # its network comes from a PyPI wheel on first use
+ALL = ESPEAK + FESTIVAL + PIPER
 DELIVERIES = (Delivery(rate=0.8, pitch=-2.0, warp=0.95), Delivery(rate=1.25, pitch=2.0, warp=1.05))
 
 PLOSIVE_SENTENCE = ("Peter bought a pink cake, but a kid took a deep breath at the top of the "
@@ -99,9 +100,12 @@ def test_plosive_burst_falls_in_its_phoneme(plosive_utterances):
         assert len(releases) >= 7, (voice, len(releases))
         outside = [max(p.start - t, t - p.end) for p, closure, burst in releases
                    for t in (closure, burst) if not p.start <= t <= p.end]
-        # 1 ms analysis frames: a burst up to 10 ms from the boundary counts as inside
-        assert sum(d > 0.010 for d in outside) <= 1, (voice, delivery, outside)
-        assert all(d <= 0.025 for d in outside), (voice, delivery, outside)
+        # 1 ms analysis frames: a burst up to 10 ms from the boundary counts as inside. The
+        # neural voice's times are its network's learnt durations in 11.6 ms frames (13 ms
+        # at the slow delivery): a little looser
+        few, most = (3, 0.030) if voice.startswith("piper/") else (1, 0.025)
+        assert sum(d > 0.010 for d in outside) <= few, (voice, delivery, outside)
+        assert all(d <= most for d in outside), (voice, delivery, outside)
 
 
 def _frame_db(audio: np.ndarray) -> np.ndarray:
@@ -129,7 +133,7 @@ def test_last_phoneme_ends_with_the_waveform(vowel_final_utterances):
 
 
 def test_delivery_changes_rate_and_pitch():
-    for voice in (ESPEAK[0], *FESTIVAL):
+    for voice in (ESPEAK[0], *FESTIVAL, *PIPER):
         slow, fast, low, high = tts.speak_many([
             ("The quick brown fox jumps over the lazy dog.", voice, d) for d in
             (Delivery(rate=0.8), Delivery(rate=1.25), Delivery(pitch=-3.0), Delivery(pitch=3.0))])
@@ -161,7 +165,7 @@ def test_pitch_tracker_on_a_known_tone():
     assert np.allclose(f0[k], expected, rtol=0.03)
 
 
-@pytest.mark.parametrize("voice", [ESPEAK[0], *FESTIVAL], ids=lambda v: v.id)
+@pytest.mark.parametrize("voice", [ESPEAK[0], *FESTIVAL, *PIPER], ids=lambda v: v.id)
 def test_unspeakable_sentences_are_skipped_with_a_reason(voice):
     texts = ["", "   ", "!!! ... ???", "你好，世界", "a" * 500, "Good morning, everyone."]
     results = tts.speak_many([(t, voice, Delivery()) for t in texts])

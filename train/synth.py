@@ -1,6 +1,6 @@
 """Synthetic talking data: TTS speech + a generated performance, written as shards.
 
-    python -m train.synth --hours 2 --out data/synth --workers 2
+    python -m train.synth --hours 2 --out data/synth --workers 2 [--piper-share 0.3]
 
 Each example is one continuous recording of 6-20 s: one speaker (a TTS voice with a
 speaking rate, pitch and warp, plus a performance Style) says a few sentences separated by
@@ -11,7 +11,8 @@ from `train.visemes`, the style, voice, text and the phonemes with their times.
 
 Splits: validation examples use held-out voices (VAL_VOICES: festival's ked, and the espeak
 variants in VAL_ESPEAK_VARIANTS, in every accent) and held-out sentences (corpus.split_of);
-training examples never use either.
+training examples never use either. The neural voice (train.piper, `--piper-share`) speaks
+only training examples: the validation split stays the same whatever its share.
 
 Shards: `{split}-{index:05d}.npz` (arrays, examples concatenated, with offsets) and
 `{split}-{index:05d}.json` (per-example metadata, skips with reasons, statistics), written
@@ -54,6 +55,8 @@ VAL_FESTIVAL_VOICES = ("ked_diphone",)
 
 def voice_split(voice: Voice) -> str:
     """'val' for a held-out voice, else 'train'."""
+    if voice.engine == "piper":
+        return "train"
     if voice.engine == "festival":
         return "val" if voice.name in VAL_FESTIVAL_VOICES else "train"
     variant = voice.name.partition("+")[2]
@@ -67,11 +70,15 @@ class SynthConfig:
     min_example_seconds: float = 6.0
     max_example_seconds: float = 20.0
     festival_share: float = 0.35        # fraction of speakers with a festival voice
+    piper_share: float = 0.0            # fraction of training speakers with the neural voice
     val_share: float = 0.1              # fraction of the hours in the validation split
     corpus_size: int = 6000
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        settings = asdict(self)
+        if not settings["piper_share"]:        # as datasets made before the voice recorded it
+            del settings["piper_share"]
+        return settings
 
 
 @dataclass
@@ -105,7 +112,7 @@ class ExamplePlan:
 
 # characters of text spoken per second at rate 1 (measured on this corpus; festival's
 # count includes the pauses it puts around a sentence)
-CHARACTERS_PER_SECOND = {"espeak": 19.2, "festival": 15.0}
+CHARACTERS_PER_SECOND = {"espeak": 19.2, "festival": 15.0, "piper": 18.6}
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -119,7 +126,7 @@ def shard_rng(config: SynthConfig, split: str, index: int) -> np.random.Generato
 
 def voices_for(split: str) -> dict[str, list[Voice]]:
     voices = tts.all_voices()
-    out = {"espeak": [], "festival": []}
+    out = {"espeak": [], "festival": [], "piper": []}
     for v in voices:
         if voice_split(v) == split:
             out[v.engine].append(v)
@@ -128,9 +135,14 @@ def voices_for(split: str) -> dict[str, list[Voice]]:
 
 def sample_speaker(rng: np.random.Generator, split: str, config: SynthConfig,
                    voices: dict[str, list[Voice]]) -> Speaker:
-    use_festival = voices["festival"] and (rng.random() < config.festival_share
-                                           or not voices["espeak"])
-    engine = "festival" if use_festival else "espeak"
+    # the neural voice's draw only where it can be chosen: without it, every other draw (and
+    # so the whole dataset) is what it was before the voice existed
+    if config.piper_share > 0 and voices["piper"] and rng.random() < config.piper_share:
+        engine = "piper"
+    else:
+        use_festival = voices["festival"] and (rng.random() < config.festival_share
+                                               or not voices["espeak"])
+        engine = "festival" if use_festival else "espeak"
     if not voices[engine]:
         raise RuntimeError(f"no {split} voices installed (espeak-ng / festival missing?)")
     voice = voices[engine][int(rng.integers(len(voices[engine])))]
@@ -751,12 +763,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-seconds", type=float, default=SynthConfig.shard_seconds,
                         help="audio per shard")
+    parser.add_argument("--piper-share", type=float, default=0.0,
+                        help="fraction of training speakers with the neural voice (train.piper)")
     parser.add_argument("--no-progress", action="store_true")
     add_feature_arguments(parser)
     args = parser.parse_args(argv)
     if args.hours <= 0 or args.workers < 1 or args.shard_seconds <= 0:
         parser.error("--hours, --workers and --shard-seconds must be positive")
-    config = SynthConfig(seed=args.seed, shard_seconds=args.shard_seconds)
+    if not 0.0 <= args.piper_share <= 1.0:
+        parser.error("--piper-share must be between 0 and 1")
+    config = SynthConfig(seed=args.seed, shard_seconds=args.shard_seconds,
+                         piper_share=args.piper_share)
     stats = run(args.hours, args.out, args.workers, config, show_progress=not args.no_progress,
                 features=feature_overrides(args))
     return 1 if stats["failures"] else 0

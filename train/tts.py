@@ -1,15 +1,17 @@
 """Offline text-to-speech with phoneme timings aligned to the samples.
 
-Two free engines, both Debian packages, nothing downloaded at run time:
+Two free engines, both Debian packages, nothing downloaded at run time, and a neural voice:
 - espeak-ng through its C library (ctypes): 8 English accents x many voice variants. The
   synthesis callback reports each phoneme with its sample position in the output; stress
   comes from `espeak_TextToPhonemes`, aligned to the spoken phonemes by vowel sequence.
 - festival as a subprocess running a Scheme script (kal and ked diphone voices, SLT HTS):
   phone end times from the utterance's Segment relation, syllable stress from SylStructure.
   One festival process speaks a whole batch; a crash costs one sentence, not the batch.
+- Piper's en_US-joe-medium (train.piper): a VITS network from a PyPI wheel, run by
+  onnxruntime, reading espeak-ng's IPA; phone times from its own duration predictor.
 MBROLA voices (Debian non-free) are never used.
 
-Both phone sets are mapped to one inventory, PHONEMES: ARPAbet without stress digits, plus
+The phone sets are mapped to one inventory, PHONEMES: ARPAbet without stress digits, plus
 AX (schwa) and SIL (pause or silence). Every utterance comes back as 16 kHz mono float32
 with contiguous phones covering the whole waveform, per-vowel stress and an F0/energy track
 computed from the audio.
@@ -105,8 +107,8 @@ FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str   # "espeak" | "festival"
-    name: str     # espeak "en-us+f3"; festival "kal_diphone"
+    engine: str   # "espeak" | "festival" | "piper"
+    name: str     # espeak "en-us+f3"; festival "kal_diphone"; piper "en_US-joe-medium"
 
     @property
     def id(self) -> str:
@@ -115,8 +117,9 @@ class Voice:
     @staticmethod
     def parse(voice_id: str) -> Voice:
         engine, _, name = voice_id.partition("/")
-        if engine not in ("espeak", "festival") or not name:
-            raise ValueError(f"voice id must be 'espeak/NAME' or 'festival/NAME', got {voice_id!r}")
+        if engine not in ("espeak", "festival", "piper") or not name:
+            raise ValueError("voice id must be 'espeak/NAME', 'festival/NAME' or 'piper/NAME', "
+                             f"got {voice_id!r}")
         return Voice(engine, name)
 
 
@@ -184,8 +187,14 @@ def festival_voices() -> list[Voice]:
     return [Voice("festival", v) for v in FESTIVAL_VOICES if v in found]
 
 
+def piper_voices() -> list[Voice]:
+    from train.piper import VOICES
+
+    return [Voice("piper", name) for name in VOICES]
+
+
 def all_voices() -> list[Voice]:
-    return espeak_voices() + festival_voices()
+    return espeak_voices() + festival_voices() + piper_voices()
 
 
 # --- text checks ---------------------------------------------------------------------------
@@ -588,7 +597,12 @@ def speak_many(requests: list[tuple[str, Voice | str, Delivery]]) -> list[Uttera
                     raise SpeechError("no speakable words in ASCII (festival reads ASCII only)")
                 festival_items.append((i, clean, voice, delivery))
                 continue
-            raw = _speak_espeak(clean, voice, delivery)
+            if voice.engine == "piper":
+                from train import piper
+
+                raw = piper.speak(clean, voice, delivery)
+            else:
+                raw = _speak_espeak(clean, voice, delivery)
             results[i] = _finish(text, voice, delivery, *raw)
         except SpeechError as e:
             results[i] = e
