@@ -142,6 +142,16 @@ def test_delivery_changes_rate_and_pitch():
         assert f_high > f_low * 1.15, (voice, f_low, f_high)
 
 
+@pytest.mark.parametrize("voice", PIPER, ids=lambda v: v.id)
+def test_the_neural_voice_depends_only_on_text_voice_and_delivery(voice):
+    text = "Tap a pot, a cat, a cup."
+    first, other, again = tts.speak_many([(text, voice, Delivery()), ("Hello there.", voice,
+                                          Delivery()), (text, voice, Delivery())])
+    assert np.array_equal(first.audio, again.audio) and first.phones == again.phones
+    louder = tts.speak(text, voice, Delivery(pitch_range=1.3))     # more varied: not the same
+    assert not np.array_equal(first.audio[: louder.audio.size], louder.audio[: first.audio.size])
+
+
 def test_warp_scales_time_and_pitch():
     plain, warped = tts.speak_many([("Hello there, how are you?", ESPEAK[0], Delivery()),
                                     ("Hello there, how are you?", ESPEAK[0], Delivery(warp=1.1))])
