@@ -148,8 +148,9 @@ def test_the_neural_voice_depends_only_on_text_voice_and_delivery(voice):
     first, other, again = tts.speak_many([(text, voice, Delivery()), ("Hello there.", voice,
                                           Delivery()), (text, voice, Delivery())])
     assert np.array_equal(first.audio, again.audio) and first.phones == again.phones
-    louder = tts.speak(text, voice, Delivery(pitch_range=1.3))     # more varied: not the same
-    assert not np.array_equal(first.audio[: louder.audio.size], louder.audio[: first.audio.size])
+    livelier = tts.speak(text, voice, Delivery(pitch_range=1.3))   # more varied: not the same
+    assert not np.array_equal(first.audio[: livelier.audio.size],
+                              livelier.audio[: first.audio.size])
 
 
 def test_warp_scales_time_and_pitch():

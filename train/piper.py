@@ -157,8 +157,7 @@ def _noise_as_inputs(model) -> None:
     from onnx import helper
 
     graph = model.graph
-    randoms = [n for n in graph.node if n.op_type == "RandomNormalLike"]
-    names = {n.name: n for n in randoms}
+    names = {n.name: n for n in graph.node if n.op_type == "RandomNormalLike"}
     if set(names) != {"/dp/RandomNormalLike", "/RandomNormalLike"}:
         raise SpeechError("the piper voice's graph is not the expected VITS export")
     for node_name, noise in (("/dp/RandomNormalLike", "duration_noise"),
