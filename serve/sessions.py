@@ -13,6 +13,7 @@ to the system.
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import secrets
@@ -105,6 +106,7 @@ class Server:
         self.serial = 0                                    # sessions started (labels)
         self.stopping = False
         self.ending: set[asyncio.Task] = set()            # sessions being ended by the watch
+        self.ended_since_collect = False                   # collect_garbage() is due
         self.metrics = Metrics()
         # what clients ask for (speech synthesis, audio decoding) runs on threads of its
         # own: a flood of it queues there, never in front of sessions starting and ending
@@ -241,6 +243,7 @@ class Server:
         await asyncio.get_running_loop().run_in_executor(None, _stop_threads, live)
         if live.pc is not None:
             await close_peer(live.pc)
+        self.ended_since_collect = True
 
     async def watch(self) -> None:
         """Once a second: collect metrics and end sessions that failed, whose peer is gone,
@@ -251,6 +254,9 @@ class Server:
             if time.monotonic() - trimmed > TRIM_SECONDS:   # long sessions free memory too
                 trimmed = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, release_memory)
+            if self.ended_since_collect and not self.ending:
+                self.ended_since_collect = False
+                await asyncio.get_running_loop().run_in_executor(None, collect_garbage)
             for live in list(self.sessions.values()):
                 if live.closed:                 # ending meanwhile (its threads stopping)
                     continue
@@ -434,6 +440,18 @@ def at_lower_priority(make):
 def _stop_threads(live: LiveSession) -> None:
     live.clock.stop()
     live.session.close()
+    release_memory()
+
+
+def collect_garbage() -> None:
+    """After sessions ended: free what their objects left in reference cycles (aiortc's peer
+    connections make some; an encoder or resampler caught in one keeps FFmpeg's threads and
+    buffers) now, not at the collector's next full pass, which an idle server may not reach
+    for minutes. The startup heap is frozen (serve/startup.py), so a pass costs what the
+    sessions' objects do: 1-7 ms idle, up to ~0.2 s under full load (benchmarks/RESULTS.md)."""
+    started = time.perf_counter()
+    found = gc.collect()
+    log.debug("collected %d objects in %.1f ms", found, 1000 * (time.perf_counter() - started))
     release_memory()
 
 

@@ -6,6 +6,7 @@ networks on a first start (said, line by line); the renderer is warmed up before
 session, so that no session stalls on it.
 """
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,8 @@ def build_server(args, limits: Limits, token: str | None, ids: SessionIds | None
                   np.zeros((2, engine.motion.config.motion_dim), np.float32))
     if isinstance(avatar, VideoAvatar):      # its mouth window's renderer: loaded, or being
         engine.draws_windows(args.size)      #   exported in the background from now on
+    gc.collect()             # the models and avatars stay: the collector's full passes skip
+    gc.freeze()              #   them from now on (serve/sessions.py collect_garbage)
     return server
 
 

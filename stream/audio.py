@@ -11,6 +11,8 @@ the mp4 writer use): a 48 kHz source passes through bit for bit, so the output a
 input audio, only delayed. Sample j of the playback copy is at time j / 48000 s.
 """
 
+import errno
+
 import av
 import numpy as np
 
@@ -22,37 +24,62 @@ PLAYBACK_RATE = 48000
 
 
 class Resampler:
-    """Streaming float32 mono resampler (passes the target rate through untouched)."""
+    """Streaming float32 mono resampler (passes the target rate through untouched).
+
+    FFmpeg's resampler in a filter graph of one thread: av.AudioResampler's graph keeps a
+    thread pool of one thread per core (2 a resampler here, 16 on a 16-core host) for a filter
+    that runs on the caller's thread; a server has several resamplers a session."""
 
     def __init__(self, rate: int, target: int = RATE):
         self.rate, self.target = rate, target
-        self._swr = None if rate == target else self._new()
+        self._graph = None if rate == target else self._new()
 
-    def _new(self):
-        return av.AudioResampler(format="flt", layout="mono", rate=self.target)
+    def _new(self) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        graph.threads = 1                               # before any filter is added
+        source = graph.add("abuffer", sample_rate=str(self.rate), sample_fmt="flt",
+                           channel_layout="mono")
+        convert = graph.add("aformat", sample_rates=str(self.target), sample_fmts="flt",
+                            channel_layouts="mono")
+        sink = graph.add("abuffersink")
+        source.link_to(convert)
+        convert.link_to(sink)
+        graph.configure()
+        return graph
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self._swr is None:
+        if self._graph is None:
             return x
         frame = av.AudioFrame.from_ndarray(x[None], format="flt", layout="mono")
         frame.sample_rate = self.rate
-        return self._collect(self._swr.resample(frame))
+        return self._run(frame)
 
     def flush(self) -> np.ndarray:
         """The samples the resampler still holds (call when the source ends or changes rate)."""
-        if self._swr is None:
+        if self._graph is None:
             return np.zeros(0, dtype=np.float32)
-        out = self._collect(self._swr.resample(None))
-        self._swr = self._new()
+        out = self._run(None)
+        self._graph = self._new()
         return out
 
     def close(self) -> None:
-        """Free FFmpeg's resampler now (its filter graph holds a thread pool), whoever still
-        holds this object; it must not be used after."""
-        self._swr = None
+        """Free FFmpeg's graph now, whoever still holds this object; it must not be used
+        after."""
+        self._graph = None
 
-    @staticmethod
-    def _collect(frames) -> np.ndarray:
+    def _run(self, frame: av.AudioFrame | None) -> np.ndarray:
+        """Push `frame` (None: the end) and take every frame the graph has ready."""
+        self._graph.push(frame)
+        frames = []
+        while True:
+            try:
+                frames.append(self._graph.pull())
+            except EOFError:
+                break
+            except av.FFmpegError as e:
+                if e.errno != errno.EAGAIN:                # EAGAIN: it wants more input
+                    raise
+                break
         if not frames:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32)

@@ -1,10 +1,15 @@
 """stream/audio.py: any rate/layout in, 16 kHz mono out; voice activity; bad input."""
 
+import subprocess
+import sys
+from pathlib import Path
+
+import av
 import numpy as np
 import pytest
 
 from models.audio_io import AudioInputError, load_audio
-from stream.audio import RATE, AudioInput
+from stream.audio import RATE, AudioInput, Resampler
 from stream.vad import speech_fraction
 
 
@@ -22,6 +27,38 @@ def push_in_pieces(buf: AudioInput, x: np.ndarray, rate: int, channels: int, see
         buf.push(x[i:i + n], rate, channels)
         i += n
     buf.flush()
+
+
+@pytest.mark.parametrize("rate, target", [(48000, 16000), (44100, 16000), (8000, 16000),
+                                          (16000, 48000), (22050, 48000)])
+def test_resampler_is_ffmpegs_on_one_thread(rate, target):
+    """Resampler gives av.AudioResampler's samples, chunk for chunk and at the flush, and
+    opens no thread pool (av's keeps one thread per core a resampler). Threads are counted in
+    a fresh interpreter: this one's may come and go with other tests."""
+    rng = np.random.default_rng(rate)
+    x = 0.1 * rng.standard_normal(2 * rate).astype(np.float32)
+    reference, ours = av.AudioResampler(format="flt", layout="mono", rate=target), \
+        Resampler(rate, target)
+    expected, got, start = [], [], 0
+    while start < x.size:
+        size = int(rng.integers(1, 3000))
+        frame = av.AudioFrame.from_ndarray(x[None, start:start + size], format="flt",
+                                           layout="mono")
+        frame.sample_rate = rate
+        expected += [f.to_ndarray().reshape(-1) for f in reference.resample(frame)]
+        got.append(ours(x[start:start + size]))
+        start += size
+    expected += [f.to_ndarray().reshape(-1) for f in reference.resample(None)]
+    got.append(ours.flush())
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(expected))
+
+    count = ("import os, numpy as np; from stream.audio import Resampler; "
+             "n = lambda: len(os.listdir('/proc/self/task')); before = n(); "
+             f"r = [Resampler({rate}, {target}) for _ in range(4)]; "
+             "[f(np.zeros(960, np.float32)) for f in r]; print(n() - before)")
+    added = subprocess.run([sys.executable, "-c", count], capture_output=True, text=True,
+                           check=True, cwd=Path(__file__).parents[1]).stdout
+    assert int(added) == 0
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])

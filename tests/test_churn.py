@@ -30,6 +30,7 @@ import socket
 import struct
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,20 +220,40 @@ async def churn(url: str, pid: int) -> dict:
         drained = await wait_for_no_sessions(http, url)
         outcomes["killed: ok"] = KILLED_CHILDREN * KILLED_EACH
         settle = []
-        for _ in range(20):                           # threads wind down within seconds
+        for _ in range(30):                           # threads wind down within seconds
             await asyncio.sleep(1.0)
             settle.append(process_figures(pid))
             if settle[-1]["threads"] <= baseline["threads"]:
                 break
+        lingering = (thread_states(pid)               # what the assertion below will show
+                     if settle[-1]["threads"] > baseline["threads"] + THREAD_SLACK else None)
         async with http.get(url + "/metrics") as r:
             metrics = await r.text()
         seconds = time.perf_counter() - started
     return {"baseline": baseline, "middle": middle, "after": settle[-1], "timeline": timeline,
+            "lingering_threads": lingering,
             "sessions_at_middle": half + KILLED_CHILDREN * KILLED_EACH,
             "outcomes": outcomes, "seconds": round(seconds, 1),
             "drained_after_last_s": round(drained, 1),
             "metrics": {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
                         if line.startswith("talking_head_sessions_")}}
+
+
+def thread_states(pid: int) -> dict[str, int]:
+    """How many of a process's threads are in each (name, state, nice): sleeping (S) threads
+    that outlived their session are a leak; runnable (R) ones at the sessions' nice are
+    starved."""
+    states: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:                               # ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()  # from field 3 (state); nice is field 19
+        key = f"{name} {fields[0]} nice {fields[16]}"
+        states[key] = states.get(key, 0) + 1
+    return states
 
 
 async def killed_clients(url: str) -> None:

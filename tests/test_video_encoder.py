@@ -53,6 +53,8 @@ def test_veryfast_frames_decode_to_the_pictures_sent():
     # default: ref=3 subme=7 trellis=1); Baseline profile: no CABAC
     assert (settings["ref"], settings["subme"], settings["trellis"]) == ("1", "2", "0"), settings
     assert settings["cabac"] == "0" and encoder.codec.profile == "Baseline"
+    # one thread an encoder (x264's own count: 6 on 2 cores, sliced)
+    assert (settings["threads"], settings["lookahead_threads"]) == ("1", "1"), settings
     assert len(decoded) == len(images)                 # zerolatency: no frame held back
     scores = [psnr(got, sent) for got, sent in zip(decoded, images, strict=True)]
     assert min(scores) > 30.0, scores
