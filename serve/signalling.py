@@ -19,6 +19,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from models.audio_io import AudioInputError
 from serve.http import ClientError, read_json, server_of, short
+from stream.opus_encoder import encode_lean
 from stream.video_encoder import encode_fast, prefer_h264
 from stream.webrtc import receive_promptly
 
@@ -119,6 +120,7 @@ async def answer(pc: RTCPeerConnection, clock) -> str:
     except Exception as e:       # e.g. no codec in common: the offer's fault
         raise ClientError(400, f"cannot answer this offer: {short(e)}") from None
     encode_fast(pc)                                  # x264 veryfast: a third of the CPU
+    encode_lean(pc)                                  # Opus without a thread pool
     return pc.localDescription.sdp
 
 

@@ -23,52 +23,39 @@ RATE = 16000
 PLAYBACK_RATE = 48000
 
 
-class Resampler:
-    """Streaming float32 mono resampler (passes the target rate through untouched).
+class OneThreadResampler:
+    """av.AudioResampler's conversion (sample format, layout, rate and, if given, a fixed
+    frame size), its FFmpeg filter graph on one thread. av's graph keeps a thread pool of one
+    thread per core (2 a resampler here, 16 on a 16-core host) for filters that run on the
+    caller's thread, and a server has several resamplers a session. resample(None) flushes;
+    the graph opens at the first frame, from its format, layout, rate and time base."""
 
-    FFmpeg's resampler in a filter graph of one thread: av.AudioResampler's graph keeps a
-    thread pool of one thread per core (2 a resampler here, 16 on a 16-core host) for a filter
-    that runs on the caller's thread; a server has several resamplers a session."""
+    def __init__(self, format: str, layout: str, rate: int, frame_size: int = 0):
+        self.format, self.layout, self.rate, self.frame_size = format, layout, rate, frame_size
+        self._graph = None
 
-    def __init__(self, rate: int, target: int = RATE):
-        self.rate, self.target = rate, target
-        self._graph = None if rate == target else self._new()
-
-    def _new(self) -> av.filter.Graph:
+    def _open(self, frame: av.AudioFrame) -> av.filter.Graph:
         graph = av.filter.Graph()
         graph.threads = 1                               # before any filter is added
-        source = graph.add("abuffer", sample_rate=str(self.rate), sample_fmt="flt",
-                           channel_layout="mono")
-        convert = graph.add("aformat", sample_rates=str(self.target), sample_fmts="flt",
-                            channel_layouts="mono")
+        extra = {} if frame.time_base is None else {"time_base": str(frame.time_base)}
+        source = graph.add("abuffer", sample_rate=str(frame.sample_rate),
+                           sample_fmt=frame.format.name, channel_layout=frame.layout.name,
+                           **extra)
+        convert = graph.add("aformat", sample_rates=str(self.rate), sample_fmts=self.format,
+                            channel_layouts=self.layout)
         sink = graph.add("abuffersink")
         source.link_to(convert)
         convert.link_to(sink)
         graph.configure()
+        if self.frame_size:
+            graph.set_audio_frame_size(self.frame_size)
         return graph
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
         if self._graph is None:
-            return x
-        frame = av.AudioFrame.from_ndarray(x[None], format="flt", layout="mono")
-        frame.sample_rate = self.rate
-        return self._run(frame)
-
-    def flush(self) -> np.ndarray:
-        """The samples the resampler still holds (call when the source ends or changes rate)."""
-        if self._graph is None:
-            return np.zeros(0, dtype=np.float32)
-        out = self._run(None)
-        self._graph = self._new()
-        return out
-
-    def close(self) -> None:
-        """Free FFmpeg's graph now, whoever still holds this object; it must not be used
-        after."""
-        self._graph = None
-
-    def _run(self, frame: av.AudioFrame | None) -> np.ndarray:
-        """Push `frame` (None: the end) and take every frame the graph has ready."""
+            if frame is None:
+                return []
+            self._graph = self._open(frame)
         self._graph.push(frame)
         frames = []
         while True:
@@ -80,6 +67,41 @@ class Resampler:
                 if e.errno != errno.EAGAIN:                # EAGAIN: it wants more input
                     raise
                 break
+        return frames
+
+
+class Resampler:
+    """Streaming float32 mono resampler (passes the target rate through untouched)."""
+
+    def __init__(self, rate: int, target: int = RATE):
+        self.rate, self.target = rate, target
+        self._swr = None if rate == target else self._new()
+
+    def _new(self) -> OneThreadResampler:
+        return OneThreadResampler("flt", "mono", self.target)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._swr is None:
+            return x
+        frame = av.AudioFrame.from_ndarray(x[None], format="flt", layout="mono")
+        frame.sample_rate = self.rate
+        return self._collect(self._swr.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        """The samples the resampler still holds (call when the source ends or changes rate)."""
+        if self._swr is None:
+            return np.zeros(0, dtype=np.float32)
+        out = self._collect(self._swr.resample(None))
+        self._swr = self._new()
+        return out
+
+    def close(self) -> None:
+        """Free FFmpeg's resampler now, whoever still holds this object; it must not be used
+        after."""
+        self._swr = None
+
+    @staticmethod
+    def _collect(frames) -> np.ndarray:
         if not frames:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32)
