@@ -47,6 +47,8 @@ HELP = {
     "cluster_sessions_max": "Sessions all running replicas of the Ray deployment can hold.",
     "cluster_replicas": "Replicas of the Ray deployment that reported in the last 5 s.",
     "process_threads": "Threads of the server process.",
+    "process_python_threads": ("Of those, Python's (sessions' workers, executors); the rest "
+                               "are native pools (FFmpeg, onnxruntime)."),
     "process_open_fds": "Open file descriptors of the server process.",
     "process_resident_memory_bytes": "Resident memory of the server process.",
     "latency_seconds": "Audio in to frame out (the frame's slot on the media clock).",
@@ -136,5 +138,6 @@ def process_stats() -> dict[str, float]:
     except OSError:
         threads, fds = threading.active_count(), 0
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"process_threads": threads, "process_open_fds": fds,
+    return {"process_threads": threads, "process_python_threads": threading.active_count(),
+            "process_open_fds": fds,
             "process_resident_memory_bytes": rss}

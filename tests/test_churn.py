@@ -42,6 +42,7 @@ from benchmarks.webrtc_client import (
     Refused,
     clients_first,
     http_session,
+    parse_metrics,
     process_figures,
     speech_clip,
 )
@@ -229,6 +230,8 @@ async def churn(url: str, pid: int) -> dict:
                      if settle[-1]["threads"] > baseline["threads"] + THREAD_SLACK else None)
         async with http.get(url + "/metrics") as r:
             metrics = await r.text()
+        if lingering is not None:                     # Python's, and native pools
+            lingering["python"] = parse_metrics(metrics)["talking_head_process_python_threads"]
         seconds = time.perf_counter() - started
     return {"baseline": baseline, "middle": middle, "after": settle[-1], "timeline": timeline,
             "lingering_threads": lingering,
