@@ -2,8 +2,8 @@
 
 aiortc's OpusEncoder turns each 20 ms frame into 960-sample stereo frames through PyAV's
 AudioResampler, whose FFmpeg filter graph keeps a pool of one thread per core the process sees
-(2 here, 16 on a 16-core host) for as long as the sender lives, for a conversion that runs on
-the caller's thread. This one converts in a graph of one thread (stream.audio's
+(2 on 2 cores) for as long as the sender lives, for a conversion that runs on the caller's
+thread. This one converts in a graph of one thread (stream.audio's
 OneThreadResampler): the same packets (tests/test_opus_encoder.py), no pool. (PyAV's codec
 context keeps a frame-size resampler of its own, out of reach from Python: that pool stays.)
 

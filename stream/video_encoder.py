@@ -24,9 +24,9 @@ from aiortc.codecs.h264 import MAX_FRAME_RATE, H264Encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 X264_PRESET = "veryfast"
-# One encoding thread a session: the sessions are the parallelism. x264's own count (1.5 per
-# core, sliced) gave 6 threads an encoder on 2 cores (24 on 16) for no gain at this size: a
-# 512 px frame took 3.3 ms alone, 2.5-3.2 ms with them (benchmarks/RESULTS.md).
+# One encoding thread a session: the sessions are the parallelism. x264's own count (sliced)
+# gave 6 threads an encoder on 2 cores for no gain at this size: a 512 px frame took 3.3 ms
+# alone, 2.5-3.2 ms with them (benchmarks/RESULTS.md).
 X264_THREADS = 1
 
 

@@ -231,7 +231,7 @@ async def churn(url: str, pid: int) -> dict:
         async with http.get(url + "/metrics") as r:
             metrics = await r.text()
         if lingering is not None:                     # Python's, and native pools
-            lingering["python"] = parse_metrics(metrics)["talking_head_process_python_threads"]
+            lingering["python"] = int(parse_metrics(metrics)["talking_head_process_python_threads"])
         seconds = time.perf_counter() - started
     return {"baseline": baseline, "middle": middle, "after": settle[-1], "timeline": timeline,
             "lingering_threads": lingering,
