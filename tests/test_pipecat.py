@@ -35,6 +35,7 @@ from pipecat.frames.frames import (  # noqa: E402
     InterruptionFrame,
     MetricsFrame,
     OutputAudioRawFrame,
+    TTSAudioRawFrame,
     TTSStoppedFrame,
     TTSTextFrame,
 )
@@ -260,14 +261,20 @@ def test_speech_is_played_once_in_sync_with_a_moving_mouth(scenario, avatar):
 
 def test_transcript_keeps_pace_with_the_avatar(scenario):
     """The reply's transcript leaves the transport with the avatar's speech, not with the
-    TTS's: each timed word when the avatar's audio at its offset is written (the TTS stamped
-    it ~0.3 s earlier: the avatar's delay), the untimed text once the audio sent before it
-    has been written."""
+    TTS's: each timed word right after the avatar's audio chunk at its offset, in the
+    transport's own order (the TTS stamped it ~0.3 s earlier, the avatar's delay, and on a
+    loaded host the avatar can fall further behind its first chunk's pace), the untimed text
+    once the audio sent before it has been written."""
     marks, recorder = scenario["marks"], scenario["recorder"]
     spoken = recorder.tts_audio(marks["first"], marks["long"])
     text = {f.text: t for t, f in recorder.frames
             if isinstance(f, AggregatedTextFrame) and marks["first"] <= t < marks["long"]}
     written = [spoken[int(offset / CHUNK)][0] for offset in WORDS]
+    order = [f.text if isinstance(f, AggregatedTextFrame) else "audio"
+             for t, f in recorder.frames if marks["first"] <= t < marks["long"]
+             and isinstance(f, (AggregatedTextFrame, TTSAudioRawFrame))]
+    chunks_before = [order[:order.index(f"w{k}")].count("audio") if f"w{k}" in order else None
+                     for k in range(len(WORDS))]
     result = {"word_minus_its_audio_ms": [round(1000 * (text[f"w{k}"] - t))
                                           if f"w{k}" in text else None
                                           for k, t in enumerate(written)],
@@ -277,6 +284,8 @@ def test_transcript_keeps_pace_with_the_avatar(scenario):
               if "sentence" in text else None}
     report("pipecat_transcript", result)
     assert None not in result["word_minus_its_audio_ms"], f"words lost: {result}"
+    assert chunks_before == [int(offset / CHUNK) + 1 for offset in WORDS], (
+        f"words out of step with the avatar's audio chunks: {chunks_before}, {result}")
     assert all(abs(d) <= 150 for d in result["word_minus_its_audio_ms"]), result
     assert result["sentence_minus_audio_before_ms"] is not None, result
     assert 0 <= result["sentence_minus_audio_before_ms"] <= 120, result

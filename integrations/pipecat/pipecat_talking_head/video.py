@@ -25,12 +25,14 @@ API through talking_head_client (one session per pipeline; never the engine's ow
   audio (its speech_ended event), then pushed right after that slot's sound: "bot stopped
   speaking" comes when the avatar stops, not when the TTS did.
 - The transcript keeps pace with the avatar, not with the TTS (livekit/agents #4406 is the
-  same complaint there). Frames with a presentation time (the word-by-word TTSTextFrames of
-  TTS services with word timestamps, timed from the TTS's first audio) are delayed by the
-  avatar's own delay for that reply (its first audio in -> its first speech slot out);
-  untimed text frames (AggregatedTextFrame, TTSTextFrame) go out with the audio they came
-  with: after the avatar has spoken the audio sent before them. What an interruption cuts
-  off is never sent, as the transport drops what its clock had not yet released.
+  same complaint there). A frame with a presentation time (the word-by-word TTSTextFrames of
+  TTS services with word timestamps: the reply's first audio in + the word's offset in that
+  audio) goes out, its pts cleared, right after the sound of the avatar's speech slot that
+  plays that offset: the transport writes it in order with the avatar's audio, so a word
+  keeps pace with the face even when the avatar falls behind real time (a clock delay
+  measured on the first slot did not: 0.7 s ahead on a loaded host). Untimed text frames
+  (AggregatedTextFrame, TTSTextFrame) go out after the avatar has spoken the audio sent
+  before them. What an interruption cuts off is never sent.
 - Metrics (PipelineParams(enable_metrics=True)): TTFB = first TTS audio in -> first speech
   slot out of this service (the engine's look-ahead, rendering and media clock).
 """
@@ -98,9 +100,8 @@ class TalkingHeadVideoService(AIService):
         self._cutting = False              # an interruption: mute speech slots ...
         self._cut_done = False             # ... until the engine's cut has passed
         self._muted = 0
-        self._audio_in_at: int | None = None   # clock ns: this reply's first audio in ...
-        self._delay: int | None = None         # ... and its first speech out, minus that
-        self._held_timed: list[Frame] = []     # frames with a pts, until the delay is known
+        self._audio_in_at: int | None = None   # clock ns: this reply's first audio in
+        self._held_timed: list[tuple[float, Frame]] = []  # (offset in the reply's audio, frame)
         self._held_text: list[tuple[float, Frame]] = []   # (audio sent before it, frame)
         self._ttfb_running = False
         self.slots_out = 0                 # slots pushed (counters, for tests and logs)
@@ -180,12 +181,14 @@ class TalkingHeadVideoService(AIService):
             await self.push_frame(frame, direction)
 
     async def _push_timed(self, frame: Frame):
-        """A frame timed against the TTS's audio: timed against the avatar's instead."""
-        if self._delay is None:
-            self._held_timed.append(frame)
-        else:
-            frame.pts += self._delay
+        """A frame timed against the TTS's audio: held until the avatar speaks its offset
+        (pushed at once when it already has)."""
+        offset = (frame.pts - self._audio_in_at) / 1e9
+        frame.pts = None                   # untimed: the transport keeps it in audio order
+        if offset < self._spoken_seconds:
             await self.push_frame(frame)
+        else:
+            self._held_timed.append((offset, frame))
 
     async def _send_audio(self, frame: TTSAudioRawFrame):
         if self._session is None:
@@ -209,7 +212,7 @@ class TalkingHeadVideoService(AIService):
         self._ttfb_running = False
         self._sent_seconds = self._spoken_seconds = 0.0
         self._held_timed, self._held_text = [], []      # never spoken: never shown
-        self._audio_in_at = self._delay = None
+        self._audio_in_at = None
 
     # ------------------------------------------------------------------ slots out
 
@@ -268,15 +271,11 @@ class TalkingHeadVideoService(AIService):
             image.sync_with_audio = True
             await self.push_frame(image)
         if speech:
-            if self._delay is None and self._audio_in_at is not None:
-                self._delay = self.get_clock().get_time() - self._audio_in_at
-                timed, self._held_timed = self._held_timed, []
-                for frame in timed:
-                    await self._push_timed(frame)
             while self._held_text and self._held_text[0][0] <= self._spoken_seconds + 1e-6:
                 await self.push_frame(self._held_text.pop(0)[1])
             self._spoken_seconds += len(slot.pcm) / (2 * slot.rate)
             await self.push_frame(TTSAudioRawFrame(slot.pcm, slot.rate, 1))
+            await self._push_timed_spoken()
             if self._ttfb_running:
                 self._ttfb_running = False
                 await self.stop_ttfb_metrics()
@@ -286,17 +285,22 @@ class TalkingHeadVideoService(AIService):
                 await self._release_stops()
         self.slots_out += 1
 
+    async def _push_timed_spoken(self):
+        """After the sound of a speech slot: the timed frames whose offset it played."""
+        due = [frame for offset, frame in self._held_timed if offset < self._spoken_seconds]
+        self._held_timed = [(o, f) for o, f in self._held_timed if o >= self._spoken_seconds]
+        for frame in due:
+            await self.push_frame(frame)
+
     async def _release_stops(self):
         """The reply has been spoken (or cut): what was held for it goes out, the text before
         the stop frames; the next audio starts a new reply."""
         self._release_countdown = None
         self._sent_seconds = self._spoken_seconds = 0.0
-        delay = self._delay or 0                       # (no speech came: as the TTS timed it)
         timed, text, stops = self._held_timed, self._held_text, self._held_stops
         self._held_timed, self._held_text, self._held_stops = [], [], []
-        self._audio_in_at = self._delay = None
-        for frame in timed:
-            frame.pts += delay
+        self._audio_in_at = None
+        for _, frame in timed:
             await self.push_frame(frame)
         for _, frame in text:
             await self.push_frame(frame)
