@@ -36,6 +36,7 @@ from pipecat.frames.frames import (  # noqa: E402
     MetricsFrame,
     OutputAudioRawFrame,
     TTSAudioRawFrame,
+    TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
 )
@@ -109,18 +110,29 @@ async def run_scenario(url: str, first: np.ndarray, long: np.ndarray) -> dict:
 
 
 def with_transcript(frames: list, now: int) -> list:
-    """A reply's frames with its transcript as TTS services push it: a TTSTextFrame per word
-    timed from the first audio (`now`, the pipeline clock's ns) and pushed after it, as
-    word-timestamp TTS services do, and an untimed text frame after SENTENCE s of audio
-    (services without word timestamps)."""
-    words = []
-    for k, offset in enumerate(WORDS):
-        word = TTSTextFrame(f"w{k}", aggregated_by="word")
-        word.pts = now + int(offset * 1e9)
-        words.append(word)
-    after = 1 + round(SENTENCE / 0.02)                      # TTSStartedFrame, 20 ms frames
-    return [*frames[:2], *words, *frames[2:after],         # words: after the first audio
-            AggregatedTextFrame("sentence", aggregated_by="sentence"), *frames[after:]]
+    """A reply's frames with its transcript as TTS services push it, in two TTS contexts
+    sent back to back (a TTS faster than real time): the first SENTENCE s of audio, then an
+    untimed text frame (services without word timestamps), then the rest. Each context has
+    TTSTextFrames for the words of WORDS that fall in it, timed as pipecat's
+    WordTimestampTracker times them (`now`: the pipeline clock's ns at the first audio): from
+    the context's first audio, or from the previous context's last word if that is later,
+    and pushed after its first audio frame."""
+    started, audio, stopped = frames[0], frames[1:-1], frames[-1]
+    split = round(SENTENCE / 0.02)                          # 20 ms frames
+    contexts, floor = [], 0
+    for k0, (start, part) in enumerate(((0.0, audio[:split]), (SENTENCE, audio[split:]))):
+        origin = max(floor, now)
+        words = []
+        for k, offset in enumerate(WORDS):
+            if start <= offset < start + len(part) * 0.02:
+                word = TTSTextFrame(f"w{k}", aggregated_by="word")
+                word.pts = origin + int((offset - start) * 1e9)
+                words.append(word)
+        floor = max([floor] + [w.pts for w in words])
+        text = [AggregatedTextFrame("sentence", aggregated_by="sentence")] if k0 == 0 else []
+        contexts += [started if k0 == 0 else TTSStartedFrame(), part[0], *words, *part[1:],
+                     *text, TTSStoppedFrame() if k0 == 0 else stopped]
+    return contexts
 
 
 async def headless_reference(url: str, speech16k: np.ndarray) -> tuple[np.ndarray, list,

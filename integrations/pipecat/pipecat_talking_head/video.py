@@ -26,11 +26,14 @@ API through talking_head_client (one session per pipeline; never the engine's ow
   speaking" comes when the avatar stops, not when the TTS did.
 - The transcript keeps pace with the avatar, not with the TTS (livekit/agents #4406 is the
   same complaint there). A frame with a presentation time (the word-by-word TTSTextFrames of
-  TTS services with word timestamps: the reply's first audio in + the word's offset in that
-  audio) goes out, its pts cleared, right after the sound of the avatar's speech slot that
-  plays that offset: the transport writes it in order with the avatar's audio, so a word
-  keeps pace with the face even when the avatar falls behind real time (a clock delay
-  measured on the first slot did not: 0.7 s ahead on a loaded host). Untimed text frames
+  TTS services with word timestamps) is placed in the audio sent to the engine: a TTS times
+  a context's words from its first audio, or from the previous context's last word if that
+  is later (pipecat's WordTimestampTracker), and the context starts after the audio sent
+  before its TTSStartedFrame. The frame goes out, its pts cleared, right after the sound of
+  the avatar's speech slot that plays that position: the transport writes it in order with
+  the avatar's audio, so a word keeps pace with the face even when the avatar falls behind
+  real time (a clock delay measured on the first slot did not: 0.7 s ahead on a loaded host)
+  and when a fast TTS has sent several contexts ahead of it. Untimed text frames
   (AggregatedTextFrame, TTSTextFrame) go out after the avatar has spoken the audio sent
   before them. What an interruption cuts off is never sent.
 - Metrics (PipelineParams(enable_metrics=True)): TTFB = first TTS audio in -> first speech
@@ -54,6 +57,7 @@ from pipecat.frames.frames import (
     StartFrame,
     SystemFrame,
     TTSAudioRawFrame,
+    TTSStartedFrame,
     TTSStoppedFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
@@ -100,8 +104,11 @@ class TalkingHeadVideoService(AIService):
         self._cutting = False              # an interruption: mute speech slots ...
         self._cut_done = False             # ... until the engine's cut has passed
         self._muted = 0
-        self._audio_in_at: int | None = None   # clock ns: this reply's first audio in
-        self._held_timed: list[tuple[float, Frame]] = []  # (offset in the reply's audio, frame)
+        self._words_at: tuple[int, float] | None = None   # the TTS context's word clock:
+        #   (clock ns its words are timed from, seconds of audio sent before the context)
+        self._context_starting = False     # a TTSStartedFrame: the next audio starts a context
+        self._last_pts = 0                 # the latest word time seen (a context's floor)
+        self._held_timed: list[tuple[float, Frame]] = []  # (position in the audio sent, frame)
         self._held_text: list[tuple[float, Frame]] = []   # (audio sent before it, frame)
         self._ttfb_running = False
         self.slots_out = 0                 # slots pushed (counters, for tests and logs)
@@ -160,6 +167,9 @@ class TalkingHeadVideoService(AIService):
                 self._receive_task = self.create_task(self._receive_slots())
         elif isinstance(frame, TTSAudioRawFrame):
             await self._send_audio(frame)
+        elif isinstance(frame, TTSStartedFrame):
+            self._context_starting = True
+            await self.push_frame(frame, direction)
         elif isinstance(frame, TTSStoppedFrame):
             if self._sent_seconds > self._spoken_seconds or self._speaking:
                 self._held_stops.append(frame)     # pushed when the avatar has spoken it
@@ -172,7 +182,7 @@ class TalkingHeadVideoService(AIService):
             await self.push_frame(frame, direction)
             await self._release_stops()
         elif direction == FrameDirection.DOWNSTREAM and not isinstance(frame, SystemFrame) \
-                and frame.pts and self._audio_in_at is not None:
+                and frame.pts and (self._words_at is not None or self._context_starting):
             await self._push_timed(frame)
         elif isinstance(frame, AggregatedTextFrame) and not frame.pts and (
                 self._sent_seconds > self._spoken_seconds or self._speaking):
@@ -181,14 +191,24 @@ class TalkingHeadVideoService(AIService):
             await self.push_frame(frame, direction)
 
     async def _push_timed(self, frame: Frame):
-        """A frame timed against the TTS's audio: held until the avatar speaks its offset
-        (pushed at once when it already has)."""
-        offset = (frame.pts - self._audio_in_at) / 1e9
+        """A frame timed against the TTS's audio: held until the avatar speaks its position
+        in the audio sent (pushed at once when it already has)."""
+        if self._context_starting:         # (a TTS may time words cached before the audio)
+            self._start_context()
+        origin, before = self._words_at
+        self._last_pts = max(self._last_pts, frame.pts)
+        position = before + (frame.pts - origin) / 1e9
         frame.pts = None                   # untimed: the transport keeps it in audio order
-        if offset < self._spoken_seconds:
+        if position < self._spoken_seconds:
             await self.push_frame(frame)
         else:
-            self._held_timed.append((offset, frame))
+            self._held_timed.append((position, frame))
+
+    def _start_context(self):
+        """A TTS context's first audio (or word): its word clock starts now, or at the last
+        word before it if that is later, as the TTS's own does."""
+        self._words_at = (max(self._last_pts, self.get_clock().get_time()), self._sent_seconds)
+        self._context_starting = False
 
     async def _send_audio(self, frame: TTSAudioRawFrame):
         if self._session is None:
@@ -196,8 +216,8 @@ class TalkingHeadVideoService(AIService):
         if not self._speaking and not self._ttfb_running:
             self._ttfb_running = True
             await self.start_ttfb_metrics()
-        if self._audio_in_at is None:
-            self._audio_in_at = self.get_clock().get_time()
+        if self._words_at is None or self._context_starting:
+            self._start_context()
         await self._session.send_pcm(frame.audio, rate=frame.sample_rate,
                                      channels=frame.num_channels)
         self._sent_seconds += len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
@@ -212,7 +232,7 @@ class TalkingHeadVideoService(AIService):
         self._ttfb_running = False
         self._sent_seconds = self._spoken_seconds = 0.0
         self._held_timed, self._held_text = [], []      # never spoken: never shown
-        self._audio_in_at = None
+        self._words_at, self._context_starting, self._last_pts = None, False, 0
 
     # ------------------------------------------------------------------ slots out
 
@@ -299,7 +319,7 @@ class TalkingHeadVideoService(AIService):
         self._sent_seconds = self._spoken_seconds = 0.0
         timed, text, stops = self._held_timed, self._held_text, self._held_stops
         self._held_timed, self._held_text, self._held_stops = [], [], []
-        self._audio_in_at = None
+        self._words_at = None
         for _, frame in timed:
             await self.push_frame(frame)
         for _, frame in text:
