@@ -120,7 +120,8 @@ def with_transcript(frames: list, now: int) -> list:
     started, audio, stopped = frames[0], frames[1:-1], frames[-1]
     split = round(SENTENCE / 0.02)                          # 20 ms frames
     contexts, floor = [], 0
-    for k0, (start, part) in enumerate(((0.0, audio[:split]), (SENTENCE, audio[split:]))):
+    for start, part in ((0.0, audio[:split]), (SENTENCE, audio[split:])):
+        first = start == 0.0
         origin = max(floor, now)
         words = []
         for k, offset in enumerate(WORDS):
@@ -129,9 +130,9 @@ def with_transcript(frames: list, now: int) -> list:
                 word.pts = origin + int((offset - start) * 1e9)
                 words.append(word)
         floor = max([floor] + [w.pts for w in words])
-        text = [AggregatedTextFrame("sentence", aggregated_by="sentence")] if k0 == 0 else []
-        contexts += [started if k0 == 0 else TTSStartedFrame(), part[0], *words, *part[1:],
-                     *text, TTSStoppedFrame() if k0 == 0 else stopped]
+        text = [AggregatedTextFrame("sentence", aggregated_by="sentence")] if first else []
+        contexts += [started if first else TTSStartedFrame(), part[0], *words, *part[1:],
+                     *text, TTSStoppedFrame() if first else stopped]
     return contexts
 
 
@@ -274,9 +275,10 @@ def test_speech_is_played_once_in_sync_with_a_moving_mouth(scenario, avatar):
 def test_transcript_keeps_pace_with_the_avatar(scenario):
     """The reply's transcript leaves the transport with the avatar's speech, not with the
     TTS's: each timed word right after the avatar's audio chunk at its offset, in the
-    transport's own order (the TTS stamped it ~0.3 s earlier, the avatar's delay, and on a
-    loaded host the avatar can fall further behind its first chunk's pace), the untimed text
-    once the audio sent before it has been written."""
+    transport's own order (the TTS stamped it ~0.3 s earlier, the avatar's delay; on a loaded
+    host the avatar can fall further behind its first chunk's pace; the second context's
+    words are stamped from the first's last word, while the avatar still speaks the first),
+    the untimed text once the audio sent before it has been written."""
     marks, recorder = scenario["marks"], scenario["recorder"]
     spoken = recorder.tts_audio(marks["first"], marks["long"])
     text = {f.text: t for t, f in recorder.frames
