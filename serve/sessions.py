@@ -448,7 +448,8 @@ def collect_garbage() -> None:
     connections make some; an encoder or resampler caught in one keeps FFmpeg's threads and
     buffers) now, not at the collector's next full pass, which an idle server may not reach
     for minutes. The startup heap is frozen (serve/startup.py), so a pass costs what the
-    sessions' objects do: 1-7 ms idle, up to ~0.2 s under full load (benchmarks/RESULTS.md)."""
+    sessions' objects do: 1.4-190 ms in the churn test, against 135-540 ms unfrozen
+    (benchmarks/RESULTS.md, "Threads a session")."""
     started = time.perf_counter()
     found = gc.collect()
     log.debug("collected %d objects in %.1f ms", found, 1000 * (time.perf_counter() - started))

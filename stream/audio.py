@@ -27,8 +27,8 @@ class OneThreadResampler:
     """av.AudioResampler's conversion (sample format, layout, rate and, if given, a fixed
     frame size), its FFmpeg filter graph on one thread. av's graph keeps a thread pool of one
     thread per core (2 a resampler on 2 cores) for filters that run on the caller's thread,
-    and a server has several resamplers a session. resample(None) flushes;
-    the graph opens at the first frame, from its format, layout, rate and time base."""
+    and a server has several resamplers a session. resample(None) flushes; the graph opens
+    at the first frame, from its format, layout, rate and time base."""
 
     def __init__(self, format: str, layout: str, rate: int, frame_size: int = 0):
         self.format, self.layout, self.rate, self.frame_size = format, layout, rate, frame_size
