@@ -10,9 +10,11 @@ size. The engines are timed in turns (torch, onnxruntime, torch, ...) so that bo
 same load; the machine's load average is printed before and after, since on a shared
 machine the median moves with it, the best time less so.
 
-onnxruntime runs the renderer graph as the onnx engine does: rewritten for its CPU provider
-by export.ort_cpu (--as-exported adds the graph as exported, for comparison). Both graphs
-are checked against torch before they are timed.
+onnxruntime runs the renderer as the onnx engine does (export.renderer.OnnxRenderer: two
+graphs rewritten for its CPU provider by export.ort_cpu, torch's composite of the whole
+frames between them); --as-exported adds the renderer as one graph, as exported and as
+export.ort_cpu rewrites it (the onnx engine's renderer before the whole frames' lookup moved
+to torch), for comparison. Every renderer is checked against torch before it is timed.
 
 --render-file AUDIO runs the whole offline path, stream.render_file, once per engine and
 repeat: frames per second of wall time, the process's CPU time per frame (all its threads;
@@ -75,10 +77,23 @@ def side_by_side(runs: dict, frames: int, repeats: int) -> dict[str, tuple[float
     return {name: (min(t), float(np.median(t)), min(cpu[name])) for name, t in times.items()}
 
 
+def one_graph_for_cpu(path: Path, feeds: dict) -> bytes:
+    """The renderer as one graph (`path`, as exported) rewritten by export.ort_cpu, as
+    serialized bytes (feeds: its inputs but the motion)."""
+    from export.renderer import for_cpu
+
+    return for_cpu(path, lambda n: feeds | {"motion": ms.neutral(n)}).SerializeToString()
+
+
 def renderer_rows(args) -> None:
     import onnxruntime
 
-    from export.renderer import KEEP_LAYOUT, cached_cpu_renderer_export, cached_renderer_export
+    from export.renderer import (
+        KEEP_LAYOUT,
+        OnnxRenderer,
+        cached_cpu_renderer_export,
+        cached_renderer_export,
+    )
 
     print(f"batch     {args.batch} frames, {args.repeats} batches per row\n")
     print(f"{'size':>5} {'engine':>24} {'threads':>7} {'best ms/frame':>14} {'median':>8}"
@@ -91,9 +106,11 @@ def renderer_rows(args) -> None:
             expected = render_tensors(*tensors, torch.from_numpy(motion)).numpy()
         feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, tensors, strict=False)}
         feeds["motion"] = motion
-        graphs = {"onnxruntime": (cached_cpu_renderer_export(avatar), KEEP_LAYOUT)}
+        graphs = {}
         if args.as_exported:
-            graphs["onnxruntime as exported"] = (cached_renderer_export(avatar), [])
+            whole = cached_renderer_export(avatar)
+            graphs = {"onnxruntime, one graph": (one_graph_for_cpu(whole, feeds), KEEP_LAYOUT),
+                      "onnxruntime as exported": (str(whole), [])}
         for threads in args.threads:
             torch.set_num_threads(threads)
 
@@ -101,19 +118,23 @@ def renderer_rows(args) -> None:
                 with torch.no_grad():
                     render_tensors(*tensors, torch.from_numpy(motion))
 
-            runs, notes = {"torch": run_torch}, {}
+            renderer = OnnxRenderer(cached_cpu_renderer_export(avatar), threads=threads)
+            runs = {"torch": run_torch,
+                    "onnxruntime": lambda r=renderer, a=avatar: r(a, motion)}
             for name, (path, disabled) in graphs.items():
                 options = onnxruntime.SessionOptions()
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
                 session = onnxruntime.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"],
+                    path, options, providers=["CPUExecutionProvider"],
                     disabled_optimizers=disabled)
-                (frames,) = session.run(["frames"], feeds)
+                runs[name] = lambda s=session, f=feeds: s.run(["frames"], f)[0]
+            notes = {}
+            for name, run in list(runs.items())[1:]:
+                frames = run()
                 diff = np.abs(frames.astype(int) - expected.astype(int))
                 notes[name] = (f"   (vs torch: max diff {diff.max()}, "
                                f"PSNR {psnr(frames, expected):.1f} dB)")
-                runs[name] = lambda s=session, f=feeds: s.run(["frames"], f)
             timed = side_by_side(runs, args.batch, args.repeats)
             for name, (best, median, best_cpu) in timed.items():
                 print(f"{size:>5} {name:>24} {threads:>7} {best:>14.1f} {median:>8.1f}"

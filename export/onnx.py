@@ -7,7 +7,11 @@ writes into DIR
     motion.onnx              the student's steps unrolled: noise [B, n, D], carry [B, K, D],
                              carry_audio, audio, style -> motion [B, n, D]     B sessions
     renderer{S}.onnx         the avatar's tensors + motion [N, D] -> frames    N frames
-    renderer{S}-cpu.onnx     the same, laid out for onnxruntime's CPU provider (export.ort_cpu)
+    renderer{S}-cpu.onnx     onnxruntime's CPU renderer in two graphs laid out for its CPU
+    renderer{S}-cpu-overlays.onnx   provider (export.ort_cpu): the avatar's tensors + motion
+                             -> each frame's geometry; then, over the whole frames torch's
+                             models.render.composite draws from it, the eyes and the mouth
+                             -> frames (export.renderer.OnnxRenderer runs the three)
     manifest.json            file names, sizes, opset, the parity figures
 All at opset 23 except the renderer (opset 20: it has no attention); attention is one ONNX
 `Attention` node. Parity: each graph on onnxruntime's CPU provider against torch on the same
@@ -86,7 +90,7 @@ def check_motion(path: Path, model, fp16: bool) -> dict[str, float]:
 
 
 def check_renderer(path: Path, cpu_path: Path, avatar) -> dict[str, float]:
-    from export.renderer import KEEP_LAYOUT
+    from export.renderer import OnnxRenderer
     from models import motion_space as ms
     from models.render import INPUT_NAMES, render_tensors
 
@@ -96,11 +100,9 @@ def check_renderer(path: Path, cpu_path: Path, avatar) -> dict[str, float]:
     feeds["motion"] = motion
     with torch.no_grad():
         ref = render_tensors(*avatar.tensors(), torch.from_numpy(motion)).numpy().astype(int)
-    errors = {}
-    for name, graph, disabled in (("renderer", path, ()), ("renderer_cpu", cpu_path, KEEP_LAYOUT)):
-        out = _session(graph, disabled).run(["frames"], feeds)[0].astype(int)
-        errors[name] = float(np.abs(out - ref).max())
-    return errors
+    drawn = {"renderer": _session(path).run(["frames"], feeds)[0],
+             "renderer_cpu": OnnxRenderer(cpu_path)(avatar, motion)}
+    return {name: float(np.abs(out.astype(int) - ref).max()) for name, out in drawn.items()}
 
 
 def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
@@ -112,7 +114,11 @@ def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
     from export.audio_encoder import cached_audio_encoder
     from export.exporter import DYNAMO_OPSET
     from export.motion import cached_motion_export
-    from export.renderer import cached_cpu_renderer_export, cached_renderer_export
+    from export.renderer import (
+        cached_cpu_renderer_export,
+        cached_renderer_export,
+        overlay_graph_path,
+    )
     from models.audio import FeatureConfig
     from models.avatar import prepare_avatar
     from models.generator import load_motion_model
@@ -123,7 +129,8 @@ def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
     model = load_motion_model(checkpoint)
     config = FeatureConfig.of(model.feature_config)
     files = {"audio_encoder": "audio_encoder.onnx", "motion": "motion.onnx",
-             "renderer": f"renderer{size}.onnx", "renderer_cpu": f"renderer{size}-cpu.onnx"}
+             "renderer": f"renderer{size}.onnx", "renderer_cpu": f"renderer{size}-cpu.onnx",
+             "renderer_cpu_overlays": f"renderer{size}-cpu-overlays.onnx"}
     errors: dict[str, float] = {}
 
     def place(name: str, source: Path) -> Path:
@@ -144,6 +151,7 @@ def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
     avatar = prepare_avatar(size=size)
     path = place("renderer", cached_renderer_export(avatar))
     cpu_path = place("renderer_cpu", cached_cpu_renderer_export(avatar))
+    place("renderer_cpu_overlays", overlay_graph_path(cached_cpu_renderer_export(avatar)))
     errors |= check_renderer(path, cpu_path, avatar)
     log(f"renderer {size}   exported and checked in {time.perf_counter() - start:.0f} s")
 

@@ -1,9 +1,13 @@
 """The renderer as ONNX (one graph per working size, the avatar's tensors as inputs) and its
 onnxruntime runner. The graph itself is written by models.render.export_onnx; here it is
 cached by working size (and frame size: a close-up, an AvatarWindow) and renderer source
-hash, and run. onnxruntime's CPU provider runs the graph rewritten by export.ort_cpu
-(planar layout, GridSample as gathers): as exported, it is about 3x slower than torch on a
-CPU; rewritten, it is not slower.
+hash. TensorRT and onnxruntime's CUDA provider take that graph whole. onnxruntime's CPU
+provider runs the renderer in three steps instead (models.render.export_onnx_split): a graph
+from the motion to each frame's geometry, torch's composite of the whole frames (one fused
+grid_sample), and a graph drawing the eyes and the mouth over them, both graphs rewritten by
+export.ort_cpu (planar layout, GridSample as gathers). onnxruntime has no fused bilinear
+lookup on the CPU: as gathers and lerps the whole frames' lookup took half of a frame's
+render (benchmarks/RESULTS.md, "The whole frames' lookup in torch").
 """
 
 import hashlib
@@ -37,10 +41,19 @@ def renderer_export_path(size: int, frame_size: int | None = None) -> Path:
 
 
 def cpu_renderer_path(size: int, frame_size: int | None = None) -> Path:
-    """Where cached_cpu_renderer_export keeps the CPU graph of this working size."""
+    """Where cached_cpu_renderer_export keeps the CPU renderer's geometry graph of this
+    working size; its overlay graph is beside it (overlay_graph_path), written first, so
+    this file's presence means both are there."""
     source = renderer_export_path(size, frame_size)
-    rewrite = hashlib.sha256(Path(__file__).with_name("ort_cpu.py").read_bytes()).hexdigest()
-    return source.with_name(f"{source.stem}-cpu{rewrite[:8]}.onnx")
+    rewrite = hashlib.sha256()                  # how the graphs are split and rewritten
+    for name in ("ort_cpu.py", "renderer.py"):
+        rewrite.update(Path(__file__).with_name(name).read_bytes())
+    return source.with_name(f"{source.stem}-cpu{rewrite.hexdigest()[:8]}.onnx")
+
+
+def overlay_graph_path(geometry: Path) -> Path:
+    """The CPU renderer's overlay graph beside its geometry graph (cpu_renderer_path)."""
+    return geometry.with_name(f"{geometry.stem}-overlays.onnx")
 
 
 def drop_older_graphs(path: Path, kin: str) -> None:
@@ -76,25 +89,63 @@ def avatar_inputs(avatar: Avatar) -> dict:
 
 
 def cached_cpu_renderer_export(avatar: Avatar) -> Path:
-    """The renderer graph, constants folded, rewritten for onnxruntime's CPU provider
-    (export.ort_cpu), its shapes measured on the avatar's own tensors."""
-    import onnx
-
-    from export.ort_cpu import fold_constants, rewrite_for_cpu, shapes_by_example
-    from models import motion_space as ms
-
-    def feeds(n: int) -> dict[str, np.ndarray]:
-        return {**{name: t.numpy() for name, t in avatar_inputs(avatar).items()},
-                "motion": ms.neutral(n)}
-
+    """The CPU renderer's two graphs for the avatar's working size and frame size, from the
+    cache or written there (write_cpu_renderer). Returns the geometry graph's path
+    (cpu_renderer_path)."""
     path = cpu_renderer_path(avatar.size, avatar.frame_size)
     if not path.is_file():
-        source = cached_renderer_export(avatar)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        onnx.save(rewrite_for_cpu(shapes_by_example(fold_constants(source), feeds)), str(tmp))
-        tmp.replace(path)
-        drop_older_graphs(path, f"{source.stem}-cpu")
+        write_cpu_renderer(avatar, path)
+        drop_older_graphs(path, f"{renderer_export_path(avatar.size, avatar.frame_size).stem}-cpu")
     return path
+
+
+def write_cpu_renderer(avatar: Avatar, path: Path) -> None:
+    """Write the CPU renderer's two graphs (models.render.export_onnx_split), constants
+    folded, rewritten for onnxruntime's CPU provider (export.ort_cpu), their shapes measured
+    on the avatar's own tensors: the geometry graph at `path`, the overlay graph beside it
+    (overlay_graph_path) and first, each written whole or not at all."""
+    import tempfile
+
+    import onnx
+    import torch
+
+    from models import motion_space as ms
+    from models.render import GEOMETRY_NAMES, composite, export_onnx_split, frame_geometry
+
+    fields = avatar_inputs(avatar)
+
+    def geometry_feeds(n: int) -> dict[str, np.ndarray]:
+        return {**{name: t.numpy() for name, t in fields.items()}, "motion": ms.neutral(n)}
+
+    def overlay_feeds(n: int) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            geometry = frame_geometry(*fields.values(), torch.from_numpy(ms.neutral(n)))
+            frame = composite(fields["image"], fields["plate"], fields["matte"], geometry[0])
+        return ({name: t.numpy() for name, t in fields.items()} | {"frame": frame.numpy()}
+                | {name: t.numpy() for name, t in zip(GEOMETRY_NAMES, geometry, strict=True)})
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+        raw = Path(folder) / "geometry.onnx", Path(folder) / "overlays.onnx"
+        export_onnx_split(avatar, *raw)
+        written = []
+        for source, feeds, final in ((raw[1], overlay_feeds, overlay_graph_path(path)),
+                                     (raw[0], geometry_feeds, path)):
+            onnx.save(for_cpu(source, feeds), str(Path(folder) / final.name))
+            written.append((Path(folder) / final.name, final))
+        for done, final in written:                         # the overlays first: see above
+            done.replace(final)
+
+
+def for_cpu(source: Path, feeds):
+    """The graph at `source` folded, its shapes measured with feeds(n) (values by input name;
+    those the graph does not take are left out) and rewritten for the CPU (export.ort_cpu)."""
+    from export.ort_cpu import fold_constants, rewrite_for_cpu, shapes_by_example
+
+    model = fold_constants(source)
+    inputs = {value.name for value in model.graph.input}
+    return rewrite_for_cpu(shapes_by_example(model, lambda n: {
+        name: value for name, value in feeds(n).items() if name in inputs}))
 
 
 # onnxruntime's transpose optimizers would push the planar layout's Transposes back through
@@ -128,7 +179,9 @@ class AvatarFeeds:
 
 
 class OnnxRenderer:
-    """avatar + motion [N, D] -> frames [N, S, S, 3] uint8 with onnxruntime."""
+    """avatar + motion [N, D] -> frames [N, S, S, 3] uint8 with onnxruntime: the CPU
+    renderer's geometry graph, torch's composite of the whole frames, its overlay graph
+    (cached_cpu_renderer_export; path: the geometry graph's)."""
 
     def __init__(self, path: str | Path, threads: int = 1, providers: list[str] | None = None):
         opts = ort.SessionOptions()
@@ -136,12 +189,30 @@ class OnnxRenderer:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3          # errors only: not "Removing initializer ..."
-        self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                            providers=providers or ["CPUExecutionProvider"],
-                                            disabled_optimizers=KEEP_LAYOUT)
+        self.geometry, self.overlays = (
+            ort.InferenceSession(str(graph), sess_options=opts,
+                                 providers=providers or ["CPUExecutionProvider"],
+                                 disabled_optimizers=KEEP_LAYOUT)
+            for graph in (path, overlay_graph_path(Path(path))))
         self.feeds = AvatarFeeds(lambda avatar: {
             name: t.numpy() for name, t in avatar_inputs(avatar).items()})
 
     def __call__(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
-        feed = dict(self.feeds(avatar), motion=np.ascontiguousarray(motion, np.float32))
-        return self.session.run(["frames"], feed)[0]
+        import torch
+
+        from models.render import GEOMETRY_NAMES, composite
+
+        fields = self.feeds(avatar) | {"motion": np.ascontiguousarray(motion, np.float32)}
+        geometry = dict(zip(GEOMETRY_NAMES, self.geometry.run(
+            list(GEOMETRY_NAMES), self._inputs(self.geometry, fields)), strict=True))
+        with torch.no_grad():
+            frame = composite(*(torch.from_numpy(fields[name])
+                                for name in ("image", "plate", "matte")),
+                              torch.from_numpy(geometry["offset"]))        # [3, N*S*S]
+        feeds = self._inputs(self.overlays, fields | geometry | {"frame": frame.numpy()})
+        return self.overlays.run(["frames"], feeds)[0]
+
+    @staticmethod
+    def _inputs(session, values: dict) -> dict:
+        """The values a session takes (the exporter leaves out inputs a graph never reads)."""
+        return {value.name: values[value.name] for value in session.get_inputs()}

@@ -11,7 +11,9 @@
 
 Pure tensor ops, batched over frames, exportable to ONNX (GridSample, Resize, Gather,
 ScatterElements): `export_onnx` writes one graph per working size that takes the avatar's
-tensors as inputs, so it serves every avatar.
+tensors as inputs, so it serves every avatar (TensorRT and onnxruntime's CUDA provider run
+it); `export_onnx_split` writes it as two graphs around the whole frames' `composite`, which
+the onnx engine on a CPU runs with torch (export.renderer.OnnxRenderer).
 
 Command line:
     python -m models.render --avatar IMG --sweep jaw_open --frames 50 --out sweep.mp4
@@ -170,28 +172,44 @@ def warp_layers(layers: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return sampled.reshape(layers.shape[0], n, size * size)               # from [1, C, N*S, S]
 
 
-def compose(image, smooth_image, plate, matte, own_mouth, offset, eye_points, expression, scale,
-            face_width, lid_skin, lips, rest_lips, own_lips, jaw_lips, colors, skull_map,
-            frame_size: int | None = None) -> torch.Tensor:
-    """Everything per output pixel, once the motion is known: upsample the coarse backward
-    displacement offset [N, 2, h, w] (pixels), sample the portrait and the person's matte,
-    put the person over the still background plate (models.background), draw the eyes and the
-    mouth. eye_points [N, 12, 2], expression [N, E], scale [N] (head pose), lips, rest_lips,
-    own_lips, jaw_lips [N, 8, 2] (see _landmarks), skull_map [N, 2, 3] (output pixels -> the
-    portrait's under the head pose alone: see skull_map); the rest are the avatar's fields;
-    frame_size: the frame size the overlay windows are sized for (Avatar.frame_size: a
-    close-up's, or the frame the image is a window of; None: the image's own size).
-    Returns the frames planar, [3, N*S*S] float (0..255). kernels/warp_render.py does this in
-    one fused pass."""
+def composite(image, plate, matte, offset) -> torch.Tensor:
+    """The whole frame: upsample the coarse backward displacement offset [N, 2, h, w]
+    (pixels), sample the portrait and the person's matte once for all frames, and put the
+    person over the still background plate where the matte says (away from the person the
+    plate is the portrait, and the torso does not move: both exact). Returns the frames
+    planar, [3, N*S*S] float (0..255)."""
     n, size = offset.shape[0], image.shape[-1]
-    frame_size = frame_size or size
-    # Full resolution: upsample the displacement and sample the portrait and the person's
-    # matte once for all frames; the person goes over the plate where the matte says (away
-    # from the person the plate is the portrait, and the torso does not move: both exact).
     sampled = warp_layers(torch.cat([image, matte]), offset)              # [4, N, S*S]
     person, alpha = sampled[:3], sampled[3:]                               # [3|1, N, S*S]
     still = plate.reshape(3, 1, size * size)
-    frame = (still + (person - still) * alpha).reshape(3, n * size * size)  # planar
+    return (still + (person - still) * alpha).reshape(3, n * size * size)  # planar
+
+
+def compose(image, smooth_image, plate, matte, own_mouth, offset, eye_points, expression, scale,
+            face_width, lid_skin, lips, rest_lips, own_lips, jaw_lips, colors, skull_map,
+            frame_size: int | None = None) -> torch.Tensor:
+    """Everything per output pixel, once the motion is known: the whole frame (composite),
+    then the eyes and the mouth drawn over it (draw_overlays). offset [N, 2, h, w] is the
+    coarse backward displacement (pixels); the rest as draw_overlays. Returns the frames
+    planar, [3, N*S*S] float (0..255). kernels/warp_render.py does this in one fused pass."""
+    return draw_overlays(composite(image, plate, matte, offset), image, smooth_image,
+                         own_mouth, offset, eye_points, expression, scale, face_width,
+                         lid_skin, lips, rest_lips, own_lips, jaw_lips, colors, skull_map,
+                         frame_size)
+
+
+def draw_overlays(frame, image, smooth_image, own_mouth, offset, eye_points, expression, scale,
+                  face_width, lid_skin, lips, rest_lips, own_lips, jaw_lips, colors, skull_map,
+                  frame_size: int | None = None) -> torch.Tensor:
+    """Draw the eyes and the mouth over the whole frames `frame` [3, N*S*S] (composite's),
+    in place, and return them. eye_points [N, 12, 2], expression [N, E], scale [N] (head
+    pose), lips, rest_lips, own_lips, jaw_lips [N, 8, 2] (see _landmarks), skull_map [N, 2,
+    3] (output pixels -> the portrait's under the head pose alone: see skull_map); the rest
+    are the avatar's fields; frame_size: the frame size the overlay windows are sized for
+    (Avatar.frame_size: a close-up's, or the frame the image is a window of; None: the
+    image's own size)."""
+    n, size = offset.shape[0], image.shape[-1]
+    frame_size = frame_size or size
 
     # Eyes: sample again with lid and gaze offsets, darken the closing lid margin.
     height, width = window_size(frame_size, EYE_WINDOW)
@@ -371,6 +389,75 @@ def export_onnx(avatar: Avatar, path: str | Path) -> Path:
     frames = {0: ("frames", 1, 256)}
     return export_graph(Renderer(avatar.frame_size), example, path, list(INPUT_NAMES),
                         ["frames"], {"motion": frames, "frames": frames})
+
+
+# The CPU renderer in three steps (export.renderer.OnnxRenderer): a graph from the avatar and
+# the motion to each frame's geometry, torch's composite for the whole frames (one fused
+# grid_sample: onnxruntime's CPU provider has none as fast), a graph that draws the eyes and
+# the mouth over them.
+GEOMETRY_NAMES = ("offset", "eye_points", "expression", "scale", "lips", "rest_lips",
+                  "posed_own_lips", "jaw_lips", "skull_map")
+OVERLAY_INPUTS = ("frame", "image", "smooth_image", "own_mouth", "face_width", "lid_skin",
+                  "colors") + GEOMETRY_NAMES
+
+
+def frame_geometry(*avatar_and_motion) -> tuple[torch.Tensor, ...]:
+    """frame_layers' per-frame outputs, in the order of GEOMETRY_NAMES (the avatar's own
+    fields among the overlays' inputs are left out: the overlay graph takes them as they
+    are)."""
+    offset, (eye_points, expression, scale, _, _, lips, rest_lips, own, jaw_lips, _,
+             skull) = frame_layers(*avatar_and_motion)
+    return offset, eye_points, expression, scale, lips, rest_lips, own, jaw_lips, skull
+
+
+class FrameGeometry(torch.nn.Module):
+    """frame_geometry as a module, for ONNX export (inputs as INPUT_NAMES)."""
+
+    def forward(self, *avatar_and_motion):
+        return frame_geometry(*avatar_and_motion)
+
+
+class Overlays(torch.nn.Module):
+    """draw_overlays and the rounding to uint8 frames [N, S, S, 3], for ONNX export (inputs
+    as OVERLAY_INPUTS)."""
+
+    def __init__(self, frame_size: int | None = None):
+        super().__init__()
+        self.frame_size = frame_size
+
+    def forward(self, frame, image, smooth_image, own_mouth, face_width, lid_skin, colors,
+                offset, eye_points, expression, scale, lips, rest_lips, posed_own_lips,
+                jaw_lips, skull_map):
+        n, size = offset.shape[0], image.shape[-1]
+        frame = draw_overlays(frame.clone(), image, smooth_image, own_mouth, offset,
+                              eye_points, expression, scale, face_width, lid_skin, lips,
+                              rest_lips, posed_own_lips, jaw_lips, colors, skull_map,
+                              self.frame_size)
+        return frame.add_(0.5).to(torch.uint8).t().reshape(n, size, size, 3)
+
+
+def export_onnx_split(avatar: Avatar, geometry_path: str | Path,
+                      overlays_path: str | Path) -> None:
+    """Write the CPU renderer's two graphs (see GEOMETRY_NAMES): the frame geometry from
+    the avatar's tensors and the motion, and the overlays drawn over composite's frames.
+    Like export_onnx, one pair serves every avatar of the same working size and frame
+    size."""
+    from export.exporter import export_graph
+
+    tensors = tuple(t.clone() for t in avatar.tensors())     # distinct: see export_onnx
+    motion = torch.zeros(2, ms.D)
+    frames = ("frames", 1, 256)
+    export_graph(FrameGeometry(), (*tensors, motion), geometry_path, list(INPUT_NAMES),
+                 list(GEOMETRY_NAMES), {name: {0: frames} for name in ("motion", *GEOMETRY_NAMES)})
+    fields = dict(zip(INPUT_NAMES[:-1], tensors, strict=True))
+    with torch.no_grad():
+        geometry = frame_geometry(*tensors, motion)
+        frame = composite(fields["image"], fields["plate"], fields["matte"], geometry[0])
+    example = (frame, *(fields[name].clone() for name in OVERLAY_INPUTS[1:7]), *geometry)
+    export_graph(Overlays(avatar.frame_size), example, overlays_path, list(OVERLAY_INPUTS),
+                 ["frames"], {"frame": {1: ("pixels", 1, 1 << 30)},
+                              **{name: {0: frames} for name in GEOMETRY_NAMES},
+                              "frames": {0: frames}})
 
 
 # ---------------------------------------------------------------------------------------------

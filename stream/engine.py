@@ -190,8 +190,9 @@ class OnnxEngine(Engine):
 
     def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, threads: int = 1):
         # one intra-op thread per network, as the torch engine: a session's stages already
-        # run in parallel threads
+        # run in parallel threads (torch draws the renderer's whole frames: OnnxRenderer)
         self.threads = threads
+        torch.set_num_threads(threads)
         self._renderers: dict[tuple[int, int], object] = {}   # by (size, frame size)
         self._renderers_lock = threading.Lock()               # one per size, whoever asks
         super().__init__(checkpoint)

@@ -64,7 +64,8 @@ def test_export_command_writes_three_checked_graphs(tmp_path, capsys):
     ops = {name: {n.op_type for n in onnx.load(str(tmp_path / file)).graph.node}
            for name, file in manifest["files"].items()}
     assert "Attention" in ops["audio_encoder"] and "Attention" in ops["motion"]
-    assert "GridSample" in ops["renderer"] and "GridSample" not in ops["renderer_cpu"]
+    assert "GridSample" in ops["renderer"]
+    assert "GridSample" not in ops["renderer_cpu"] | ops["renderer_cpu_overlays"]
     # a batch axis on every graph: windows, sessions, frames
     for file, name in (("audio_encoder", "mel"), ("motion", "noise"), ("renderer", "motion")):
         graph = onnx.load(str(tmp_path / manifest["files"][file])).graph
@@ -75,11 +76,13 @@ def test_export_command_writes_three_checked_graphs(tmp_path, capsys):
 def test_export_from_an_avatar_with_shared_tensors_serves_every_avatar(tmp_path):
     """A video frame's avatar passes one tensor as image, smooth_image and plate; a graph
     exported from it (whoever renders first after a change exports) must still take them
-    as separate inputs and render a photo avatar as torch does."""
+    as separate inputs and render a photo avatar as torch does; so must the CPU renderer's
+    graphs."""
     import dataclasses
 
     import onnxruntime as ort
 
+    from export.renderer import OnnxRenderer, write_cpu_renderer
     from models.avatar import prepare_avatar
     from models.render import INPUT_NAMES, export_onnx, render
 
@@ -93,6 +96,10 @@ def test_export_from_an_avatar_with_shared_tensors_serves_every_avatar(tmp_path)
     motion[0, 0] = 20.0                                        # a head turn uncovers the plate
     feed = {name: t.numpy() for name, t in zip(INPUT_NAMES[:-1], photo.tensors(), strict=True)}
     frames = session.run(["frames"], {**feed, "motion": motion})[0]
+    assert np.abs(frames.astype(int) - render(photo, motion).numpy()).max() <= 1
+    # the CPU renderer's two graphs (export.renderer.OnnxRenderer) likewise
+    write_cpu_renderer(shared, tmp_path / "cpu.onnx")
+    frames = OnnxRenderer(tmp_path / "cpu.onnx")(photo, motion)
     assert np.abs(frames.astype(int) - render(photo, motion).numpy()).max() <= 1
 
 
@@ -111,6 +118,13 @@ def test_warm_finds_what_the_engine_exported():
     assert missing_exports(DEFAULT_CHECKPOINT, 320) == [RENDERER]
     assert ENCODER not in missing_exports(DEFAULT_CHECKPOINT, 256, windows=True)
     assert MOTION not in missing_exports(DEFAULT_CHECKPOINT, 256, windows=True)
+
+
+def cpu_graphs(geometry) -> tuple[str, str]:
+    """The names of the CPU renderer's two graphs, by its geometry graph's path."""
+    from export.renderer import overlay_graph_path
+
+    return geometry.name, overlay_graph_path(geometry).name
 
 
 def cache_without(graphs: set[str], tmp_path, monkeypatch) -> None:
@@ -146,7 +160,7 @@ def test_window_renderer_is_exported_in_the_background(tmp_path, monkeypatch):
 
     photo = prepare_avatar(size=256)
     cache_without({renderer_export_path(WINDOW[256], 256).name,
-                   cpu_renderer_path(WINDOW[256], 256).name}, tmp_path, monkeypatch)
+                   *cpu_graphs(cpu_renderer_path(WINDOW[256], 256))}, tmp_path, monkeypatch)
 
     engine = make_engine("onnx")
     started = time.monotonic()
@@ -181,7 +195,7 @@ def test_close_ups_are_drawn_by_torch_until_their_renderer_is_exported(
 
     close_up = prepare_avatar(wolfgang_langer_frames[300], 256, cache=False)
     assert close_up.close_up and close_up.frame_size == 384
-    cache_without({renderer_export_path(256, 384).name, cpu_renderer_path(256, 384).name},
+    cache_without({renderer_export_path(256, 384).name, *cpu_graphs(cpu_renderer_path(256, 384))},
                   tmp_path, monkeypatch)
     motion = np.zeros((3, ms.D), np.float32)
     motion[:, ms.index("jaw_open")] = (0.0, 0.4, 0.8)

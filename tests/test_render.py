@@ -321,26 +321,27 @@ def test_motion_fitted_from_rendered_frames_follows_the_command(avatars):
 
 @pytest.mark.parametrize("graph", ["as exported", "rewritten for the CPU"])
 def test_onnx_export_matches_torch(avatars, graph):
-    """The exported graph (the user-cache export the engines use), and the same graph as
-    export.ort_cpu rewrites it for onnxruntime's CPU provider."""
+    """The exported graph (the user-cache export the engines use), and the CPU renderer:
+    its two graphs as export.ort_cpu rewrites them for onnxruntime's CPU provider, torch's
+    composite of the whole frames between them."""
     ort = pytest.importorskip("onnxruntime")
-    from export.renderer import KEEP_LAYOUT, cached_cpu_renderer_export, cached_renderer_export
+    from export.renderer import OnnxRenderer, cached_cpu_renderer_export, cached_renderer_export
 
     avatar = avatars["hopper", 256]
     if graph == "as exported":
         session = ort.InferenceSession(str(cached_renderer_export(avatar)),
                                        providers=["CPUExecutionProvider"])
+
+        def draw(av_, motion):
+            feeds = {n: t.numpy() for n, t in zip(INPUT_NAMES, av_.tensors(), strict=False)}
+            return session.run(["frames"], feeds | {"motion": motion})[0]
     else:
-        session = ort.InferenceSession(str(cached_cpu_renderer_export(avatar)),
-                                       providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=KEEP_LAYOUT)
+        draw = OnnxRenderer(cached_cpu_renderer_export(avatar))
     rng = np.random.default_rng(2)
     motion = (rng.uniform(ms.LOW, ms.HIGH, (5, ms.D)) * 0.6).astype(np.float32)
     other = avatars["astronaut", 256]                          # the graph serves any avatar
     for av_ in (avatar, other):
-        feeds = {n: t.numpy() for n, t in zip(INPUT_NAMES, av_.tensors(), strict=False)}
-        feeds["motion"] = motion
-        (frames,) = session.run(["frames"], feeds)
+        frames = draw(av_, motion)
         with torch.no_grad():
             expected = render_tensors(*av_.tensors(), torch.from_numpy(motion)).numpy()
         assert frames.shape == expected.shape and frames.dtype == np.uint8
