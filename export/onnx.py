@@ -39,13 +39,12 @@ BOUNDS = {"audio_encoder": 1e-3, "motion": 1e-3, "renderer": 3.0, "renderer_cpu"
           "audio_encoder_fp16": 0.1, "motion_fp16": 0.1}
 
 
-def _session(path_or_bytes, disabled=()):
+def _session(path_or_bytes):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3                 # not the exporter's unused initializers
     source = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(disabled))
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def fp16_bytes(path: Path) -> bytes:
@@ -150,8 +149,9 @@ def export_all(out: Path, size: int = 512, checkpoint: str | Path | None = None,
     start = time.perf_counter()
     avatar = prepare_avatar(size=size)
     path = place("renderer", cached_renderer_export(avatar))
-    cpu_path = place("renderer_cpu", cached_cpu_renderer_export(avatar))
-    place("renderer_cpu_overlays", overlay_graph_path(cached_cpu_renderer_export(avatar)))
+    cpu_graphs = cached_cpu_renderer_export(avatar)
+    cpu_path = place("renderer_cpu", cpu_graphs)
+    place("renderer_cpu_overlays", overlay_graph_path(cpu_graphs))
     errors |= check_renderer(path, cpu_path, avatar)
     log(f"renderer {size}   exported and checked in {time.perf_counter() - start:.0f} s")
 
