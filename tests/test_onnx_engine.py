@@ -123,19 +123,20 @@ def test_one_cpu_renderer_draws_each_threads_own_avatar():
     motion[:, ms.index("jaw_open")] = (0.2, 0.6)
     motion[:, ms.index("head_yaw")] = (-5.0, 5.0)
     expected = [render(a, motion).numpy().astype(int) for a in avatars]
-    worst = [0, 0]
+    worst, drawn = [0, 0], [0, 0]
 
     def draw(k: int) -> None:
         for _ in range(12):
             frames = renderer(avatars[k], motion)
             worst[k] = max(worst[k], int(np.abs(frames.astype(int) - expected[k]).max()))
+            drawn[k] += 1
 
     threads = [threading.Thread(target=draw, args=(k,)) for k in (0, 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert max(worst) <= 1, worst
+    assert drawn == [12, 12] and max(worst) <= 1, (drawn, worst)
 
 
 def test_warm_finds_what_the_engine_exported():
