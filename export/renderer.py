@@ -178,6 +178,25 @@ class AvatarFeeds:
             return held[1]
 
 
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse instead of handing it back to the OS at once.
+    OnnxRenderer's torch composite allocates MBs of whole-frame tensors every call; with
+    glibc's defaults each is mapped and unmapped again, every frame faults its pages in anew
+    (a 2-frame composite at 512 px: 17 ms against 9), and on a loaded machine the unmapping
+    stalled the server's other threads: a microphone session's sound came back cut
+    (benchmarks/RESULTS.md, "The whole frames' lookup in torch"). Blocks up to 32 MB come from
+    the heap, and up to 1 GB of free heap is kept. Process-wide; a no-op without glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3          # malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)                  # glibc's largest allowed
+    mallopt(m_trim_threshold, 1 << 30)
+
+
 class OnnxRenderer:
     """avatar + motion [N, D] -> frames [N, S, S, 3] uint8 with onnxruntime: the CPU
     renderer's geometry graph, torch's composite of the whole frames, its overlay graph
@@ -196,6 +215,7 @@ class OnnxRenderer:
             for graph in (path, overlay_graph_path(Path(path))))
         self.feeds = AvatarFeeds(lambda avatar: {
             name: t.numpy() for name, t in avatar_inputs(avatar).items()})
+        keep_freed_memory()
 
     def __call__(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
         import torch
