@@ -397,8 +397,8 @@ def export_onnx(avatar: Avatar, path: str | Path) -> Path:
 # the mouth over them.
 GEOMETRY_NAMES = ("offset", "eye_points", "expression", "scale", "lips", "rest_lips",
                   "posed_own_lips", "jaw_lips", "skull_map")
-OVERLAY_INPUTS = ("frame", "image", "smooth_image", "own_mouth", "face_width", "lid_skin",
-                  "colors") + GEOMETRY_NAMES
+OVERLAY_FIELDS = ("image", "smooth_image", "own_mouth", "face_width", "lid_skin", "colors")
+OVERLAY_INPUTS = ("frame", *OVERLAY_FIELDS, *GEOMETRY_NAMES)     # the avatar's fields between
 
 
 def frame_geometry(*avatar_and_motion) -> tuple[torch.Tensor, ...]:
@@ -453,7 +453,7 @@ def export_onnx_split(avatar: Avatar, geometry_path: str | Path,
     with torch.no_grad():
         geometry = frame_geometry(*tensors, motion)
         frame = composite(fields["image"], fields["plate"], fields["matte"], geometry[0])
-    example = (frame, *(fields[name].clone() for name in OVERLAY_INPUTS[1:7]), *geometry)
+    example = (frame, *(fields[name].clone() for name in OVERLAY_FIELDS), *geometry)
     export_graph(Overlays(avatar.frame_size), example, overlays_path, list(OVERLAY_INPUTS),
                  ["frames"], {"frame": {1: ("pixels", 1, 1 << 30)},
                               **{name: {0: frames} for name in GEOMETRY_NAMES},
