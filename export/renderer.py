@@ -182,9 +182,10 @@ def keep_freed_memory() -> None:
     """Have glibc keep freed memory for reuse instead of handing it back to the OS at once.
     OnnxRenderer's torch composite allocates MBs of whole-frame tensors every call; with
     glibc's defaults each is mapped and unmapped again, every frame faults its pages in anew
-    (a 2-frame composite at 512 px: 17 ms against 9), and on a loaded machine the unmapping
-    stalled the server's other threads: a microphone session's sound came back cut
-    (benchmarks/RESULTS.md, "The whole frames' lookup in torch"). Blocks up to 32 MB come from
+    (a 2-frame composite at 512 px: 17 ms against 9), and on a loaded machine a microphone
+    session's sound came back cut until this was set (the unmapping takes the process's
+    memory-map lock, which the other threads' page faults wait for: inferred, not traced;
+    benchmarks/RESULTS.md, "The whole frames' lookup in torch"). Blocks up to 32 MB come from
     the heap, and up to 1 GB of free heap is kept. Process-wide; a no-op without glibc."""
     import ctypes
 
