@@ -179,23 +179,29 @@ class AvatarFeeds:
 
 
 def keep_freed_memory() -> None:
-    """Have glibc keep freed memory for reuse instead of handing it back to the OS at once.
-    OnnxRenderer's torch composite allocates MBs of whole-frame tensors every call; with
-    glibc's defaults each is mapped and unmapped again, every frame faults its pages in anew
-    (a 2-frame composite at 512 px: 17 ms against 9), and on a loaded machine a microphone
-    session's sound came back cut until this was set (the unmapping takes the process's
-    memory-map lock, which the other threads' page faults wait for: inferred, not traced;
-    benchmarks/RESULTS.md, "The whole frames' lookup in torch"). Blocks up to 32 MB come from
-    the heap, and up to 1 GB of free heap is kept. Process-wide; a no-op without glibc."""
+    """Have glibc keep freed memory for reuse instead of handing it back to the OS at once,
+    in few arenas. OnnxRenderer's torch composite allocates MBs of whole-frame tensors every
+    call; with glibc's defaults each is mapped and unmapped again, every frame faults its
+    pages in anew (a 2-frame composite at 512 px: 17 ms against 9), and on a loaded machine a
+    microphone session's sound came back cut until this was set (the unmapping takes the
+    process's memory-map lock, which the other threads' page faults wait for: inferred, not
+    traced). Blocks up to 32 MB come from the heap, and up to 1 GB of free heap is kept.
+    Arenas: what a thread's arena keeps at its top, malloc_trim does not give back, and each
+    session renders in a thread of its own; with glibc's 8 arenas a core, a server kept a
+    composite's working set in each of up to 16 arenas on 2 cores. So at most twice as many
+    arenas as cores (only as many threads as cores run at once; a thread finding its arena
+    taken uses another). benchmarks/RESULTS.md, "The whole frames' lookup in torch" and
+    "Arenas". Process-wide; a no-op without glibc."""
     import ctypes
 
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3          # malloc.h
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8       # malloc.h
     mallopt(m_mmap_threshold, 32 << 20)                  # glibc's largest allowed
     mallopt(m_trim_threshold, 1 << 30)
+    mallopt(m_arena_max, 2 * len(os.sched_getaffinity(0)))
 
 
 class OnnxRenderer:
