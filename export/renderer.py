@@ -4,10 +4,11 @@ cached by working size (and frame size: a close-up, an AvatarWindow) and rendere
 hash. TensorRT and onnxruntime's CUDA provider take that graph whole. onnxruntime's CPU
 provider runs the renderer in three steps instead (models.render.export_onnx_split): a graph
 from the motion to each frame's geometry, torch's composite of the whole frames (one fused
-grid_sample), and a graph drawing the eyes and the mouth over them, both graphs rewritten by
-export.ort_cpu (planar layout, GridSample as gathers). onnxruntime has no fused bilinear
-lookup on the CPU: as gathers and lerps the whole frames' lookup took half of a frame's
-render (benchmarks/RESULTS.md, "The whole frames' lookup in torch").
+grid_sample), and a graph of the eyes' and the mouth's windows, which torch paints over
+them; both graphs rewritten by export.ort_cpu (planar layout, GridSample as gathers).
+onnxruntime has no fused bilinear lookup on the CPU: as gathers and lerps the whole frames'
+lookup took half of a frame's render (benchmarks/RESULTS.md, "The whole frames' lookup in
+torch").
 """
 
 import hashlib
@@ -110,7 +111,7 @@ def write_cpu_renderer(avatar: Avatar, path: Path) -> None:
     import torch
 
     from models import motion_space as ms
-    from models.render import GEOMETRY_NAMES, composite, export_onnx_split, frame_geometry
+    from models.render import GEOMETRY_NAMES, export_onnx_split, frame_geometry
 
     fields = avatar_inputs(avatar)
 
@@ -120,8 +121,7 @@ def write_cpu_renderer(avatar: Avatar, path: Path) -> None:
     def overlay_feeds(n: int) -> dict[str, np.ndarray]:
         with torch.no_grad():
             geometry = frame_geometry(*fields.values(), torch.from_numpy(ms.neutral(n)))
-            frame = composite(fields["image"], fields["plate"], fields["matte"], geometry[0])
-        return ({name: t.numpy() for name, t in fields.items()} | {"frame": frame.numpy()}
+        return ({name: t.numpy() for name, t in fields.items()}
                 | {name: t.numpy() for name, t in zip(GEOMETRY_NAMES, geometry, strict=True)})
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,8 +206,9 @@ def keep_freed_memory() -> None:
 
 class OnnxRenderer:
     """avatar + motion [N, D] -> frames [N, S, S, 3] uint8 with onnxruntime: the CPU
-    renderer's geometry graph, torch's composite of the whole frames, its overlay graph
-    (cached_cpu_renderer_export; path: the geometry graph's)."""
+    renderer's geometry graph, torch's composite of the whole frames, its overlay graph's
+    windows painted over them by torch (cached_cpu_renderer_export; path: the geometry
+    graph's)."""
 
     def __init__(self, path: str | Path, threads: int = 1, providers: list[str] | None = None):
         opts = ort.SessionOptions()
@@ -227,17 +228,25 @@ class OnnxRenderer:
     def __call__(self, avatar: Avatar, motion: np.ndarray) -> np.ndarray:
         import torch
 
-        from models.render import GEOMETRY_NAMES, composite
+        from models.render import (
+            GEOMETRY_NAMES,
+            WINDOW_NAMES,
+            composite,
+            paint_overlays,
+            to_frames,
+        )
 
         fields = self.feeds(avatar) | {"motion": np.ascontiguousarray(motion, np.float32)}
         geometry = dict(zip(GEOMETRY_NAMES, self.geometry.run(
             list(GEOMETRY_NAMES), self._inputs(self.geometry, fields)), strict=True))
+        windows = self.overlays.run(list(WINDOW_NAMES), self._inputs(self.overlays,
+                                                                     fields | geometry))
+        offset = torch.from_numpy(geometry["offset"])
         with torch.no_grad():
             frame = composite(*(torch.from_numpy(fields[name])
-                                for name in ("image", "plate", "matte")),
-                              torch.from_numpy(geometry["offset"]))        # [3, N*S*S]
-        feeds = self._inputs(self.overlays, fields | geometry | {"frame": frame.numpy()})
-        return self.overlays.run(["frames"], feeds)[0]
+                                for name in ("image", "plate", "matte")), offset)  # [3, N*S*S]
+            paint_overlays(frame, *map(torch.from_numpy, windows))
+            return to_frames(frame, len(motion), fields["image"].shape[-1]).numpy()
 
     @staticmethod
     def _inputs(session, values: dict) -> dict:

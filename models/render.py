@@ -182,7 +182,7 @@ def composite(image, plate, matte, offset) -> torch.Tensor:
     sampled = warp_layers(torch.cat([image, matte]), offset)              # [4, N, S*S]
     person, alpha = sampled[:3], sampled[3:]                               # [3|1, N, S*S]
     still = plate.reshape(3, 1, size * size)
-    return (still + (person - still) * alpha).reshape(3, n * size * size)  # planar
+    return torch.lerp(still, person, alpha).reshape(3, n * size * size)    # planar
 
 
 def compose(image, smooth_image, plate, matte, own_mouth, offset, eye_points, expression, scale,
@@ -202,18 +202,37 @@ def draw_overlays(frame, image, smooth_image, own_mouth, offset, eye_points, exp
                   face_width, lid_skin, lips, rest_lips, own_lips, jaw_lips, colors, skull_map,
                   frame_size: int | None = None) -> torch.Tensor:
     """Draw the eyes and the mouth over the whole frames `frame` [3, N*S*S] (composite's),
-    in place, and return them. eye_points [N, 12, 2], expression [N, E], scale [N] (head
-    pose), lips, rest_lips, own_lips, jaw_lips [N, 8, 2] (see _landmarks), skull_map [N, 2,
-    3] (output pixels -> the portrait's under the head pose alone: see skull_map); the rest
-    are the avatar's fields; frame_size: the frame size the overlay windows are sized for
+    in place, and return them: overlay_windows' windows (the arguments after `frame` are
+    its own) painted by paint_overlays."""
+    return paint_overlays(frame, *overlay_windows(
+        image, smooth_image, own_mouth, offset, eye_points, expression, scale, face_width,
+        lid_skin, lips, rest_lips, own_lips, jaw_lips, colors, skull_map, frame_size))
+
+
+WINDOW_NAMES = ("eye_index", "eye_color", "mouth_index", "mouth_color", "mouth_coverage")
+
+
+def overlay_windows(image, smooth_image, own_mouth, offset, eye_points, expression, scale,
+                    face_width, lid_skin, lips, rest_lips, own_lips, jaw_lips, colors,
+                    skull_map, frame_size: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The eyes and the mouth as windows of pixels to paint over the whole frames (in the
+    order of WINDOW_NAMES): per eye, the window's pixels as indices into frames flattened as
+    [N*S*S] and their colours, eye_index [2, N*P], eye_color [2, 3, N*P]; the mouth's window,
+    mouth_index [N*Q], its interior's colours mouth_color [3, N*Q] (0..255) and how much of
+    each pixel the interior covers, mouth_coverage [N*Q] (0..1). offset [N, 2, h, w] is the
+    coarse backward displacement (pixels); eye_points [N, 12, 2], expression [N, E], scale [N]
+    (head pose), lips, rest_lips, own_lips, jaw_lips [N, 8, 2] (see _landmarks), skull_map [N,
+    2, 3] (output pixels -> the portrait's under the head pose alone: see skull_map); the rest
+    are the avatar's fields; frame_size: the frame size the windows are sized for
     (Avatar.frame_size: a close-up's, or the frame the image is a window of; None: the
     image's own size)."""
-    n, size = offset.shape[0], image.shape[-1]
+    size = image.shape[-1]
     frame_size = frame_size or size
 
     # Eyes: sample again with lid and gaze offsets, darken the closing lid margin.
     height, width = window_size(frame_size, EYE_WINDOW)
     gaze = take(expression, (_E["gaze_x"], _E["gaze_y"]))
+    eye_index, eye_color = [], []
     for side in range(2):
         eye = eye_points[:, side * 6:(side + 1) * 6]
         points, index = _window(eye_window_centre(eye, face_width, scale), height, width, size)
@@ -231,20 +250,36 @@ def draw_overlays(frame, image, smooth_image, own_mouth, offset, eye_points, exp
         color = mix(sharp, tone, look.lid[:, None])
         lashes = torch.minimum(color, hanging)                             # darker only
         color = mix(color, lashes, look.hanging[:, None]) * (1.0 - look.darken[:, None])
-        color = color.permute(1, 0, 2).reshape(3, -1)
-        frame.scatter_(1, index.reshape(1, -1).expand(3, -1), color)
+        eye_index.append(index.reshape(-1))
+        eye_color.append(color.permute(1, 0, 2).reshape(3, -1))            # from [N, 3, P]
 
-    # Mouth: paint the interior where the lips part.
+    # Mouth: the interior where the lips part.
     height, width = window_size(frame_size, MOUTH_WINDOW)
     points, index = _window(lips.mean(1), height, width, size)
-    index3 = index.reshape(1, -1).expand(3, -1)
-    patch = frame.gather(1, index3).reshape(3, n, -1).permute(1, 2, 0)    # [N, P, 3]
     color, coverage = mouth(points, lips, rest_lips, own_lips, jaw_lips, face_width * scale,
-                            colors, own_mouth, skull_map)
-    color = mix(patch, torch.clamp(color, 0.0, 255.0), coverage[..., None])
-    frame.scatter_(1, index3, color.permute(2, 0, 1).reshape(3, -1))
+                            colors, own_mouth, skull_map)                  # [N, Q, 3], [N, Q]
+    return (torch.stack(eye_index), torch.stack(eye_color), index.reshape(-1),
+            torch.clamp(color, 0.0, 255.0).permute(2, 0, 1).reshape(3, -1),
+            coverage.reshape(-1))
 
+
+def paint_overlays(frame, eye_index, eye_color, mouth_index, mouth_color,
+                   mouth_coverage) -> torch.Tensor:
+    """Paint overlay_windows' windows over the whole frames frame [3, N*S*S], in place: the
+    eyes' colours as they are, then the mouth's interior mixed over what is there by its
+    coverage. Returns the frames."""
+    for side in range(2):
+        frame.scatter_(1, eye_index[side][None].expand(3, -1), eye_color[side])
+    index3 = mouth_index[None].expand(3, -1)
+    patch = frame.gather(1, index3)                                        # [3, N*Q]
+    frame.scatter_(1, index3, mix(patch, mouth_color, mouth_coverage[None]))
     return frame
+
+
+def to_frames(frame: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """Planar frames [3, N*S*S] float (0..255), rounded in place -> [N, S, S, 3] uint8."""
+    frame = frame.add_(0.5).to(torch.uint8)
+    return frame.t().reshape(n, size, size, 3)
 
 
 def frame_layers(image, landmarks, landmark_depth, basis, flow, flow_jacobian, depth,
@@ -286,8 +321,7 @@ def render_tensors(image, landmarks, landmark_depth, basis, flow, flow_jacobian,
                             *overlays, frame_size=frame_size)
     frame = compose(image, smooth_image, plate, matte, own_mouth, offset, *overlays,
                     frame_size=frame_size)                                 # [3, N*S*S]
-    frame = frame.add_(0.5).to(torch.uint8)                                # values in 0..255
-    return frame.t().reshape(n, size, size, 3)
+    return to_frames(frame, n, size)
 
 
 def render(avatar: Avatar, motion, hand: bool = True) -> torch.Tensor:
@@ -393,12 +427,13 @@ def export_onnx(avatar: Avatar, path: str | Path) -> Path:
 
 # The CPU renderer in three steps (export.renderer.OnnxRenderer): a graph from the avatar and
 # the motion to each frame's geometry, torch's composite for the whole frames (one fused
-# grid_sample: onnxruntime's CPU provider has none as fast), a graph that draws the eyes and
-# the mouth over them.
+# grid_sample: onnxruntime's CPU provider has none as fast), a graph from the geometry to the
+# eyes' and the mouth's windows, which torch paints over the frames (in place: onnxruntime's
+# ScatterElements copies the whole frames for each window).
 GEOMETRY_NAMES = ("offset", "eye_points", "expression", "scale", "lips", "rest_lips",
                   "posed_own_lips", "jaw_lips", "skull_map")
 OVERLAY_FIELDS = ("image", "smooth_image", "own_mouth", "face_width", "lid_skin", "colors")
-OVERLAY_INPUTS = ("frame", *OVERLAY_FIELDS, *GEOMETRY_NAMES)     # the avatar's fields between
+OVERLAY_INPUTS = (*OVERLAY_FIELDS, *GEOMETRY_NAMES)     # the avatar's fields between
 
 
 def frame_geometry(*avatar_and_motion) -> tuple[torch.Tensor, ...]:
@@ -417,31 +452,27 @@ class FrameGeometry(torch.nn.Module):
         return frame_geometry(*avatar_and_motion)
 
 
-class Overlays(torch.nn.Module):
-    """draw_overlays and the rounding to uint8 frames [N, S, S, 3], for ONNX export (inputs
-    as OVERLAY_INPUTS)."""
+class OverlayWindows(torch.nn.Module):
+    """overlay_windows as a module, for ONNX export (inputs as OVERLAY_INPUTS, outputs as
+    WINDOW_NAMES)."""
 
     def __init__(self, frame_size: int | None = None):
         super().__init__()
         self.frame_size = frame_size
 
-    def forward(self, frame, image, smooth_image, own_mouth, face_width, lid_skin, colors,
-                offset, eye_points, expression, scale, lips, rest_lips, posed_own_lips,
-                jaw_lips, skull_map):
-        n, size = offset.shape[0], image.shape[-1]
-        frame = draw_overlays(frame.clone(), image, smooth_image, own_mouth, offset,
-                              eye_points, expression, scale, face_width, lid_skin, lips,
-                              rest_lips, posed_own_lips, jaw_lips, colors, skull_map,
-                              self.frame_size)
-        return frame.add_(0.5).to(torch.uint8).t().reshape(n, size, size, 3)
+    def forward(self, image, smooth_image, own_mouth, face_width, lid_skin, colors, offset,
+                eye_points, expression, scale, lips, rest_lips, posed_own_lips, jaw_lips,
+                skull_map):
+        return overlay_windows(image, smooth_image, own_mouth, offset, eye_points, expression,
+                               scale, face_width, lid_skin, lips, rest_lips, posed_own_lips,
+                               jaw_lips, colors, skull_map, self.frame_size)
 
 
 def export_onnx_split(avatar: Avatar, geometry_path: str | Path,
                       overlays_path: str | Path) -> None:
     """Write the CPU renderer's two graphs (see GEOMETRY_NAMES): the frame geometry from
-    the avatar's tensors and the motion, and the overlays drawn over composite's frames.
-    Like export_onnx, one pair serves every avatar of the same working size and frame
-    size."""
+    the avatar's tensors and the motion, and the overlay windows from the geometry. Like
+    export_onnx, one pair serves every avatar of the same working size and frame size."""
     from export.exporter import export_graph
 
     tensors = tuple(t.clone() for t in avatar.tensors())     # distinct: see export_onnx
@@ -452,12 +483,13 @@ def export_onnx_split(avatar: Avatar, geometry_path: str | Path,
     fields = dict(zip(INPUT_NAMES[:-1], tensors, strict=True))
     with torch.no_grad():
         geometry = frame_geometry(*tensors, motion)
-        frame = composite(fields["image"], fields["plate"], fields["matte"], geometry[0])
-    example = (frame, *(fields[name].clone() for name in OVERLAY_FIELDS), *geometry)
-    export_graph(Overlays(avatar.frame_size), example, overlays_path, list(OVERLAY_INPUTS),
-                 ["frames"], {"frame": {1: ("pixels", 1, 1 << 30)},
-                              **{name: {0: frames} for name in GEOMETRY_NAMES},
-                              "frames": {0: frames}})
+    example = (*(fields[name].clone() for name in OVERLAY_FIELDS), *geometry)
+    pixels = ("pixels", 1, 1 << 30)                          # frames x a window's pixels
+    export_graph(OverlayWindows(avatar.frame_size), example, overlays_path, list(OVERLAY_INPUTS),
+                 list(WINDOW_NAMES), {**{name: {0: frames} for name in GEOMETRY_NAMES},
+                                      "eye_index": {1: pixels}, "eye_color": {2: pixels},
+                                      "mouth_index": {0: pixels}, "mouth_color": {1: pixels},
+                                      "mouth_coverage": {0: pixels}})
 
 
 # ---------------------------------------------------------------------------------------------
