@@ -16,7 +16,9 @@ graph's shapes: `shapes_by_example` measures them where the exporter left them u
                     slices, gathers, concats, splits and reductions; a Transpose back is
                     inserted only where another op needs the original layout
     GridSample      bilinear sampling (border padding, align_corners=0) as one GatherElements
-                    on the flattened image (4 corners x C channels) and three lerps
+                    on the flattened image (4 corners x C channels) and three lerps; where
+                    the lookups are few beside the image's pixels, its channels are not split
+                    apart (a copy of the whole image per call) but indexed as one table
 
 TensorRT gets the graph as exported: GridSample is a native layer there.
 """
@@ -38,6 +40,17 @@ UNARY = {"Neg", "Abs", "Floor", "Ceil", "Round", "Sqrt", "Exp", "Log", "Sin", "C
          "LeakyRelu", "Elu", "HardSigmoid"}
 REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2",
           "ReduceL1", "ReduceSumSquare"}
+
+
+def per_frame(dim) -> int:
+    """How long an axis is for one frame: its length, k for "k*frames" (shapes_by_example's
+    name), 1 for "frames"; 0 where unknown."""
+    if isinstance(dim, int):
+        return dim
+    k, _, axis = str(dim).rpartition("*")
+    if axis != "frames":
+        return 0
+    return 1 if not k else int(k) if k.isdigit() else 0
 
 
 def inverse(perm) -> tuple[int, ...]:
@@ -424,10 +437,22 @@ class Rewriter:
         (i10,) = self.emit("Add", [i00, self.const(np.int32(w))])
         (i11,) = self.emit("Add", [i10, self.const(np.int32(1))])
         corners = (i00, i01, i10, i11)
-        (table,) = self.emit("Reshape", [self.original(image),
-                                         self.const(np.array([batch, c, 1, h * w], np.int64))])
-        planes = self.emit("Split", [table], [self.fresh("plane") for _ in range(c)], axis=1,
-                           num_outputs=c) if c > 1 else [table]         # [B, 1, 1, HW] each
+        points = per_frame(grid_shape[1]) * per_frame(grid_shape[2])  # lookups a frame (or 0)
+        if c > 1 and 0 < 4 * (c - 1) * points < c * h * w:
+            # few lookups in a large image: the channels as one table, each channel's corners
+            # offset into it, rather than the image split into planes (a copy of it per call)
+            (table,) = self.emit("Reshape", [self.original(image), self.const(
+                np.array([batch, 1, 1, c * h * w], np.int64))])         # [B, 1, 1, C*HW]
+            planes = [table] * c
+            corners_of = [corners] + [
+                tuple(self.emit("Add", [i, self.const(np.int32(k * h * w))])[0] for i in corners)
+                for k in range(1, c)]
+        else:
+            (table,) = self.emit("Reshape", [self.original(image), self.const(
+                np.array([batch, c, 1, h * w], np.int64))])
+            planes = self.emit("Split", [table], [self.fresh("plane") for _ in range(c)],
+                               axis=1, num_outputs=c) if c > 1 else [table]  # [B, 1, 1, HW] each
+            corners_of = [corners] * c
 
         # bilinear weights of the four corners, once for all channels
         one = self.const(np.float32(1.0))
@@ -435,9 +460,9 @@ class Rewriter:
         (gy0,) = self.emit("Sub", [one, fy])
         weights = [self.emit("Mul", [wy, wx])[0] for wy in (gy0, fy) for wx in (gx0, fx)]
         channels = []
-        for plane in planes:         # one channel at a time: no index is copied per channel
+        for plane, at in zip(planes, corners_of, strict=True):     # one channel at a time
             terms = [self.emit("Mul", [self.emit("GatherElements", [plane, i], axis=3)[0], wt])[0]
-                     for i, wt in zip(corners, weights, strict=True)]    # [B, 1, 1, hw]
+                     for i, wt in zip(at, weights, strict=True)]         # [B, 1, 1, hw]
             channels.append(self.emit("Sum", terms)[0])
         (result,) = self.emit("Concat", channels, axis=1) if c > 1 else channels
         shape = [d if isinstance(d, int) else -1 for d in out_shape]
