@@ -182,6 +182,7 @@ def composite(image, plate, matte, offset) -> torch.Tensor:
     sampled = warp_layers(torch.cat([image, matte]), offset)              # [4, N, S*S]
     person, alpha = sampled[:3], sampled[3:]                               # [3|1, N, S*S]
     still = plate.reshape(3, 1, size * size)
+    # torch.lerp: half the time of still + (person - still) * alpha in torch on a CPU
     return torch.lerp(still, person, alpha).reshape(3, n * size * size)    # planar
 
 
@@ -484,12 +485,12 @@ def export_onnx_split(avatar: Avatar, geometry_path: str | Path,
     with torch.no_grad():
         geometry = frame_geometry(*tensors, motion)
     example = (*(fields[name].clone() for name in OVERLAY_FIELDS), *geometry)
-    pixels = ("pixels", 1, 1 << 30)                          # frames x a window's pixels
+    eye, lips = (("eye_pixels", 1, 1 << 30), ("mouth_pixels", 1, 1 << 30))  # frames x window
     export_graph(OverlayWindows(avatar.frame_size), example, overlays_path, list(OVERLAY_INPUTS),
                  list(WINDOW_NAMES), {**{name: {0: frames} for name in GEOMETRY_NAMES},
-                                      "eye_index": {1: pixels}, "eye_color": {2: pixels},
-                                      "mouth_index": {0: pixels}, "mouth_color": {1: pixels},
-                                      "mouth_coverage": {0: pixels}})
+                                      "eye_index": {1: eye}, "eye_color": {2: eye},
+                                      "mouth_index": {0: lips}, "mouth_color": {1: lips},
+                                      "mouth_coverage": {0: lips}})
 
 
 # ---------------------------------------------------------------------------------------------
