@@ -147,9 +147,13 @@ def _coarse_map(pose, expression, landmarks, flow, flow_jacobian, depth, head_ma
     vacated = warp.sample(head_mask, nodes, size)[:, 0] * (1.0 - chin * chin * (3.0 - 2.0 * chin))
     follows = torch.maximum(warp.sample(head_mask, head, size)[:, 0], vacated)[..., None]
     targets = nodes_n + follows * (head - nodes_n)
-    # expression, both layers (upper and lower face, cut between the lips) as batch 2N
-    per_unit = torch.cat([flow, flow_jacobian], 2).transpose(0, 1)         # [E, 2, 6, h, w]
-    fields = (expression @ per_unit.reshape(e, -1)).reshape(n, 2, 6, coarse, coarse)
+    # expression, both layers (upper and lower face, cut between the lips) as batch 2N; the
+    # layers as matmul's batch, so the avatar's fields are read in place, not copied per call
+    layers = flow.shape[0]
+    moved = torch.matmul(expression, flow.reshape(layers, e, -1))         # [2, N, 2*h*w]
+    slopes = torch.matmul(expression, flow_jacobian.reshape(layers, e, -1))  # [2, N, 4*h*w]
+    fields = torch.cat([moved.reshape(layers, n, 2, coarse, coarse),
+                        slopes.reshape(layers, n, 4, coarse, coarse)], 2).transpose(0, 1)
     layered = targets.reshape(n, 1, coarse, coarse, 2).expand(-1, 2, -1, -1, -1)
     sources = warp.invert_expression(fields.reshape(2 * n, 6, coarse, coarse),
                                      layered.reshape(2 * n, coarse, coarse, 2), size)
