@@ -47,10 +47,10 @@ def per_frame(dim) -> int:
     name), 1 for "frames"; 0 where unknown."""
     if isinstance(dim, int):
         return dim
-    k, _, axis = str(dim).rpartition("*")
-    if axis != "frames":
-        return 0
-    return 1 if not k else int(k) if k.isdigit() else 0
+    if dim == "frames":
+        return 1
+    k, _, axis = str(dim).partition("*")
+    return int(k) if axis == "frames" and k.isdigit() else 0
 
 
 def inverse(perm) -> tuple[int, ...]:
